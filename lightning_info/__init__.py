@@ -1,0 +1,13 @@
+"""lightning_info: what a network learns (DSE/DSMI) and from which samples (SUI).
+
+Two published methods as PyTorch Lightning callbacks, torchmetrics metrics and pure functions:
+
+* Diffusion Spectral Entropy / Mutual Information -- Liao, Liu et al., CISS 2024, arXiv 2312.04823.
+* Smooth Unique Information -- Harutyunyan, Achille, Paolini et al., ICLR 2021, arXiv 2101.06640.
+"""
+
+from lightning_info import functional
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__", "functional"]

@@ -1,0 +1,3 @@
+"""Lightning callbacks: when and where to measure, logging and reports (no math here)."""
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""Helpers shared by the layers: input checks, enums, embedded datasets, batch handling."""

@@ -1,0 +1,109 @@
+"""Input validation helpers for the public boundary.
+
+Each helper names the argument, what was expected and what was given, and raises
+``ValueError`` (bad value) or ``TypeError`` (bad type). Nothing here does math beyond the
+check itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _as_tensor(value: Any, name: str, *, allow_int: bool = True) -> Tensor:
+    """Return ``value`` as a tensor (numpy arrays and lists are converted; no copy for tensors).
+
+    Raises:
+        TypeError: if ``value`` is not array-like or has a non-numeric dtype.
+    """
+    if isinstance(value, Tensor):
+        tensor = value
+    elif isinstance(value, np.ndarray):
+        if value.dtype == object or not (
+            np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_
+        ):
+            raise TypeError(
+                f"`{name}` must hold numbers; got a numpy array of dtype {value.dtype}."
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, (list, tuple)):
+        try:
+            tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"`{name}` must be a tensor or array of numbers; got {err}.") from err
+    else:
+        raise TypeError(
+            f"`{name}` must be a torch.Tensor or numpy.ndarray; got {type(value).__name__}."
+        )
+    if tensor.is_complex():
+        raise TypeError(f"`{name}` must be real-valued; got dtype {tensor.dtype}.")
+    if not allow_int and not tensor.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor; got dtype {tensor.dtype}.")
+    return tensor
+
+
+def _check_ndim(tensor: Tensor, name: str, ndims: Iterable[int], shape_hint: str) -> None:
+    """Raise ``ValueError`` unless ``tensor.ndim`` is one of ``ndims``."""
+    ndims = tuple(ndims)
+    if tensor.ndim not in ndims:
+        raise ValueError(
+            f"`{name}` must be {shape_hint}; got shape {tuple(tensor.shape)}"
+            + (" (flatten it first, e.g. `x.flatten(1)`)." if tensor.ndim > max(ndims) else ".")
+        )
+
+
+def _check_finite(tensor: Tensor, name: str) -> None:
+    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        n_bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"`{name}` contains {n_bad} NaN or infinite value(s); all must be finite.")
+
+
+def _check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as float after checking it is a finite number > 0 (or >= 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number; got {type(value).__name__}.")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not np.isfinite(value) or not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be a finite number {bound}; got {value}.")
+    return value
+
+
+def _check_int(
+    value: Any, name: str, *, minimum: int | None = None, allow_none: bool = False
+) -> int | None:
+    """Return ``value`` as int after checking its type and lower bound."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an integer; got {type(value).__name__} {value!r}.")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    return value
+
+
+def _check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
+    """Return ``value`` (a string or str-Enum) after checking it is one of ``choices``."""
+    choices = tuple(choices)
+    raw = getattr(value, "value", value)
+    if raw not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be one of {listed}; got {value!r}.")
+    return str(raw)
+
+
+def _check_same_length(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same first dimension."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same number of samples; "
+            f"got {a.shape[0]} and {b.shape[0]}."
+        )

@@ -1,0 +1,42 @@
+"""Shared test configuration: deterministic numerics, markers, small thread counts."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("PL_DISABLE_FORK", "1")
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `cuda` tests when no GPU is present (CI here has none)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Seed the global RNGs before each test so that data generation is reproducible."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    return
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning():
+    """Silence Lightning's chatty info warnings (tips about workers etc.) in tests."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        yield
