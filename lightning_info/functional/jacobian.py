@@ -1,0 +1,477 @@
+r"""Per-sample Jacobians and the empirical neural tangent kernel (NTK) with ``torch.func``.
+
+This module is the model-dependent half of the smooth-unique-information engine
+(Harutyunyan et al., 2021, arXiv:2101.06640, §3): it linearizes a network at its current
+parameters :math:`w_0`,
+
+.. math::
+
+    f_\mathrm{lin}(x; w) = f(x; w_0) + J(x)(w - w_0), \qquad
+    J(x) = \partial f(x; w_0) / \partial w \in \mathbb{R}^{K \times P},
+
+and builds kernels from the Jacobians. The layout is **sample-major**: row ``i * K + k`` of a
+stacked Jacobian (or of a full kernel) is output ``k`` of sample ``i``. The kernel algebra lives
+in :mod:`lightning_info.functional.sui`; nothing here knows about leave-one-out.
+
+The model is always evaluated in eval mode (BatchNorm uses its running statistics, dropout is
+off), so the function is a deterministic function of the parameters; its previous train/eval
+state is restored afterwards. Models whose forward pass depends on other samples of the batch
+(BatchNorm in *train* mode) are therefore linearized in their eval form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+from lightning_info.utilities.checks import _check_choice, _check_int
+
+__all__ = [
+    "empirical_ntk",
+    "jacobian_features",
+    "model_outputs",
+    "per_sample_jacobians",
+]
+
+NTKKernel = Literal["full", "trace"]
+ProjectionType = Literal["gaussian", "rademacher"]
+ParamSelection = str | Sequence[str] | None
+
+_DEFAULT_BUDGET = 2**30  # 1 GiB
+_PROJECTION_BLOCK_ROWS = 1024  # rows of the random projection generated per seeded block
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's previous ``training`` flag."""
+    states = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, was_training in states:
+            module.training = was_training
+
+
+def _select_params(model: nn.Module, params: ParamSelection) -> tuple[list[str], dict[str, Tensor]]:
+    """Return (names of the differentiated parameters, dict of all parameters, detached)."""
+    named = dict(model.named_parameters())
+    if params is None:
+        names = [n for n, p in named.items() if p.requires_grad]
+    else:
+        patterns = [params] if isinstance(params, str) else list(params)
+        if not patterns or not all(isinstance(p, str) for p in patterns):
+            raise ValueError(
+                f"`params` must be None, a name prefix or a list of parameter names/prefixes; "
+                f"got {params!r}."
+            )
+        names = [n for n in named if any(n == p or n.startswith(p) for p in patterns)]
+    if not names:
+        available = ", ".join(f"`{n}`" for n in named) or "(none)"
+        raise ValueError(f"`params` selects no parameter; got {params!r}. Available: {available}.")
+    return names, {n: p.detach() for n, p in named.items()}
+
+
+def _single_sample_fn(
+    model: nn.Module, frozen: dict[str, Tensor]
+) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+    """Return ``fn(selected_params, x) -> (K,)`` evaluating the model on one sample."""
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+
+    def fn(selected: dict[str, Tensor], x: Tensor) -> Tensor:
+        out = functional_call(model, (selected, frozen, buffers), (x.unsqueeze(0),), strict=False)
+        return out.reshape(-1)
+
+    return fn
+
+
+def _check_outputs(out: object, batch: int) -> Tensor:
+    """Return model outputs as (B, K) or raise a clear error for unsupported outputs."""
+    if not isinstance(out, Tensor):
+        raise ValueError(
+            f"`model` must return a tensor of shape (B,) or (B, K); got {type(out).__name__}. "
+            "Wrap the model so that it returns the raw outputs (e.g. logits) as one tensor."
+        )
+    if out.ndim == 0 or out.ndim > 2 or out.shape[0] != batch:
+        raise ValueError(
+            f"`model` outputs must have shape (B,) or (B, K) with B = {batch}; "
+            f"got shape {tuple(out.shape)}. Flatten or select the outputs first."
+        )
+    return out.reshape(batch, -1)
+
+
+def _check_inputs(inputs: Tensor, name: str) -> Tensor:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor; got {type(inputs).__name__}.")
+    if inputs.ndim < 1 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` must have shape (N, ...) with N >= 1; got {tuple(inputs.shape)}."
+        )
+    return inputs
+
+
+def _auto_chunk(num_rows: int, num_params: int, itemsize: int, budget: int) -> int:
+    """Samples per vmap chunk so that one chunk of Jacobians uses about a quarter of the budget."""
+    per_sample = max(1, num_rows * num_params * itemsize)
+    return int(max(1, min(256, budget // (4 * per_sample))))
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, inputs: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    """Evaluate ``model`` in eval mode and return its outputs as an (N, K) tensor.
+
+    The train/eval state of every submodule is restored afterwards. A model returning shape
+    (N,) is treated as K = 1.
+
+    Args:
+        model: the network; must return one tensor of shape (B,) or (B, K).
+        inputs: (N, ...) inputs.
+        chunk_size: samples per forward pass (default: all at once).
+
+    Returns:
+        (N, K) outputs, in the model's dtype.
+
+    Raises:
+        ValueError: if the outputs are not a tensor of shape (B,) or (B, K), or
+            ``chunk_size`` < 1.
+        TypeError: if ``inputs`` is not a tensor.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> model_outputs(torch.nn.Linear(3, 2), torch.ones(4, 3)).shape
+        torch.Size([4, 2])
+    """
+    inputs = _check_inputs(inputs, "inputs")
+    n = inputs.shape[0]
+    step = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True) or n
+    outs = []
+    with _eval_mode(model):
+        for start in range(0, n, step):
+            x = inputs[start : start + step]
+            outs.append(_check_outputs(model(x), x.shape[0]))
+    return torch.cat(outs, 0)
+
+
+class _Projector:
+    r"""Seeded random projection :math:`R \in \mathbb{R}^{P \times d}` applied as ``J @ R``.
+
+    Entries are i.i.d. N(0, 1/d) (Gaussian) or ±1/sqrt(d) (Rademacher), so
+    :math:`E[R R^\top] = I` and the projected kernel is an unbiased estimate of the NTK. Rows
+    are generated in blocks of ``_PROJECTION_BLOCK_ROWS`` from a local ``torch.Generator``
+    seeded with ``(seed, block index)``, on CPU, so the matrix is identical on every call and
+    device and does not depend on the chunking. The whole matrix is cached only when it fits
+    in ``budget`` bytes; otherwise blocks are regenerated for every chunk of samples.
+    """
+
+    def __init__(
+        self, num_params: int, dim: int, kind: str, seed: int, like: Tensor, budget: int
+    ) -> None:
+        self.num_params, self.dim, self.kind, self.seed = num_params, dim, kind, seed
+        self.dtype, self.device = like.dtype, like.device
+        itemsize = like.element_size()
+        block_bytes = min(_PROJECTION_BLOCK_ROWS, num_params) * dim * itemsize
+        if block_bytes > budget:
+            raise ValueError(
+                f"`memory_budget_bytes` must hold one {_PROJECTION_BLOCK_ROWS} x {dim} projection "
+                f"block ({block_bytes} bytes); got {budget}. Increase it or lower `projection_dim`."
+            )
+        self.cached: Tensor | None = None
+        if num_params * dim * itemsize <= budget:
+            self.cached = torch.cat(list(self._blocks()), 0)
+
+    def _blocks(self) -> Iterator[Tensor]:
+        scale = 1.0 / math.sqrt(self.dim)
+        for b, start in enumerate(range(0, self.num_params, _PROJECTION_BLOCK_ROWS)):
+            rows = min(_PROJECTION_BLOCK_ROWS, self.num_params - start)
+            gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + b)
+            if self.kind == "gaussian":
+                block = torch.randn(rows, self.dim, generator=gen, dtype=torch.float64)
+            else:
+                block = torch.randint(0, 2, (rows, self.dim), generator=gen).double() * 2 - 1
+            yield (block * scale).to(device=self.device, dtype=self.dtype)
+
+    def __call__(self, jac: Tensor) -> Tensor:
+        if self.cached is not None:
+            return jac @ self.cached
+        out = jac.new_zeros(*jac.shape[:-1], self.dim)
+        for block, start in zip(self._blocks(), range(0, self.num_params, _PROJECTION_BLOCK_ROWS)):
+            out += jac[..., start : start + block.shape[0]] @ block
+        return out
+
+
+class _Linearization:
+    """Everything needed to stream (projected) Jacobians of one model in chunks of samples."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: ParamSelection,
+        chunk_size: int | None,
+        projection_dim: int | None,
+        projection: str,
+        seed: int,
+        budget: int,
+    ) -> None:
+        self.model = model
+        self.names, all_params = _select_params(model, params)
+        self.selected = {n: all_params[n] for n in self.names}
+        frozen = {n: p for n, p in all_params.items() if n not in self.selected}
+        self.fn = _single_sample_fn(model, frozen)
+        self.num_params = sum(p.numel() for p in self.selected.values())
+        like = next(iter(self.selected.values()))
+        self.itemsize = like.element_size()
+        self.budget = budget
+        self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
+        self.projector = None
+        if projection_dim is not None:
+            d = _check_int(projection_dim, "projection_dim", minimum=1)
+            kind = _check_choice(projection, "projection", ("gaussian", "rademacher"))
+            self.projector = _Projector(self.num_params, d, kind, seed, like, budget)
+        self.jac_fn = vmap(jacrev(self.fn), in_dims=(None, 0))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.projector.dim if self.projector is not None else self.num_params
+
+    def num_outputs(self, inputs: Tensor) -> int:
+        with _eval_mode(self.model), torch.no_grad():
+            return _check_outputs(self.model(inputs[:1]), 1).shape[1]
+
+    def chunk_for(self, k: int) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return _auto_chunk(k, self.num_params, self.itemsize, self.budget)
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """(n, ...) -> (n, K, feature_dim) for one chunk (eval mode must be active)."""
+        grads = self.jac_fn(self.selected, x)
+        jac = torch.cat([grads[n].flatten(2) for n in self.names], dim=2)
+        return self.projector(jac) if self.projector is not None else jac
+
+    def stream(
+        self, inputs: Tensor, k: int, step: int | None = None
+    ) -> Iterator[tuple[int, Tensor]]:
+        """Yield ``(start, J_chunk)`` over ``inputs`` in chunks of samples."""
+        step = step or self.chunk_for(k)
+        with _eval_mode(self.model):
+            for start in range(0, inputs.shape[0], step):
+                yield start, self.jacobian(inputs[start : start + step]).detach()
+
+    def features(self, inputs: Tensor, k: int) -> Tensor:
+        return torch.cat([j for _, j in self.stream(inputs, k)], 0)
+
+
+def _check_budget(value: int) -> int:
+    return int(_check_int(value, "memory_budget_bytes", minimum=1))
+
+
+def per_sample_jacobians(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    params: ParamSelection = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""Compute the Jacobian of every sample's K outputs with respect to the parameters.
+
+    Harutyunyan et al. (2021, arXiv:2101.06640, §3) linearize the network with these Jacobians:
+
+    .. math::
+
+        J(x_i)_{k p} = \frac{\partial f_k(x_i; w_0)}{\partial w_p}.
+
+    Computed with ``torch.func.vmap(jacrev(...))`` over a single-sample ``functional_call``
+    (buffers passed through), in eval mode, in chunks of ``chunk_size`` samples.
+
+    Args:
+        model: network returning (B,) or (B, K) outputs.
+        inputs: (N, ...) inputs.
+        params: which parameters to differentiate: ``None`` (all with ``requires_grad``), a name
+            prefix (``"fc2"``) or a list of names/prefixes. The rest are held fixed.
+        chunk_size: samples per vmap call (default: chosen so a chunk is about 256 MiB).
+
+    Returns:
+        (N, K, P) Jacobians, parameters flattened in ``model.named_parameters()`` order.
+
+    Raises:
+        ValueError: unsupported model outputs, an empty parameter selection, ``chunk_size`` < 1.
+        TypeError: if ``inputs`` is not a tensor.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> per_sample_jacobians(torch.nn.Linear(3, 2), torch.ones(4, 3)).shape
+        torch.Size([4, 2, 8])
+    """
+    inputs = _check_inputs(inputs, "inputs")
+    lin = _Linearization(model, params, chunk_size, None, "gaussian", 0, _DEFAULT_BUDGET)
+    k = lin.num_outputs(inputs)
+    return lin.features(inputs, k)
+
+
+def jacobian_features(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    params: ParamSelection = None,
+    projection_dim: int | None = None,
+    projection: ProjectionType = "gaussian",
+    seed: int = 0,
+    chunk_size: int | None = None,
+    memory_budget_bytes: int = _DEFAULT_BUDGET,
+) -> Tensor:
+    r"""Return (randomly projected) per-sample Jacobian features for the feature-space path.
+
+    With a seeded random matrix :math:`R \in \mathbb{R}^{P \times d}`,
+    :math:`E[R R^\top] = I` (Gaussian N(0, 1/d) or Rademacher ±1/sqrt(d) entries),
+
+    .. math::
+
+        \Phi(x_i) = J(x_i) R \in \mathbb{R}^{K \times d}, \qquad
+        \Phi \Phi^\top \approx J J^\top = \Theta,
+
+    so the projected kernel is an unbiased estimate of the empirical NTK (a Johnson-Lindenstrauss
+    sketch; the relative error falls like :math:`1/\sqrt{d}`). ``R`` is generated in blocks of
+    1024 rows from local generators seeded by ``(seed, block)``: identical on every call, never
+    materialized beyond ``memory_budget_bytes``. ``projection_dim=None`` returns the exact
+    Jacobians (P features).
+
+    Args:
+        model: network returning (B,) or (B, K) outputs.
+        inputs: (N, ...) inputs.
+        params: parameter selection (see :func:`per_sample_jacobians`).
+        projection_dim: d, or None for no projection.
+        projection: ``"gaussian"`` or ``"rademacher"``.
+        seed: seed of the projection.
+        chunk_size: samples per vmap call.
+        memory_budget_bytes: bound on the projection matrix / Jacobian chunk memory.
+
+    Returns:
+        (N, K, d) features (or (N, K, P) without projection), in the parameters' dtype.
+
+    Raises:
+        ValueError: invalid options, unsupported model outputs, a budget too small for one
+            projection block.
+        TypeError: if ``inputs`` is not a tensor.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> jacobian_features(torch.nn.Linear(3, 2), torch.ones(4, 3), projection_dim=5).shape
+        torch.Size([4, 2, 5])
+    """
+    inputs = _check_inputs(inputs, "inputs")
+    budget = _check_budget(memory_budget_bytes)
+    lin = _Linearization(model, params, chunk_size, projection_dim, projection, seed, budget)
+    return lin.features(inputs, lin.num_outputs(inputs))
+
+
+def _pair_kernel(ja: Tensor, jb: Tensor, kernel: str) -> Tensor:
+    """Kernel block between two Jacobian chunks (na, K, D), (nb, K, D), accumulated in float64."""
+    ja, jb = ja.double(), jb.double()
+    if kernel == "trace":
+        return ja.flatten(1) @ jb.flatten(1).T
+    return ja.flatten(0, 1) @ jb.flatten(0, 1).T
+
+
+def empirical_ntk(
+    model: nn.Module,
+    x1: Tensor,
+    x2: Tensor | None = None,
+    *,
+    params: ParamSelection = None,
+    kernel: NTKKernel = "full",
+    chunk_size: int | None = None,
+    projection_dim: int | None = None,
+    projection: ProjectionType = "gaussian",
+    seed: int = 0,
+    memory_budget_bytes: int = _DEFAULT_BUDGET,
+) -> Tensor:
+    r"""Compute the empirical NTK :math:`\Theta(X_1, X_2) = J_1 J_2^\top` at the current weights.
+
+    Jacot et al. (2018, arXiv:1806.07572); used for SUI by Harutyunyan et al. (2021,
+    arXiv:2101.06640, §3):
+
+    .. math::
+
+        \Theta_\mathrm{full}[(i,k),(j,l)] = J_k(x_i)\, J_l(x_j)^\top, \qquad
+        \Theta_\mathrm{trace}[i, j] = \sum_{k=1}^{K} J_k(x_i)\, J_k(x_j)^\top .
+
+    The trace kernel is the **sum** over outputs of the per-output kernels. The SUI engine
+    (:func:`lightning_info.functional.sui.unique_information_from_kernels`) uses it as
+    :math:`\Theta_\mathrm{full} \approx (\Theta_\mathrm{trace} / K) \otimes I_K`: every output
+    shares the per-output *mean* kernel and cross-output blocks are dropped. This is exact when the
+    full kernel has the form :math:`\Theta_1 \otimes I_K` (e.g. only a linear K-output head is
+    linearized: ``params="head"``), and is the usual wide-network approximation otherwise.
+
+    Jacobians are streamed in chunks of samples; when all of them fit in
+    ``memory_budget_bytes`` they are computed once, otherwise the kernel is accumulated block
+    by block (recomputing the Jacobians of ``x2`` chunks; with ``x2=None`` only the blocks on
+    and below the diagonal are computed and the result is symmetrized). Products are
+    accumulated in float64.
+
+    Args:
+        model: network returning (B,) or (B, K) outputs.
+        x1: (N1, ...) inputs.
+        x2: (N2, ...) inputs, or None for ``x1`` (symmetric fast path).
+        params: parameter selection (see :func:`per_sample_jacobians`).
+        kernel: ``"full"`` (N1 K x N2 K, sample-major) or ``"trace"`` (N1 x N2).
+        chunk_size: samples per vmap call.
+        projection_dim: if given, use the projected Jacobians of :func:`jacobian_features`.
+        projection: ``"gaussian"`` or ``"rademacher"``.
+        seed: seed of the projection.
+        memory_budget_bytes: bound on stored Jacobians / projection blocks (default 1 GiB).
+
+    Returns:
+        float64 kernel of shape (N1*K, N2*K) (``"full"``) or (N1, N2) (``"trace"``).
+
+    Raises:
+        ValueError: invalid options or unsupported model outputs.
+        TypeError: if an input is not a tensor.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> ntk = empirical_ntk(torch.nn.Linear(3, 2), torch.eye(3))
+        >>> ntk.shape, round(ntk[0, 0].item(), 4), round(ntk[0, 1].item(), 4)
+        (torch.Size([6, 6]), 2.0, 0.0)
+    """
+    x1 = _check_inputs(x1, "x1")
+    symmetric = x2 is None
+    x2 = x1 if x2 is None else _check_inputs(x2, "x2")
+    kernel = _check_choice(kernel, "kernel", ("full", "trace"))
+    budget = _check_budget(memory_budget_bytes)
+    lin = _Linearization(model, params, chunk_size, projection_dim, projection, seed, budget)
+    k = lin.num_outputs(x1)
+    per_sample = k * lin.feature_dim * lin.itemsize
+    n1, n2 = x1.shape[0], x2.shape[0]
+    rows = n1 * k if kernel == "full" else n1
+    cols = n2 * k if kernel == "full" else n2
+    out = torch.zeros(rows, cols, dtype=torch.float64, device=x1.device)
+    scale = k if kernel == "full" else 1
+
+    needed = per_sample * (n1 if symmetric else n1 + n2)
+    if needed <= budget:
+        j1 = lin.features(x1, k)
+        j2 = j1 if symmetric else lin.features(x2, k)
+        return _pair_kernel(j1, j2, kernel)
+
+    # Streaming: outer blocks of x1 sized to half the budget, inner chunks of x2 recomputed.
+    outer = max(1, budget // (2 * per_sample))
+    for a0 in range(0, n1, outer):
+        ja = torch.cat([j for _, j in lin.stream(x1[a0 : a0 + outer], k)], 0)
+        a1 = a0 + ja.shape[0]
+        limit = a1 if symmetric else n2
+        for b0, jb in lin.stream(x2[:limit], k):
+            b1 = b0 + jb.shape[0]
+            out[a0 * scale : a1 * scale, b0 * scale : b1 * scale] = _pair_kernel(ja, jb, kernel)
+    if symmetric:  # every entry on and below the diagonal was filled: mirror it
+        out = torch.tril(out) + torch.tril(out, -1).T
+    return out
