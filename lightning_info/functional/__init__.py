@@ -1,10 +1,20 @@
 """Pure functions: tensors in, tensors out. No Lightning import, no I/O, no global state."""
 
+from lightning_info.functional.diffusion import diffusion_kernel, gaussian_affinity
+from lightning_info.functional.dse import (
+    cluster_reference,
+    diffusion_spectral_entropy,
+    diffusion_spectral_mutual_information,
+)
 from lightning_info.functional.jacobian import (
     empirical_ntk,
     jacobian_features,
     model_outputs,
     per_sample_jacobians,
+)
+from lightning_info.functional.shannon import (
+    classic_shannon_entropy,
+    classic_shannon_mutual_information,
 )
 from lightning_info.functional.sui import (
     UniqueInformation,
@@ -15,7 +25,14 @@ from lightning_info.functional.sui import (
 
 __all__: list[str] = [
     "UniqueInformation",
+    "classic_shannon_entropy",
+    "classic_shannon_mutual_information",
+    "cluster_reference",
+    "diffusion_kernel",
+    "diffusion_spectral_entropy",
+    "diffusion_spectral_mutual_information",
     "empirical_ntk",
+    "gaussian_affinity",
     "jacobian_features",
     "model_outputs",
     "per_sample_jacobians",
