@@ -7,7 +7,18 @@ Two published methods as PyTorch Lightning callbacks, torchmetrics metrics and p
 """
 
 from lightning_info import functional
+from lightning_info.applications import aggregate_by_group, summarize_dataset, suspicious_samples
+from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__", "functional"]
+__all__ = [
+    # SUI callback and applications
+    "SUIScores",
+    "SmoothUniqueInformation",
+    "__version__",
+    "aggregate_by_group",
+    "functional",
+    "summarize_dataset",
+    "suspicious_samples",
+]

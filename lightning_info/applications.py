@@ -204,7 +204,9 @@ def summarize_dataset(
             )
         current = current.detach().cpu().double()
         _check_finite(current, "score_fn(indices)")
-        n_remove = min(remaining.numel() - target, max(1, math.ceil(step_fraction * remaining.numel())))
+        n_remove = min(
+            remaining.numel() - target, max(1, math.ceil(step_fraction * remaining.numel()))
+        )
         order = torch.argsort(current, descending=True, stable=True)
         remaining = remaining[order[: remaining.numel() - n_remove]]
         if bar is not None:

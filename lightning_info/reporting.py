@@ -308,7 +308,11 @@ def log_histograms(writers: Sequence[Any], values: Mapping[str, Tensor], *, step
 
 
 def log_text_table(
-    writers: Sequence[Any], tag: str, header: Sequence[str], rows: Iterable[Sequence[Any]], *,
+    writers: Sequence[Any],
+    tag: str,
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
     step: int = 0,
 ) -> None:
     """Add a Markdown table (see :func:`markdown_table`) as TensorBoard text to every writer."""
@@ -318,7 +322,12 @@ def log_text_table(
 
 
 def log_image_grid(
-    writers: Sequence[Any], tag: str, images: Tensor, *, step: int = 0, nrow: int = 8,
+    writers: Sequence[Any],
+    tag: str,
+    images: Tensor,
+    *,
+    step: int = 0,
+    nrow: int = 8,
     image_shape: Sequence[int] | None = None,
 ) -> None:
     """Add the :func:`image_grid` of ``images`` (CHW) as an image to every writer."""
@@ -403,7 +412,10 @@ def save_image_grid_png(
         if i >= n:
             continue
         img = x[i].permute(1, 2, 0).numpy()
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray_r" if img.shape[-1] == 1 else None)
+        ax.imshow(
+            img[..., 0] if img.shape[-1] == 1 else img,
+            cmap="gray_r" if img.shape[-1] == 1 else None,
+        )
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
     if suptitle:
@@ -444,7 +456,9 @@ def save_histogram_png(
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for label, values in arrays.items():
-        ax.hist(values[np.isfinite(values)], bins=edges, alpha=0.55, label=f"{label} (n={values.size})")
+        ax.hist(
+            values[np.isfinite(values)], bins=edges, alpha=0.55, label=f"{label} (n={values.size})"
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
