@@ -82,7 +82,8 @@ def _diffusion_kernel(x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
     g = _gaussian_affinity(x, sigma)
     d = g.sum(dim=1)
     d_inv_sqrt = d.rsqrt()
-    kernel = g.mul_(d_inv_sqrt[:, None]).mul_(d_inv_sqrt[None, :])  # same spectrum as D^-1 G
+    # K_ij = G_ij * (s_i s_j): the outer product is exactly symmetric, so K is too.
+    kernel = g.mul_(torch.outer(d_inv_sqrt, d_inv_sqrt))  # same spectrum as D^-1 G
     return kernel, d
 
 
