@@ -267,6 +267,32 @@ def _horizon(lam: Tensor, eta: float, steps: Tensor) -> Tensor:
     return torch.where(small, eta * s, num / torch.where(small, torch.ones_like(lam_c), lam_c))
 
 
+def _series_mul(a: Tensor, b: Tensor, length: int) -> Tensor:
+    """First ``length`` terms of the causal convolution of matrix series (c, La, p, q) * (c, Lb, q, r)."""
+    size = a.shape[1] + b.shape[1] - 1
+    nfft = 1 << max(0, (size - 1).bit_length())
+    prod = torch.fft.rfft(a, n=nfft, dim=1) @ torch.fft.rfft(b, n=nfft, dim=1)
+    return torch.fft.irfft(prod, n=nfft, dim=1)[:, :length]
+
+
+def _series_inverse(h: Tensor) -> Tensor:
+    """Power-series inverse G of a matrix series H with H_0 = I, modulo z^T: (c, T, K, K).
+
+    Newton iteration G <- G (2I - H G), doubling the number of correct terms each step.
+    """
+    c_n, t, kb, _ = h.shape
+    eye = torch.eye(kb, dtype=h.dtype, device=h.device)
+    g = eye.expand(c_n, 1, kb, kb).clone()
+    k = 1
+    while k < t:
+        k2 = min(2 * k, t)
+        e = -_series_mul(h[:, :k2], g, k2)
+        e[:, 0] += 2 * eye
+        g = _series_mul(g, e, k2)
+        k = k2
+    return g
+
+
 def _finite_exact(
     theta: Tensor,
     theta_star: Tensor | None,
@@ -283,9 +309,10 @@ def _finite_exact(
     :math:`a_{s+1} = a_s - \eta'(A a_s + r) + \eta' E_B c_s`, :math:`c_s = (A a_s + r)_B`. Writing
     it through the unconstrained run :math:`\bar a_s` (step η') gives the K-dimensional lower
     triangular Toeplitz system :math:`0 = \bar a_{s+1,B} + \eta' \sum_{q \le s} h_{s-q} c_q` with
-    :math:`h_m = [(I - \eta' A)^m]_{BB}` (from the eigendecomposition of A), solved by forward
-    substitution for all samples at once; then :math:`a^{(-i)}_t = \bar a_t + \eta' \sum_s
-    (I-\eta'A)^{t-1-s} E_B c_s`. Cost O(n^3 + t N n Kb^2 + N t^2 Kb^2 R).
+    :math:`h_m = [(I - \eta' A)^m]_{BB}` (from the eigendecomposition of A), solved for all
+    samples at once with the power-series inverse of :math:`\sum_m h_m z^m` (Newton iteration,
+    FFT products; h_0 = I); then :math:`a^{(-i)}_t = \bar a_t + \eta' \sum_s
+    (I-\eta'A)^{t-1-s} E_B c_s`. Cost O(n^3 + t N n Kb^2 + N t log t Kb^3).
     """
     n = theta.shape[0]
     n_samples = n // kb
@@ -309,25 +336,27 @@ def _finite_exact(
     w_sq = torch.empty(n_samples, dtype=theta.dtype, device=theta.device)
     f_sq = torch.empty_like(w_sq) if theta_star is not None else None
     self_change = torch.empty(n_samples, kb, n_rhs, dtype=theta.dtype, device=theta.device)
-    per_sample = kb * kb * t + 2 * kb * n_rhs * t + kb * n_rhs * n + n * n_rhs
+    # float64 elements per sample: h, series inverse and FFT buffers (~12 t Kb²), b and c, y, δ̂
+    per_sample = 12 * kb * kb * t + 6 * kb * n_rhs * t + kb * n_rhs * n + n * n_rhs + kb * kb * n
     chunk = max(1, min(n_samples, int(4e7 // max(1, per_sample))))
     bar = tqdm(total=n_samples, disable=not progress, desc="SUI leave-one-out (exact, finite t)")
     for i0 in range(0, n_samples, chunk):
         ub = u_b[i0 : i0 + chunk]  # (c, Kb, n)
         c_n = ub.shape[0]
-        # h_m = U_B diag(μ^m) U_Bᵀ, stored reversed in m: hrev[:, p] = h_{t-1-p}
-        hrev = torch.einsum("ikj,jp,ilj->ipkl", ub, rev_powers, ub)
-        # b_s = (ā_s)_B for s = 1..t: (c, t, Kb, R)
-        bvals = -torch.einsum("ikj,js,jr->iskr", ub, g1, r_hat)
-        coef = torch.zeros(c_n, t, kb, n_rhs, dtype=theta.dtype, device=theta.device)
-        for s in range(t):
-            rhs = -bvals[:, s] / eta1
-            if s > 0:
-                rhs = rhs - torch.einsum("iqkl,iqlr->ikr", hrev[:, t - 1 - s : t - 1], coef[:, :s])
-            coef[:, s] = rhs
+        # h_m = U_B diag(μ^m) U_Bᵀ for m = 0..t-1 (h_0 = I): (c, t, Kb, Kb)
+        outer = (ub[:, :, None, :] * ub[:, None, :, :]).reshape(c_n * kb * kb, n)
+        h = (outer @ powers).view(c_n, kb, kb, t).permute(0, 3, 1, 2)
+        # b_s = (ā_s)_B for s = 1..t, i.e. -U_B diag(g_s) r̂: (c, t, Kb, R)
+        weighted = (g1[:, :, None] * r_hat[:, None, :]).reshape(n, t * n_rhs)
+        bvals = -(ub.reshape(c_n * kb, n) @ weighted).view(c_n, kb, t, n_rhs).transpose(1, 2)
+        # Σ_{q<=s} h_{s-q} c_q = -b_{s+1}/η': lower-triangular block-Toeplitz system, solved
+        # with the power-series inverse of h (Newton iteration, FFT products): O(t log t)
+        coef = _series_mul(_series_inverse(h), -bvals / eta1, t)
         # a^{(-i)}_t in the eigenbasis: ā_t + η' Σ_s μ^{t-1-s} U_Bᵀ c_s
-        y = torch.einsum("js,iskr->ikrj", rev_powers, coef)
-        q = torch.einsum("ikj,ikrj->ijr", ub, y)
+        y = (coef.permute(0, 2, 3, 1).reshape(c_n * kb * n_rhs, t) @ rev_powers.T).view(
+            c_n, kb, n_rhs, n
+        )
+        q = (ub[:, :, None, :] * y).sum(1).transpose(1, 2)  # (c, n, R)
         delta = (a_bar - a_full)[None] + eta1 * q  # (c, n, R) δ̂ = Uᵀ δ
         w_sq[i0 : i0 + c_n] = (shifted[None, :, None] * delta**2).sum((1, 2))
         self_change[i0 : i0 + c_n] = torch.einsum(
@@ -425,9 +454,10 @@ def unique_information_from_kernels(
       K x K solves over samples; sui.md §4.2). Exact.
     * ``method="exact"``, finite t: one eigendecomposition of A, then every leave-one-out run is
       recovered exactly from a K-dimensional lower-triangular Toeplitz (Volterra) system in the
-      "pinning" forces :math:`c_s` that keep block :math:`B_i` at zero, solved by forward
-      substitution for all samples at once: O((NK)^3 + t N^2 K^3 + N t^2 K^2), no per-sample
-      matrix power. Agrees with per-sample retraining to ~1e-12 in float64.
+      "pinning" forces :math:`c_s` that keep block :math:`B_i` at zero, solved for all samples at
+      once by a power-series (FFT, Newton) inverse: O((NK)^3 + t N^2 K^3 + N t log t K^3), no
+      per-sample matrix power or eigendecomposition. Agrees with per-sample retraining to about
+      1e-11 relative in float64 (checked up to t = 50000).
     * ``method="ridge"``, finite t: the t = ∞ formulas with :math:`\lambda_\mathrm{eff} = N\,
       \mathrm{wd} + c/(\eta t)` (``c = ridge_c``), the ridge equivalent of early stopping
       (sui.md §4.4). An approximation: Spearman 0.97-0.999 with the exact scores on the toys of
