@@ -8,11 +8,22 @@ Two published methods as PyTorch Lightning callbacks, torchmetrics metrics and p
 
 from lightning_info import functional
 from lightning_info.applications import aggregate_by_group, summarize_dataset, suspicious_samples
+from lightning_info.callbacks.dse import DiffusionSpectralEntropyMonitor
+from lightning_info.callbacks.early_stopping import OverfittingEarlyStopping
 from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
+from lightning_info.metrics.dse import (
+    DiffusionSpectralEntropy,
+    DiffusionSpectralMutualInformation,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    # DSE/DSMI metrics, monitor callback and overfitting early stop
+    "DiffusionSpectralEntropy",
+    "DiffusionSpectralEntropyMonitor",
+    "DiffusionSpectralMutualInformation",
+    "OverfittingEarlyStopping",
     # SUI callback and applications
     "SUIScores",
     "SmoothUniqueInformation",
