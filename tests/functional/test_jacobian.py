@@ -1,0 +1,231 @@
+"""Per-sample Jacobians and empirical NTK vs an explicit autograd loop and explicit J Jᵀ."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_info.functional.jacobian import (
+    _Projector,
+    empirical_ntk,
+    jacobian_features,
+    model_outputs,
+    per_sample_jacobians,
+)
+
+
+def _mlp(k: int = 2, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(0.5), nn.Linear(5, k)
+    ).double()
+    # non-trivial running statistics so that eval-mode BatchNorm is not the identity
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    model[1].running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _loop_jacobian(model: nn.Module, x: torch.Tensor, names=None) -> torch.Tensor:
+    """Reference: one sample and one output at a time with torch.autograd.grad, eval mode."""
+    was = model.training
+    model.eval()
+    params = [p for n, p in model.named_parameters() if names is None or n in names]
+    rows = []
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1]).reshape(-1)
+        per_k = []
+        for k in range(out.shape[0]):
+            grads = torch.autograd.grad(out[k], params, retain_graph=True)
+            per_k.append(torch.cat([g.reshape(-1) for g in grads]))
+        rows.append(torch.stack(per_k))
+    model.train(was)
+    return torch.stack(rows)
+
+
+@pytest.fixture
+def data():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(7, 3, generator=gen, dtype=torch.float64), torch.randn(
+        4, 3, generator=gen, dtype=torch.float64
+    )
+
+
+def test_vmap_jacobian_matches_autograd_loop_and_restores_mode(data):
+    x, _ = data
+    model = _mlp()
+    model.train()
+    ref = _loop_jacobian(model, x)
+    jac = per_sample_jacobians(model, x)
+    assert jac.shape == (7, 2, sum(p.numel() for p in model.parameters()))
+    torch.testing.assert_close(jac, ref, rtol=1e-12, atol=1e-12)
+    assert model.training
+    assert model[1].training
+    assert model[3].training
+
+
+def test_chunked_equals_unchunked(data):
+    x, _ = data
+    model = _mlp()
+    torch.testing.assert_close(
+        per_sample_jacobians(model, x, chunk_size=2),
+        per_sample_jacobians(model, x),
+        rtol=1e-13,
+        atol=1e-14,
+    )
+
+
+def test_batchnorm_eval_outputs_and_buffers_untouched(data):
+    x, _ = data
+    model = _mlp()
+    model.train()
+    before = model[1].running_mean.clone()
+    out = model_outputs(model, x, chunk_size=3)
+    model.eval()
+    expected = model(x).detach()
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(model[1].running_mean, before)
+    per_sample_jacobians(model, x)
+    assert torch.equal(model[1].running_mean, before)
+
+
+def test_ntk_full_and_trace_equal_explicit_products(data):
+    x, x2 = data
+    model = _mlp(k=3)
+    j1, j2 = _loop_jacobian(model, x), _loop_jacobian(model, x2)
+    full = empirical_ntk(model, x, x2)
+    torch.testing.assert_close(full, j1.reshape(-1, j1.shape[2]) @ j2.reshape(-1, j2.shape[2]).T)
+    trace = empirical_ntk(model, x, x2, kernel="trace")
+    expected = sum(j1[:, k] @ j2[:, k].T for k in range(3))
+    torch.testing.assert_close(trace, expected)
+
+
+def test_ntk_symmetric_psd_and_x2_none_matches_x2_equal_x1(data):
+    x, _ = data
+    model = _mlp()
+    ntk = empirical_ntk(model, x)
+    torch.testing.assert_close(ntk, ntk.T, rtol=0, atol=0)
+    assert torch.linalg.eigvalsh(ntk).min() > -1e-10
+    torch.testing.assert_close(ntk, empirical_ntk(model, x, x))
+
+
+@pytest.mark.parametrize("kernel", ["full", "trace"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["x2=None", "x2"])
+def test_streaming_blocks_equal_in_memory(data, kernel, symmetric):
+    x, x2 = data
+    model = _mlp()
+    other = None if symmetric else x2
+    ref = empirical_ntk(model, x, other, kernel=kernel)
+    # a budget of 3 samples' Jacobians forces the block-by-block streaming path
+    per_sample = 2 * sum(p.numel() for p in model.parameters()) * 8
+    streamed = empirical_ntk(
+        model, x, other, kernel=kernel, chunk_size=2, memory_budget_bytes=3 * per_sample
+    )
+    torch.testing.assert_close(streamed, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_params_selection_prefix_and_names(data):
+    x, _ = data
+    model = _mlp()
+    full = _loop_jacobian(model, x)
+    last = per_sample_jacobians(model, x, params="4.")
+    n_last = model[4].weight.numel() + model[4].bias.numel()
+    torch.testing.assert_close(last, full[:, :, -n_last:])
+    only_w = per_sample_jacobians(model, x, params=["4.weight"])
+    torch.testing.assert_close(only_w, _loop_jacobian(model, x, names={"4.weight"}))
+    ntk_last = empirical_ntk(model, x, params="4.")
+    torch.testing.assert_close(ntk_last, last.reshape(-1, n_last) @ last.reshape(-1, n_last).T)
+    with pytest.raises(ValueError, match="selects no parameter"):
+        per_sample_jacobians(model, x, params="nope")
+
+
+def test_unprojected_features_are_the_jacobians(data):
+    x, _ = data
+    model = _mlp()
+    torch.testing.assert_close(jacobian_features(model, x), per_sample_jacobians(model, x))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_projection_is_linear_seeded_and_blockwise_consistent(data, kind):
+    x, _ = data
+    model = _mlp()
+    jac = per_sample_jacobians(model, x)
+    p = jac.shape[2]
+    d = 40
+    feats = jacobian_features(model, x, projection_dim=d, projection=kind, seed=3)
+    # recover R by projecting the identity; features are exactly J R
+    proj = _Projector(p, d, kind, 3, jac, budget=2**30)(torch.eye(p, dtype=torch.float64))
+    torch.testing.assert_close(feats, jac @ proj)
+    # identical on every call, different for another seed
+    torch.testing.assert_close(
+        jacobian_features(model, x, projection_dim=d, projection=kind, seed=3),
+        feats,
+        rtol=0,
+        atol=0,
+    )
+    other = jacobian_features(model, x, projection_dim=d, projection=kind, seed=4)
+    assert not torch.allclose(other, feats)
+    # P = 2500 > one 1024-row block: a budget below P x d regenerates blocks per call, same R
+    big = torch.randn(3, 2, 2500, dtype=torch.float64)
+    cached = _Projector(2500, d, kind, 3, big, budget=2**30)
+    small = _Projector(2500, d, kind, 3, big, budget=1024 * d * 8)
+    assert cached.cached is not None
+    assert small.cached is None
+    torch.testing.assert_close(small(big), cached(big))
+    if kind == "rademacher":
+        torch.testing.assert_close(proj.abs(), torch.full_like(proj, d**-0.5))
+
+
+def test_projection_large_d_is_near_orthogonal_and_ntk_converges(data):
+    x, _ = data
+    model = _mlp()
+    jac = per_sample_jacobians(model, x).reshape(14, -1)
+    p = jac.shape[1]
+    exact = jac @ jac.T
+    errors = []
+    for d in (p // 2, 16 * p, 256 * p):
+        r = _Projector(p, d, "gaussian", 0, jac, budget=2**30)(torch.eye(p, dtype=torch.float64))
+        errors.append(float((jac @ r @ (jac @ r).T - exact).norm() / exact.norm()))
+        if d == 256 * p:  # d >> P: R Rᵀ ≈ I (orthogonal-ish, error ~ sqrt(P/d))
+            assert float((r @ r.T - torch.eye(p, dtype=torch.float64)).abs().max()) < 0.2
+    assert errors[2] < errors[1] < errors[0]
+    assert errors[2] < 0.05
+
+
+def test_unsupported_outputs_raise(data):
+    x, _ = data
+
+    class Tuple(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2).double()
+
+        def forward(self, x):
+            return self.lin(x), x
+
+    class Rank3(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 4).double()
+
+        def forward(self, x):
+            return self.lin(x).view(-1, 2, 2)
+
+    for bad in (Tuple(), Rank3()):
+        with pytest.raises(ValueError, match="must"):
+            model_outputs(bad, x)
+        with pytest.raises(ValueError, match="must"):
+            empirical_ntk(bad, x)
+
+
+def test_invalid_options_raise(data):
+    x, _ = data
+    model = _mlp()
+    with pytest.raises(ValueError, match="kernel"):
+        empirical_ntk(model, x, kernel="diag")
+    with pytest.raises(ValueError, match="chunk_size"):
+        per_sample_jacobians(model, x, chunk_size=0)
+    with pytest.raises(ValueError, match="memory_budget_bytes"):
+        jacobian_features(model, x, projection_dim=10**6, memory_budget_bytes=1000)
+    with pytest.raises(TypeError, match="inputs"):
+        per_sample_jacobians(model, x.numpy())
