@@ -375,7 +375,9 @@ def jacobian_features(
 
 def _pair_kernel(ja: Tensor, jb: Tensor, kernel: str) -> Tensor:
     """Kernel block between two Jacobian chunks (na, K, D), (nb, K, D), accumulated in float64."""
-    ja, jb = ja.double(), jb.double()
+    same = ja is jb
+    ja = ja.double()
+    jb = ja if same else jb.double()
     if kernel == "trace":
         return ja.flatten(1) @ jb.flatten(1).T
     return ja.flatten(0, 1) @ jb.flatten(0, 1).T
