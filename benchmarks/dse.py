@@ -10,7 +10,7 @@ eigensolve) and with ``dtype=torch.float32``. Same process, same data (uniform [
 median wall-clock of repeats (fewer at large N). Prints a markdown table and writes it to
 ``benchmarks/out/dse.md``.
 
-Usage: ``python benchmarks/dse.py [--sizes 1000 2000 4000 8000] [--dim 256]``
+Usage: ``python benchmarks/dse.py [--sizes 1000 2000 4000 8000] [--dim 256] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -66,7 +66,18 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "dse.md")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="BLAS/LAPACK/OpenMP threads for both contenders (default: library defaults). "
+        "1 gives stable timings on an oversubscribed shared machine.",
+    )
     args = parser.parse_args()
+    limiter = None
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        limiter = threadpool_limits(limits=args.threads)  # numpy's OpenBLAS (and MKL if loaded)
 
     header = (
         "| N | reference s | ours default (float64) s | ours float32 s | speedup default | "
@@ -100,7 +111,8 @@ def main() -> None:
     note = (
         f"\nD = {args.dim}, uniform [0, 1]^D data, sigma = 10, t = 1; median of 5/3/2/1 interleaved repeats "
         f"for N <= 1000/2000/4000/above. {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), numpy {np.__version__}, {platform.processor() or platform.machine()}; "
+        f"({torch.get_num_threads()} threads), numpy {np.__version__} "
+        f"({'library default' if limiter is None else args.threads} BLAS threads), {platform.processor() or platform.machine()}; "
         f"load average at the end: {', '.join(f'{v:.1f}' for v in load)} (shared machine: timings "
         "were taken under load from other jobs).\n"
     )

@@ -130,7 +130,7 @@ def _exact_eigvals(x: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
     kernel, degrees = _diffusion_kernel(x.to(build_dtype), sigma)
     v = degrees.sqrt()
     v = v / torch.linalg.vector_norm(v)
-    kernel.sub_(v[:, None] * v[None, :])
+    kernel.addr_(v, v, alpha=-1.0)  # K' = K - v v^T, in place
     eigvals = torch.linalg.eigvalsh(kernel.to(dtype)).to(torch.float64)
     drop = int(eigvals.abs().argmin())
     return torch.cat([eigvals[:drop], eigvals[drop + 1 :], eigvals.new_ones(1)])

@@ -7,12 +7,24 @@ import pytest
 import torch
 from _reference import ref_kernel, ref_random_walk
 from scipy.spatial.distance import cdist
+from threadpoolctl import threadpool_limits
 
 from lightning_info.functional.diffusion import (
     _pairwise_sq_dists,
     diffusion_kernel,
     gaussian_affinity,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These problems are small: one BLAS/OpenMP thread is as fast and does not stall when the
+    (2-core, shared) machine is oversubscribed."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(previous)
 
 
 def _data(n=60, d=5, scale=4.0, seed=0):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from _reference import ref_bin_scalar, ref_cse, ref_csmi
+from threadpoolctl import threadpool_limits
 
 from lightning_info.functional import (
     classic_shannon_entropy,
@@ -16,6 +17,17 @@ from lightning_info.functional import (
 
 cse = classic_shannon_entropy
 csmi = classic_shannon_mutual_information
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These problems are small: one BLAS/OpenMP thread is as fast and does not stall when the
+    (2-core, shared) machine is oversubscribed."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("num_bins", [2, 3, 5])
