@@ -1,0 +1,26 @@
+"""Smoke test of ``examples/dse_early_stopping.py --quick`` (run in-process)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dse_early_stopping.py"
+
+
+def test_dse_early_stopping_example_quick(capsys):
+    spec = importlib.util.spec_from_file_location("dse_early_stopping_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = module.main(["--quick"])
+    out = capsys.readouterr().out
+    clean_rec, clean_stop = runs["clean"]
+    perm_rec, perm_stop = runs["permuted"]
+    assert clean_stop.stopped_epoch == 0
+    assert len(clean_rec.curve) == 6
+    assert 0 < perm_stop.stopped_epoch < 5
+    clean_dsmi = [row["info/dsmi_y/penultimate"] for row in clean_rec.curve.values()]
+    perm_dsmi = [row["info/dsmi_y/penultimate"] for row in perm_rec.curve.values()]
+    assert min(clean_dsmi) > max(perm_dsmi)
+    assert "permuted: stopped by OverfittingEarlyStopping after epoch" in out
+    assert "clean: trained all 6 epochs" in out
