@@ -98,7 +98,14 @@ class DiffusionSpectralEntropyMonitor(Callback):
     On epochs without an evaluation the keys are removed from ``trainer.callback_metrics``, so a
     stale value is never counted twice: with ``every_n_epochs > 1`` use
     ``EarlyStopping(..., strict=False)`` (patience then counts evaluations), and
-    ``ModelCheckpoint(every_n_epochs=every_n_epochs)``.
+    ``ModelCheckpoint(every_n_epochs=every_n_epochs)``. The same ``strict=False`` is needed with
+    ``Trainer(val_check_interval < 1)``: the mid-epoch validations carry no value (the pass runs
+    once per epoch, at the end-of-epoch validation).
+
+    Design note: all quantities of a layer come from one forward pass and are computed in one
+    place (:meth:`_evaluate`), each by its own metric (three gathers of the same activations
+    under DDP, cheap next to the eigensolves). Sharing the pairwise distances between DSE and the
+    DSMI subsets (issue 7) would be a functional-layer change behind the same call site.
 
     Distributed: every process draws the same probe indices, runs its share (positions
     ``rank::world_size``), and the metrics' concatenation sync gathers all shares in canonical
