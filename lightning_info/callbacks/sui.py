@@ -24,13 +24,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_info.functional.jacobian import jacobian_features, model_outputs
-from lightning_info.functional.sui import (
-    UniqueInformation,
-    smooth_unique_information,
-    unique_information_from_features,
-    unique_information_from_kernels,
-)
+from lightning_info.functional.jacobian import empirical_ntk, jacobian_features, model_outputs
+from lightning_info.functional.sui import UniqueInformation, unique_information_from_kernels
 from lightning_info.reporting import (
     log_histograms,
     log_image_grid,
@@ -234,6 +229,8 @@ class SmoothUniqueInformation(Callback):
         target_fn: extracts the targets from a batch (default: ``batch[1]`` / common dict keys).
         batch_size: batch size of the scoring pass.
         full_kernel_max: largest N·K for which ``kernel="auto"`` uses the full kernel.
+        exact_max_cost: largest estimated flop count for which ``method="auto"`` uses the exact
+            finite-horizon solve (else the ridge approximation).
         seed: seed of the subsets and the projection (identical on every rank).
         dirpath: directory of the score file (default: ``trainer.log_dir``).
         filename: name of the score file.
@@ -284,6 +281,7 @@ class SmoothUniqueInformation(Callback):
         target_fn: Callable[[Any], Tensor] | None = None,
         batch_size: int = 256,
         full_kernel_max: int = 2000,
+        exact_max_cost: float = 2e10,
         seed: int = 0,
         dirpath: str | os.PathLike[str] | None = None,
         filename: str = "sui_scores.csv",
@@ -320,6 +318,7 @@ class SmoothUniqueInformation(Callback):
         self.target_fn = target_fn or default_target_fn
         self.batch_size = int(_check_int(batch_size, "batch_size", minimum=1))
         self.full_kernel_max = int(_check_int(full_kernel_max, "full_kernel_max", minimum=1))
+        self.exact_max_cost = _check_positive(exact_max_cost, "exact_max_cost")
         self.seed = int(_check_int(seed, "seed"))
         self.dirpath = dirpath
         if not isinstance(filename, str) or not filename or os.sep in filename:
@@ -484,6 +483,10 @@ class SmoothUniqueInformation(Callback):
             return None, None
         try:
             loader = _first_loader(trainer.val_dataloaders)
+            if loader is None:  # validation has not run yet: ask the fit's validation source
+                source = trainer.fit_loop.epoch_loop.val_loop._data_source
+                if source.is_defined():
+                    loader = _first_loader(source.dataloader())
         except Exception:  # no validation loop configured
             loader = None
         return (loader.dataset if loader is not None else None), loader
@@ -596,22 +599,12 @@ class SmoothUniqueInformation(Callback):
         kernel = self.kernel
         if kernel == "auto":
             kernel = "full" if n * k <= self.full_kernel_max or k == 1 else "trace"
-        kb = k if kernel == "full" else 1
-        method = self.method
-        if method == "auto":
-            if steps is None:
-                method = "exact"
-            else:
-                nk = n * kb
-                rhs = 1 if kernel == "full" else k
-                cost = nk**3 + steps * n * nk * kb**2 + n * steps**2 * kb**2 * rhs
-                method = "exact" if cost <= 4e11 else "ridge"
         return {
             "learning_rate": float(lr),
             "weight_decay": float(wd),
             "num_steps": steps,
             "kernel": kernel,
-            "method": method,
+            "method": self.method,
             "optimizer": hyper.get("optimizer"),
         }
 
@@ -698,27 +691,18 @@ class SmoothUniqueInformation(Callback):
             f"method={settings['method']}."
         )
         world = trainer.world_size if trainer is not None else 1
+        distributed = world > 1 and dist.is_available() and dist.is_initialized()
         with _parameters_set_to(pl_module, init if linearize_at == "init" else None):
-            if world > 1 and dist.is_available() and dist.is_initialized():
-                info = self._score_distributed(pl_module, trainer, x, y, x_val, settings, show)
+            if distributed:
+                theta, theta_val = self._kernels_distributed(pl_module, trainer, x, x_val, settings)
             else:
-                info = smooth_unique_information(
-                    pl_module,
-                    x_dev,
-                    y.to(device),
-                    None if x_val is None else x_val.to(device),
-                    learning_rate=settings["learning_rate"],
-                    num_steps=settings["num_steps"],
-                    weight_decay=settings["weight_decay"],
-                    noise_scale=self.noise_scale,
-                    method=settings["method"],
-                    kernel=settings["kernel"],
-                    params=self.params,
-                    projection_dim=self.projection_dim,
-                    chunk_size=self.chunk_size,
-                    seed=self.seed,
-                    progress=show,
-                )
+                theta, theta_val = self._kernels(pl_module, x_dev, x_val, settings)
+            info: UniqueInformation | None = None
+            if not distributed or trainer.is_global_zero:
+                f0 = model_outputs(pl_module, x_dev, chunk_size=self.batch_size)
+                info = self._solve(theta, theta_val, f0, y.to(device), settings, show)
+        if distributed:
+            info, settings = trainer.strategy.broadcast((info, settings), src=0)
         self.scores_ = self._to_scores(info, positions.long(), y, predicted, settings)
         if write and (trainer is None or trainer.is_global_zero):
             self._write(trainer, x, self.scores_)
@@ -750,83 +734,130 @@ class SmoothUniqueInformation(Callback):
     # ------------------------------------------------------------------------------------------
     # DDP: shard the Jacobian features, gather, solve on rank 0, broadcast
     # ------------------------------------------------------------------------------------------
-    def _gather_features(
-        self, pl_module: nn.Module, trainer: pl.Trainer, x: Tensor, show: bool
-    ) -> Tensor:
+    def _kernels(
+        self, pl_module: nn.Module, x: Tensor, x_val: Tensor | None, settings: dict[str, Any]
+    ) -> tuple[Tensor, Tensor | None]:
+        """Train and held-out/train NTKs at the current parameters (one process)."""
+        kw = dict(
+            params=self.params,
+            kernel=settings["kernel"],
+            chunk_size=self.chunk_size,
+            projection_dim=self.projection_dim,
+            seed=self.seed,
+        )
+        theta = empirical_ntk(pl_module, x, **kw)
+        theta_val = None
+        if x_val is not None:
+            theta_val = empirical_ntk(pl_module, x_val.to(x.device), x, **kw)
+        return theta, theta_val
+
+    def _gather_features(self, pl_module: nn.Module, trainer: pl.Trainer, x: Tensor) -> Tensor:
+        """Jacobian features of ``x``: each rank computes rows ``rank::world``; all-gathered."""
         rank, world = trainer.global_rank, trainer.world_size
         device = pl_module.device  # type: ignore[attr-defined]
+        kw = dict(params=self.params, projection_dim=self.projection_dim, seed=self.seed)
         shard = x[rank::world].to(device)
         per_rank = math.ceil(x.shape[0] / world)
         if shard.shape[0] > 0:
-            feats = jacobian_features(
-                pl_module,
-                shard,
-                params=self.params,
-                projection_dim=self.projection_dim,
-                seed=self.seed,
-                chunk_size=self.chunk_size,
-            )
-        else:  # more ranks than samples
-            probe = jacobian_features(
-                pl_module,
-                x[:1].to(device),
-                params=self.params,
-                projection_dim=self.projection_dim,
-                seed=self.seed,
-            )
-            feats = probe[:0]
+            feats = jacobian_features(pl_module, shard, chunk_size=self.chunk_size, **kw)
+        else:  # more ranks than samples: contribute only padding
+            feats = jacobian_features(pl_module, x[:1].to(device), **kw)[:0]
         padded = feats.new_zeros(per_rank, *feats.shape[1:])
         padded[: feats.shape[0]] = feats
         gathered = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded.contiguous())
-        # position p was computed by rank p % world as its (p // world)-th row
+        # position p was computed by rank p % world as its (p // world)-th row; padding dropped
         stacked = torch.stack(gathered, 0)  # (world, per_rank, K, d)
-        order = torch.arange(x.shape[0])
+        order = torch.arange(x.shape[0], device=stacked.device)
         return stacked[order % world, order // world]
 
-    def _score_distributed(
+    def _kernels_distributed(
         self,
         pl_module: pl.LightningModule,
         trainer: pl.Trainer,
         x: Tensor,
-        y: Tensor,
         x_val: Tensor | None,
+        settings: dict[str, Any],
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Gather the sharded features on every rank; only rank 0 forms the kernels."""
+        phi = self._gather_features(pl_module, trainer, x)
+        phi_val = None if x_val is None else self._gather_features(pl_module, trainer, x_val)
+        if not trainer.is_global_zero:
+            return None, None
+        theta = _kernel(phi, phi, settings["kernel"])
+        theta_val = None if phi_val is None else _kernel(phi_val, phi, settings["kernel"])
+        return theta, theta_val
+
+    def _solve(
+        self,
+        theta: Tensor,
+        theta_val: Tensor | None,
+        f0: Tensor,
+        y: Tensor,
         settings: dict[str, Any],
         show: bool,
     ) -> UniqueInformation:
-        device = pl_module.device
-        phi = self._gather_features(pl_module, trainer, x, show)
-        phi_val = None if x_val is None else self._gather_features(pl_module, trainer, x_val, show)
-        result: UniqueInformation | None = None
-        if trainer.is_global_zero:
-            f0 = model_outputs(pl_module, x.to(device), chunk_size=self.batch_size)
-            common = dict(
-                learning_rate=settings["learning_rate"],
-                num_steps=settings["num_steps"],
-                weight_decay=settings["weight_decay"],
-                noise_scale=self.noise_scale,
-                method=settings["method"],
+        """Make the horizon stable for the linearized GD, pick the method, call the engine.
+
+        Real training often runs at a learning rate beyond the linearized model's stability
+        limit 2N/λ_max(A) (edge of stability). The linearized GD would then diverge along the
+        top eigendirections, so the learning rate is lowered to 0.9 of the limit and the number
+        of steps raised to keep lr·t (the optimization time) unchanged.
+        """
+        n, k = f0.shape
+        trace = settings["kernel"] == "trace" and k > 1
+        a_mat = theta / k if trace else theta
+        lam = n * settings["weight_decay"]
+        if a_mat.shape[0] <= 6000:
+            lam_max = float(torch.linalg.eigvalsh(a_mat.double())[-1]) + lam
+        else:  # power iteration lower bound, with a safety margin
+            v = torch.ones(a_mat.shape[0], dtype=torch.float64, device=a_mat.device)
+            for _ in range(100):
+                v = a_mat @ v
+                v = v / v.norm()
+            lam_max = 1.1 * float(v @ (a_mat @ v)) + lam
+        lr, steps = settings["learning_rate"], settings["num_steps"]
+        lr_max = 2.0 * n / max(lam_max, 1e-300)
+        if lr >= 0.95 * lr_max:
+            new_lr = 0.9 * lr_max
+            new_steps = None if steps is None else max(1, math.ceil(steps * lr / new_lr))
+            self._warn_once(
+                "stability",
+                f"learning_rate={lr:g} exceeds the stability limit 2N/λ_max = {lr_max:.4g} of "
+                f"gradient descent on the linearized network (common at the edge of stability); "
+                f"replaying the same optimization time with lr={new_lr:.4g} for "
+                f"{new_steps} steps instead.",
             )
-            use_features = (
-                self.projection_dim is not None
-                and x.shape[0] * f0.shape[1] > self.projection_dim
-                and (settings["num_steps"] is None or settings["method"] == "ridge")
-                and (settings["weight_decay"] > 0 or settings["num_steps"] is not None)
+            settings.update(
+                learning_rate_given=lr,
+                num_steps_given=steps,
+                learning_rate=new_lr,
+                num_steps=new_steps,
             )
-            if use_features:
-                result = unique_information_from_features(
-                    phi, phi_val, f0, y.to(device), kernel=settings["kernel"], **common
-                )
+            lr, steps = new_lr, new_steps
+        method = self.method
+        if method == "auto":
+            if steps is None:
+                method = "exact"
             else:
-                theta = _kernel(phi, phi, settings["kernel"])
-                theta_val = None if phi_val is None else _kernel(phi_val, phi, settings["kernel"])
-                result = unique_information_from_kernels(
-                    theta, theta_val, f0, y.to(device), progress=show, **common
-                )
-            result = UniqueInformation(
-                **{k: (None if v is None else v.detach().cpu()) for k, v in vars(result).items()}
-            )
-        return trainer.strategy.broadcast(result, src=0)
+                kb = 1 if trace else k
+                nk = n * kb
+                rhs = k if trace else 1
+                cost = nk**3 + steps * n * nk * kb**2 + n * steps**2 * kb**2 * rhs
+                method = "exact" if cost <= self.exact_max_cost else "ridge"
+        settings["method"] = method
+        return unique_information_from_kernels(
+            theta,
+            theta_val,
+            f0,
+            y,
+            learning_rate=lr,
+            num_steps=steps,
+            weight_decay=settings["weight_decay"],
+            noise_scale=self.noise_scale,
+            method=method,
+            progress=show,
+        )
 
     # ------------------------------------------------------------------------------------------
     # reports (rank 0)

@@ -1,0 +1,294 @@
+"""SmoothUniqueInformation callback: short real runs on digits with MSE + plain SGD.
+
+The reference for the scores is the functional engine called directly on an independent copy of
+the model taken before ``fit`` (so the callback's own snapshot is not trusted), on the dataset
+rows the test selects itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import pickle
+import warnings
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import lightning_info.reporting as reporting
+from lightning_info.callbacks import SmoothUniqueInformation
+from lightning_info.functional.sui import smooth_unique_information
+from lightning_info.models import MLPClassifier
+from lightning_info.utilities.data import load_dataset
+
+N_TRAIN, N_VAL, LR = 90, 30, 0.05
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_dataset("digits")
+    x, y = ds.inputs, ds.targets
+    return (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN : N_TRAIN + N_VAL], y[N_TRAIN : N_TRAIN + N_VAL])
+
+
+def _model(**kw) -> MLPClassifier:
+    torch.manual_seed(0)
+    kw = {"hidden": (8,), "loss": "mse", "optimizer": "sgd", "lr": LR, **kw}
+    return MLPClassifier(64, 10, **kw)
+
+
+def _trainer(tmp_path: Path, callbacks: list, **kw) -> pl.Trainer:
+    kw = {
+        "max_epochs": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": str(tmp_path),
+        **kw,
+    }
+    return pl.Trainer(callbacks=callbacks, **kw)
+
+
+def _loaders(digits, batch_size: int = 16):
+    (x, y), (xv, yv) = digits
+    train = DataLoader(
+        TensorDataset(x, y),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(1),
+    )
+    return train, DataLoader(TensorDataset(xv, yv), batch_size=64)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
+    """CSV rows = scored samples, in dataset order, with their own labels; scores = engine."""
+    (x, y), (xv, _) = digits
+    model = _model()
+    init_copy = copy.deepcopy(model)  # independent snapshot of the initial weights
+    sui = SmoothUniqueInformation(max_samples=60, kernel="full", progress=False)
+    trainer = _trainer(tmp_path, [sui])
+    trainer.fit(model, *_loaders(digits))
+    scores = sui.scores_
+    rows = _read_csv(Path(tmp_path) / "sui_scores.csv")
+    assert len(rows) == len(scores) == 60
+    idx = torch.tensor([int(r["index"]) for r in rows])
+    assert torch.equal(idx, scores.indices)
+    assert bool((idx[1:] > idx[:-1]).all()) and int(idx.max()) < N_TRAIN  # dataset order, unique
+    # the subset is the documented seeded draw, and each row carries that sample's own label
+    expected = (
+        torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(0))[:60].sort().values
+    )
+    assert torch.equal(idx, expected)
+    assert [int(r["label"]) for r in rows] == y[idx].tolist()
+    with torch.no_grad():
+        assert [int(r["predicted"]) for r in rows] == model(x[idx]).argmax(1).tolist()
+    ranks = torch.tensor([int(r["weight_si_rank"]) for r in rows])
+    assert int(idx[ranks == 1]) == int(idx[torch.argmax(scores.weight_si)])
+
+    st = scores.settings
+    assert st["learning_rate"] == LR and st["num_steps"] == trainer.global_step == 12
+    ref = smooth_unique_information(
+        init_copy,
+        x[idx],
+        y[idx],
+        xv,
+        learning_rate=LR,
+        num_steps=st["num_steps"],
+        method=st["method"],
+        kernel="full",
+    )
+    torch.testing.assert_close(scores.weight_si, ref.weight_si, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(scores.functional_si, ref.functional_si, rtol=1e-6, atol=1e-12)
+    csv_w = torch.tensor([float(r["weight_si"]) for r in rows], dtype=torch.float64)
+    torch.testing.assert_close(csv_w, ref.weight_si, rtol=1e-7, atol=0)
+    # the model's trained weights are restored after scoring at the initial weights
+    assert not torch.equal(model.net[0].weight, init_copy.net[0].weight)
+
+
+def test_linearize_at_final_matches_engine_on_trained_weights(digits, tmp_path):
+    (x, y), (xv, _) = digits
+    model = _model()
+    sui = SmoothUniqueInformation(
+        linearize_at="final", max_samples=None, kernel="trace", method="ridge", progress=False
+    )
+    trainer = _trainer(tmp_path, [sui], max_epochs=1)
+    trainer.fit(model, *_loaders(digits))
+    ref = smooth_unique_information(
+        model,
+        x,
+        y,
+        xv,
+        learning_rate=LR,
+        num_steps=trainer.global_step,
+        method="ridge",
+        kernel="trace",
+    )
+    assert torch.equal(sui.scores_.indices, torch.arange(N_TRAIN))
+    torch.testing.assert_close(sui.scores_.weight_si, ref.weight_si, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(sui.scores_.functional_si, ref.functional_si, rtol=1e-6, atol=1e-12)
+
+
+def test_resume_keeps_initial_weights_and_rerun_does_not_duplicate_rows(digits, tmp_path):
+    model = _model()
+    init_copy = copy.deepcopy(model)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    sui = SmoothUniqueInformation(max_samples=40, progress=False)
+    _trainer(tmp_path, [sui, ckpt], max_epochs=1, enable_checkpointing=True).fit(
+        model, *_loaders(digits)
+    )
+    first = _read_csv(tmp_path / "sui_scores.csv")
+
+    # resume in a fresh process-like setting: new module (different init), new callback
+    resumed_sui = SmoothUniqueInformation(max_samples=40, progress=False)
+    trainer = _trainer(
+        tmp_path,
+        [resumed_sui, ModelCheckpoint(dirpath=tmp_path / "ckpt")],
+        max_epochs=2,
+        enable_checkpointing=True,
+    )
+    trainer.fit(
+        _model(hidden=(8,)), *_loaders(digits), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    for name, p in init_copy.named_parameters():  # the snapshot came back from the checkpoint
+        torch.testing.assert_close(resumed_sui._init_params[name], p.detach())
+    assert resumed_sui.scores_.settings["num_steps"] == trainer.global_step == 12
+    second = _read_csv(tmp_path / "sui_scores.csv")
+    assert len(first) == len(second) == 40
+    assert [r["index"] for r in first] == [r["index"] for r in second]
+    assert len({r["index"] for r in second}) == 40
+
+
+class _BadLabels(Dataset):
+    def __len__(self) -> int:
+        return 20
+
+    def __getitem__(self, i: int):
+        return torch.zeros(64), torch.tensor(12)  # label 12 with only 10 outputs
+
+
+def test_bad_configuration_fails_at_fit_start(digits, tmp_path):
+    with pytest.raises(ValueError, match="`linearize_at` must be one of"):
+        SmoothUniqueInformation(linearize_at="middle")
+    with pytest.raises(ValueError, match="`max_samples` must be >= 2"):
+        SmoothUniqueInformation(max_samples=1)
+
+    class _Stop(pl.Callback):
+        def on_train_batch_start(self, *args):
+            raise AssertionError("training started despite a bad configuration")
+
+    sui = SmoothUniqueInformation(progress=False)
+    loader = DataLoader(_BadLabels(), batch_size=5)
+    with pytest.raises(ValueError, match="integer labels must be < the number of model outputs"):
+        _trainer(tmp_path, [sui, _Stop()]).fit(_model(), loader)
+
+    dict_loader = DataLoader([{"pixels": torch.zeros(64), "cls": 1}] * 8, batch_size=4)
+    with pytest.raises(TypeError, match="Cannot find the inputs"):
+        _trainer(tmp_path, [SmoothUniqueInformation(progress=False), _Stop()]).fit(
+            _model(), dict_loader
+        )
+
+
+@pytest.mark.parametrize("logger_cls", [TensorBoardLogger, CSVLogger], ids=["tensorboard", "csv"])
+def test_loggers(digits, tmp_path, logger_cls):
+    sui = SmoothUniqueInformation(max_samples=30, image_shape=(8, 8), top_k=5, progress=False)
+    logger = logger_cls(save_dir=str(tmp_path), name="run")
+    trainer = _trainer(tmp_path, [sui], logger=logger, max_epochs=1)
+    trainer.fit(_model(), *_loaders(digits))
+    csv_path = Path(trainer.log_dir) / "sui_scores.csv"
+    assert sui.csv_path_ == csv_path and len(_read_csv(csv_path)) == 30
+    if logger_cls is TensorBoardLogger:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        logger.experiment.flush()
+        acc = EventAccumulator(str(trainer.log_dir), size_guidance={"histograms": 0, "images": 0})
+        acc.Reload()
+        tags = acc.Tags()
+        assert {"sui/weight_si", "sui/functional_si"} <= set(tags["histograms"])
+        assert {"sui/most_informative", "sui/least_informative"} <= set(tags["images"])
+        assert any("sui/top_k" in t for t in tags["tensors"])
+
+
+def test_killed_write_leaves_previous_file_or_none(digits, tmp_path, monkeypatch):
+    (x, y), (xv, yv) = digits
+    model = _model()
+    sui = SmoothUniqueInformation(
+        linearize_at="final",
+        learning_rate=LR,
+        num_steps=5,
+        max_samples=20,
+        progress=False,
+        dirpath=tmp_path,
+    )
+    train, val = TensorDataset(x, y), TensorDataset(xv, yv)
+    target = tmp_path / "sui_scores.csv"
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated kill during fsync")
+
+    monkeypatch.setattr(reporting.os, "fsync", crash)
+    with pytest.raises(OSError, match="simulated kill"):
+        sui.score(model, train, val)
+    assert not target.exists()  # no previous file: none, not a partial one
+    monkeypatch.undo()
+
+    sui.score(model, train, val)
+    complete = target.read_bytes()
+    monkeypatch.setattr(reporting.os, "replace", crash)
+    with torch.no_grad():
+        model.net[0].weight.mul_(1.5)  # new scores, so a partial write would differ
+    with pytest.raises(OSError, match="simulated kill"):
+        sui.score(model, train, val)
+    assert target.read_bytes() == complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sui_scores.csv"]  # no temp files left
+
+
+def test_default_construction_on_classification_module(digits, tmp_path):
+    """`Trainer(callbacks=[SmoothUniqueInformation()])` with the default Adam + cross-entropy MLP."""
+    model = MLPClassifier(64, 10, hidden=(8,))
+    train, val = _loaders(digits)
+    trainer = pl.Trainer(
+        callbacks=[SmoothUniqueInformation()],
+        max_epochs=1,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, train, val)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "Adam" in messages and "cross-entropy" in messages
+    sui = (
+        trainer.callbacks[0]
+        if isinstance(trainer.callbacks[0], SmoothUniqueInformation)
+        else [c for c in trainer.callbacks if isinstance(c, SmoothUniqueInformation)][0]
+    )
+    assert len(sui.scores_) == N_TRAIN
+    assert bool(torch.isfinite(sui.scores_.weight_si).all())
+    assert bool(torch.isfinite(sui.scores_.functional_si).all())
+    assert len(_read_csv(Path(trainer.log_dir) / "sui_scores.csv")) == N_TRAIN
+
+
+def test_score_outside_fit_needs_settings_and_state_key_pickle(digits):
+    (x, y), _ = digits
+    sui = SmoothUniqueInformation(progress=False)
+    with pytest.raises(ValueError, match="learning_rate"):
+        sui.score(_model(), TensorDataset(x, y), write=False)
+    assert (
+        SmoothUniqueInformation().state_key
+        != SmoothUniqueInformation(linearize_at="final").state_key
+    )
+    clone = pickle.loads(pickle.dumps(SmoothUniqueInformation(max_samples=7)))
+    assert clone.max_samples == 7
