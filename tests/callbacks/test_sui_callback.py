@@ -85,7 +85,8 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
     assert len(rows) == len(scores) == 60
     idx = torch.tensor([int(r["index"]) for r in rows])
     assert torch.equal(idx, scores.indices)
-    assert bool((idx[1:] > idx[:-1]).all()) and int(idx.max()) < N_TRAIN  # dataset order, unique
+    assert bool((idx[1:] > idx[:-1]).all())
+    assert int(idx.max()) < N_TRAIN
     # the subset is the documented seeded draw, and each row carries that sample's own label
     expected = (
         torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(0))[:60].sort().values
@@ -98,7 +99,8 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
     assert int(idx[ranks == 1]) == int(idx[torch.argmax(scores.weight_si)])
 
     st = scores.settings
-    assert st["learning_rate"] == LR and st["num_steps"] == trainer.global_step == 12
+    assert st["learning_rate"] == LR
+    assert st["num_steps"] == trainer.global_step == 12
     ref = smooth_unique_information(
         init_copy,
         x[idx],
@@ -207,7 +209,8 @@ def test_loggers(digits, tmp_path, logger_cls):
     trainer = _trainer(tmp_path, [sui], logger=logger, max_epochs=1)
     trainer.fit(_model(), *_loaders(digits))
     csv_path = Path(trainer.log_dir) / "sui_scores.csv"
-    assert sui.csv_path_ == csv_path and len(_read_csv(csv_path)) == 30
+    assert sui.csv_path_ == csv_path
+    assert len(_read_csv(csv_path)) == 30
     if logger_cls is TensorBoardLogger:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -269,11 +272,12 @@ def test_default_construction_on_classification_module(digits, tmp_path):
         warnings.simplefilter("always")
         trainer.fit(model, train, val)
     messages = " ".join(str(w.message) for w in caught)
-    assert "Adam" in messages and "cross-entropy" in messages
+    assert "Adam" in messages
+    assert "cross-entropy" in messages
     sui = (
         trainer.callbacks[0]
         if isinstance(trainer.callbacks[0], SmoothUniqueInformation)
-        else [c for c in trainer.callbacks if isinstance(c, SmoothUniqueInformation)][0]
+        else next(c for c in trainer.callbacks if isinstance(c, SmoothUniqueInformation))
     )
     assert len(sui.scores_) == N_TRAIN
     assert bool(torch.isfinite(sui.scores_.weight_si).all())
