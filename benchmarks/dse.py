@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "dse.md")
+    parser.add_argument("--repeats", type=int, default=None, help="override the repeat schedule")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="BLAS/LAPACK/OpenMP threads for both contenders (default: library defaults). "
@@ -88,6 +89,7 @@ def main() -> None:
     print(header, flush=True)
     for n in args.sizes:
         repeats = 5 if n <= 1000 else 3 if n <= 2000 else 2 if n <= 4000 else 1
+        repeats = args.repeats or repeats
         x = np.random.default_rng(0).uniform(size=(n, args.dim))
         xt = torch.from_numpy(x)
         diffusion_spectral_entropy(xt[:64])  # warm-up (lazy init of torch kernels)
@@ -109,8 +111,9 @@ def main() -> None:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
     note = (
-        f"\nD = {args.dim}, uniform [0, 1]^D data, sigma = 10, t = 1; median of 5/3/2/1 interleaved repeats "
-        f"for N <= 1000/2000/4000/above. {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"\nD = {args.dim}, uniform [0, 1]^D data, sigma = 10, t = 1; median of "
+        f"{args.repeats if args.repeats else '5/3/2/1'} interleaved repeats "
+        f"{'' if args.repeats else 'for N <= 1000/2000/4000/above'}. {os.cpu_count()} CPU cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), numpy {np.__version__} "
         f"({'library default' if limiter is None else args.threads} BLAS threads), {platform.processor() or platform.machine()}; "
         f"load average at the end: {', '.join(f'{v:.1f}' for v in load)} (shared machine: timings "
