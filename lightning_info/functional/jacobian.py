@@ -123,7 +123,7 @@ def _auto_chunk(num_rows: int, num_params: int, itemsize: int, budget: int) -> i
 
 
 @torch.no_grad()
-def model_outputs(model: nn.Module, inputs: Tensor, *, chunk_size: int | None = None) -> Tensor:
+def model_outputs(model: nn.Module, inputs: Tensor, chunk_size: int | None = None) -> Tensor:
     """Evaluate ``model`` in eval mode and return its outputs as an (N, K) tensor.
 
     The train/eval state of every submodule is restored afterwards. A model returning shape
