@@ -704,8 +704,10 @@ class SmoothUniqueInformation(Callback):
         if distributed:
             info, settings = trainer.strategy.broadcast((info, settings), src=0)
         self.scores_ = self._to_scores(info, positions.long(), y, predicted, settings)
-        if write and (trainer is None or trainer.is_global_zero):
-            self._write(trainer, x, self.scores_)
+        if write:
+            out_dir = self._output_dir(trainer)  # on every rank: `trainer.log_dir` is a collective
+            if trainer is None or trainer.is_global_zero:
+                self._write(trainer, out_dir, x, self.scores_)
         return self.scores_
 
     @staticmethod
@@ -870,10 +872,10 @@ class SmoothUniqueInformation(Callback):
             return Path(log_dir if log_dir is not None else trainer.default_root_dir)
         return Path.cwd()
 
-    def _write(self, trainer: pl.Trainer | None, x: Tensor, scores: SUIScores) -> None:
-        self.csv_path_ = write_csv_atomic(
-            self._output_dir(trainer) / self.filename, scores.columns()
-        )
+    def _write(
+        self, trainer: pl.Trainer | None, out_dir: Path, x: Tensor, scores: SUIScores
+    ) -> None:
+        self.csv_path_ = write_csv_atomic(out_dir / self.filename, scores.columns())
         writers = tensorboard_writers(trainer) if trainer is not None else []
         if not writers:
             return
