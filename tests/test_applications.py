@@ -120,3 +120,16 @@ def test_aggregate_by_group_matches_numpy():
     assert out.as_rows()[-1][:2] == (9, 1)
     with pytest.raises(ValueError, match="`groups` must have one entry per score"):
         aggregate_by_group(scores, groups[:3])
+
+
+def test_iterative_schedule_last_round_removes_only_what_is_needed():
+    sizes = []
+    scores = torch.rand(20, generator=torch.Generator().manual_seed(4))
+
+    def score_fn(idx):
+        sizes.append(idx.numel())
+        return scores[idx]
+
+    keep = summarize_dataset(score_fn, keep_fraction=0.5, num_samples=20, step_fraction=0.2)
+    assert sizes == [20, 16, 12]  # remove ceil(0.2*20)=4, ceil(0.2*16)=4, then only 2
+    assert keep.numel() == 10
