@@ -271,7 +271,12 @@ def _series_mul(a: Tensor, b: Tensor, length: int) -> Tensor:
     """First ``length`` terms of the causal convolution of matrix series (c, La, p, q) * (c, Lb, q, r)."""
     size = a.shape[1] + b.shape[1] - 1
     nfft = 1 << max(0, (size - 1).bit_length())
-    prod = torch.fft.rfft(a, n=nfft, dim=1) @ torch.fft.rfft(b, n=nfft, dim=1)
+    fa, fb = torch.fft.rfft(a, n=nfft, dim=1), torch.fft.rfft(b, n=nfft, dim=1)
+    if a.shape[-1] == 1:  # 1 x 1 blocks: elementwise
+        prod = fa * fb
+    else:  # complex block products as real batched matmuls (faster than complex bmm on CPU)
+        ar, ai, br, bi = fa.real, fa.imag, fb.real, fb.imag
+        prod = torch.complex(ar @ br - ai @ bi, ar @ bi + ai @ br)
     return torch.fft.irfft(prod, n=nfft, dim=1)[:, :length]
 
 
