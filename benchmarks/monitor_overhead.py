@@ -48,6 +48,12 @@ CONFIGS: dict[str, tuple[dict | None, bool]] = {
         dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=500, dtype=torch.float32), False),
     "full, N=1000, float64, every 2 epochs": (
         dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000, every_n_epochs=2), False),
+    "full, N=1000, float32, every 4 epochs": (
+        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000, dtype=torch.float32,
+             every_n_epochs=4), False),
+    "dse+dsmi_y, N=500, float32, every 2 epochs": (
+        dict(quantities=("dse", "dsmi_y"), max_samples=500, dtype=torch.float32,
+             every_n_epochs=2), False),
 }
 
 
