@@ -32,6 +32,7 @@ from lightning_info.functional.dse import (
     _dsmi_compute,
     _exact_eigvals,
     _reference_labels,
+    _spectral_entropy_bits,
     _subsample_indices,
 )
 from lightning_info.utilities.checks import _as_tensor, _check_finite, _check_int, _check_ndim
@@ -203,6 +204,7 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
             sigma=sigma, t=t, max_samples=max_samples, seed=seed, solver=solver,
             num_probes=num_probes, num_steps=num_steps, dtype=dtype, **kwargs,
         )
+        self._last_spectrum: Tensor | None = None
 
     def update(self, embeddings: Tensor, *, index: Tensor | None = None) -> None:
         """Append a batch of embeddings ``(B, D)`` (higher ranks are flattened to ``(B, -1)``).
@@ -217,18 +219,28 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
     def compute(self) -> Tensor:
         """DSE in bits of all accumulated embeddings (0-dim float64)."""
         (x,) = self._subsample(*self._gathered())
+        if self.solver == "exact":
+            # the exact path of ``_dse_compute``, keeping the spectrum for :meth:`spectrum`
+            eigvals = _exact_eigvals(x, self.sigma, _resolve_dtype(self.work_dtype, torch.float64))
+            self._last_spectrum = torch.sort(eigvals).values
+            return _spectral_entropy_bits(eigvals, self.t)
+        self._last_spectrum = None
         return _dse_compute(x, **self._options())
 
     def spectrum(self) -> Tensor:
         r"""Eigenvalues of the diffusion operator of the accumulated embeddings (for histograms).
 
         Uses the same samples as :meth:`compute` (synced across processes, canonical order,
-        subsampled) and the exact eigensolve, whatever ``solver`` is. Like ``compute`` it must
-        be called on every process under DDP (it gathers the states).
+        subsampled) and the exact eigensolve, whatever ``solver`` is. Right after ``compute`` with
+        ``solver="exact"`` (no ``update`` in between) it returns that computation's eigenvalues
+        without a second eigensolve or sync; otherwise, like ``compute``, it gathers the states and
+        must be called on every process under DDP.
 
         Returns:
             (N,) float64 tensor of eigenvalues of :math:`P = D^{-1} G`, in :math:`[-1, 1]`.
         """
+        if self._computed is not None and self._last_spectrum is not None:
+            return self._last_spectrum  # from the last compute(), no update since: no second solve
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=True
         ):

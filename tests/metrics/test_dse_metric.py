@@ -181,3 +181,25 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="reference"):
         failed.update(z, y[:5])
     assert failed.embeddings == []  # a rejected batch leaves no half-stored state
+
+
+def test_spectrum_after_compute_reuses_the_eigensolve(monkeypatch):
+    import lightning_info.metrics.dse as metrics_dse
+
+    z, _ = _data(n=50)
+    calls = []
+    real = metrics_dse._exact_eigvals
+    monkeypatch.setattr(
+        metrics_dse, "_exact_eigvals", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    metric = DiffusionSpectralEntropy(sigma=3.0)
+    metric.update(z)
+    value = metric.compute()
+    spectrum = metric.spectrum()
+    assert len(calls) == 1  # one eigensolve for both
+    expected = np.sort(np.linalg.eigvalsh(ref_kernel(z.numpy(), sigma=3.0)))
+    np.testing.assert_allclose(spectrum.numpy(), expected, atol=1e-10)
+    assert abs(value.item() - ref_dse(z.numpy(), sigma=3.0)) < 1e-8
+    metric.update(z[:20] * 3)  # new data: the cached spectrum must not be reused
+    assert metric.spectrum().shape == (70,)
+    assert len(calls) == 2
