@@ -135,15 +135,15 @@ def main():
     for name, cfg in [
         (
             "binary 4-vs-9",
-            dict(k=1, n_train=250, n_heldout=100, n_loo=25, hidden=256, steps=1000, wd=0.0),
+            dict(k=1, n_train=250, n_heldout=100, n_loo=20, hidden=128, steps=1000, wd=0.0),
         ),
         (
             "binary 4-vs-9, wd",
-            dict(k=1, n_train=250, n_heldout=100, n_loo=25, hidden=256, steps=1000, wd=1e-3),
+            dict(k=1, n_train=250, n_heldout=100, n_loo=20, hidden=128, steps=1000, wd=1e-2),
         ),
         (
             "10-class",
-            dict(k=10, n_train=200, n_heldout=100, n_loo=20, hidden=256, steps=500, wd=0.0),
+            dict(k=10, n_train=150, n_heldout=100, n_loo=15, hidden=128, steps=500, wd=0.0),
         ),
     ]:
         rows, meta = run(name, **cfg)
