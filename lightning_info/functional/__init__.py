@@ -12,6 +12,7 @@ from lightning_info.functional.jacobian import (
     model_outputs,
     per_sample_jacobians,
 )
+from lightning_info.functional.lanczos import stochastic_lanczos_quadrature
 from lightning_info.functional.shannon import (
     classic_shannon_entropy,
     classic_shannon_mutual_information,
@@ -37,6 +38,7 @@ __all__: list[str] = [
     "model_outputs",
     "per_sample_jacobians",
     "smooth_unique_information",
+    "stochastic_lanczos_quadrature",
     "unique_information_from_features",
     "unique_information_from_kernels",
 ]
