@@ -336,6 +336,7 @@ class SmoothUniqueInformation(Callback):
         self.csv_path_: Path | None = None
         self._init_params: dict[str, Tensor] | None = None
         self._init_step = 0
+        self._restored = False
         self._hyper: dict[str, Any] = {}
         self._warned: set[str] = set()
 
@@ -355,6 +356,7 @@ class SmoothUniqueInformation(Callback):
         """Restore the snapshot taken in the original run's ``on_fit_start``."""
         self._init_params = state_dict.get("init_params")
         self._init_step = int(state_dict.get("init_step", 0))
+        self._restored = self._init_params is not None
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -366,11 +368,13 @@ class SmoothUniqueInformation(Callback):
     # ------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Validate the scoring data, read the optimizer settings and snapshot the weights."""
-        if self.linearize_at == "init" and self._init_params is None:
+        # a fresh snapshot for every fit, unless this fit resumes from a checkpoint that held one
+        if self.linearize_at == "init" and not self._restored:
             self._init_params = {
                 n: p.detach().to("cpu", copy=True) for n, p in pl_module.named_parameters()
             }
             self._init_step = int(trainer.global_step)
+        self._restored = False
         self._hyper = self._read_optimizer(trainer)
         self._check_assumptions(trainer, pl_module)
         if self.dataset is not None:

@@ -152,6 +152,15 @@ def test_resume_keeps_initial_weights_and_rerun_does_not_duplicate_rows(digits, 
     )
     first = _read_csv(tmp_path / "sui_scores.csv")
 
+    # re-run with the same callback instance on another model: a fresh snapshot, same rows
+    other = _model(hidden=(8,))
+    with torch.no_grad():
+        other.net[0].weight.add_(1.0)
+    other_init = copy.deepcopy(other)
+    _trainer(tmp_path, [sui], max_epochs=1).fit(other, *_loaders(digits))
+    torch.testing.assert_close(sui._init_params["net.0.weight"], other_init.net[0].weight.detach())
+    assert len(_read_csv(tmp_path / "sui_scores.csv")) == 40
+
     # resume in a fresh process-like setting: new module (different init), new callback
     resumed_sui = SmoothUniqueInformation(max_samples=40, progress=False)
     trainer = _trainer(
