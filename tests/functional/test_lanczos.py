@@ -17,6 +17,16 @@ from lightning_info.functional import lanczos
 from lightning_info.functional.lanczos import _dse_lanczos, stochastic_lanczos_quadrature
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run single-threaded: the many small Lanczos ops slow down badly (10x measured) from
+    OpenMP oversubscription when the 2-core test machine is shared."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _spd(eigenvalues: np.ndarray, seed: int = 0) -> torch.Tensor:
     """Dense symmetric matrix Q diag(eigenvalues) Q^T with a seeded random orthogonal Q."""
     rng = np.random.default_rng(seed)
