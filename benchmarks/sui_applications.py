@@ -98,10 +98,8 @@ def detection(cfg: dict, ds, tr, va, root: Path) -> tuple[list, list]:
     y_noisy, bad = corrupt_labels(y, fraction=0.1, num_classes=10, seed=0)
     val_loader = make_loader(ds.inputs[va], ds.targets[va], batch_size=256)
     rows, regime_rows = [], []
-    for regime, epochs in (
-        ("underfit", cfg["epochs_underfit"]),
-        ("memorize", cfg["epochs_memorize"]),
-    ):
+    regimes = (("underfit", cfg["epochs_underfit"]), ("memorize", cfg["epochs_memorize"]))
+    for regime, epochs in [r for r in regimes if r[0] in cfg["regimes"]]:
         pl.seed_everything(0, verbose=False)
         model = MLPClassifier(
             64, 10, hidden=cfg["hidden"], loss="mse", optimizer="sgd", lr=cfg["lr"]
@@ -310,6 +308,10 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=["detection", "summarization", "rare"]
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--memorize-epochs", type=int, default=250, help="epochs of the long run")
+    parser.add_argument(
+        "--regimes", nargs="*", default=["underfit", "memorize"], choices=["underfit", "memorize"]
+    )
     parser.add_argument("--tag", default="", help="suffix of the output Markdown file name")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -319,7 +321,8 @@ def main() -> None:
         lr=0.5,
         batch_size=32,
         epochs_underfit=25,
-        epochs_memorize=250,
+        epochs_memorize=args.memorize_epochs,
+        regimes=args.regimes,
         sui_kwargs=dict(progress=False),
         sum_hidden=(64,),
         sum_steps=600,
