@@ -240,3 +240,16 @@ def test_dse_lanczos_row_blocks_never_build_dense(monkeypatch):
     # the symmetric triangle is used: the blocks of one product cover about half of G
     per_product = sum(r * c for r, c in shapes[: -(-n // block_rows)])
     assert per_product < 0.6 * n * n
+
+
+@pytest.mark.parametrize("budget_rows", [0, 37, 120], ids=["no-cache", "partial-cache", "dense"])
+def test_gaussian_kernel_products_match_dense(budget_rows):
+    x = _data("clustered", 120)
+    g = np.exp(-cdist(x, x, "sqeuclidean") / (2 * 3.0**2))
+    kernel = lanczos._GaussianKernel(torch.from_numpy(x), sigma=3.0, kernel_dtype=torch.float32,
+                                     block_rows=16, memory_budget_bytes=budget_rows * 120 * 4)
+    v = np.random.default_rng(0).normal(size=(120, 3))
+    vt = torch.from_numpy(v)
+    np.testing.assert_allclose(kernel.degree.numpy(), g.sum(1), rtol=1e-5)
+    np.testing.assert_allclose(kernel.matmat(vt).numpy(), g @ v, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kernel.matmat(vt, square=True).numpy(), (g * g) @ v, rtol=1e-4, atol=1e-5)
