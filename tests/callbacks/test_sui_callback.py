@@ -119,20 +119,23 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
     assert not torch.equal(model.net[0].weight, init_copy.net[0].weight)
 
 
-def test_linearize_at_final_matches_engine_on_trained_weights(digits, tmp_path):
+def test_linearize_at_final_matches_engine_on_trained_weights_with_momentum(digits, tmp_path):
+    """Final weights; SGD momentum 0.9 is replayed as GD with the heavy-ball lr / (1 - 0.9)."""
     (x, y), (xv, _) = digits
-    model = _model()
+    model = _model(optimizer="sgd_momentum")
     sui = SmoothUniqueInformation(
         linearize_at="final", max_samples=None, kernel="trace", method="ridge", progress=False
     )
     trainer = _trainer(tmp_path, [sui], max_epochs=1)
-    trainer.fit(model, *_loaders(digits))
+    with pytest.warns(UserWarning, match="momentum=0.9"):
+        trainer.fit(model, *_loaders(digits))
+    assert sui.scores_.settings["learning_rate"] == pytest.approx(LR / (1 - 0.9))
     ref = smooth_unique_information(
         model,
         x,
         y,
         xv,
-        learning_rate=LR,
+        learning_rate=LR / (1 - 0.9),
         num_steps=trainer.global_step,
         method="ridge",
         kernel="trace",
@@ -289,6 +292,7 @@ def test_default_construction_on_classification_module(digits, tmp_path):
         else next(c for c in trainer.callbacks if isinstance(c, SmoothUniqueInformation))
     )
     assert len(sui.scores_) == N_TRAIN
+    assert sui.scores_.settings["num_steps"] is None  # adaptive optimizer: converged solution
     assert bool(torch.isfinite(sui.scores_.weight_si).all())
     assert bool(torch.isfinite(sui.scores_.functional_si).all())
     assert len(_read_csv(Path(trainer.log_dir) / "sui_scores.csv")) == N_TRAIN
