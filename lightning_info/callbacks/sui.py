@@ -255,6 +255,10 @@ class SmoothUniqueInformation(Callback):
         image_shape: shape of one image for flat inputs, e.g. ``(8, 8)``, to log image grids.
         progress: show progress bars (also requires the trainer's progress bar to be enabled).
 
+    A failure while scoring at fit end (after training) is reported as a warning and leaves
+    ``scores_`` None, so that a finished training run is never turned into an error; call
+    :meth:`score` to retry (it raises).
+
     Raises:
         ValueError: invalid options (at construction), or, at fit start, a scoring dataset that
             is empty or whose batches/model outputs cannot be used.
@@ -413,7 +417,15 @@ class SmoothUniqueInformation(Callback):
         """Score the training samples and write the reports."""
         if trainer.sanity_checking:  # pragma: no cover - fit_end never runs during sanity check
             return
-        self.score(pl_module, trainer=trainer)
+        try:
+            self.score(pl_module, trainer=trainer)
+        except Exception as err:  # the model is trained: report, do not fail the whole run
+            rank_zero_warn(
+                f"SmoothUniqueInformation: scoring at fit end failed, `scores_` is None "
+                f"({type(err).__name__}: {err}). Call `.score(...)` to retry with other settings.",
+                category=UserWarning,
+            )
+            self.scores_ = None
 
     # ------------------------------------------------------------------------------------------
     # configuration read from the trainer
@@ -728,11 +740,20 @@ class SmoothUniqueInformation(Callback):
             else:
                 theta, theta_val = self._kernels(pl_module, x_dev, x_val, settings)
             info: UniqueInformation | None = None
-            if not distributed or trainer.is_global_zero:
+            error: str | None = None
+            if not distributed:
                 f0 = model_outputs(pl_module, x_dev, chunk_size=self.batch_size)
                 info = self._solve(theta, theta_val, f0, y.to(device), settings, show)
+            elif trainer.is_global_zero:
+                try:  # never leave the other ranks waiting in the broadcast below
+                    f0 = model_outputs(pl_module, x_dev, chunk_size=self.batch_size)
+                    info = self._solve(theta, theta_val, f0, y.to(device), settings, show)
+                except Exception as err:
+                    error = f"{type(err).__name__}: {err}"
         if distributed:
-            info, settings = trainer.strategy.broadcast((info, settings), src=0)
+            info, settings, error = trainer.strategy.broadcast((info, settings, error), src=0)
+            if error is not None:
+                raise RuntimeError(f"SmoothUniqueInformation: scoring failed on rank 0: {error}")
         self.scores_ = self._to_scores(info, positions.long(), y, predicted, settings)
         if write:
             out_dir = self._output_dir(trainer)  # on every rank: `trainer.log_dir` is a collective

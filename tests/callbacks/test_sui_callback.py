@@ -309,3 +309,22 @@ def test_score_outside_fit_needs_settings_and_state_key_pickle(digits):
     )
     clone = pickle.loads(pickle.dumps(SmoothUniqueInformation(max_samples=7)))
     assert clone.max_samples == 7
+
+
+def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, monkeypatch):
+    import lightning_info.callbacks.sui as sui_module
+
+    def boom(*args, **kwargs):
+        raise ValueError("engine exploded")
+
+    monkeypatch.setattr(sui_module, "unique_information_from_kernels", boom)
+    sui = SmoothUniqueInformation(max_samples=20, progress=False)
+    trainer = _trainer(tmp_path, [sui], max_epochs=1, limit_train_batches=1)
+    with pytest.warns(UserWarning, match="scoring at fit end failed.*engine exploded"):
+        trainer.fit(_model(), *_loaders(digits))
+    assert trainer.global_step == 1
+    assert sui.scores_ is None
+    assert not (tmp_path / "sui_scores.csv").exists()
+    (x, y), _ = digits
+    with pytest.raises(ValueError, match="engine exploded"):  # an explicit call raises
+        sui.score(_model(), TensorDataset(x, y), trainer=trainer, write=False)
