@@ -1,6 +1,7 @@
 """Evidence for the SUI applications (issue 5): mislabeled detection, summarization, rare class.
 
-Run: ``python benchmarks/sui_applications.py`` (about 10 minutes on 2 CPU cores) or ``--quick``
+Run: ``python benchmarks/sui_applications.py`` (about 15 minutes on 2 idle CPU cores; 40 on a
+loaded machine) or ``--quick``
 (a smoke run with tiny settings; its numbers mean nothing). Tables are printed and written to
 ``benchmarks/out/sui_applications.md``; the summarization curve to ``benchmarks/out/
 summarization.png``.
@@ -308,7 +309,7 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=["detection", "summarization", "rare"]
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--memorize-epochs", type=int, default=250, help="epochs of the long run")
+    parser.add_argument("--memorize-epochs", type=int, default=500, help="epochs of the long run")
     parser.add_argument(
         "--regimes", nargs="*", default=["underfit", "memorize"], choices=["underfit", "memorize"]
     )

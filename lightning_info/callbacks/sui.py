@@ -161,11 +161,11 @@ class SmoothUniqueInformation(Callback):
     (informativeness for further training from there). Measured on digits with 10% flipped
     labels (``benchmarks/sui_applications.py``, MLP 64-128-128-10, MSE + SGD, flipped-label
     AUROC of weight SI): in a short run that underfits the flipped labels both work (init 0.99,
-    final 1.00, training-loss baseline 0.99); once the network has memorized them (98% of the
-    flipped samples fitted to their wrong label) the final weights fit them, the residuals
-    vanish and final-weight scores drop to 0.75 (training loss 0.84), while ``"init"`` stays at
-    1.00. ``"init"`` is therefore the default. The snapshot is stored in the
-    callback's checkpoint state, so resuming keeps the true initial weights (the checkpoint then
+    final 1.00, training-loss baseline 0.99); once the network has memorized them (all flipped
+    samples fitted to their wrong label after 500 epochs) the final weights fit them, the
+    residuals vanish and final-weight scores drop to 0.58 (training loss 0.66), while ``"init"``
+    stays at 1.00. ``"init"`` is therefore the default. The snapshot is stored in the callback's
+    checkpoint state, so resuming keeps the true initial weights (the checkpoint then
     carries one extra copy of the parameters).
 
     **Which samples.** The scoring pass rebuilds a *sequential* DataLoader (no shuffling, no
