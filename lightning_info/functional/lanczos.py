@@ -297,6 +297,9 @@ def _kernel_block(x: Tensor, sq: Tensor, row_start: int, row_stop: int, col_star
     xr, xcol = x[row_start:row_stop], x[col_start:col_stop]
     block = torch.addmm(sq[col_start:col_stop].unsqueeze(0), xr, xcol.T, alpha=-2.0)
     block.add_(sq[row_start:row_stop].unsqueeze(1)).clamp_(min=0.0).mul_(-gamma).exp_()
+    # Flush subnormal entries (< 1.2e-38 in float32) to 0: they change no sum that matters but
+    # make every later matmul several times slower on x86 (measured 5-10x for flat spectra).
+    block.masked_fill_(block < torch.finfo(block.dtype).tiny, 0.0)
     lo, hi = max(row_start, col_start), min(row_stop, col_stop)
     if lo < hi:  # the block contains part of the diagonal: distance exactly 0
         idx = torch.arange(lo, hi, device=x.device)
