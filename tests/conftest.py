@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -40,3 +41,18 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         yield
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch/BLAS thread for a module of small problems.
+
+    Small eigensolves are as fast on one thread and do not stall when the 2-core machine is
+    oversubscribed (seen: a 1000x1000 eigvalsh took 17 s on 2 busy threads, 1.6 s on one).
+    Use it with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(previous)

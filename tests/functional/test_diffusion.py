@@ -7,7 +7,6 @@ import pytest
 import torch
 from _reference import ref_kernel, ref_random_walk
 from scipy.spatial.distance import cdist
-from threadpoolctl import threadpool_limits
 
 from lightning_info.functional.diffusion import (
     _pairwise_sq_dists,
@@ -15,16 +14,7 @@ from lightning_info.functional.diffusion import (
     gaussian_affinity,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These problems are small: one BLAS/OpenMP thread is as fast and does not stall when the
-    (2-core, shared) machine is oversubscribed."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _data(n=60, d=5, scale=4.0, seed=0):
@@ -52,7 +42,7 @@ def test_pairwise_sq_dists_match_exact_differences_far_from_origin():
 def test_gaussian_affinity_matches_formula():
     x = _data()
     g = gaussian_affinity(torch.from_numpy(x), sigma=3.0).numpy()
-    np.testing.assert_allclose(g, np.exp(-cdist(x, x) ** 2 / 18.0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g, np.exp(-(cdist(x, x) ** 2) / 18.0), rtol=1e-12, atol=1e-14)
     assert np.all(np.diag(g) == 1.0)
 
 

@@ -12,7 +12,6 @@ import torch
 from _reference import ref_bin_scalar, ref_dse, ref_dsmi
 from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
-from threadpoolctl import threadpool_limits
 
 from lightning_info.functional import (
     cluster_reference,
@@ -26,15 +25,7 @@ dse = diffusion_spectral_entropy
 dsmi = diffusion_spectral_mutual_information
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These problems are small: one BLAS/OpenMP thread is as fast and does not stall when the
-    (2-core, shared) machine is oversubscribed."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------------------------------
@@ -214,7 +205,11 @@ def test_two_points():
 def test_max_samples_uses_no_global_rng_and_is_seeded():
     x = torch.from_numpy(_uniform(300))
     random.seed(123)
-    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch_state, np_state, py_state = (
+        torch.get_rng_state(),
+        np.random.get_state(),
+        random.getstate(),
+    )
     a = dse(x, max_samples=100, seed=1).item()
     dsmi(x, np.arange(300) % 3, max_samples=100, seed=1)
     assert torch.equal(torch.get_rng_state(), torch_state)
@@ -289,8 +284,12 @@ def test_dse_errors(x, kwargs, err, match):
         (None, {"clusters": np.zeros(10)}, TypeError, "`clusters` must hold integer"),
         (None, {"clusters": np.zeros(9, dtype=int)}, ValueError, "got 10 and 9"),
         (None, {"clusters": np.zeros((10, 2), dtype=int)}, ValueError, "`clusters` must be 1-D"),
-        (np.random.default_rng(0).normal(size=(10, 3)), {"n_clusters": 11}, ValueError,
-         r"`n_clusters` must be <= the number of samples \(10\); got 11"),
+        (
+            np.random.default_rng(0).normal(size=(10, 3)),
+            {"n_clusters": 11},
+            ValueError,
+            r"`n_clusters` must be <= the number of samples \(10\); got 11",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

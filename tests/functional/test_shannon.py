@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from _reference import ref_bin_scalar, ref_cse, ref_csmi
-from threadpoolctl import threadpool_limits
 
 from lightning_info.functional import (
     classic_shannon_entropy,
@@ -19,15 +18,7 @@ cse = classic_shannon_entropy
 csmi = classic_shannon_mutual_information
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These problems are small: one BLAS/OpenMP thread is as fast and does not stall when the
-    (2-core, shared) machine is oversubscribed."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("num_bins", [2, 3, 5])
@@ -86,9 +77,7 @@ def test_csmi_reference_handling_shared_with_dsmi():
     assert csmi(x, s, n_clusters=5).item() == csmi(x, None, clusters=binned).item()
     vectors = np.repeat(np.eye(3, 4) * 30, 30, axis=0) + rng.normal(size=(90, 4))
     groups = np.repeat(np.arange(3), 30)
-    assert csmi(x, vectors, n_clusters=3).item() == pytest.approx(
-        ref_csmi(x, groups), abs=1e-12
-    )
+    assert csmi(x, vectors, n_clusters=3).item() == pytest.approx(ref_csmi(x, groups), abs=1e-12)
 
 
 @pytest.mark.parametrize(
