@@ -249,9 +249,12 @@ def render(res: dict) -> str:
              f"{LANCZOS_THREADS} (see `timed_lanczos`); the machine was shared with other "
              "jobs (1-min load average recorded per row), so timings are noisy upper bounds.",
              "Lanczos: `_dse_lanczos` defaults (num_probes=16, num_steps=32, float32 kernel, top "
-             "eigenpair deflated, Hutch++ basis of 32 vectors with 1 power iteration, control variate "
-             "h(mu)=mu). Exact: dense float64 kernel + `torch.linalg.eigvalsh`. sigma = c * median "
-             "pairwise distance. Error = lanczos - exact in bits (max |err| over the seeds listed).", ""]
+             "eigenpair deflated, Hutch++ basis of 32 vectors with 1 power iteration, control variates "
+             "mu and mu^2 with exact traces). Exact: dense float64 kernel + `torch.linalg.eigvalsh`. "
+             "sigma = c * median pairwise distance. Error = lanczos - exact in bits (max |err| over the "
+             "seeds listed). Exact values and times are cached from the first run of a row (often under a "
+             "higher load than the `load` column, which is the load when the lanczos column was timed), "
+             "so the speed-up column is indicative only.", ""]
     acc = res.get("accuracy", {})
     if acc:
         lines += ["## Accuracy and time per N", "",
@@ -345,7 +348,7 @@ def main() -> None:
         run_grid(res, 2000, "manifold", 1.0, seeds)
     if "library" in sections:
         run_library(res, 8000)
-    if "large" in sections:
+    if "large" in sections:  # "--sections render" only rebuilds the Markdown
         run_large(res, args.large_n, "mnist-mlp", 0.5, int(args.budget_gib * 2**30))
     text = render(res)
     (OUT / "dse_lanczos.md").write_text(text + "\n")
