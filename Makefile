@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check lightning_info tests examples benchmarks
+	$(PY) -m ruff format --check lightning_info tests examples benchmarks
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not ddp" -q

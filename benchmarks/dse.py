@@ -68,7 +68,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "dse.md")
     parser.add_argument("--repeats", type=int, default=None, help="override the repeat schedule")
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="BLAS/LAPACK/OpenMP threads for both contenders (default: library defaults). "
         "1 gives stable timings on an oversubscribed shared machine.",
     )
@@ -121,8 +123,14 @@ def main() -> None:
     )
     print(note)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("# Exact DSE: lightning_info vs reference algorithm\n\n" + header + "\n"
-                        + "\n".join(rows) + "\n" + note)
+    args.out.write_text(
+        "# Exact DSE: lightning_info vs reference algorithm\n\n"
+        + header
+        + "\n"
+        + "\n".join(rows)
+        + "\n"
+        + note
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,9 @@ def mnist_features(n: int, seed: int = 0) -> np.ndarray:
     if "model" not in _MLP_CACHE:
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        body = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64),
-                                   torch.nn.ReLU())
+        body = torch.nn.Sequential(
+            torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64), torch.nn.ReLU()
+        )
         model = torch.nn.Sequential(body, torch.nn.Linear(64, 10))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(3):
@@ -175,13 +176,20 @@ def run_accuracy(res: dict, sizes, factors, families, seeds) -> None:
                     v, dt = timed_lanczos(xt, sigma=sigma, seed=s, dtype=torch.float64)
                     vals.append(float(v))
                     times.append(dt)
-                row.update(sigma=sigma, lanczos=vals, t_lanczos=float(np.median(times)),
-                           load_lanczos=loadavg())
+                row.update(
+                    sigma=sigma,
+                    lanczos=vals,
+                    t_lanczos=float(np.median(times)),
+                    load_lanczos=loadavg(),
+                )
                 res["accuracy"][key] = row
                 save_results(res)
                 err = max(abs(v - row["exact"]) for v in vals)
-                print(f"{key:28s} exact={row['exact']:.4f} ({row['t_exact']:.1f}s) "
-                      f"max|err|={err:.4f} lanczos {row['t_lanczos']:.1f}s load={loadavg()}", flush=True)
+                print(
+                    f"{key:28s} exact={row['exact']:.4f} ({row['t_exact']:.1f}s) "
+                    f"max|err|={err:.4f} lanczos {row['t_lanczos']:.1f}s load={loadavg()}",
+                    flush=True,
+                )
 
 
 def run_grid(res: dict, n: int, family: str, c: float, seeds) -> None:
@@ -198,19 +206,25 @@ def run_grid(res: dict, n: int, family: str, c: float, seeds) -> None:
     grid["case"] = key
     for probes in (4, 16, 64):
         for steps in (8, 16, 32):
-            for variant, kw in (("plain SLQ", {"num_deflate": 0, "estimator": "exact_z"}),
-                                ("default", {})):
+            for variant, kw in (
+                ("plain SLQ", {"num_deflate": 0, "estimator": "exact_z"}),
+                ("default", {}),
+            ):
                 vals, times = [], []
                 for s in seeds:
-                    v, dt = timed_lanczos(xt, sigma=sigma, seed=s, num_probes=probes,
-                                  num_steps=steps, **kw)
+                    v, dt = timed_lanczos(
+                        xt, sigma=sigma, seed=s, num_probes=probes, num_steps=steps, **kw
+                    )
                     vals.append(float(v) - row["exact"])
                     times.append(dt)
                 rms = float(np.sqrt(np.mean(np.square(vals))))
                 grid[f"{variant}|{probes}|{steps}"] = {"rms": rms, "time": float(np.median(times))}
                 save_results(res)
-                print(f"grid {variant:9s} probes={probes:3d} steps={steps:3d} rms={rms:.4f} "
-                      f"t={np.median(times):.2f}s", flush=True)
+                print(
+                    f"grid {variant:9s} probes={probes:3d} steps={steps:3d} rms={rms:.4f} "
+                    f"t={np.median(times):.2f}s",
+                    flush=True,
+                )
 
 
 def run_large(res: dict, n: int, family: str, c: float, budget: int) -> None:
@@ -220,12 +234,25 @@ def run_large(res: dict, n: int, family: str, c: float, budget: int) -> None:
     v, dt = timed_lanczos(xt, sigma=sigma, seed=0, memory_budget_bytes=budget)
     runs = res.setdefault("large_runs", {})
     if "large" in res:  # older single-run format (recorded with 1 lanczos thread)
-        runs.setdefault(f"{res['large']['n']}|{res['large']['budget']}|1", {**res.pop("large"), "threads": 1})
+        runs.setdefault(
+            f"{res['large']['n']}|{res['large']['budget']}|1", {**res.pop("large"), "threads": 1}
+        )
     runs[f"{n}|{budget}|{LANCZOS_THREADS}"] = {
-        "n": n, "family": family, "c": c, "sigma": sigma, "dse": float(v), "time": dt, "budget": budget,
-        "load": loadavg(), "log2n": float(np.log2(n)), "threads": LANCZOS_THREADS}
+        "n": n,
+        "family": family,
+        "c": c,
+        "sigma": sigma,
+        "dse": float(v),
+        "time": dt,
+        "budget": budget,
+        "load": loadavg(),
+        "log2n": float(np.log2(n)),
+        "threads": LANCZOS_THREADS,
+    }
     save_results(res)
-    print(f"large N={n} {family} DSE={float(v):.4f} bits in {dt:.1f}s (budget {budget / 2**30:.2f} GiB)")
+    print(
+        f"large N={n} {family} DSE={float(v):.4f} bits in {dt:.1f}s (budget {budget / 2**30:.2f} GiB)"
+    )
 
 
 def run_library(res: dict, n: int) -> None:
@@ -235,34 +262,51 @@ def run_library(res: dict, n: int) -> None:
     sigma = 0.5 * median_distance(x.numpy())
     ve, te = timed(diffusion_spectral_entropy, x, sigma=sigma, solver="exact")
     vl, tl = timed(diffusion_spectral_entropy, x, sigma=sigma, solver="lanczos")
-    res["library"] = {"n": n, "exact": float(ve), "t_exact": te, "lanczos": float(vl), "t_lanczos": tl,
-                      "load": loadavg()}
+    res["library"] = {
+        "n": n,
+        "exact": float(ve),
+        "t_exact": te,
+        "lanczos": float(vl),
+        "t_lanczos": tl,
+        "load": loadavg(),
+    }
     save_results(res)
-    print(f"library N={n}: exact {float(ve):.4f} in {te:.1f}s, lanczos {float(vl):.4f} in {tl:.1f}s")
+    print(
+        f"library N={n}: exact {float(ve):.4f} in {te:.1f}s, lanczos {float(vl):.4f} in {tl:.1f}s"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- report
 def render(res: dict) -> str:
-    lines = ["# DSE: stochastic Lanczos quadrature vs exact", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-             f"{torch.__version__}; exact solver with {torch.get_num_threads()} torch threads, lanczos with "
-             f"{LANCZOS_THREADS} (see `timed_lanczos`); the machine was shared with other "
-             "jobs (1-min load average recorded per row), so timings are noisy upper bounds.",
-             "Lanczos: `_dse_lanczos` defaults (num_probes=16, num_steps=32, float32 kernel, top "
-             "eigenpair deflated, Hutch++ basis of 32 vectors with 1 power iteration, control variates "
-             "mu and mu^2 with exact traces). Exact: dense float64 kernel + `torch.linalg.eigvalsh`. "
-             "sigma = c * median pairwise distance. Error = lanczos - exact in bits (max |err| over the "
-             "seeds listed). Exact values and times are cached from the first run of a row (often under a "
-             "higher load than the `load` column, which is the load when the lanczos column was timed), "
-             "so the speed-up column is indicative only.", ""]
+    lines = [
+        "# DSE: stochastic Lanczos quadrature vs exact",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}; exact solver with {torch.get_num_threads()} torch threads, lanczos with "
+        f"{LANCZOS_THREADS} (see `timed_lanczos`); the machine was shared with other "
+        "jobs (1-min load average recorded per row), so timings are noisy upper bounds.",
+        "Lanczos: `_dse_lanczos` defaults (num_probes=16, num_steps=32, float32 kernel, top "
+        "eigenpair deflated, Hutch++ basis of 32 vectors with 1 power iteration, control variates "
+        "mu and mu^2 with exact traces). Exact: dense float64 kernel + `torch.linalg.eigvalsh`. "
+        "sigma = c * median pairwise distance. Error = lanczos - exact in bits (max |err| over the "
+        "seeds listed). Exact values and times are cached from the first run of a row (often under a "
+        "higher load than the `load` column, which is the load when the lanczos column was timed), "
+        "so the speed-up column is indicative only.",
+        "",
+    ]
     acc = res.get("accuracy", {})
     if acc:
-        lines += ["## Accuracy and time per N", "",
-                  "| family | N | c | sigma | exact DSE | errors (bits, per seed) | max abs err | exact s | lanczos s | speed-up | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Accuracy and time per N",
+            "",
+            "| family | N | c | sigma | exact DSE | errors (bits, per seed) | max abs err | exact s | lanczos s | speed-up | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+
         def order(k):
             f, n, c = k.split("|")
             return (int(n), FAMILIES.index(f) if f in FAMILIES else 9, float(c))
+
         for key in sorted(acc, key=order):
             row = acc[key]
             if "lanczos" not in row:
@@ -273,15 +317,26 @@ def render(res: dict) -> str:
                 f"| {f} | {n} | {c} | {row['sigma']:.3g} | {row['exact']:.4f} | "
                 f"{', '.join(f'{e:+.4f}' for e in errs)} | {max(map(abs, errs)):.4f} | "
                 f"{row['t_exact']:.1f} | {row['t_lanczos']:.1f} | {row['t_exact'] / row['t_lanczos']:.1f}x | "
-                f"{row.get('load_lanczos', '')} |")
+                f"{row.get('load_lanczos', '')} |"
+            )
         lines.append("")
     grid = res.get("grid", {})
     if grid:
         case = grid["case"]
-        lines += [f"## Probes x steps grid ({case.replace('|', ', N=', 1).replace('|', ', c=')}; RMS error over seeds)",
-                  "", "| variant | probes | steps | RMS err (bits) | median s |", "|---|---|---|---|---|"]
+        lines += [
+            f"## Probes x steps grid ({case.replace('|', ', N=', 1).replace('|', ', c=')}; RMS error over seeds)",
+            "",
+            "| variant | probes | steps | RMS err (bits) | median s |",
+            "|---|---|---|---|---|",
+        ]
         keys = [k for k in grid if k != "case"]
-        keys.sort(key=lambda k: (k.split("|")[0] != "plain SLQ", int(k.split("|")[1]), int(k.split("|")[2])))
+        keys.sort(
+            key=lambda k: (
+                k.split("|")[0] != "plain SLQ",
+                int(k.split("|")[1]),
+                int(k.split("|")[2]),
+            )
+        )
         for key in keys:
             val = grid[key]
             variant, p, s = key.split("|")
@@ -289,27 +344,39 @@ def render(res: dict) -> str:
         lines.append("")
     lib = res.get("library")
     if lib:
-        lines += ["## Library entry point `diffusion_spectral_entropy` (clustered, c = 0.5)", "",
-                  f"N = {lib['n']}: exact {lib['exact']:.4f} bits in {lib['t_exact']:.1f} s; lanczos "
-                  f"{lib['lanczos']:.4f} bits in {lib['t_lanczos']:.1f} s "
-                  f"({lib['t_exact'] / lib['t_lanczos']:.1f}x; load {lib['load']}).", ""]
+        lines += [
+            "## Library entry point `diffusion_spectral_entropy` (clustered, c = 0.5)",
+            "",
+            f"N = {lib['n']}: exact {lib['exact']:.4f} bits in {lib['t_exact']:.1f} s; lanczos "
+            f"{lib['lanczos']:.4f} bits in {lib['t_lanczos']:.1f} s "
+            f"({lib['t_exact'] / lib['t_lanczos']:.1f}x; load {lib['load']}).",
+            "",
+        ]
     runs = dict(res.get("large_runs", {}))
     if "large" in res:
         runs["old"] = {**res["large"], "threads": 1}
     if runs:
-        lines += ["## Large N (default num_probes=16, num_steps=32)", "",
-                  "| N | data | sigma | DSE (bits) | log2 N | time (s) | kernel budget | torch threads | load |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Large N (default num_probes=16, num_steps=32)",
+            "",
+            "| N | data | sigma | DSE (bits) | log2 N | time (s) | kernel budget | torch threads | load |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for large in runs.values():
             lines.append(
                 f"| {large['n']} | {large['family']}, c = {large['c']} | {large['sigma']:.3g} | {large['dse']:.4f} | "
                 f"{large['log2n']:.2f} | {large['time']:.1f} | {large['budget'] / 2**30:.2f} GiB | "
-                f"{large['threads']} | {large['load']} |")
-        lines += ["", "Within the budget the first rows of the float32 kernel are cached; the rest are "
-                  "recomputed in row blocks (upper triangle only) at every product. Extra memory outside "
-                  "the budget: the Lanczos basis, (num_probes + 32) x num_steps x N float64 = 0.4 GB at "
-                  "N = 32,000, plus one 32 MiB row block. No exact reference at this N (a dense float64 "
-                  "kernel alone needs 8 GB).", ""]
+                f"{large['threads']} | {large['load']} |"
+            )
+        lines += [
+            "",
+            "Within the budget the first rows of the float32 kernel are cached; the rest are "
+            "recomputed in row blocks (upper triangle only) at every product. Extra memory outside "
+            "the budget: the Lanczos basis, (num_probes + 32) x num_steps x N float64 = 0.4 GB at "
+            "N = 32,000, plus one 32 MiB row block. No exact reference at this N (a dense float64 "
+            "kernel alone needs 8 GB).",
+            "",
+        ]
     return "\n".join(lines)
 
 

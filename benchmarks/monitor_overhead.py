@@ -37,23 +37,42 @@ OUT = Path(__file__).resolve().parent / "out" / "monitor_overhead.md"
 CONFIGS: dict[str, tuple[dict | None, bool]] = {
     "baseline (no monitor)": (None, False),
     "full: dse+dsmi_y+dsmi_x, N=1000, float64": (
-        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000), False),
+        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000),
+        False,
+    ),
     "full + TensorBoard spectrum histogram": (
-        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000), True),
+        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000),
+        True,
+    ),
     "full, float32 eigensolves": (
-        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000, dtype=torch.float32), False),
+        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000, dtype=torch.float32),
+        False,
+    ),
     "dse+dsmi_y, N=1000, float32": (
-        dict(quantities=("dse", "dsmi_y"), max_samples=1000, dtype=torch.float32), False),
+        dict(quantities=("dse", "dsmi_y"), max_samples=1000, dtype=torch.float32),
+        False,
+    ),
     "full, N=500, float32": (
-        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=500, dtype=torch.float32), False),
+        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=500, dtype=torch.float32),
+        False,
+    ),
     "full, N=1000, float64, every 2 epochs": (
-        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000, every_n_epochs=2), False),
+        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000, every_n_epochs=2),
+        False,
+    ),
     "full, N=1000, float32, every 4 epochs": (
-        dict(quantities=("dse", "dsmi_y", "dsmi_x"), max_samples=1000, dtype=torch.float32,
-             every_n_epochs=4), False),
+        dict(
+            quantities=("dse", "dsmi_y", "dsmi_x"),
+            max_samples=1000,
+            dtype=torch.float32,
+            every_n_epochs=4,
+        ),
+        False,
+    ),
     "dse+dsmi_y, N=500, float32, every 2 epochs": (
-        dict(quantities=("dse", "dsmi_y"), max_samples=500, dtype=torch.float32,
-             every_n_epochs=2), False),
+        dict(quantities=("dse", "dsmi_y"), max_samples=500, dtype=torch.float32, every_n_epochs=2),
+        False,
+    ),
 }
 
 
@@ -102,8 +121,13 @@ def run(name: str, monitor_kwargs: dict | None, tensorboard: bool, epochs: int, 
         callbacks.insert(0, monitor)
     logger = TensorBoardLogger(tmp, name="bench") if tensorboard else False
     trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=callbacks, logger=logger, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         accelerator="cpu",
     )
     trainer.fit(
@@ -123,11 +147,19 @@ def run(name: str, monitor_kwargs: dict | None, tensorboard: bool, epochs: int, 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's choice); on a loaded shared "
-                        "machine 1 thread avoids OpenMP oversubscription stalls")
-    parser.add_argument("--configs", type=str, default=None,
-                        help="comma-separated indices into the config list (default: all)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's choice); on a loaded shared "
+        "machine 1 thread avoids OpenMP oversubscription stalls",
+    )
+    parser.add_argument(
+        "--configs",
+        type=str,
+        default=None,
+        help="comma-separated indices into the config list (default: all)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

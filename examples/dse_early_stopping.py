@@ -35,7 +35,9 @@ class CurveRecorder(pl.Callback):
         }
 
 
-def train(*, permute: bool, quick: bool, seed: int = 0) -> tuple[CurveRecorder, OverfittingEarlyStopping]:
+def train(
+    *, permute: bool, quick: bool, seed: int = 0
+) -> tuple[CurveRecorder, OverfittingEarlyStopping]:
     """Train the MLP on clean or permuted digits labels; return its curves and the stopper."""
     ds = load_dataset("digits")
     train_idx, val_idx = train_val_split(len(ds.targets), val_fraction=0.25, seed=seed)
@@ -43,7 +45,9 @@ def train(*, permute: bool, quick: bool, seed: int = 0) -> tuple[CurveRecorder, 
         train_idx = train_idx[:400]  # memorised within a few epochs
     y_train = ds.targets[train_idx]
     if permute:
-        y_train, _ = corrupt_labels(y_train, fraction=1.0, num_classes=10, seed=seed, mode="permute")
+        y_train, _ = corrupt_labels(
+            y_train, fraction=1.0, num_classes=10, seed=seed, mode="permute"
+        )
     torch.manual_seed(seed)
     model = MLPClassifier(64, 10, hidden=(256, 128), lr=1e-2 if quick else 3e-3)
     recorder = CurveRecorder()
@@ -52,29 +56,43 @@ def train(*, permute: bool, quick: bool, seed: int = 0) -> tuple[CurveRecorder, 
         quantities=("dse", "dsmi_y"), max_samples=200 if quick else 1000, log_histogram=False
     )
     trainer = pl.Trainer(
-        max_epochs=6 if quick else 30, callbacks=[monitor, recorder, stopper], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, accelerator="cpu", deterministic=True,
+        max_epochs=6 if quick else 30,
+        callbacks=[monitor, recorder, stopper],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        deterministic=True,
     )
     trainer.fit(
         model,
-        make_loader(ds.inputs[train_idx], y_train, batch_size=32 if quick else 64, shuffle=True, seed=seed),
+        make_loader(
+            ds.inputs[train_idx], y_train, batch_size=32 if quick else 64, shuffle=True, seed=seed
+        ),
         make_loader(ds.inputs[val_idx], ds.targets[val_idx], batch_size=256),
     )
     return recorder, stopper
 
 
-def main(argv: list[str] | None = None) -> dict[str, tuple[CurveRecorder, OverfittingEarlyStopping]]:
+def main(
+    argv: list[str] | None = None,
+) -> dict[str, tuple[CurveRecorder, OverfittingEarlyStopping]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds instead of minutes")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     pl.seed_everything(0, verbose=False)
-    runs = {name: train(permute=name == "permuted", quick=args.quick) for name in ("clean", "permuted")}
+    runs = {
+        name: train(permute=name == "permuted", quick=args.quick) for name in ("clean", "permuted")
+    }
 
     print("\nHeld-out DSE and DSMI(Z;Y) of the penultimate features (bits), per epoch")
-    print(f"{'epoch':>5} | {'clean DSE':>9} {'clean DSMI':>10} {'val_acc':>7} | "
-          f"{'permuted DSE':>12} {'permuted DSMI':>13} {'val_acc':>7}")
+    print(
+        f"{'epoch':>5} | {'clean DSE':>9} {'clean DSMI':>10} {'val_acc':>7} | "
+        f"{'permuted DSE':>12} {'permuted DSMI':>13} {'val_acc':>7}"
+    )
     epochs = max(max(rec.curve) for rec, _ in runs.values()) + 1
     for epoch in range(epochs):
         cells = []
@@ -90,7 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[CurveRecorder, Overfi
         print(f"{epoch:>5} | {cells[0]} | {cells[1]}")
     for name, (rec, stopper) in runs.items():
         if stopper.stopped_epoch:
-            print(f"{name}: stopped by OverfittingEarlyStopping after epoch {stopper.stopped_epoch}")
+            print(
+                f"{name}: stopped by OverfittingEarlyStopping after epoch {stopper.stopped_epoch}"
+            )
         else:
             print(f"{name}: trained all {len(rec.curve)} epochs (not stopped)")
     return runs

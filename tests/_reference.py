@@ -45,7 +45,11 @@ def ref_dse(x: np.ndarray, sigma: float = 10.0, t: float = 1.0) -> float:
 
 
 def ref_dsmi(
-    x: np.ndarray, labels: np.ndarray, sigma: float = 10.0, t: float = 1.0, n_repeats: int = 5,
+    x: np.ndarray,
+    labels: np.ndarray,
+    sigma: float = 10.0,
+    t: float = 1.0,
+    n_repeats: int = 5,
     seed: int = 0,
 ) -> float:
     """DSMI with the subsample-size trick; numpy Generator re-seeded per class (as the reference

@@ -84,7 +84,9 @@ class _ActivationCapture:
                     f"Layer `{key}` produced no tensor {side} (got {type(output).__name__}); "
                     "choose another layer."
                 )
-            self._captured[key] = value.detach().flatten(1) if value.ndim > 1 else value.detach()[:, None]
+            self._captured[key] = (
+                value.detach().flatten(1) if value.ndim > 1 else value.detach()[:, None]
+            )
 
         return hook
 

@@ -195,8 +195,14 @@ class DiffusionSpectralEntropyMonitor(Callback):
         if mi_metric is None:
             m = self.metric
             mi_metric = DiffusionSpectralMutualInformation(
-                sigma=m.sigma, t=m.t, seed=m.seed, solver=m.solver, num_probes=m.num_probes,
-                num_steps=m.num_steps, dtype=m.work_dtype, max_samples=m.max_samples,
+                sigma=m.sigma,
+                t=m.t,
+                seed=m.seed,
+                solver=m.solver,
+                num_probes=m.num_probes,
+                num_steps=m.num_steps,
+                dtype=m.work_dtype,
+                max_samples=m.max_samples,
             )
         self.mi_metric = mi_metric
         self.stage = _check_choice(stage, "stage", ("validate", "train"))
@@ -393,7 +399,9 @@ class DiffusionSpectralEntropyMonitor(Callback):
             batch = collate([dataset[int(indices[p])] for p in pos])
             targets = None
             if "dsmi_y" in self.quantities:
-                targets = torch.as_tensor(self.target_fn(batch)).detach().cpu().reshape(len(pos), -1)
+                targets = (
+                    torch.as_tensor(self.target_fn(batch)).detach().cpu().reshape(len(pos), -1)
+                )
                 targets = targets[:, 0] if targets.shape[1] == 1 else targets
             clusters = self._input_clusters[pos] if self._input_clusters is not None else None
             self._chunks.append(_ProbeChunk(batch, pos, targets, clusters))
@@ -490,7 +498,8 @@ class DiffusionSpectralEntropyMonitor(Callback):
                     tb = _tensorboard(trainer)
                     if trainer.is_global_zero and tb is not None:
                         tb.experiment.add_histogram(
-                            f"{self.log_key_prefix}spectrum/{key}", spectrum.float().cpu(),
+                            f"{self.log_key_prefix}spectrum/{key}",
+                            spectrum.float().cpu(),
                             global_step=trainer.current_epoch,
                         )
                 m.reset()
@@ -498,8 +507,12 @@ class DiffusionSpectralEntropyMonitor(Callback):
                     # identical on every process by construction: no reduction needed
                     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
                     pl_module.log(
-                        f"{self.log_key_prefix}{q}/{key}", value.to(device=device, dtype=torch.float32),
-                        on_step=False, on_epoch=True, sync_dist=False, batch_size=1,
+                        f"{self.log_key_prefix}{q}/{key}",
+                        value.to(device=device, dtype=torch.float32),
+                        on_step=False,
+                        on_epoch=True,
+                        sync_dist=False,
+                        batch_size=1,
                     )
 
 

@@ -125,8 +125,13 @@ class OverfittingEarlyStopping(EarlyStopping):
             )
         patience = _check_int(patience, "patience", minimum=1)
         super().__init__(
-            monitor=monitor, mode="max", patience=patience, strict=False, check_finite=False,
-            verbose=verbose, log_rank_zero_only=log_rank_zero_only,
+            monitor=monitor,
+            mode="max",
+            patience=patience,
+            strict=False,
+            check_finite=False,
+            verbose=verbose,
+            log_rank_zero_only=log_rank_zero_only,
         )
         self.loss_monitor = loss_monitor
         self.num_classes = _check_int(num_classes, "num_classes", minimum=2, allow_none=True)
@@ -232,8 +237,12 @@ class OverfittingEarlyStopping(EarlyStopping):
             self.stopped_epoch = trainer.current_epoch
         if self.verbose:
             epoch, loss, dsmi, suspicious = self.history[-1]
-            message = self.stopping_reason_message if should_stop else (
-                f"{type(self).__name__}: epoch {epoch} loss {loss:.4f} dsmi {dsmi:.3f} "
-                f"suspicious={suspicious} ({self.wait_count}/{self.patience})"
+            message = (
+                self.stopping_reason_message
+                if should_stop
+                else (
+                    f"{type(self).__name__}: epoch {epoch} loss {loss:.4f} dsmi {dsmi:.3f} "
+                    f"suspicious={suspicious} ({self.wait_count}/{self.patience})"
+                )
             )
             self._log_info(trainer, message or "", self.log_rank_zero_only)

@@ -157,7 +157,12 @@ def _dse_compute(
         from lightning_info.functional.lanczos import _dse_lanczos
 
         return _dse_lanczos(
-            x, sigma=sigma, t=t, num_probes=num_probes, num_steps=num_steps, seed=seed,
+            x,
+            sigma=sigma,
+            t=t,
+            num_probes=num_probes,
+            num_steps=num_steps,
+            seed=seed,
             dtype=work_dtype,
         )
     return _spectral_entropy_bits(_exact_eigvals(x, sigma, work_dtype), t)
@@ -286,9 +291,7 @@ def cluster_reference(
         raise ValueError(f"`reference` must have at least 2 samples (rows); got {n}.")
     n_clusters = _check_int(n_clusters, "n_clusters", minimum=2)
     if n_clusters > n:
-        raise ValueError(
-            f"`n_clusters` must be <= the number of samples ({n}); got {n_clusters}."
-        )
+        raise ValueError(f"`n_clusters` must be <= the number of samples ({n}); got {n_clusters}.")
     seed = _check_int(seed, "seed")
     n_neighbors = _check_int(n_neighbors, "n_neighbors", minimum=1)
     from sklearn.cluster import SpectralClustering
@@ -459,8 +462,14 @@ def diffusion_spectral_entropy(
     if idx is not None:
         x = x[idx.to(x.device)]
     return _dse_compute(
-        x, sigma=sigma, t=t, dtype=work_dtype, solver=solver, num_probes=num_probes,
-        num_steps=num_steps, seed=seed,
+        x,
+        sigma=sigma,
+        t=t,
+        dtype=work_dtype,
+        solver=solver,
+        num_probes=num_probes,
+        num_steps=num_steps,
+        seed=seed,
     )
 
 
@@ -560,13 +569,25 @@ def diffusion_spectral_mutual_information(
     n_repeats = _check_int(n_repeats, "n_repeats", minimum=1)
     max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
     labels = _reference_labels(
-        reference, x.shape[0], discrete=discrete, n_clusters=n_clusters, seed=seed,
+        reference,
+        x.shape[0],
+        discrete=discrete,
+        n_clusters=n_clusters,
+        seed=seed,
         clusters=clusters,
     )
     idx = _subsample_indices(x.shape[0], max_samples, seed)
     if idx is not None:
         x, labels = x[idx.to(x.device)], labels[idx.to(labels.device)]
     return _dsmi_compute(
-        x, labels, sigma=sigma, t=t, n_repeats=n_repeats, seed=seed, dtype=work_dtype,
-        solver=solver, num_probes=num_probes, num_steps=num_steps,
+        x,
+        labels,
+        sigma=sigma,
+        t=t,
+        n_repeats=n_repeats,
+        seed=seed,
+        dtype=work_dtype,
+        solver=solver,
+        num_probes=num_probes,
+        num_steps=num_steps,
     )

@@ -42,8 +42,13 @@ DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
 _BLOCK_BYTES = 32 * 1024**2
 
 
-def _rademacher(dim: int, num: int, generator: torch.Generator | None, dtype: torch.dtype,
-                device: torch.device | None) -> Tensor:
+def _rademacher(
+    dim: int,
+    num: int,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+    device: torch.device | None,
+) -> Tensor:
     """(dim, num) matrix of independent ±1 entries, drawn on the generator's device."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if generator is None:
@@ -87,8 +92,9 @@ def _lanczos_quadrature(
             for i in range(probes.shape[1])
         ]
         k = max(n.shape[1] for n, _ in outs)
-        nodes = torch.cat([torch.nn.functional.pad(n, (0, k - n.shape[1]), value=float(n[0, 0]))
-                           for n, _ in outs])
+        nodes = torch.cat(
+            [torch.nn.functional.pad(n, (0, k - n.shape[1]), value=float(n[0, 0])) for n, _ in outs]
+        )
         weights = torch.cat([torch.nn.functional.pad(w, (0, k - w.shape[1])) for _, w in outs])
         return nodes, weights
 
@@ -129,7 +135,9 @@ def _lanczos_quadrature(
         b = torch.where(done, torch.zeros_like(b), b)
         beta[:, j] = b
         q_prev = q
-        q = torch.where(done[:, None], torch.zeros_like(w), w / b.clamp_min(torch.finfo(dtype).tiny)[:, None])
+        q = torch.where(
+            done[:, None], torch.zeros_like(w), w / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
+        )
         b_prev = b
 
     # Steps taken per probe: a step is valid if all couplings before it are nonzero.
@@ -141,7 +149,11 @@ def _lanczos_quadrature(
     far = 2 * alpha.abs().amax() + 2 * beta.abs().amax() + 1
     pad = far * (1 + torch.arange(k, dtype=dtype, device=probes.device))
     diag = torch.where(valid, alpha, pad.expand(m, k))
-    tridiag = torch.diag_embed(diag) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
+    tridiag = (
+        torch.diag_embed(diag)
+        + torch.diag_embed(beta[:, :-1], 1)
+        + torch.diag_embed(beta[:, :-1], -1)
+    )
     theta, vecs = torch.linalg.eigh(tridiag)  # Ritz values (nodes) and vectors
     real = (vecs.square() * valid[:, :, None]).sum(dim=1) > 0.5  # eigvec lives on valid rows
     weights = norms[:, None].square() * vecs[:, 0, :].square() * real
@@ -240,8 +252,15 @@ class _GaussianKernel:
     zero diagonal (:math:`G_{ii} = 1`).
     """
 
-    def __init__(self, x: Tensor, *, sigma: float, kernel_dtype: torch.dtype,
-                 block_rows: int | None, memory_budget_bytes: int | None) -> None:
+    def __init__(
+        self,
+        x: Tensor,
+        *,
+        sigma: float,
+        kernel_dtype: torch.dtype,
+        block_rows: int | None,
+        memory_budget_bytes: int | None,
+    ) -> None:
         n = x.shape[0]
         itemsize = torch.finfo(kernel_dtype).bits // 8
         budget = DEFAULT_MEMORY_BUDGET_BYTES if memory_budget_bytes is None else memory_budget_bytes
@@ -291,8 +310,15 @@ class _GaussianKernel:
         return out.to(v.dtype)
 
 
-def _kernel_block(x: Tensor, sq: Tensor, row_start: int, row_stop: int, col_start: int,
-                  col_stop: int, gamma: float) -> Tensor:
+def _kernel_block(
+    x: Tensor,
+    sq: Tensor,
+    row_start: int,
+    row_stop: int,
+    col_start: int,
+    col_stop: int,
+    gamma: float,
+) -> Tensor:
     """Gaussian kernel block G[row_start:row_stop, col_start:col_stop], exact ones on the diagonal."""
     xr, xcol = x[row_start:row_stop], x[col_start:col_stop]
     block = torch.addmm(sq[col_start:col_stop].unsqueeze(0), xr, xcol.T, alpha=-2.0)
@@ -360,8 +386,13 @@ def _dse_lanczos(
     n = x.shape[0]
     if n <= 1:
         return torch.zeros((), dtype=dtype, device=x.device)
-    kernel = _GaussianKernel(x, sigma=sigma, kernel_dtype=kernel_dtype, block_rows=block_rows,
-                             memory_budget_bytes=memory_budget_bytes)
+    kernel = _GaussianKernel(
+        x,
+        sigma=sigma,
+        kernel_dtype=kernel_dtype,
+        block_rows=block_rows,
+        memory_budget_bytes=memory_budget_bytes,
+    )
     degree = kernel.degree.to(dtype)
     d_inv_sqrt = degree.rsqrt()[:, None]
 
@@ -390,7 +421,9 @@ def _dse_lanczos(
         starts = torch.cat([basis, probes], dim=1)
     else:
         starts = probes
-    nodes, weights = _lanczos_quadrature(matvec, starts, num_steps, deflate=top if deflate else None)
+    nodes, weights = _lanczos_quadrature(
+        matvec, starts, num_steps, deflate=top if deflate else None
+    )
     mu = nodes.abs()
     log_mu = torch.where(mu > 0, torch.log2(mu), torch.zeros_like(mu))  # 0 log 0 := 0
     power = mu.pow(t)

@@ -142,12 +142,18 @@ def classic_shannon_mutual_information(
     _check_num_samples(x)
     num_bins = _check_int(num_bins, "num_bins", minimum=2)
     labels = _reference_labels(
-        reference, x.shape[0], discrete=discrete, n_clusters=n_clusters, seed=seed,
+        reference,
+        x.shape[0],
+        discrete=discrete,
+        n_clusters=n_clusters,
+        seed=seed,
         clusters=clusters,
     ).to(x.device)
     cells = _binned_cells(x, num_bins)
     conditional = torch.zeros((), dtype=torch.float64, device=x.device)
     groups, counts = torch.unique(labels, return_counts=True)
     for group, n_c in zip(groups.tolist(), counts.tolist()):
-        conditional = conditional + (n_c / x.shape[0]) * _plugin_entropy_bits(cells[labels == group])
+        conditional = conditional + (n_c / x.shape[0]) * _plugin_entropy_bits(
+            cells[labels == group]
+        )
     return _plugin_entropy_bits(cells) - conditional

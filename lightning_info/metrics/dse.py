@@ -132,8 +132,13 @@ class _DiffusionMetricBase(Metric):
 
     def _options(self) -> dict[str, Any]:
         return dict(
-            sigma=self.sigma, t=self.t, dtype=self.work_dtype, solver=self.solver,
-            num_probes=self.num_probes, num_steps=self.num_steps, seed=self.seed,
+            sigma=self.sigma,
+            t=self.t,
+            dtype=self.work_dtype,
+            solver=self.solver,
+            num_probes=self.num_probes,
+            num_steps=self.num_steps,
+            seed=self.seed,
         )
 
 
@@ -201,8 +206,15 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            sigma=sigma, t=t, max_samples=max_samples, seed=seed, solver=solver,
-            num_probes=num_probes, num_steps=num_steps, dtype=dtype, **kwargs,
+            sigma=sigma,
+            t=t,
+            max_samples=max_samples,
+            seed=seed,
+            solver=solver,
+            num_probes=num_probes,
+            num_steps=num_steps,
+            dtype=dtype,
+            **kwargs,
         )
         self._last_spectrum: Tensor | None = None
 
@@ -322,8 +334,15 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            sigma=sigma, t=t, max_samples=max_samples, seed=seed, solver=solver,
-            num_probes=num_probes, num_steps=num_steps, dtype=dtype, **kwargs,
+            sigma=sigma,
+            t=t,
+            max_samples=max_samples,
+            seed=seed,
+            solver=solver,
+            num_probes=num_probes,
+            num_steps=num_steps,
+            dtype=dtype,
+            **kwargs,
         )
         if discrete is not None and not isinstance(discrete, bool):
             raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")

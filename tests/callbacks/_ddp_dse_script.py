@@ -50,9 +50,17 @@ def main(out_dir: str) -> None:
     )
     dump = Dump()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, limit_train_batches=3,
-        callbacks=[monitor, dump], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        limit_train_batches=3,
+        callbacks=[monitor, dump],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(
         model,
@@ -60,8 +68,12 @@ def main(out_dir: str) -> None:
         make_loader(ds.inputs[va], ds.targets[va], batch_size=64),
     )
     rank = trainer.global_rank
-    result = {"rank": rank, "world_size": trainer.world_size, "rows": dump.rows,
-              "probe": monitor.state_dict()["probe_indices"].tolist()}
+    result = {
+        "rank": rank,
+        "world_size": trainer.world_size,
+        "rows": dump.rows,
+        "probe": monitor.state_dict()["probe_indices"].tolist(),
+    }
     if rank == 0:
         idx = monitor.state_dict()["probe_indices"]
         x, y = ds.inputs[va][idx], ds.targets[va][idx]
@@ -71,9 +83,12 @@ def main(out_dir: str) -> None:
         clusters = cluster_reference(x, n_clusters=10, seed=0)
         result["functional"] = {
             "info/dse/penultimate": diffusion_spectral_entropy(z, sigma=SIGMA).item(),
-            "info/dsmi_y/penultimate": diffusion_spectral_mutual_information(z, y, sigma=SIGMA).item(),
+            "info/dsmi_y/penultimate": diffusion_spectral_mutual_information(
+                z, y, sigma=SIGMA
+            ).item(),
             "info/dsmi_x/penultimate": diffusion_spectral_mutual_information(
-                z, None, sigma=SIGMA, clusters=clusters).item(),
+                z, None, sigma=SIGMA, clusters=clusters
+            ).item(),
         }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(result, fh)

@@ -18,7 +18,10 @@ def test_ddp_ranks_log_identical_values_equal_to_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("PL_DISABLE_FORK", None)
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True,
+        [sys.executable, str(SCRIPT), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,  # a deadlock fails here instead of hanging the suite
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

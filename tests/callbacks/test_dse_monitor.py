@@ -47,9 +47,16 @@ def _trainer(tmp_path, callbacks, *, epochs=2, logger=False, **kwargs):
     kwargs.setdefault("limit_train_batches", 5)
     kwargs.setdefault("num_sanity_val_steps", 0)
     return pl.Trainer(
-        default_root_dir=tmp_path, max_epochs=epochs, callbacks=callbacks, logger=logger,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        accelerator="cpu", deterministic=True, **kwargs,
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        deterministic=True,
+        **kwargs,
     )
 
 
@@ -132,7 +139,10 @@ def test_values_equal_functional_on_independent_activations(tmp_path, digits):
             "dsmi_x": diffusion_spectral_mutual_information(z, None, sigma=2.0, clusters=clusters),
         }
         for q, value in expected.items():
-            assert float(logged[f"info/{q}/{name}"]) == pytest.approx(value.item(), abs=1e-5), (name, q)
+            assert float(logged[f"info/{q}/{name}"]) == pytest.approx(value.item(), abs=1e-5), (
+                name,
+                q,
+            )
     # the two layers differ, so a mix-up of hooks would be caught
     assert float(trainer.callback_metrics["info/dse/net.2"]) != pytest.approx(
         float(trainer.callback_metrics["info/dse/net.4:input"]), abs=1e-3
@@ -206,9 +216,16 @@ def test_resume_from_checkpoint_continues_the_same_curves(tmp_path, digits):
         ckpt = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
         monitor = _monitor(quantities=("dse", "dsmi_y", "dsmi_x"))
         trainer = pl.Trainer(
-            default_root_dir=root, max_epochs=epochs, callbacks=[monitor, rec, ckpt], logger=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_train_batches=4,
-            num_sanity_val_steps=0, accelerator="cpu", deterministic=True,
+            default_root_dir=root,
+            max_epochs=epochs,
+            callbacks=[monitor, rec, ckpt],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_train_batches=4,
+            num_sanity_val_steps=0,
+            accelerator="cpu",
+            deterministic=True,
         )
         trainer.fit(_model(), *_loaders(digits), ckpt_path=ckpt_path)
         return rec.rows, monitor
@@ -309,17 +326,16 @@ def test_plain_early_stopping_on_our_key_stops(tmp_path, digits):
     assert trainer.current_epoch == 3
 
 
-def test_every_n_epochs_logs_on_evaluation_epochs_and_patience_counts_evaluations(
-    tmp_path, digits
-):
+def test_every_n_epochs_logs_on_evaluation_epochs_and_patience_counts_evaluations(tmp_path, digits):
     rec = _Recorder()
     stopper = EarlyStopping(
         monitor="info/dse/penultimate", mode="max", min_delta=50.0, patience=2, strict=False
     )
     monitor = _monitor(quantities=("dse",), every_n_epochs=2)
     logger = CSVLogger(tmp_path, name="csv")
-    trainer = _trainer(tmp_path, [monitor, rec, stopper], epochs=12, limit_train_batches=2,
-                       logger=logger)
+    trainer = _trainer(
+        tmp_path, [monitor, rec, stopper], epochs=12, limit_train_batches=2, logger=logger
+    )
     trainer.fit(_model(), *_loaders(digits))
     assert [e for e, row in rec.rows.items() if "info/dse/penultimate" in row] == [1, 3, 5]
     # evaluations at epochs 1 (best), 3 (wait 1), 5 (wait 2): stale repeats would stop at 3

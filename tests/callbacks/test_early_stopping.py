@@ -128,9 +128,16 @@ def _fit(permute: bool, max_epochs: int, tmp_path):
         quantities=("dsmi_y",), max_samples=200, log_histogram=False
     )
     trainer = pl.Trainer(
-        default_root_dir=tmp_path, max_epochs=max_epochs, callbacks=[monitor, stopper],
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", deterministic=True,
+        default_root_dir=tmp_path,
+        max_epochs=max_epochs,
+        callbacks=[monitor, stopper],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        deterministic=True,
     )
     trainer.fit(
         model,

@@ -16,15 +16,7 @@ from scipy.spatial.distance import cdist
 from lightning_info.functional import lanczos
 from lightning_info.functional.lanczos import _dse_lanczos, stochastic_lanczos_quadrature
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run single-threaded: the many small Lanczos ops slow down badly (10x measured) from
-    OpenMP oversubscription when the 2-core test machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _spd(eigenvalues: np.ndarray, seed: int = 0) -> torch.Tensor:
@@ -36,8 +28,13 @@ def _spd(eigenvalues: np.ndarray, seed: int = 0) -> torch.Tensor:
 
 def _slq(a: torch.Tensor, fn, *, steps: int, probes: int, seed: int, block: bool = True) -> float:
     return stochastic_lanczos_quadrature(
-        lambda v: a @ v, a.shape[0], fn, num_steps=steps, num_probes=probes,
-        generator=torch.Generator().manual_seed(seed), block=block,
+        lambda v: a @ v,
+        a.shape[0],
+        fn,
+        num_steps=steps,
+        num_probes=probes,
+        generator=torch.Generator().manual_seed(seed),
+        block=block,
     ).item()
 
 
@@ -77,8 +74,11 @@ EXACT_LOGDET = float(np.log(EIGS).sum())
 
 def test_slq_error_falls_with_probes():
     """RMS error over seeds of tr log A falls roughly as 1/sqrt(num_probes)."""
+
     def rms(probes: int) -> float:
-        errs = [_slq(A_SPD, torch.log, steps=24, probes=probes, seed=s) - EXACT_LOGDET for s in range(6)]
+        errs = [
+            _slq(A_SPD, torch.log, steps=24, probes=probes, seed=s) - EXACT_LOGDET for s in range(6)
+        ]
         return float(np.sqrt(np.mean(np.square(errs))))
 
     few, many = rms(2), rms(128)
@@ -148,8 +148,12 @@ def test_slq_input_errors():
 
 CASES = [
     # (family, sigma): flat-ish, mid and steep spectra
-    ("uniform", 0.3), ("uniform", 1.0), ("clustered", 2.0), ("clustered", 20.0),
-    ("manifold", 0.5), ("manifold", 5.0),
+    ("uniform", 0.3),
+    ("uniform", 1.0),
+    ("clustered", 2.0),
+    ("clustered", 20.0),
+    ("manifold", 0.5),
+    ("manifold", 5.0),
 ]
 
 
@@ -177,8 +181,16 @@ def test_dse_lanczos_error_falls_with_probes():
 
     def rms(probes: int) -> float:
         errs = [
-            _dse_lanczos(x, sigma=1.0, num_probes=probes, num_steps=16, seed=s, num_deflate=0,
-                         estimator="exact_z").item() - exact
+            _dse_lanczos(
+                x,
+                sigma=1.0,
+                num_probes=probes,
+                num_steps=16,
+                seed=s,
+                num_deflate=0,
+                estimator="exact_z",
+            ).item()
+            - exact
             for s in range(5)
         ]
         return float(np.sqrt(np.mean(np.square(errs))))
@@ -213,7 +225,9 @@ def test_dse_lanczos_row_blocks_equal_dense(budget_rows):
     x = torch.from_numpy(_data("manifold", 250)).float()
     n = x.shape[0]
     dense = _dse_lanczos(x, sigma=1.0, seed=1)
-    blocked = _dse_lanczos(x, sigma=1.0, seed=1, block_rows=41, memory_budget_bytes=budget_rows * n * 4)
+    blocked = _dse_lanczos(
+        x, sigma=1.0, seed=1, block_rows=41, memory_budget_bytes=budget_rows * n * 4
+    )
     assert blocked.item() == pytest.approx(dense.item(), abs=1e-6)
 
 
@@ -230,8 +244,9 @@ def test_dse_lanczos_row_blocks_never_build_dense(monkeypatch):
         return out
 
     monkeypatch.setattr(lanczos, "_kernel_block", recording_block)
-    kernel = lanczos._GaussianKernel(x, sigma=1.0, kernel_dtype=torch.float32, block_rows=block_rows,
-                                     memory_budget_bytes=0)
+    kernel = lanczos._GaussianKernel(
+        x, sigma=1.0, kernel_dtype=torch.float32, block_rows=block_rows, memory_budget_bytes=0
+    )
     assert kernel.cache.numel() == 0
     est = _dse_lanczos(x, sigma=1.0, seed=0, block_rows=block_rows, memory_budget_bytes=0)
     assert np.isfinite(est.item())
@@ -246,10 +261,17 @@ def test_dse_lanczos_row_blocks_never_build_dense(monkeypatch):
 def test_gaussian_kernel_products_match_dense(budget_rows):
     x = _data("clustered", 120)
     g = np.exp(-cdist(x, x, "sqeuclidean") / (2 * 3.0**2))
-    kernel = lanczos._GaussianKernel(torch.from_numpy(x), sigma=3.0, kernel_dtype=torch.float32,
-                                     block_rows=16, memory_budget_bytes=budget_rows * 120 * 4)
+    kernel = lanczos._GaussianKernel(
+        torch.from_numpy(x),
+        sigma=3.0,
+        kernel_dtype=torch.float32,
+        block_rows=16,
+        memory_budget_bytes=budget_rows * 120 * 4,
+    )
     v = np.random.default_rng(0).normal(size=(120, 3))
     vt = torch.from_numpy(v)
     np.testing.assert_allclose(kernel.degree.numpy(), g.sum(1), rtol=1e-5)
     np.testing.assert_allclose(kernel.matmat(vt).numpy(), g @ v, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(kernel.matmat(vt, square=True).numpy(), (g * g) @ v, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        kernel.matmat(vt, square=True).numpy(), (g * g) @ v, rtol=1e-4, atol=1e-5
+    )

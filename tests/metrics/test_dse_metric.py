@@ -76,13 +76,16 @@ def test_index_gives_canonical_order_and_drops_duplicates():
     dse_m.update(z[perm[:1]], index=perm[:1])
     mi_m.update(z[perm[:1]], y[perm[:1]], index=perm[:1])
     torch.testing.assert_close(
-        dse_m.compute(), diffusion_spectral_entropy(z, sigma=3.0, max_samples=40, seed=2),
-        rtol=0, atol=1e-12,
+        dse_m.compute(),
+        diffusion_spectral_entropy(z, sigma=3.0, max_samples=40, seed=2),
+        rtol=0,
+        atol=1e-12,
     )
     torch.testing.assert_close(
         mi_m.compute(),
         diffusion_spectral_mutual_information(z, y, sigma=3.0, n_repeats=2, max_samples=40, seed=2),
-        rtol=0, atol=1e-12,
+        rtol=0,
+        atol=1e-12,
     )
 
 
