@@ -174,7 +174,9 @@ def _train_one(
     sui = SmoothUniqueInformation(
         max_samples=cfg.sui_samples, seed=cfg.seed, image_shape=image_shape, progress=not cfg.quiet
     )
-    logger = TensorBoardLogger(save_dir=str(out / "tensorboard"), name=name, version="")
+    logger = TensorBoardLogger(
+        save_dir=str(out / "tensorboard"), name=name, version="", default_hp_metric=False
+    )
     trainer = pl.Trainer(
         max_epochs=cfg.epochs,
         accelerator="cpu",
@@ -295,8 +297,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         _, mi = run.history.series(f"info/dsmi_y/{LAYER}")
         scores = run.sui
         flags = run.is_corrupted[scores.indices.numpy()]
-        run.extra["auroc_weight_si"] = auroc(scores.weight_si.numpy(), flags)
-        run.extra["auroc_functional_si"] = auroc(scores.functional_si.numpy(), flags)
+        if flags.any():  # AUROC of flagging the corrupted samples (undefined without any)
+            run.extra["auroc_weight_si"] = auroc(scores.weight_si.numpy(), flags)
+            run.extra["auroc_functional_si"] = auroc(scores.functional_si.numpy(), flags)
         if run.csv_path is not None:
             dst = report / f"sui_scores_{run.name}.csv"
             shutil.copyfile(run.csv_path, dst)
@@ -312,8 +315,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 dse[-1] if dse else float("nan"),
                 mi[0] if mi else float("nan"),
                 mi[-1] if mi else float("nan"),
-                run.extra["auroc_weight_si"],
-                run.extra["auroc_functional_si"],
+                run.extra.get("auroc_weight_si", "-"),
+                run.extra.get("auroc_functional_si", "-"),
             ]
         )
     files += _image_grids(runs, x_tr, ds.image_shape, report)

@@ -147,7 +147,9 @@ def score_checkpoint(
         steps = None if num_steps == 0 else int(num_steps)
     train_ds, val_ds = _data(datamodule_cls, datamodule_args, dataset)
     out = Path(out)
-    logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="")
+    logger = TensorBoardLogger(
+        save_dir=str(out), name="tensorboard", version="", default_hp_metric=False
+    )
     trainer = pl.Trainer(
         logger=logger,
         accelerator="cpu",
