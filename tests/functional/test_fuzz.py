@@ -699,3 +699,76 @@ def test_bug_sui_empty_heldout():
         learning_rate=0.1,
         num_steps=5,
     )
+
+
+_ODD_INPUTS = {
+    "string": "abc",
+    "none": None,
+    "dict": {"a": 1},
+    "complex": torch.randn(4, 2, dtype=torch.complex64),
+    "object_array": np.array([[1, "a"], [2, None]], dtype=object),
+    "str_array": np.array([["a", "b"], ["c", "d"]]),
+    "ragged_list": [[1.0, 2.0], [3.0]],
+}
+
+
+@FUZZ
+@given(
+    odd=st.sampled_from(sorted(_ODD_INPUTS)),
+    fn=st.sampled_from([diffusion_spectral_entropy, classic_shannon_entropy, diffusion_kernel]),
+)
+def test_non_numeric_embeddings(odd, fn):
+    _, exc = _call(fn, _ODD_INPUTS[odd])
+    assert isinstance(exc, TypeError), exc
+    _assert_names(exc, "embeddings")
+
+
+@FUZZ
+@given(
+    n=st.integers(2, 20),
+    d=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+    fn=st.sampled_from([diffusion_spectral_entropy, classic_shannon_entropy, diffusion_kernel]),
+)
+def test_list_input_matches_tensor(n, d, seed, fn):
+    """A nested list of floats is accepted and gives the same value as the float64 tensor."""
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    from_list = fn(x.tolist())
+    from_tensor = fn(torch.from_numpy(x))
+    assert torch.allclose(from_list.double(), from_tensor.double(), atol=1e-12)
+
+
+@FUZZ
+@given(
+    n=st.integers(2, 30),
+    kind=st.sampled_from(["ids", "negative_ids", "bool", "float", "short", "2d", "one_group"]),
+    seed=st.integers(0, 2**31 - 1),
+    classic=st.booleans(),
+)
+def test_precomputed_clusters(n, kind, seed, classic):
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((n, 3)))
+    ids = rng.integers(0, 4, n)
+    clusters = {
+        "ids": torch.from_numpy(ids),
+        "negative_ids": ids - 10,
+        "bool": ids % 2 == 0,
+        "float": ids.astype(np.float32),
+        "short": torch.from_numpy(ids[:-1]),
+        "2d": torch.from_numpy(ids)[:, None],
+        "one_group": np.zeros(n, dtype=np.int64),
+    }[kind]
+    fn = classic_shannon_mutual_information if classic else diffusion_spectral_mutual_information
+    kwargs = {} if classic else {"n_repeats": 2}
+    value, exc = _call(fn, x, None, clusters=clusters, **kwargs)
+    if kind in ("float", "short", "2d"):
+        _assert_names(exc, "clusters")
+        return
+    assert exc is None, exc
+    mi = _finite_scalar(value)
+    if kind == "one_group":  # a single group carries no information
+        assert mi == pytest.approx(0.0, abs=1e-9)
+    elif classic:
+        assert -1e-9 <= mi <= float(classic_shannon_entropy(x)) + 1e-9
+    else:
+        assert abs(mi) <= math.log2(n) + 1e-6
