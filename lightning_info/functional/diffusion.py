@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_info.utilities.checks import _as_tensor, _check_finite, _check_ndim, _check_positive
+from lightning_info.utilities.checks import (
+    _as_tensor,
+    _check_bandwidth,
+    _check_finite,
+    _check_ndim,
+)
 
 __all__ = ["diffusion_kernel", "gaussian_affinity"]
 
@@ -133,7 +138,7 @@ def gaussian_affinity(
         >>> round(g[0, 1].item(), 4)  # exp(-25 / 50)
         0.6065
     """
-    sigma = _check_positive(sigma, "sigma")
+    sigma = _check_bandwidth(sigma, "sigma")
     work_dtype = _resolve_dtype(dtype, torch.float64)
     x = _validate_embeddings(embeddings).to(work_dtype)
     return _gaussian_affinity(x, sigma)
@@ -177,7 +182,7 @@ def diffusion_kernel(
         >>> round(torch.linalg.eigvalsh(k).max().item(), 4)
         1.0
     """
-    sigma = _check_positive(sigma, "sigma")
+    sigma = _check_bandwidth(sigma, "sigma")
     work_dtype = _resolve_dtype(dtype, torch.float64)
     x = _validate_embeddings(embeddings).to(work_dtype)
     return _diffusion_kernel(x, sigma)[0]

@@ -107,3 +107,21 @@ def _check_same_length(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
             f"`{name_a}` and `{name_b}` must have the same number of samples; "
             f"got {a.shape[0]} and {b.shape[0]}."
         )
+
+
+def _check_bandwidth(value: Any, name: str = "sigma") -> float:
+    """Return a Gaussian bandwidth after checking that ``1 / (2 sigma^2)`` is a finite number > 0.
+
+    Raises:
+        TypeError: if ``value`` is not a number.
+        ValueError: if ``value`` is not > 0, or so small or large that ``sigma**2`` under- or
+            overflows in float64.
+    """
+    sigma = _check_positive(value, name)
+    sq = sigma * sigma
+    if sq == 0.0 or not np.isfinite(sq) or not np.isfinite(0.5 / sq):
+        raise ValueError(
+            f"`{name}` must be between about 1e-150 and 1e150 so that `{name}`**2 is a finite "
+            f"positive float64; got {sigma}."
+        )
+    return sigma

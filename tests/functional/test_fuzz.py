@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
 from lightning_info.functional import (
@@ -117,6 +117,12 @@ def embeddings_st(
     return _convert(x, dtype, as_numpy, corrupt, seed, shape)
 
 
+def _event(text: str) -> None:
+    """Record a hypothesis outcome event (a no-op outside a hypothesis test)."""
+    if currently_in_test_context():
+        event(text)
+
+
 def _call(fn, *args, **kwargs):
     """Run ``fn``; return ``(value, None)`` or ``(None, exc)`` for ValueError/TypeError only."""
     with warnings.catch_warnings():
@@ -124,9 +130,9 @@ def _call(fn, *args, **kwargs):
         try:
             out = fn(*args, **kwargs), None
         except (ValueError, TypeError) as exc:
-            event(f"{fn.__name__}: {type(exc).__name__} {str(exc).split(';')[0][:40]}")
+            _event(f"{fn.__name__}: {type(exc).__name__} {str(exc).split(';')[0][:40]}")
             return None, exc
-    event(f"{fn.__name__}: returned")
+    _event(f"{fn.__name__}: returned")
     return out
 
 
@@ -172,11 +178,6 @@ def test_dse_exact_options_fuzz(x, t):
     assert -1e-4 <= h <= math.log2(min(x.shape[0], 20)) + 1e-4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: solver='lanczos' at small N (10-40) and low D gives DSE far outside "
-    "[0, log2 N] (e.g. -12257 bits; see test_bug_dse_lanczos_small_n)",
-)
 @FUZZ
 @given(
     x=embeddings_st(
@@ -589,30 +590,22 @@ def _assert_finite_or_named(fn, names, *args, **kwargs):
 _X10 = torch.randn(10, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
-@pytest.mark.xfail(strict=True, reason="sigma=1e-300: sigma**2 underflows -> ZeroDivisionError")
 def test_bug_dse_tiny_sigma():
+    """Was: sigma=1e-300 underflowed sigma**2 -> ZeroDivisionError; now a ValueError naming `sigma`."""
     _assert_finite_or_named(diffusion_spectral_entropy, ["sigma"], _X10, sigma=1e-300)
 
 
-@pytest.mark.xfail(strict=True, reason="sigma=1e-200: sigma**2 underflows -> ZeroDivisionError")
 def test_bug_diffusion_kernel_tiny_sigma():
+    """Was: sigma=1e-200 underflowed sigma**2 -> ZeroDivisionError; now a ValueError naming `sigma`."""
     _assert_finite_or_named(diffusion_kernel, ["sigma"], _X10, sigma=1e-200)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lanczos on far-apart points (K = I): torch LinAlgError from eigh"
-)
 def test_bug_dse_lanczos_huge_scale():
     _assert_finite_or_named(
         diffusion_spectral_entropy, ["embeddings"], _X10 * 1e30, solver="lanczos"
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lanczos on 2 distinct points (rank-deficient kernel): DSE far outside "
-    "[0, log2 N] (5.97, 160.5, -123.1 bits for N = 10)",
-)
 def test_bug_dse_lanczos_two_clusters():
     x = torch.tensor([[1], [0], [1], [0], [0], [1], [1], [1], [0], [0]], dtype=torch.bool)
     for probes, steps in [(4, 8), (16, 32), (64, 32)]:
@@ -624,9 +617,6 @@ def test_bug_dse_lanczos_two_clusters():
         assert -0.5 <= h <= math.log2(10) + 0.5, (probes, steps, h)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lanczos with default options at N = 10, D = 1: 3901.7 bits (exact 0.061)"
-)
 def test_bug_dse_lanczos_small_n():
     y = torch.randn(10, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     h = float(diffusion_spectral_entropy(y, sigma=10.0, solver="lanczos"))
