@@ -270,7 +270,7 @@ def cluster_reference(
 
     Args:
         reference: (N,) or (N, D') tensor or numpy array of finite numbers, N >= 2.
-        n_clusters: number of groups k, 2 <= k <= N. Default 10 (the reference's).
+        n_clusters: number of groups k, 2 <= k < N. Default 10 (the reference's).
         seed: ``random_state`` of the clustering (no global RNG is touched).
         n_neighbors: neighbours of the kNN affinity graph, >= 1 (capped at N - 1). Default 10.
 
@@ -280,7 +280,7 @@ def cluster_reference(
     Raises:
         TypeError: if ``reference`` is not array-like numbers or an integer option is not an int.
         ValueError: if ``reference`` is not 1-D/2-D, has fewer than 2 rows or non-finite values,
-            or ``n_clusters`` is outside ``[2, N]``.
+            or ``n_clusters`` is outside ``[2, N - 1]``.
 
     Example:
         >>> import torch
@@ -297,8 +297,11 @@ def cluster_reference(
     if n < 2:
         raise ValueError(f"`reference` must have at least 2 samples (rows); got {n}.")
     n_clusters = _check_int(n_clusters, "n_clusters", minimum=2)
-    if n_clusters > n:
-        raise ValueError(f"`n_clusters` must be <= the number of samples ({n}); got {n_clusters}.")
+    if n_clusters >= n:
+        raise ValueError(
+            f"`n_clusters` must be < the number of samples ({n}) for spectral clustering; "
+            f"got {n_clusters}."
+        )
     seed = _check_int(seed, "seed")
     n_neighbors = _check_int(n_neighbors, "n_neighbors", minimum=1)
     from sklearn.cluster import SpectralClustering

@@ -111,6 +111,10 @@ class UniqueInformation:
 def _prepare_targets(targets: Tensor, num_samples: int, num_outputs: int) -> Tensor:
     """Return (N, K) float64 targets from float targets or integer class labels."""
     targets = _as_tensor(targets, "targets")
+    if targets.ndim == 0:
+        raise ValueError(
+            f"`targets` must be (N,) labels or (N, K) floats with N = {num_samples}; got a scalar."
+        )
     if targets.shape[0] != num_samples:
         raise ValueError(
             f"`targets` must have one row per training sample ({num_samples}); "
@@ -525,9 +529,10 @@ def unique_information_from_kernels(
     theta_star = None
     if heldout_ntk is not None:
         hs = _as_tensor(heldout_ntk, "heldout_ntk", allow_int=False)
-        if hs.ndim != 2 or hs.shape[0] % kb != 0:
+        if hs.ndim != 2 or hs.shape[0] % kb != 0 or hs.shape[0] == 0:
             raise ValueError(
-                f"`heldout_ntk` must have shape (M*{kb}, {n_samples * kb}); got {tuple(hs.shape)}."
+                f"`heldout_ntk` must have shape (M*{kb}, {n_samples * kb}) with M >= 1 held-out "
+                f"samples (or be None: no functional SI); got {tuple(hs.shape)}."
             )
         theta_star = _check_kernel(hs, "heldout_ntk", hs.shape[0], n_samples * kb, "(M*K, N*K)")
     if trace:

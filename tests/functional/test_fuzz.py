@@ -642,11 +642,6 @@ def test_bug_diffusion_kernel_f32_huge_scale():
     assert bool(torch.isfinite(k).all()), k
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vector reference with n_clusters == N: scipy TypeError 'Cannot use scipy.linalg.eigh "
-    "for sparse A with k >= N' from sklearn spectral clustering, not naming an argument",
-)
 @pytest.mark.parametrize("fn", ["dsmi", "classic"])
 def test_bug_cluster_reference_k_eq_n(fn):
     ref = np.random.default_rng(0).standard_normal((3, 3))
@@ -662,7 +657,6 @@ def test_bug_classic_entropy_zero_dims():
     _assert_finite_or_named(classic_shannon_entropy, ["embeddings"], torch.zeros(5, 0))
 
 
-@pytest.mark.xfail(strict=True, reason="0-d `targets`: IndexError from targets.shape[0]")
 def test_bug_sui_scalar_targets():
     ntk = _X10[:6, :] @ _X10[:6, :].T + 0.1 * torch.eye(6, dtype=torch.float64)
     _assert_finite_or_named(
@@ -676,7 +670,6 @@ def test_bug_sui_scalar_targets():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="heldout_ntk with 0 rows (M = 0): silent NaN F-SI")
 def test_bug_sui_empty_heldout():
     ntk = _X10[:6, :] @ _X10[:6, :].T + 0.1 * torch.eye(6, dtype=torch.float64)
     _assert_finite_or_named(
