@@ -35,7 +35,13 @@ from lightning_info.callbacks import (
     SmoothUniqueInformation,
 )
 from lightning_info.models import MLPClassifier
-from lightning_info.reporting import markdown_table, save_image_grid_png, write_text_atomic
+from lightning_info.reporting import (
+    _pyplot,
+    _save_figure_atomic,
+    markdown_table,
+    save_image_grid_png,
+    write_text_atomic,
+)
 from lightning_info.utilities.data import corrupt_labels, load_dataset, train_val_split
 
 __all__ = ["DemoConfig", "auroc", "run_demo"]
@@ -216,10 +222,7 @@ def _flushed(logger: TensorBoardLogger) -> str:
 
 
 def _plot_curves(runs: list[RunResult], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     panels = [
         (f"info/dse/{LAYER}", "DSE(Z) [bits]"),
@@ -242,11 +245,7 @@ def _plot_curves(runs: list[RunResult], path: Path) -> Path:
         "Penultimate-layer diffusion spectral entropy / mutual information (dashed: early stop)"
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure_atomic(fig, path)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
