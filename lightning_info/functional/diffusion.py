@@ -129,7 +129,7 @@ def gaussian_affinity(
     Raises:
         TypeError: if ``embeddings`` is not array-like numbers, or ``sigma`` is not a number.
         ValueError: if ``embeddings`` is not 2-D, has fewer than 2 rows or non-finite values,
-            ``sigma <= 0``, or ``dtype`` is not float32/float64.
+            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows), or ``dtype`` is not float32/float64.
 
     Example:
         >>> import torch
@@ -173,7 +173,7 @@ def diffusion_kernel(
     Raises:
         TypeError: if ``embeddings`` is not array-like numbers, or ``sigma`` is not a number.
         ValueError: if ``embeddings`` is not 2-D, has fewer than 2 rows or non-finite values,
-            ``sigma <= 0``, or ``dtype`` is not float32/float64.
+            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows), or ``dtype`` is not float32/float64.
 
     Example:
         >>> import torch

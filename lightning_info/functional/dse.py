@@ -452,7 +452,7 @@ def diffusion_spectral_entropy(
     Raises:
         TypeError: if ``embeddings`` is not array-like numbers, or an option has the wrong type.
         ValueError: if ``embeddings`` is not 2-D, has fewer than 2 rows or NaN/inf values;
-            ``sigma <= 0``; ``t < 1``; ``max_samples < 2``; ``num_probes``/``num_steps`` < 1;
+            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows); ``t < 1``; ``max_samples < 2``; ``num_probes``/``num_steps`` < 1;
             an unknown ``solver``; a ``dtype`` other than float32/float64.
 
     Example:
@@ -561,7 +561,7 @@ def diffusion_spectral_mutual_information(
         ValueError: if ``embeddings`` is not 2-D or has fewer than 2 rows; NaN/inf in
             ``embeddings`` or ``reference``; ``reference``/``clusters`` of the wrong rank or a
             different length; ``discrete=True`` with a vector reference; ``reference`` None
-            without ``clusters``; ``sigma <= 0``; ``t < 1``; ``n_clusters < 2`` (or > N when
+            without ``clusters``; ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows); ``t < 1``; ``n_clusters < 2`` (or > N when
             clustering); ``n_repeats < 1``; ``max_samples < 2``; unknown ``solver``; bad ``dtype``.
 
     Example:
