@@ -22,8 +22,10 @@ state is restored afterwards. Models whose forward pass depends on other samples
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -186,16 +188,28 @@ class _Projector:
         if num_params * dim * itemsize <= budget:
             self.cached = torch.cat(list(self._blocks()), 0)
 
+    def _block(self, b: int) -> Tensor:
+        start = b * _PROJECTION_BLOCK_ROWS
+        rows = min(_PROJECTION_BLOCK_ROWS, self.num_params - start)
+        gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + b)
+        if self.kind == "gaussian":
+            block = torch.randn(rows, self.dim, generator=gen, dtype=torch.float64)
+        else:
+            block = torch.randint(0, 2, (rows, self.dim), generator=gen).double() * 2 - 1
+        return (block * (1.0 / math.sqrt(self.dim))).to(device=self.device, dtype=self.dtype)
+
     def _blocks(self) -> Iterator[Tensor]:
-        scale = 1.0 / math.sqrt(self.dim)
-        for b, start in enumerate(range(0, self.num_params, _PROJECTION_BLOCK_ROWS)):
-            rows = min(_PROJECTION_BLOCK_ROWS, self.num_params - start)
-            gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + b)
-            if self.kind == "gaussian":
-                block = torch.randn(rows, self.dim, generator=gen, dtype=torch.float64)
-            else:
-                block = torch.randint(0, 2, (rows, self.dim), generator=gen).double() * 2 - 1
-            yield (block * scale).to(device=self.device, dtype=self.dtype)
+        for b in range(math.ceil(self.num_params / _PROJECTION_BLOCK_ROWS)):
+            yield self._block(b)
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of R: the rows :meth:`__call__` applies to those Jacobian columns."""
+        if self.cached is not None:
+            return self.cached[start:stop]
+        first, last = start // _PROJECTION_BLOCK_ROWS, (stop - 1) // _PROJECTION_BLOCK_ROWS
+        part = torch.cat([self._block(b) for b in range(first, last + 1)], 0)
+        base = first * _PROJECTION_BLOCK_ROWS
+        return part[start - base : stop - base]
 
     def __call__(self, jac: Tensor) -> Tensor:
         if self.cached is not None:
@@ -204,6 +218,100 @@ class _Projector:
         for block, start in zip(self._blocks(), range(0, self.num_params, _PROJECTION_BLOCK_ROWS)):
             out += jac[..., start : start + block.shape[0]] @ block
         return out
+
+
+@dataclass
+class _LinearTerm:
+    r"""One ``nn.Linear`` whose Jacobian is used in its outer-product form (see ``structured``).
+
+    For :math:`h = W a + b`, the per-sample Jacobian of output k is
+    :math:`\partial f_k / \partial W = g_k a^\top` and :math:`\partial f_k / \partial b = g_k`,
+    with :math:`a` the layer's input and :math:`g_k = \partial f_k / \partial h`. Hence
+    :math:`J_k(x_i) J_l(x_j)^\top = (g_{ik} \cdot g_{jl}) (a_i \cdot a_j + 1)`: the kernel is an
+    elementwise product of two small Gram matrices and ``W``'s Jacobian is never formed.
+    """
+
+    module_name: str
+    module: nn.Module
+    weight: str | None  # parameter name when differentiated
+    bias: str | None
+
+
+@dataclass
+class _StructuredChunk:
+    """Jacobians of a chunk of samples in factored form (float64 products are taken later)."""
+
+    grads: list[Tensor]  # per term: (n, K, out_features) = dF / d(layer output)
+    acts: list[Tensor | None]  # per term: (n, in_features) layer inputs, None if W not selected
+    rest: Tensor | None  # (n, K, P_rest): explicit Jacobian of every other selected parameter
+    bias: list[bool]  # per term: is the bias differentiated
+
+    def __len__(self) -> int:
+        return (self.grads[0] if self.grads else self.rest).shape[0]
+
+    @staticmethod
+    def cat(chunks: list[_StructuredChunk]) -> _StructuredChunk:
+        first = chunks[0]
+        return _StructuredChunk(
+            grads=[torch.cat([c.grads[i] for c in chunks], 0) for i in range(len(first.grads))],
+            acts=[
+                None if a is None else torch.cat([c.acts[i] for c in chunks], 0)
+                for i, a in enumerate(first.acts)
+            ],
+            rest=None if first.rest is None else torch.cat([c.rest for c in chunks], 0),
+            bias=first.bias,
+        )
+
+
+class _Hooks:
+    """Forward hooks on the structured Linear layers: capture inputs and/or add output offsets."""
+
+    def __init__(self, terms: list[_LinearTerm]) -> None:
+        self.terms = terms
+        self.deltas: dict[str, Tensor] | None = None
+        self.capture: dict[str, Tensor] | None = None
+        self.calls: Counter[str] = Counter()
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        handles = [t.module.register_forward_hook(self._hook(t.module_name)) for t in self.terms]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
+            self.calls[name] += 1
+            self.shapes[name] = tuple(inputs[0].shape)
+            if self.capture is not None:
+                self.capture[name] = inputs[0].detach()
+            if self.deltas is not None:
+                return output + self.deltas[name]
+            return None
+
+        return hook
+
+
+def _linear_candidates(model: nn.Module, names: list[str]) -> list[_LinearTerm]:
+    """Plain ``nn.Linear`` modules with a selected weight or bias that share no parameter."""
+    selected = set(names)
+    owners = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
+    terms = []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or type(module).forward is not nn.Linear.forward:
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        weight = f"{prefix}weight" if f"{prefix}weight" in selected else None
+        bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in selected else None
+        if weight is None and bias is None:
+            continue
+        if any(owners[id(p)] > 1 for p in module.parameters(recurse=False)):
+            continue  # tied weights: the gradient also flows through another module
+        terms.append(_LinearTerm(module_name, module, weight, bias))
+    return terms
 
 
 class _Linearization:
@@ -218,17 +326,25 @@ class _Linearization:
         projection: str,
         seed: int,
         budget: int,
+        structured: bool = False,
     ) -> None:
         self.model = model
         self.names, all_params = _select_params(model, params)
+        self.all_params = all_params
         self.selected = {n: all_params[n] for n in self.names}
         frozen = {n: p for n, p in all_params.items() if n not in self.selected}
         self.fn = _single_sample_fn(model, frozen)
         self.num_params = sum(p.numel() for p in self.selected.values())
+        offsets = torch.tensor([0] + [p.numel() for p in self.selected.values()]).cumsum(0)
+        self.offsets = dict(zip(self.names, offsets.tolist()))
         like = next(iter(self.selected.values()))
         self.itemsize = like.element_size()
         self.budget = budget
         self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
+        if not isinstance(structured, bool):
+            raise TypeError(f"`structured` must be a bool; got {type(structured).__name__}.")
+        self.structured = structured
+        self.terms: list[_LinearTerm] = []
         self.projector = None
         if projection_dim is not None:
             d = _check_int(projection_dim, "projection_dim", minimum=1)
@@ -241,31 +357,164 @@ class _Linearization:
         return self.projector.dim if self.projector is not None else self.num_params
 
     def num_outputs(self, inputs: Tensor) -> int:
-        with _eval_mode(self.model), torch.no_grad():
-            return _check_outputs(self.model(inputs[:1]), 1).shape[1]
+        """Output count K; with ``structured`` also decides which Linear layers qualify."""
+        candidates = _linear_candidates(self.model, self.names) if self.structured else []
+        hooks = _Hooks(candidates)
+        with _eval_mode(self.model), torch.no_grad(), hooks.active():
+            k = _check_outputs(self.model(inputs[:1]), 1).shape[1]
+        # one call per forward pass on a (1, in_features) input: otherwise (weight sharing
+        # across calls, sequence inputs) the outer-product form does not hold; fall back
+        self.terms = [
+            t
+            for t in candidates
+            if hooks.calls[t.module_name] == 1 and len(hooks.shapes[t.module_name]) == 2
+        ]
+        if self.terms:
+            self._setup_structured()
+        return k
+
+    def _setup_structured(self) -> None:
+        covered = {n for t in self.terms for n in (t.weight, t.bias) if n is not None}
+        self.rest_names = [n for n in self.names if n not in covered]
+        rest = {n: self.selected[n] for n in self.rest_names}
+        frozen = {n: p for n, p in self.all_params.items() if n not in rest}
+        buffers = {n: b.detach() for n, b in self.model.named_buffers()}
+        self.hooks = _Hooks(self.terms)
+        self.rest = rest
+        self.zero_deltas = {
+            t.module_name: torch.zeros_like(t.module.weight[:, 0]) for t in self.terms
+        }
+        model, hooks = self.model, self.hooks
+
+        def fn(rest_params: dict[str, Tensor], deltas: dict[str, Tensor], x: Tensor) -> Tensor:
+            hooks.deltas = deltas
+            try:
+                out = functional_call(
+                    model, (rest_params, frozen, buffers), (x.unsqueeze(0),), strict=False
+                )
+            finally:
+                hooks.deltas = None
+            return out.reshape(-1)
+
+        self.structured_fn = vmap(jacrev(fn, argnums=(0, 1)), in_dims=(None, None, 0))
+
+    @property
+    def _explicit_per_sample(self) -> int:
+        """Parameters whose Jacobian a vmap call materializes, per output and sample."""
+        if not self.terms:
+            return self.num_params
+        return sum(self.rest[n].numel() for n in self.rest_names) + sum(
+            t.module.weight.shape[0] for t in self.terms
+        )
+
+    def per_sample_bytes(self, k: int) -> int:
+        """Bytes of one sample's kernel inputs (Jacobian rows or their factored form)."""
+        if self.projector is not None:
+            return k * self.projector.dim * self.itemsize
+        if self.terms:
+            acts = sum(t.module.weight.shape[1] for t in self.terms if t.weight is not None)
+            return (k * self._explicit_per_sample + acts) * self.itemsize
+        return k * self.num_params * self.itemsize
 
     def chunk_for(self, k: int) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
-        return _auto_chunk(k, self.num_params, self.itemsize, self.budget)
+        return _auto_chunk(k, self._explicit_per_sample, self.itemsize, self.budget)
+
+    def _factored(self, x: Tensor) -> _StructuredChunk:
+        """Factored Jacobians of one chunk (eval mode must be active)."""
+        capture: dict[str, Tensor] = {}
+        self.hooks.capture = capture
+        try:
+            with torch.no_grad(), self.hooks.active():
+                self.model(x)
+        finally:
+            self.hooks.capture = None
+        with self.hooks.active():
+            rest_grads, delta_grads = self.structured_fn(self.rest, self.zero_deltas, x)
+        rest = None
+        if self.rest_names:
+            rest = torch.cat([rest_grads[n].flatten(2) for n in self.rest_names], dim=2)
+        return _StructuredChunk(
+            grads=[delta_grads[t.module_name].detach() for t in self.terms],
+            acts=[capture[t.module_name] if t.weight is not None else None for t in self.terms],
+            rest=None if rest is None else rest.detach(),
+            bias=[t.bias is not None for t in self.terms],
+        )
+
+    def _project_factored(self, chunk: _StructuredChunk) -> Tensor:
+        """``J R`` from the factored form, with the same R as the explicit path."""
+        proj = self.projector
+        n, k = len(chunk), (chunk.grads[0] if chunk.grads else chunk.rest).shape[1]
+        out = None
+        if chunk.rest is not None:
+            col = 0
+            out = chunk.rest.new_zeros(n, k, proj.dim)
+            for name in self.rest_names:
+                size = self.rest[name].numel()
+                start = self.offsets[name]
+                out += chunk.rest[..., col : col + size] @ proj.rows(start, start + size)
+                col += size
+        if out is None:
+            out = chunk.grads[0].new_zeros(n, k, proj.dim)
+        for term, g, a in zip(self.terms, chunk.grads, chunk.acts):
+            n_out, n_in = term.module.weight.shape
+            # T_i = sum_j a_ij R_W[o, j, :] (+ R_b[o, :]): (n, out, d); J_k(x_i) R = g_ik T_i
+            rb = None
+            if term.bias is not None:
+                rb = proj.rows(self.offsets[term.bias], self.offsets[term.bias] + n_out)
+            rw = None
+            if term.weight is not None:
+                s = self.offsets[term.weight]
+                rw = proj.rows(s, s + n_out * n_in).view(n_out, n_in, proj.dim)
+                rw = rw.permute(1, 0, 2).reshape(n_in, n_out * proj.dim)
+            step = max(1, self.budget // (8 * n_out * proj.dim * self.itemsize))
+            for i0 in range(0, n, step):
+                if rw is not None:
+                    t = (a[i0 : i0 + step] @ rw).view(-1, n_out, proj.dim)
+                    if rb is not None:
+                        t = t + rb
+                else:
+                    t = rb.expand(g[i0 : i0 + step].shape[0], n_out, proj.dim)
+                out[i0 : i0 + step] += torch.bmm(g[i0 : i0 + step], t)
+        return out
 
     def jacobian(self, x: Tensor) -> Tensor:
         """(n, ...) -> (n, K, feature_dim) for one chunk (eval mode must be active)."""
-        grads = self.jac_fn(self.selected, x)
-        jac = torch.cat([grads[n].flatten(2) for n in self.names], dim=2)
+        if self.terms and self.projector is not None:
+            return self._project_factored(self._factored(x))
+        jac = self._explicit_jacobian(x)
         return self.projector(jac) if self.projector is not None else jac
 
+    def _explicit_jacobian(self, x: Tensor) -> Tensor:
+        """(n, K, P) Jacobians with ``vmap(jacrev)``: the unstructured path."""
+        grads = self.jac_fn(self.selected, x)
+        return torch.cat([grads[n].flatten(2) for n in self.names], dim=2)
+
+    def kernel_input(self, x: Tensor) -> Tensor | _StructuredChunk:
+        """What the kernel is built from: factored Jacobians when possible, else ``J`` (or ``J R``)."""
+        if self.terms and self.projector is None:
+            return self._factored(x)
+        return self.jacobian(x).detach()
+
     def stream(
-        self, inputs: Tensor, k: int, step: int | None = None
-    ) -> Iterator[tuple[int, Tensor]]:
+        self, inputs: Tensor, k: int, step: int | None = None, *, kernel_inputs: bool = False
+    ) -> Iterator[tuple[int, Tensor | _StructuredChunk]]:
         """Yield ``(start, J_chunk)`` over ``inputs`` in chunks of samples."""
         step = step or self.chunk_for(k)
         with _eval_mode(self.model):
             for start in range(0, inputs.shape[0], step):
-                yield start, self.jacobian(inputs[start : start + step]).detach()
+                x = inputs[start : start + step]
+                yield start, (self.kernel_input(x) if kernel_inputs else self.jacobian(x).detach())
 
     def features(self, inputs: Tensor, k: int) -> Tensor:
         return torch.cat([j for _, j in self.stream(inputs, k)], 0)
+
+    def kernel_inputs(self, inputs: Tensor, k: int) -> Tensor | _StructuredChunk:
+        chunks = [j for _, j in self.stream(inputs, k, kernel_inputs=True)]
+        if isinstance(chunks[0], _StructuredChunk):
+            return _StructuredChunk.cat(chunks)
+        return torch.cat(chunks, 0)
 
 
 def _check_budget(value: int) -> int:
@@ -326,6 +575,7 @@ def jacobian_features(
     seed: int = 0,
     chunk_size: int | None = None,
     memory_budget_bytes: int = _DEFAULT_BUDGET,
+    structured: bool = True,
 ) -> Tensor:
     r"""Return (randomly projected) per-sample Jacobian features for the feature-space path.
 
@@ -352,6 +602,14 @@ def jacobian_features(
         seed: seed of the projection.
         chunk_size: samples per vmap call.
         memory_budget_bytes: bound on the projection matrix / Jacobian chunk memory.
+        structured: use the factored form of ``nn.Linear`` Jacobians (default True): for
+            :math:`h = W a + b`, :math:`\partial f_k/\partial W = g_k a^\top`, so a Linear
+            layer's projected features are
+            :math:`g_k (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed. Exact
+            up to rounding. Applies to plain ``nn.Linear`` modules called once per forward on
+            (B, in) inputs with no tied parameter; every other parameter (convolutions,
+            normalization, embeddings, Linear on sequences) falls back to explicit Jacobians.
+            Without a projection the explicit Jacobians are returned either way.
 
     Returns:
         (N, K, d) features (or (N, K, P) without projection), in the parameters' dtype.
@@ -369,18 +627,49 @@ def jacobian_features(
     """
     inputs = _check_inputs(inputs, "inputs")
     budget = _check_budget(memory_budget_bytes)
-    lin = _Linearization(model, params, chunk_size, projection_dim, projection, seed, budget)
+    lin = _Linearization(
+        model, params, chunk_size, projection_dim, projection, seed, budget, structured
+    )
     return lin.features(inputs, lin.num_outputs(inputs))
 
 
-def _pair_kernel(ja: Tensor, jb: Tensor, kernel: str) -> Tensor:
+def _pair_kernel(
+    ja: Tensor | _StructuredChunk, jb: Tensor | _StructuredChunk, kernel: str
+) -> Tensor:
     """Kernel block between two Jacobian chunks (na, K, D), (nb, K, D), accumulated in float64."""
+    if isinstance(ja, _StructuredChunk):
+        return _pair_kernel_structured(ja, jb, kernel)
     same = ja is jb
     ja = ja.double()
     jb = ja if same else jb.double()
     if kernel == "trace":
         return ja.flatten(1) @ jb.flatten(1).T
     return ja.flatten(0, 1) @ jb.flatten(0, 1).T
+
+
+def _pair_kernel_structured(a: _StructuredChunk, b: _StructuredChunk, kernel: str) -> Tensor:
+    """Kernel block from factored Jacobians: per Linear layer (G_a G_bᵀ) ⊙ (A_a A_bᵀ + 1)."""
+    ref = a.grads[0] if a.grads else a.rest
+    na, nb, k = len(a), len(b), ref.shape[1]
+    if a.rest is not None:
+        out = _pair_kernel(a.rest, a.rest if a is b else b.rest, kernel)
+    else:
+        rows, cols = (na, nb) if kernel == "trace" else (na * k, nb * k)
+        out = torch.zeros(rows, cols, dtype=torch.float64, device=ref.device)
+    for i, (ga, aa) in enumerate(zip(a.grads, a.acts)):
+        gb, ab = b.grads[i], b.acts[i]
+        ga, gb = ga.double(), gb.double()
+        coef = torch.zeros(na, nb, dtype=torch.float64, device=ref.device)
+        if aa is not None:
+            coef += aa.double().flatten(1) @ ab.double().flatten(1).T
+        if a.bias[i]:
+            coef += 1.0
+        if kernel == "trace":  # sum_k (g_ik . g_jk) (a_i . a_j + 1)
+            out += (ga.flatten(1) @ gb.flatten(1).T) * coef
+        else:
+            gg = ga.flatten(0, 1) @ gb.flatten(0, 1).T
+            out += (gg.view(na, k, nb, k) * coef[:, None, :, None]).view(na * k, nb * k)
+    return out
 
 
 def empirical_ntk(
@@ -395,6 +684,7 @@ def empirical_ntk(
     projection: ProjectionType = "gaussian",
     seed: int = 0,
     memory_budget_bytes: int = _DEFAULT_BUDGET,
+    structured: bool = True,
 ) -> Tensor:
     r"""Compute the empirical NTK :math:`\Theta(X_1, X_2) = J_1 J_2^\top` at the current weights.
 
@@ -430,6 +720,14 @@ def empirical_ntk(
         projection: ``"gaussian"`` or ``"rademacher"``.
         seed: seed of the projection.
         memory_budget_bytes: bound on stored Jacobians / projection blocks (default 1 GiB).
+        structured: use the factored form of ``nn.Linear`` Jacobians (default True): for
+            :math:`h = W a + b`, :math:`\partial f_k/\partial W = g_k a^\top`, so a Linear
+            layer's kernel is :math:`(G G^\top) \odot (A A^\top + 1)` from the layer inputs
+            ``A`` and output gradients ``G``, and its projected features are
+            :math:`g_k (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed. Exact
+            up to rounding. Applies to plain ``nn.Linear`` modules called once per forward on
+            (B, in) inputs with no tied parameter; every other parameter (convolutions,
+            normalization, embeddings, Linear on sequences) falls back to explicit Jacobians.
 
     Returns:
         float64 kernel of shape (N1*K, N2*K) (``"full"``) or (N1, N2) (``"trace"``).
@@ -450,9 +748,11 @@ def empirical_ntk(
     x2 = x1 if x2 is None else _check_inputs(x2, "x2")
     kernel = _check_choice(kernel, "kernel", ("full", "trace"))
     budget = _check_budget(memory_budget_bytes)
-    lin = _Linearization(model, params, chunk_size, projection_dim, projection, seed, budget)
+    lin = _Linearization(
+        model, params, chunk_size, projection_dim, projection, seed, budget, structured
+    )
     k = lin.num_outputs(x1)
-    per_sample = k * lin.feature_dim * lin.itemsize
+    per_sample = lin.per_sample_bytes(k)
     n1, n2 = x1.shape[0], x2.shape[0]
     rows = n1 * k if kernel == "full" else n1
     cols = n2 * k if kernel == "full" else n2
@@ -461,18 +761,18 @@ def empirical_ntk(
 
     needed = per_sample * (n1 if symmetric else n1 + n2)
     if needed <= budget:
-        j1 = lin.features(x1, k)
-        j2 = j1 if symmetric else lin.features(x2, k)
+        j1 = lin.kernel_inputs(x1, k)
+        j2 = j1 if symmetric else lin.kernel_inputs(x2, k)
         return _pair_kernel(j1, j2, kernel)
 
     # Streaming: outer blocks of x1 sized to half the budget, inner chunks of x2 recomputed.
     outer = max(1, budget // (2 * per_sample))
     for a0 in range(0, n1, outer):
-        ja = torch.cat([j for _, j in lin.stream(x1[a0 : a0 + outer], k)], 0)
-        a1 = a0 + ja.shape[0]
+        ja = lin.kernel_inputs(x1[a0 : a0 + outer], k)
+        a1 = a0 + len(ja)
         limit = a1 if symmetric else n2
-        for b0, jb in lin.stream(x2[:limit], k):
-            b1 = b0 + jb.shape[0]
+        for b0, jb in lin.stream(x2[:limit], k, kernel_inputs=True):
+            b1 = b0 + len(jb)
             out[a0 * scale : a1 * scale, b0 * scale : b1 * scale] = _pair_kernel(ja, jb, kernel)
     if symmetric:  # every entry on and below the diagonal was filled: mirror it
         out = torch.tril(out) + torch.tril(out, -1).T

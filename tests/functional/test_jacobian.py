@@ -229,3 +229,158 @@ def test_invalid_options_raise(data):
         jacobian_features(model, x, projection_dim=10**6, memory_budget_bytes=1000)
     with pytest.raises(TypeError, match="inputs"):
         per_sample_jacobians(model, x.numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# structured (factored) form of nn.Linear Jacobians
+# ---------------------------------------------------------------------------------------------
+class _Mixed(nn.Module):
+    """Conv + BatchNorm (explicit fallback) feeding Linear layers (structured), one without bias."""
+
+    def __init__(self, k: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.norm = nn.BatchNorm1d(8)
+        self.fc1 = nn.Linear(8, 6, bias=False)
+        self.fc2 = nn.Linear(6, k)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x.view(-1, 1, 4, 4))).flatten(1)  # (B, 2 * 2 * 2)
+        return self.fc2(torch.tanh(self.fc1(self.norm(h))))
+
+
+class _Tied(nn.Module):
+    """Two Linear layers sharing one weight matrix (the structured form must not be used)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+class _Reused(nn.Module):
+    """One Linear applied twice, and one applied to a (B, T, in) sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Linear(4, 4)
+        self.token = nn.Linear(2, 3)
+        self.head = nn.Linear(4 + 3, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.block(torch.tanh(self.block(x))))
+        seq = torch.tanh(self.token(x.view(-1, 2, 2))).mean(1)
+        return self.head(torch.cat([h, seq], 1))
+
+
+def _models():
+    torch.manual_seed(3)
+    mixed = _Mixed().double()
+    mixed.norm.running_mean.uniform_(-0.5, 0.5)
+    mixed.norm.running_var.uniform_(0.5, 2.0)
+    single = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 1), nn.Flatten(0)).double()
+    return {
+        "mixed": (mixed, 16),
+        "tied": (_Tied().double(), 4),
+        "reused": (_Reused().double(), 4),
+        "scalar-output": (single, 4),
+    }
+
+
+@pytest.mark.parametrize("name", ["mixed", "tied", "reused", "scalar-output"])
+@pytest.mark.parametrize("kernel", ["full", "trace"])
+def test_structured_ntk_equals_explicit_autograd_products(name, kernel):
+    model, dim = _models()[name]
+    gen = torch.Generator().manual_seed(0)
+    x1 = torch.randn(6, dim, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(4, dim, generator=gen, dtype=torch.float64)
+    j1, j2 = _loop_jacobian(model, x1), _loop_jacobian(model, x2)
+    k = j1.shape[1]
+    if kernel == "full":
+        expected = j1.reshape(6 * k, -1) @ j2.reshape(4 * k, -1).T
+    else:
+        expected = sum(j1[:, c] @ j2[:, c].T for c in range(k))
+    got = empirical_ntk(model, x1, x2, kernel=kernel, structured=True)
+    torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
+    sym = empirical_ntk(model, x1, kernel=kernel, structured=True, chunk_size=4)
+    expected_sym = empirical_ntk(model, x1, kernel=kernel, structured=False)
+    torch.testing.assert_close(sym, expected_sym, rtol=1e-11, atol=1e-12)
+
+
+def test_structured_ntk_with_parameter_subsets():
+    model, dim = _models()["mixed"]
+    x = torch.randn(5, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for params in (["fc2.bias"], ["fc2.weight"], "fc", ["conv.weight", "fc2.bias"]):
+        names = {n for n, _ in model.named_parameters() if any(n.startswith(p) for p in params)}
+        if isinstance(params, str):
+            names = {n for n, _ in model.named_parameters() if n.startswith(params)}
+        jac = _loop_jacobian(model, x, names=names)
+        expected = jac.reshape(-1, jac.shape[2]) @ jac.reshape(-1, jac.shape[2]).T
+        got = empirical_ntk(model, x, params=params)
+        torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
+
+
+def test_structured_ntk_streaming_blocks_equal_in_memory():
+    model, dim = _models()["mixed"]
+    gen = torch.Generator().manual_seed(2)
+    x1 = torch.randn(9, dim, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(5, dim, generator=gen, dtype=torch.float64)
+    for other in (None, x2):
+        ref = empirical_ntk(model, x1, other, structured=False)
+        # a budget of ~2 samples' factored Jacobians forces the block-by-block path
+        streamed = empirical_ntk(model, x1, other, chunk_size=2, memory_budget_bytes=1500)
+        torch.testing.assert_close(streamed, ref, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_structured_projected_features_equal_explicit_projection(kind):
+    model, dim = _models()["mixed"]
+    x = torch.randn(7, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    jac = _loop_jacobian(model, x)
+    p, d = jac.shape[2], 11
+    r = _Projector(p, d, kind, 5, jac, budget=2**30)(torch.eye(p, dtype=torch.float64))
+    expected = jac @ r
+    for budget in (2**30, 1024 * d * 8):  # cached R, and R regenerated block by block (P > 1024)
+        got = jacobian_features(
+            model, x, projection_dim=d, projection=kind, seed=5, memory_budget_bytes=budget
+        )
+        torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
+    wide = nn.Sequential(nn.Linear(40, 60), nn.Tanh(), nn.Linear(60, 3)).double()  # P = 2643
+    xw = torch.randn(4, 40, dtype=torch.float64)
+    jw = _loop_jacobian(wide, xw)
+    rw = _Projector(jw.shape[2], d, kind, 1, jw, budget=2**30)(torch.eye(2643, dtype=torch.float64))
+    got = jacobian_features(
+        wide, xw, projection_dim=d, projection=kind, seed=1, memory_budget_bytes=1024 * d * 8
+    )
+    torch.testing.assert_close(got, jw @ rw, rtol=1e-11, atol=1e-12)
+
+
+def test_structured_path_never_forms_linear_jacobians(monkeypatch):
+    """All-Linear MLP: the structured NTK and projected features never call the explicit
+    ``vmap(jacrev)`` Jacobian (which would hold K x P numbers per sample)."""
+    from lightning_info.functional import jacobian as jac_mod
+
+    model = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 10)).double()
+    x = torch.randn(12, 30, dtype=torch.float64)
+    reference = empirical_ntk(model, x, kernel="trace", structured=False)
+    ref_feats = jacobian_features(model, x, projection_dim=8, structured=False)
+
+    def forbidden(self, x):
+        raise AssertionError("explicit Jacobian formed")
+
+    monkeypatch.setattr(jac_mod._Linearization, "_explicit_jacobian", forbidden)
+    torch.testing.assert_close(empirical_ntk(model, x, kernel="trace"), reference)
+    torch.testing.assert_close(jacobian_features(model, x, projection_dim=8), ref_feats)
+    with pytest.raises(AssertionError, match="explicit Jacobian formed"):
+        empirical_ntk(model, x, kernel="trace", structured=False)
+
+
+def test_structured_option_type_checked(data):
+    x, _ = data
+    with pytest.raises(TypeError, match="structured"):
+        empirical_ntk(_mlp(), x, structured="yes")
