@@ -10,6 +10,7 @@ All normalisations here are O(N^2) (row/column scaling), never dense diagonal ma
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -48,34 +49,156 @@ def _resolve_dtype(dtype: Any, default: torch.dtype) -> torch.dtype:
         ) from None
 
 
-def _pairwise_sq_dists(x: Tensor) -> Tensor:
-    r"""Squared Euclidean distances between the rows of a float tensor.
+def _mul_scaled_(t: Tensor, factor: float, exp2: int = 0) -> Tensor:
+    r"""Multiply ``t`` in place by ``factor * 2**exp2`` without forming that number in ``t``'s dtype.
 
-    Uses :math:`\|x_i\|^2 + \|x_j\|^2 - 2 x_i^\top x_j` (one matmul) on the **centred** rows
-    (distances are translation invariant, and centring limits cancellation when the data sit far
-    from the origin), clamps tiny negative round-off at 0 and sets the diagonal to exactly 0, as
+    A factor outside the dtype's normal range (e.g. :math:`1/(2\sigma^2) = 5 \cdot 10^{59}` in
+    float32) would become ``inf`` or 0 and turn a 0 entry into NaN (:math:`0 \cdot \infty`). Here
+    it is applied as its mantissa and then in exact power-of-two steps, so 0 stays 0 and nonzero
+    entries overflow to ``±inf`` or underflow to 0 as the exact product would. A factor in range
+    costs one multiplication, with the same result as ``t.mul_(factor * 2**exp2)``.
+
+    Args:
+        t: floating tensor, changed in place.
+        factor: finite float > 0.
+        exp2: extra binary exponent (an integer; it may be far outside float64's range).
+    """
+    finfo = torch.finfo(t.dtype)
+    mantissa, e = math.frexp(factor)  # factor = mantissa * 2**e, 0.5 <= mantissa < 1
+    k = int(e) + int(exp2)
+    max_k = math.frexp(finfo.max)[1]  # mantissa * 2**k is a normal number for min_k <= k < max_k
+    min_k = math.frexp(finfo.tiny)[1]
+    if min_k <= k < max_k:
+        return t.mul_(math.ldexp(mantissa, k))
+    # Scaling up: exact power-of-two steps first (subnormal inputs gain their bits back), then
+    # the mantissa 2m in [1, 2). Scaling down: the mantissa first, then the steps.
+    up = k > 0
+    if up:
+        mantissa, k = 2.0 * mantissa, k - 1
+    else:
+        t.mul_(mantissa)
+    # Beyond this many binary orders of magnitude every nonzero value has under/overflowed.
+    span = max_k - min_k - int(math.log2(finfo.eps)) + 4
+    k = max(-span, min(span, k))
+    step = min(max_k, -min_k) - 2  # 2**step and 2**-step are normal numbers
+    while abs(k) > step:
+        sign = 1 if k > 0 else -1
+        t.mul_(math.ldexp(1.0, sign * step))
+        k -= sign * step
+    t.mul_(math.ldexp(1.0, k))
+    return t.mul_(mantissa) if up else t
+
+
+def _scaled_centred_rows(x: Tensor) -> tuple[Tensor, int]:
+    """Centred rows of ``x`` divided by a power of two, and that power's exponent.
+
+    Returns ``(y, e)`` with ``x - mean(x) = 2**e * y`` up to the rounding of the centring, and the
+    largest ``|y|`` in [0.5, 1) (``e = 0`` for constant data). ``x`` is first scaled so that its
+    largest entry is ~1 (the mean of float32 values near 3e38 would overflow), then centred, then
+    scaled again; power-of-two scalings are exact. A new tensor of ``x``'s dtype.
+    """
+    exponent = 0
+    x = x.clone()
+    for centre in (False, True):
+        if centre:
+            x = x - x.mean(dim=0, keepdim=True)
+        biggest = float(x.abs().amax()) if x.numel() else 0.0
+        if biggest > 0.0:
+            e = math.frexp(biggest)[1]  # 2**(e-1) <= biggest < 2**e
+            _mul_scaled_(x, 1.0, -e)
+            exponent += e
+    return x, exponent
+
+
+def _scaled_sq_dists(x: Tensor) -> tuple[Tensor, int]:
+    r"""Squared Euclidean distances of the rows of ``x`` in units of a power of two.
+
+    Returns ``(d2, e)`` with the true squared distances :math:`= 2^{2e}` ``d2``. The rows are scaled
+    by :math:`2^{-e_0}` (largest entry ~1), centred (distances are translation invariant, and
+    centring limits cancellation when the data sit far from the origin), and scaled again so that
+    the largest centred entry is ~1; ``e`` is the sum of both exponents. Power-of-two scalings are
+    exact, so for data of moderate scale ``d2`` equals the unscaled computation times
+    :math:`2^{-2e}` bit for bit, while float32 data of scale 1e29 (squares overflow) or 1e-30
+    (squares underflow) keep full precision. Then :math:`\|x_i\|^2 + \|x_j\|^2 - 2 x_i^\top x_j`
+    (one matmul), tiny negative round-off clamped at 0, diagonal exactly 0, as
     ``sklearn.metrics.pairwise_distances`` does.
+
+    Args:
+        x: (N, D) floating tensor of finite values, already validated; the result has its dtype
+            and device.
+
+    Returns:
+        ``(d2, e)``: (N, N) symmetric tensor (>= 0, zero diagonal, all entries <= 4 D) and the
+        binary exponent ``e``.
+    """
+    x, exponent = _scaled_centred_rows(x)
+    sq_norms = x.square().sum(dim=1)
+    d2 = x @ x.T
+    d2.mul_(-2.0).add_(sq_norms[:, None]).add_(sq_norms[None, :])
+    d2 = 0.5 * (d2 + d2.T)  # exact symmetry regardless of the BLAS kernel used
+    _refine_small_sq_dists_(d2, x, x, _refine_tolerance(sq_norms))
+    d2.clamp_(min=0.0)
+    d2.fill_diagonal_(0.0)
+    return d2, exponent
+
+
+#: Pairs whose expanded squared distance is below this many ulps of ``2 max_i |x_i|^2`` are
+#: within the round-off of the expansion and are recomputed from the differences.
+_REFINE_ULPS = 16
+#: Elements of ``x[i] - x[j]`` formed at once when recomputing such pairs.
+_REFINE_CHUNK = 1 << 22
+
+
+def _refine_tolerance(sq_norms: Tensor) -> float:
+    """Squared distances at or below this are within the expansion's round-off (0 if none)."""
+    biggest = float(sq_norms.amax()) if sq_norms.numel() else 0.0
+    return 2.0 * biggest * _REFINE_ULPS * torch.finfo(sq_norms.dtype).eps
+
+
+def _refine_small_sq_dists_(d2: Tensor, x_rows: Tensor, x_cols: Tensor, tol: float) -> None:
+    r"""Recompute, in place, the squared distances that the expansion cannot resolve.
+
+    :math:`\|x_i\|^2 + \|x_j\|^2 - 2 x_i^\top x_j` has an absolute round-off of a few ulps of
+    :math:`\|x_i\|^2 + \|x_j\|^2`, so duplicate rows can get a tiny positive distance, which a
+    small ``sigma`` (e.g. 1e-30) turns into affinity 0 instead of 1. Entries of ``d2`` (rows of
+    ``x_rows`` by rows of ``x_cols``) at or below ``tol`` (``_refine_tolerance``: ``_REFINE_ULPS``
+    ulps of :math:`2 \max_i \|x_i\|^2`) are recomputed as :math:`\sum_k (x_{ik} - x_{jk})^2`,
+    exactly 0 for duplicates and symmetric in i, j, in chunks of at most ``_REFINE_CHUNK``
+    elements; the only full-size temporary is one boolean mask. Generic data have no such pairs
+    off the diagonal; data with many exact duplicates cost O(pairs * D) more.
+    """
+    if tol <= 0.0:  # every row is the centroid: all distances are exactly 0 already
+        return
+    rows, cols = (d2 <= tol).nonzero(as_tuple=True)
+    step = max(1, _REFINE_CHUNK // max(1, x_rows.shape[1]))
+    for a in range(0, rows.numel(), step):
+        i, j = rows[a : a + step], cols[a : a + step]
+        d2[i, j] = (x_rows[i] - x_cols[j]).square_().sum(dim=1)
+
+
+def _pairwise_sq_dists(x: Tensor) -> Tensor:
+    """Squared Euclidean distances between the rows of a float tensor (see ``_scaled_sq_dists``).
 
     Args:
         x: (N, D) floating tensor, already validated; the result has its dtype and device.
 
     Returns:
-        (N, N) symmetric tensor of squared distances, >= 0, zero diagonal.
+        (N, N) symmetric tensor of squared distances, >= 0, zero diagonal; ``inf`` where a squared
+        distance exceeds the dtype's range (never NaN).
     """
-    x = x - x.mean(dim=0, keepdim=True)
-    sq_norms = x.square().sum(dim=1)
-    d2 = x @ x.T
-    d2.mul_(-2.0).add_(sq_norms[:, None]).add_(sq_norms[None, :])
-    d2 = 0.5 * (d2 + d2.T)  # exact symmetry regardless of the BLAS kernel used
-    d2.clamp_(min=0.0)
-    d2.fill_diagonal_(0.0)
-    return d2
+    d2, exponent = _scaled_sq_dists(x)
+    return _mul_scaled_(d2, 1.0, 2 * exponent)
 
 
 def _gaussian_affinity(x: Tensor, sigma: float) -> Tensor:
-    """Unnormalised Gaussian affinity ``exp(-d^2 / (2 sigma^2))`` of a validated float tensor."""
-    g = _pairwise_sq_dists(x)
-    return g.mul_(-0.5 / sigma**2).exp_()
+    """Unnormalised Gaussian affinity ``exp(-d^2 / (2 sigma^2))`` of a validated float tensor.
+
+    The factor ``1 / (2 sigma^2)`` and the distance scale are applied together
+    (``_mul_scaled_``), so neither over/underflows in float32 on its own: duplicate rows always
+    get affinity 1 and never NaN, whatever ``sigma`` and the scale of the data.
+    """
+    d2, exponent = _scaled_sq_dists(x)
+    return _mul_scaled_(d2, 0.5 / sigma**2, 2 * exponent).neg_().exp_()
 
 
 def _diffusion_kernel(x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
@@ -116,7 +239,8 @@ def gaussian_affinity(
         G_{ij} = \exp\!\left(-\frac{\|x_i - x_j\|_2^2}{2\sigma^2}\right).
 
     The reference code multiplies by :math:`1/(\sigma\sqrt{2\pi})`; that constant cancels in the
-    diffusion normalisation and is omitted here (so :math:`G_{ii} = 1`).
+    diffusion normalisation and is omitted here (so :math:`G_{ii} = 1`). Finite for any finite
+    data and accepted ``sigma``, also in float32 (see :func:`diffusion_kernel`).
 
     Args:
         embeddings: (N, D) tensor or numpy array of finite numbers, N >= 2.
@@ -161,6 +285,12 @@ def diffusion_kernel(
     (:math:`P = D^{-1/2} K D^{1/2}`), so it has the same eigenvalues: all in :math:`[-1, 1]`, the
     largest equal to 1 with eigenvector :math:`\sqrt{d}`. No density (alpha) normalisation is
     applied, as in the reference.
+
+    Distances are computed on centred data rescaled by a power of two, and the factor
+    :math:`1/(2\sigma^2)` is applied without forming it in the working dtype, so the result is
+    finite for any finite data and any accepted ``sigma`` even in float32 (e.g. data of scale
+    1e29 or sigma = 1e-30): entries whose exponent leaves the dtype's range are 0, duplicate
+    rows get affinity 1 exactly.
 
     Args:
         embeddings: (N, D) tensor or numpy array of finite numbers, N >= 2.

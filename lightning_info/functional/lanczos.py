@@ -25,11 +25,18 @@ control variates with exact traces (:math:`\operatorname{tr}K`, :math:`\operator
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from lightning_info.functional.diffusion import (
+    _mul_scaled_,
+    _refine_small_sq_dists_,
+    _refine_tolerance,
+    _scaled_centred_rows,
+)
 from lightning_info.utilities.checks import _check_int
 
 __all__ = ["stochastic_lanczos_quadrature"]
@@ -270,15 +277,28 @@ class _GaussianKernel:
         self.block_rows = max(1, min(int(block_rows), n))
         self.n_cached = min(n, max(0, int(budget) // (n * itemsize)))
         xc = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-        xc = (xc - xc.mean(dim=0)).to(kernel_dtype)  # centring: fewer cancellations in ||x||²-2x·y
+        # centring: fewer cancellations in ||x||²-2x·y; power-of-two scaling: no over/underflow
+        xc, exponent = _scaled_centred_rows(xc)
+        xc = xc.to(kernel_dtype)
         self.x = xc
         self.sq = xc.square().sum(dim=1)
-        self.gamma = 1.0 / (2.0 * sigma**2)
+        # G = exp(-gamma[0] * 2**gamma[1] * d2) for the scaled rows' squared distances d2
+        self.gamma = (0.5 / sigma**2, 2 * exponent)
+        # Recompute near-duplicate distances from differences only where the expansion's
+        # round-off would change G by more than 1e-3 (sigma near the data's resolution): there
+        # duplicates must get G = 1, not exp(-gamma * round-off) ~ 0.
+        tol = _refine_tolerance(self.sq)
+        log_err = (
+            math.log2(self.gamma[0]) + self.gamma[1] + math.log2(tol) if tol > 0 else -math.inf
+        )
+        self.refine_tol = tol if log_err > math.log2(1e-3) else None
         self.dtype = kernel_dtype
         self.cache = torch.empty(self.n_cached, n, dtype=kernel_dtype, device=x.device)
         for a in range(0, self.n_cached, self.block_rows):
             b = min(a + self.block_rows, self.n_cached)
-            self.cache[a:b] = _kernel_block(self.x, self.sq, a, b, 0, n, self.gamma)
+            self.cache[a:b] = _kernel_block(
+                self.x, self.sq, a, b, 0, n, self.gamma, refine_tol=self.refine_tol
+            )
         # Exact row sums d = G 1, accumulated in float64.
         ones = torch.ones(n, 1, dtype=torch.float64, device=x.device)
         self.degree = self.matmat(ones).squeeze(1)
@@ -301,7 +321,9 @@ class _GaussianKernel:
                     out[c:] += rows[:, c:].T @ vk[a:b]
         for a in range(c, n, self.block_rows):
             b = min(a + self.block_rows, n)
-            block = _kernel_block(self.x, self.sq, a, b, a, n, self.gamma)  # G[a:b, a:]
+            block = _kernel_block(  # G[a:b, a:]
+                self.x, self.sq, a, b, a, n, self.gamma, refine_tol=self.refine_tol
+            )
             if square:
                 block = block.square_()
             out[a:b] += block @ vk[a:]
@@ -317,12 +339,24 @@ def _kernel_block(
     row_stop: int,
     col_start: int,
     col_stop: int,
-    gamma: float,
+    gamma: tuple[float, int],
+    *,
+    refine_tol: float | None = None,
 ) -> Tensor:
-    """Gaussian kernel block G[row_start:row_stop, col_start:col_stop], exact ones on the diagonal."""
+    """Gaussian kernel block G[row_start:row_stop, col_start:col_stop], exact ones on the diagonal.
+
+    ``gamma = (c, k)``: the exponent is ``-c * 2**k * d2`` (applied by ``_mul_scaled_``, so a
+    factor beyond the kernel dtype's range, e.g. sigma = 1e-30 in float32, gives 0 off the
+    duplicates and never ``0 * inf = NaN``). With ``refine_tol``, squared distances at or below it
+    are recomputed from the differences (``_refine_small_sq_dists_``).
+    """
     xr, xcol = x[row_start:row_stop], x[col_start:col_stop]
     block = torch.addmm(sq[col_start:col_stop].unsqueeze(0), xr, xcol.T, alpha=-2.0)
-    block.add_(sq[row_start:row_stop].unsqueeze(1)).clamp_(min=0.0).mul_(-gamma).exp_()
+    block.add_(sq[row_start:row_stop].unsqueeze(1))
+    if refine_tol is not None:
+        _refine_small_sq_dists_(block, xr, xcol, refine_tol)
+    block.clamp_(min=0.0)
+    _mul_scaled_(block, gamma[0], gamma[1]).neg_().exp_()
     # Flush subnormal entries (< 1.2e-38 in float32) to 0: they change no sum that matters but
     # make every later matmul several times slower on x86 (measured 5-10x for flat spectra).
     block.masked_fill_(block < torch.finfo(block.dtype).tiny, 0.0)

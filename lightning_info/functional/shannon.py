@@ -25,7 +25,12 @@ _LN2 = math.log(2.0)
 
 
 def _binned_cells(x: Tensor, num_bins: int) -> Tensor:
-    """(N,) long id of each sample's joint histogram cell after per-dimension min-max binning."""
+    """(N,) long id of each sample's joint histogram cell after per-dimension min-max binning.
+
+    With D = 0 dimensions every sample lies in the one empty cell (id 0).
+    """
+    if x.shape[1] == 0:  # torch.unique(dim=0) rejects an (N, 0) tensor
+        return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     x = x.to(torch.float64)
     lo = x.min(dim=0).values
     span = x.max(dim=0).values - lo
@@ -57,10 +62,11 @@ def classic_shannon_entropy(embeddings: Any, *, num_bins: int = 2) -> Tensor:
 
     where :math:`n_b` counts the samples in cell :math:`b`. No eps is added (0 log 0 := 0).
     :math:`0 \le H \le \min(\log_2 N, D \log_2 \mathrm{num\_bins})`; with many dimensions
-    nearly every sample has its own cell and CSE saturates at :math:`\log_2 N`.
+    nearly every sample has its own cell and CSE saturates at :math:`\log_2 N`. Embeddings with
+    D = 0 features put every sample into one cell: H = 0.
 
     Args:
-        embeddings: (N, D) tensor or numpy array of finite numbers, N >= 2.
+        embeddings: (N, D) tensor or numpy array of finite numbers, N >= 2 (D = 0 gives 0).
         num_bins: equal-width bins per dimension, >= 2. Default 2 (the reference's
             ``num_bins_per_dim``).
 
@@ -106,7 +112,7 @@ def classic_shannon_mutual_information(
         I(Z;B) = H(Z) - \sum_c \frac{n_c}{N} H(Z \mid B = c),
 
     the plug-in mutual information of the cells and the groups, :math:`\ge 0` and
-    :math:`\le \min(H(Z), H(B))`. ``reference`` is turned into groups exactly as in
+    :math:`\le \min(H(Z), H(B))` (0 for D = 0 features). ``reference`` is turned into groups exactly as in
     :func:`~lightning_info.functional.diffusion_spectral_mutual_information` (class labels,
     binned scalar, or spectrally clustered vectors; ``discrete`` inference and ``clusters``
     reuse are the same).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from _reference import ref_kernel, ref_random_walk
 from scipy.spatial.distance import cdist
 
 from lightning_info.functional.diffusion import (
+    _mul_scaled_,
     _pairwise_sq_dists,
     diffusion_kernel,
     gaussian_affinity,
@@ -94,3 +97,71 @@ def test_kernel_float32_and_numpy_input():
 def test_errors(fn, kwargs, x, err, match):
     with pytest.raises(err, match=match):
         fn(x, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    ("factor", "exp2"),
+    [
+        (1.0, 0),
+        (0.3, 5),
+        (5e59, 0),
+        (0.5, 200),
+        (1.7, -200),
+        (1.0, 3000),
+        (1.0, -3000),
+        (0.75, 2 * 97),
+    ],
+)
+def test_mul_scaled_matches_exact_rational_product(dtype, factor, exp2):
+    """0 stays 0 (never 0 * inf = NaN) and nonzero entries round/overflow/underflow as exact maths."""
+    values = [0.0, -0.0, 1e-30, 3.0, -2.5, 1e30, 7e-40 if dtype == torch.float32 else 1e-300]
+    t = torch.tensor(values, dtype=dtype)
+    got = _mul_scaled_(t, factor, exp2).tolist()
+    for v, g in zip(t.new_tensor(values).tolist(), got):
+        exact = Fraction(v) * Fraction(factor) * Fraction(2) ** exp2
+        if exact == 0:
+            assert g == 0.0, (v, g)
+            continue
+        tiny = Fraction(float(torch.finfo(dtype).tiny)) * Fraction(float(torch.finfo(dtype).eps))
+        big = Fraction(float(torch.finfo(dtype).max))
+        if abs(exact) > 2 * big:
+            assert g == (float("inf") if exact > 0 else float("-inf")), (v, g)
+        elif abs(exact) < tiny / 4:
+            assert g == 0.0, (v, g)
+        elif tiny * 2**30 < abs(exact) < big / 2:  # normal range: rounding of a few steps
+            assert g == pytest.approx(float(exact), rel=4 * float(torch.finfo(dtype).eps)), (v, g)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-10, 1.0, 1e10, 1e29, 1e30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_kernel_scale_invariant_at_extreme_scales(scale, dtype):
+    """K(s x, s sigma) = K(x, sigma): float32 data at 1e29 (squares overflow) or 1e-30 (squares
+    underflow) must still give the float64 reference kernel of the unit-scale data."""
+    x = _data(n=30, d=4, scale=1.0, seed=3)
+    xs = torch.from_numpy(x * scale).to(dtype)
+    k = diffusion_kernel(xs, sigma=2.0 * scale, dtype=dtype)
+    assert bool(torch.isfinite(k).all())
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    np.testing.assert_allclose(k.double().numpy(), ref_kernel(x, 2.0), rtol=tol, atol=tol * 1e-2)
+    d2 = _pairwise_sq_dists(xs).double().numpy()
+    expected = cdist(x, x, "sqeuclidean") * scale**2
+    off = ~np.eye(30, dtype=bool)
+    if dtype == torch.float32 and scale >= 1e29:  # (1e29)^2 > float32 max: inf, never NaN
+        assert np.all(np.isinf(d2[off]))
+    elif dtype == torch.float32 and scale <= 1e-30:  # (1e-30)^2 < float32 min: 0, never NaN
+        assert np.all(d2 == 0)
+    else:
+        np.testing.assert_allclose(d2, expected, rtol=tol * 10, atol=0)
+
+
+@pytest.mark.parametrize("sigma", [1e-30, 1e-140])
+def test_affinity_tiny_sigma_duplicates_are_one_and_others_zero(sigma):
+    """1/(2 sigma^2) far beyond float32's range (and, squared distances included, float64's):
+    G = 1 exactly on duplicate rows and 0 elsewhere, never NaN."""
+    x = _data(n=8, d=2, seed=1)
+    x = np.concatenate([x, x[:3]])
+    for dtype in (torch.float32, torch.float64):
+        g = gaussian_affinity(x, sigma=sigma, dtype=dtype).double().numpy()
+        same = cdist(x, x) == 0
+        np.testing.assert_array_equal(g, same.astype(float))

@@ -4,7 +4,8 @@ Every generated input must either give a finite, documented value or raise ``Val
 ``TypeError`` whose message names the offending argument (e.g. contains "`embeddings`"); never a
 silent NaN or an exception of another type from deep inside torch/sklearn. Whether an input is
 valid is decided by an independent oracle written here (2-D, N >= 2, finite after conversion),
-not by the library. Known library bugs are pinned by ``xfail(strict=True)`` tests at the end.
+not by the library. Library bugs found here keep a regression test each at the end
+(``test_bug_*``), checked against closed-form values where there is one.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def test_dse_exact_options_fuzz(x, t):
     sigma=st.sampled_from([1.0, 10.0]),
 )
 def test_dse_lanczos_fuzz(x, sigma):
-    """The stochastic solver on generic full-rank data (degenerate data: see the xfail tests)."""
+    """The stochastic solver on generic full-rank data (degenerate data: see the test_bug_dse_lanczos_* tests)."""
     value, exc = _call(
         diffusion_spectral_entropy, x, sigma=sigma, solver="lanczos", num_probes=4, num_steps=8
     )
@@ -242,8 +243,6 @@ def test_mutual_information_fuzz(x, ref_kind, seed, classic):
         return
     reference = _make_reference(ref_kind, n, seed)
     if classic:
-        if x.ndim == 2 and x.shape[1] == 0:  # D = 0: see xfail test
-            return
         value, exc = _call(
             classic_shannon_mutual_information, x, reference, n_clusters=2, seed=seed
         )
@@ -273,7 +272,7 @@ def test_mutual_information_fuzz(x, ref_kind, seed, classic):
 # classic Shannon entropy and the diffusion kernel
 # ---------------------------------------------------------------------------------------------
 @FUZZ
-@given(x=embeddings_st(min_d=1), num_bins=st.sampled_from([2, 3, 10, 1, 0, 2.5, True]))
+@given(x=embeddings_st(), num_bins=st.sampled_from([2, 3, 10, 1, 0, 2.5, True]))
 def test_classic_entropy_fuzz(x, num_bins):
     value, exc = _call(classic_shannon_entropy, x, num_bins=num_bins)
     if not _valid_2d(x):
@@ -306,9 +305,6 @@ def test_diffusion_kernel_fuzz(x, sigma, dtype):
     if not _valid_2d(x):
         _assert_names(exc, "embeddings")
         return
-    biggest = float(np.abs(np.asarray(x, dtype=np.float64)).max(initial=0.0))
-    if dtype in (torch.float32, "float32") and (sigma < 1e-15 or biggest > 1e15):
-        return  # float32 overflow of d^2 or 1/sigma^2 -> NaN: see test_bug_diffusion_kernel_f32_*
     assert exc is None, exc
     n = x.shape[0]
     k = value
@@ -571,7 +567,7 @@ def test_dse_bad_options(option, mi):
 
 
 # ---------------------------------------------------------------------------------------------
-# known library bugs found by this fuzzing (pinned; strict: a fix turns them into failures)
+# library bugs found by this fuzzing, fixed: one regression test each
 # ---------------------------------------------------------------------------------------------
 def _assert_finite_or_named(fn, names, *args, **kwargs):
     """Fails (the documented contract) on any exception other than a named ValueError/TypeError."""
@@ -623,23 +619,39 @@ def test_bug_dse_lanczos_small_n():
     assert -0.5 <= h <= math.log2(10) + 0.5, h
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtype=float32 with sigma=1e-30: -0.5/sigma**2 overflows to -inf, 0*-inf -> all-NaN kernel",
-)
 def test_bug_diffusion_kernel_f32_tiny_sigma():
+    """Was: dtype=float32, sigma=1e-30: -0.5/sigma**2 overflowed to -inf, 0 * -inf -> all-NaN kernel.
+
+    Closed form: distinct rows are 'infinitely' far apart in units of sigma (G = I), and a
+    duplicated row pair has G_ij = 1, degrees 2, so K holds 1/2 on that 2 x 2 block.
+    """
     k = diffusion_kernel(_X10.float(), sigma=1e-30, dtype=torch.float32)
-    assert bool(torch.isfinite(k).all()), k
+    assert torch.equal(k, torch.eye(10))
+    dup = torch.cat([_X10, _X10[:1]]).float()  # rows 0 and 10 are equal
+    k = diffusion_kernel(dup, sigma=1e-30, dtype=torch.float32)
+    expected = torch.eye(11)
+    expected[0, 0] = expected[10, 10] = expected[0, 10] = expected[10, 0] = 0.5
+    torch.testing.assert_close(k, expected, rtol=0, atol=1e-6)  # rsqrt(2)**2 round-off
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dtype=float32 with data scale 1e29: squared distances overflow to inf, inf-inf -> NaN",
-)
 def test_bug_diffusion_kernel_f32_huge_scale():
+    """Was: float32 data at scale 1e29: squared distances overflowed to inf, inf - inf -> NaN.
+
+    The kernel depends on x / sigma only, so scaling data and sigma by 1e29 must give the float64
+    kernel of the unscaled data (computed here with numpy); with sigma = 1 the rows are far apart
+    (G = I).
+    """
     x = torch.tensor([[1.2573e29], [-1.3210e29], [6.4042e29]])
     k = diffusion_kernel(x, sigma=1.0, dtype=torch.float32)
-    assert bool(torch.isfinite(k).all()), k
+    assert torch.equal(k, torch.eye(3))
+    unit = np.array([[1.2573], [-1.3210], [6.4042]])
+    g = np.exp(-((unit - unit.T) ** 2) / 2.0)
+    d = g.sum(1)
+    expected = g / np.sqrt(np.outer(d, d))
+    for scale in (1e29, 1e-29, 1e30):
+        got = diffusion_kernel(x / 1e29 * scale, sigma=scale, dtype=torch.float32)
+        assert bool(torch.isfinite(got).all()), (scale, got)
+        np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.parametrize("fn", ["dsmi", "classic"])
@@ -652,9 +664,11 @@ def test_bug_cluster_reference_k_eq_n(fn):
     _assert_finite_or_named(func, ["n_clusters", "reference"], _X10[:3], ref, n_clusters=3)
 
 
-@pytest.mark.xfail(strict=True, reason="D = 0 columns: RuntimeError from torch.unique")
 def test_bug_classic_entropy_zero_dims():
-    _assert_finite_or_named(classic_shannon_entropy, ["embeddings"], torch.zeros(5, 0))
+    """Was: D = 0 features -> RuntimeError from torch.unique; now the documented value 0 (one cell)."""
+    assert float(classic_shannon_entropy(torch.zeros(5, 0))) == 0.0
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    assert float(classic_shannon_mutual_information(np.zeros((5, 0)), labels)) == 0.0
 
 
 def test_bug_sui_scalar_targets():

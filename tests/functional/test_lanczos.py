@@ -275,3 +275,43 @@ def test_gaussian_kernel_products_match_dense(budget_rows):
     np.testing.assert_allclose(
         kernel.matmat(vt, square=True).numpy(), (g * g) @ v, rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e29, 1e30])
+def test_gaussian_kernel_extreme_scales_match_unit_scale(scale):
+    """G depends on x / sigma only: float32 data at 1e29 (squares overflow float32) or 1e-30
+    (squares underflow) with sigma scaled alike give the kernel of the unit-scale data, no NaN."""
+    x = _data("clustered", 120)
+    g = np.exp(-cdist(x, x, "sqeuclidean") / (2 * 3.0**2))
+    kernel = lanczos._GaussianKernel(
+        torch.from_numpy(x * scale).float(),
+        sigma=3.0 * scale,
+        kernel_dtype=torch.float32,
+        block_rows=16,
+        memory_budget_bytes=37 * 120 * 4,
+    )
+    np.testing.assert_allclose(kernel.degree.numpy(), g.sum(1), rtol=1e-5)
+    v = torch.from_numpy(np.random.default_rng(0).normal(size=(120, 2)))
+    np.testing.assert_allclose(kernel.matmat(v).numpy(), g @ v.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget_rows", [0, 20, 64], ids=["no-cache", "partial-cache", "dense"])
+def test_gaussian_kernel_tiny_sigma_duplicates(budget_rows):
+    """1 / (2 sigma^2) = 5e59 overflows float32 (was 0 * inf = NaN on zero distances): G is 1
+    exactly on equal rows and 0 elsewhere, also where round-off makes a duplicate's expanded
+    squared distance a tiny positive number."""
+    base = _data("uniform", 54)
+    x = np.concatenate([base, base[:10]])  # rows 54..63 repeat rows 0..9
+    g = (cdist(x, x) == 0).astype(float)
+    kernel = lanczos._GaussianKernel(
+        torch.from_numpy(x).float(),
+        sigma=1e-30,
+        kernel_dtype=torch.float32,
+        block_rows=8,
+        memory_budget_bytes=budget_rows * 64 * 4,
+    )
+    np.testing.assert_array_equal(kernel.degree.numpy(), g.sum(1))
+    v = np.random.default_rng(0).normal(size=(64, 3))
+    np.testing.assert_allclose(
+        kernel.matmat(torch.from_numpy(v)).numpy(), g @ v, rtol=1e-6, atol=1e-6
+    )

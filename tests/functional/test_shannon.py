@@ -96,3 +96,11 @@ def test_csmi_reference_handling_shared_with_dsmi():
 def test_errors(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_zero_dimensional_embeddings_give_zero():
+    """D = 0 features: every sample is in the one empty cell, so H = 0 and I = 0 (documented)."""
+    assert float(classic_shannon_entropy(torch.zeros(7, 0))) == 0.0
+    assert float(classic_shannon_entropy(np.zeros((3, 0)), num_bins=5)) == 0.0
+    labels = torch.tensor([0, 1, 0, 1, 2, 2, 0])
+    assert float(classic_shannon_mutual_information(torch.zeros(7, 0), labels)) == 0.0
