@@ -1,0 +1,84 @@
+"""Run by ``test_early_stopping_ddp.py``: a 2-process CPU DDP (gloo) fit with OverfittingEarlyStopping.
+
+Permuted training labels (the network memorises), an odd number of training (401) and validation
+(301) samples, so the DistributedSampler shards are uneven and padded. Each rank writes
+``rank<r>.json`` with its stopper history, stop epoch, final epoch and the values the monitor
+logged per epoch. Usage: ``python _ddp_early_stopping_script.py OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_info.callbacks import DiffusionSpectralEntropyMonitor, OverfittingEarlyStopping
+from lightning_info.models import MLPClassifier
+from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loader, train_val_split
+
+MAX_EPOCHS = 15
+
+
+class Dump(pl.Callback):
+    """Records the monitor's logged values at every train epoch end (after the stopper ran)."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.rows[trainer.current_epoch] = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("info/")
+        }
+
+
+def main(out_dir: str) -> None:
+    torch.set_num_threads(1)
+    ds = load_dataset("digits")
+    tr, va = train_val_split(len(ds.targets), seed=0)
+    tr, va = tr[:401], va[:301]  # odd sizes: uneven shards of 201 / 200 and 151 / 150
+    ytr, _ = corrupt_labels(ds.targets[tr], fraction=1.0, num_classes=10, seed=0, mode="permute")
+    torch.manual_seed(0)
+    model = MLPClassifier(64, 10, hidden=(256, 128), lr=1e-2)
+    monitor = DiffusionSpectralEntropyMonitor(
+        quantities=("dsmi_y",), max_samples=200, log_histogram=False
+    )
+    stopper = OverfittingEarlyStopping()  # defaults, as in the single-process digits test
+    dump = Dump()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=MAX_EPOCHS,
+        callbacks=[monitor, stopper, dump],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    trainer.fit(
+        model,
+        make_loader(ds.inputs[tr], ytr, batch_size=32, shuffle=True, seed=0),
+        make_loader(ds.inputs[va], ds.targets[va], batch_size=64),
+    )
+    rank = trainer.global_rank
+    result = {
+        "rank": rank,
+        "world_size": trainer.world_size,
+        "history": [list(h) for h in stopper.history],
+        "stopped_epoch": stopper.stopped_epoch,
+        "current_epoch": trainer.current_epoch,
+        "should_stop": bool(trainer.should_stop),
+        "rows": dump.rows,
+        "probe": monitor.state_dict()["probe_indices"].tolist(),
+    }
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
