@@ -372,6 +372,43 @@ def test_dsmi_compute_matches_public_on_labels():
     assert got == expected
 
 
+def _dsmi_by_public_dse(x, labels, *, sigma, t, n_repeats, seed):
+    """The DSMI subset protocol written with one public DSE call per subset (no shared
+    distances, no batching): same generator draws as ``_dsmi_compute``."""
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    mi = 0.0
+    for c in torch.unique(labels).tolist():
+        members = (labels == c).nonzero().flatten()
+        n_c = len(members)
+        if n_c < 2 or n_c == n:
+            continue
+        torch.randint(0, 2**31 - 1, (1,), generator=gen)
+        h_cond = dse(x[members], sigma=sigma, t=t).item()
+        h_star = 0.0
+        for _ in range(n_repeats):
+            idx = torch.randperm(n, generator=gen)[:n_c]
+            torch.randint(0, 2**31 - 1, (1,), generator=gen)
+            h_star += dse(x[idx], sigma=sigma, t=t).item()
+        mi += n_c / n * (h_star / n_repeats - h_cond)
+    return mi
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32])
+def test_dsmi_shared_affinity_batched_path_matches_per_subset_dse(dtype):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(120, 6, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 4, (120,), generator=gen)
+    labels[:3] = 7  # a small group
+    labels[3] = 9  # a singleton group contributes 0
+    x[:40] += 2.0 * labels[:40, None]  # some dependence on the labels
+    for sigma, t in ((1.0, 1), (3.0, 2.5)):
+        expected = _dsmi_by_public_dse(x, labels, sigma=sigma, t=t, n_repeats=3, seed=11)
+        got = _dsmi_compute(x, labels, sigma=sigma, t=t, n_repeats=3, seed=11, dtype=dtype)
+        tol = 1e-10 if dtype is None else 1e-4
+        assert abs(got.item() - expected) < tol, (got.item(), expected)
+
+
 # ------------------------------------------------------------------------------------------
 # reference handling: discrete inference, binning, clustering
 # ------------------------------------------------------------------------------------------
