@@ -379,6 +379,10 @@ def _finite_exact(
     return w_sq.clamp_min(0), f_sq, self_change
 
 
+#: Bound on the per-chunk (samples, d, R) temporaries of the feature-space closed forms.
+_FEATURE_CHUNK_BYTES = 256 * 2**20
+
+
 def _features(
     phi: Tensor, phi_star: Tensor | None, r: Tensor, lam: float, kb: int
 ) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -400,16 +404,26 @@ def _features(
     phi_b = phi.view(n_samples, kb, d)
     z_b = z.view(d, n_samples, kb).permute(1, 0, 2)  # (N, d, Kb)
     eye = torch.eye(kb, dtype=phi.dtype, device=phi.device)
-    f_bb = (eye - phi_b @ z_b) / lam
     alpha_b = alpha.view(n_samples, kb, -1)
-    v = torch.linalg.solve(f_bb, alpha_b)  # (N, Kb, R)
-    dw = z_b @ v  # (N, d, R): projected Δw
-    w_sq = dw.pow(2).sum((1, 2))
-    f_sq = None
+    # ||Φ* Δw||² = ||R* Δw||² with Φ* = Q R*: a factor with min(d, rows of Φ*) rows
+    star = None
     if phi_star is not None:
-        s_star = phi_star.T @ phi_star
-        f_sq = torch.einsum("idr,de,ier->i", dw, s_star, dw) / (phi_star.shape[0] // kb)
-    return w_sq, f_sq, v - lam * alpha_b
+        star = phi_star if phi_star.shape[0] <= d else torch.linalg.qr(phi_star, mode="r")[1]
+    # samples in chunks so that the (chunk, d, R) projected Δw stays below _FEATURE_CHUNK_BYTES
+    width = d * max(kb, alpha_b.shape[2])
+    step = max(1, _FEATURE_CHUNK_BYTES // (phi.element_size() * width))
+    w_parts, f_parts, v_parts = [], [], []
+    for a in range(0, n_samples, step):
+        zc = z_b[a : a + step]
+        v = torch.linalg.solve((eye - phi_b[a : a + step] @ zc) / lam, alpha_b[a : a + step])
+        dw = zc @ v  # (chunk, d, R): projected Δw
+        w_parts.append(dw.pow(2).sum((1, 2)))
+        if star is not None:
+            f_parts.append(torch.matmul(star, dw).pow(2).sum((1, 2)))
+        v_parts.append(v)
+    w_sq = torch.cat(w_parts)
+    f_sq = None if star is None else torch.cat(f_parts) / (phi_star.shape[0] // kb)
+    return w_sq, f_sq, torch.cat(v_parts) - lam * alpha_b
 
 
 def _finish(

@@ -131,6 +131,24 @@ def test_feature_space_path_equals_kernel_path(k, t, method):
         assert _rel(getattr(b, field), getattr(a, field)) < 1e-9
 
 
+@pytest.mark.parametrize("kernel", ["full", "trace"])
+def test_feature_space_path_in_sample_chunks_equals_kernel_path(monkeypatch, kernel):
+    from lightning_info.functional import sui as sui_mod
+
+    n, k = 11, 3
+    jac, jac_star, f0, y = _problem(n, k, 9, 4, seed=5)
+    theta, theta_star = _kernels(jac, jac_star)
+    if kernel == "trace":  # (Θ_trace / K) ⊗ I_K, given to the kernel path in its trace form
+        theta = sum(jac[:, c] @ jac[:, c].T for c in range(k))
+        theta_star = sum(jac_star[:, c] @ jac[:, c].T for c in range(k))
+    kw = dict(learning_rate=_stable_lr(theta, n, 0.05), weight_decay=0.05)
+    a = unique_information_from_kernels(theta, theta_star, f0, y, **kw)
+    monkeypatch.setattr(sui_mod, "_FEATURE_CHUNK_BYTES", 1)  # one sample per chunk
+    b = unique_information_from_features(jac, jac_star, f0, y, kernel=kernel, **kw)
+    for field in ("weight_change_sq", "function_change_sq", "self_prediction_change"):
+        assert _rel(getattr(b, field), getattr(a, field)) < 1e-9
+
+
 def test_ridge_approximation_ranks_like_exact():
     jac, jac_star, f0, y = _problem(40, 1, 60, 20, seed=4)
     y = (y > 0).to(F64)
