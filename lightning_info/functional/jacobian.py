@@ -186,7 +186,10 @@ class _Projector:
             )
         self.cached: Tensor | None = None
         if num_params * dim * itemsize <= budget:
-            self.cached = torch.cat(list(self._blocks()), 0)
+            self.cached = torch.empty(num_params, dim, dtype=self.dtype, device=self.device)
+            for b, block in enumerate(self._blocks()):  # filled in place: no 2x peak from a cat
+                start = b * _PROJECTION_BLOCK_ROWS
+                self.cached[start : start + block.shape[0]] = block
 
     def _block(self, b: int) -> Tensor:
         start = b * _PROJECTION_BLOCK_ROWS
@@ -443,40 +446,40 @@ class _Linearization:
         )
 
     def _project_factored(self, chunk: _StructuredChunk) -> Tensor:
-        """``J R`` from the factored form, with the same R as the explicit path."""
-        proj = self.projector
+        """``J R`` from the factored form, with the same R as the explicit path.
+
+        R is used in blocks of rows (whole output units of a Linear weight) of about a quarter of
+        the budget, and samples in sub-chunks so that no temporary exceeds about a quarter of it.
+        """
+        proj, d, quarter = self.projector, self.projector.dim, self.budget // 4
         n, k = len(chunk), (chunk.grads[0] if chunk.grads else chunk.rest).shape[1]
-        out = None
-        if chunk.rest is not None:
-            col = 0
-            out = chunk.rest.new_zeros(n, k, proj.dim)
-            for name in self.rest_names:
-                size = self.rest[name].numel()
-                start = self.offsets[name]
-                out += chunk.rest[..., col : col + size] @ proj.rows(start, start + size)
-                col += size
-        if out is None:
-            out = chunk.grads[0].new_zeros(n, k, proj.dim)
+        ref = chunk.grads[0] if chunk.grads else chunk.rest
+        out = ref.new_zeros(n, k, d)
+        row_block = max(_PROJECTION_BLOCK_ROWS, quarter // (d * self.itemsize))
+        col = 0
+        for name in self.rest_names:
+            size, start = self.rest[name].numel(), self.offsets[name]
+            for r0 in range(0, size, row_block):
+                r1 = min(size, r0 + row_block)
+                out += chunk.rest[..., col + r0 : col + r1] @ proj.rows(start + r0, start + r1)
+            col += size
         for term, g, a in zip(self.terms, chunk.grads, chunk.acts):
             n_out, n_in = term.module.weight.shape
-            # T_i = sum_j a_ij R_W[o, j, :] (+ R_b[o, :]): (n, out, d); J_k(x_i) R = g_ik T_i
-            rb = None
-            if term.bias is not None:
-                rb = proj.rows(self.offsets[term.bias], self.offsets[term.bias] + n_out)
-            rw = None
-            if term.weight is not None:
-                s = self.offsets[term.weight]
-                rw = proj.rows(s, s + n_out * n_in).view(n_out, n_in, proj.dim)
-                rw = rw.permute(1, 0, 2).reshape(n_in, n_out * proj.dim)
-            step = max(1, self.budget // (8 * n_out * proj.dim * self.itemsize))
-            for i0 in range(0, n, step):
-                if rw is not None:
-                    t = (a[i0 : i0 + step] @ rw).view(-1, n_out, proj.dim)
-                    if rb is not None:
-                        t = t + rb
-                else:
-                    t = rb.expand(g[i0 : i0 + step].shape[0], n_out, proj.dim)
-                out[i0 : i0 + step] += torch.bmm(g[i0 : i0 + step], t)
+            if term.bias is not None:  # J_k R_b = g_k R_b
+                out += g @ proj.rows(self.offsets[term.bias], self.offsets[term.bias] + n_out)
+            if term.weight is None:
+                continue
+            # J_k(x_i) R_W = g_ik T_i with T_i[o] = sum_j a_ij R_W[o, j, :], in blocks of units o
+            s = self.offsets[term.weight]
+            units = max(1, quarter // (n_in * d * self.itemsize))
+            for o0 in range(0, n_out, units):
+                o1 = min(n_out, o0 + units)
+                rw = proj.rows(s + o0 * n_in, s + o1 * n_in).view(o1 - o0, n_in, d)
+                rw = rw.permute(1, 0, 2).reshape(n_in, (o1 - o0) * d)
+                step = max(1, quarter // ((o1 - o0) * d * self.itemsize))
+                for i0 in range(0, n, step):
+                    t = (a[i0 : i0 + step] @ rw).view(-1, o1 - o0, d)
+                    out[i0 : i0 + step] += torch.bmm(g[i0 : i0 + step, :, o0:o1], t)
         return out
 
     def jacobian(self, x: Tensor) -> Tensor:
