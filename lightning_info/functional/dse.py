@@ -50,8 +50,9 @@ _DEFAULT_DTYPE = torch.float64
 #: ``solver="auto"`` uses the exact eigensolve up to this many samples and Lanczos above.
 _AUTO_EXACT_MAX_N = 4096
 #: Below this N, ``solver="lanczos"`` computes the exact spectrum instead: it costs well under a
-#: second there, and the stochastic estimate is unreliable on small, nearly rank-deficient kernels
-#: (found by fuzzing: N = 10, D = 1, sigma = 10 gave 3901.7 bits where the exact DSE is 0.061).
+#: second there. (Fuzzing first found the stochastic estimate far off on nearly rank-deficient
+#: kernels, N = 10, D = 1, sigma = 10: 3901.7 bits vs exact 0.061; the cause was the second control
+#: variate amplifying float32 round-off, guarded in ``lanczos.py`` since, which gives 0.0606 there.)
 _LANCZOS_MIN_N = 1024
 #: ``discrete=None`` treats a float reference as class labels if all its values are whole
 #: numbers and it has at most this many distinct values.
