@@ -181,6 +181,34 @@ def test_train_mode_restored_and_no_val_loader_falls_back(tmp_path, digits):
     assert "info/dsmi_y/penultimate" in trainer.callback_metrics
 
 
+def test_zero_length_probe_sets(tmp_path, digits):
+    """An empty validation set falls back to the training data (warned); a training set too
+    small for a probe (1 sample, no validation) fails at fit start, before any training step."""
+    xtr, ytr, xva, yva = digits
+    empty_val = make_loader(xva[:0], yva[:0], batch_size=8)
+    monitor = _monitor(quantities=("dse",))
+    trainer = _trainer(tmp_path, [monitor], epochs=1)
+    with pytest.warns(UserWarning, match="no validation data"):
+        trainer.fit(_model(), make_loader(xtr, ytr, batch_size=64, shuffle=False), empty_val)
+    assert monitor.state_dict()["probe_source"] == "train"
+    assert torch.isfinite(trainer.callback_metrics["info/dse/penultimate"])
+
+    steps = []
+
+    class Count(pl.Callback):
+        def on_train_batch_start(self, *args):
+            steps.append(1)
+
+    tiny = make_loader(xtr[:1], ytr[:1], batch_size=1)
+    trainer = _trainer(tmp_path, [_monitor(quantities=("dse",)), Count()], limit_val_batches=0)
+    with (
+        pytest.warns(UserWarning, match="no validation data"),
+        pytest.raises(ValueError, match="at least 2 samples; the train dataset has 1"),
+    ):
+        trainer.fit(_model(), tiny)
+    assert steps == []
+
+
 def test_capture_restores_exact_flags_and_removes_hooks_on_error():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     model.train()
