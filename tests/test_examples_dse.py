@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dse_early_stopping.py"
-
-
-def test_dse_early_stopping_example_quick(capsys):
-    spec = importlib.util.spec_from_file_location("dse_early_stopping_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_dse_early_stopping_example_quick(capsys, load_example):
+    module = load_example("dse_early_stopping")
     runs = module.main(["--quick"])
     out = capsys.readouterr().out
     clean_rec, clean_stop = runs["clean"]

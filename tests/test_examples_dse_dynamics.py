@@ -9,11 +9,9 @@ margins that the quick run clears.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,19 +24,10 @@ from lightning_info.functional import (
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dse_training_dynamics.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gallery_dse_training_dynamics", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def module():
-    return _load()
+def module(load_example):
+    return load_example("dse_training_dynamics")
 
 
 @pytest.fixture(scope="module")

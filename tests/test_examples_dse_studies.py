@@ -8,10 +8,8 @@ and check the helpers against hand-written references.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,15 +20,6 @@ from lightning_info.models import MLPClassifier
 from lightning_info.utilities.data import load_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gallery_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _spearman(a, b) -> float:
@@ -53,13 +42,13 @@ def _spearman(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def init_module():
-    return _load("dse_initialization")
+def init_module(load_example):
+    return load_example("dse_initialization")
 
 
 @pytest.fixture(scope="module")
-def predict_module():
-    return _load("dse_predict_accuracy")
+def predict_module(load_example):
+    return load_example("dse_predict_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +87,8 @@ def test_reference_spearman_closed_form():
 # helpers (both scripts carry the same small helpers; each copy is checked)
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["dse_initialization", "dse_predict_accuracy"])
-def test_penultimate_and_accuracy_match_hand_written_forward(name):
-    module = _load(name)
+def test_penultimate_and_accuracy_match_hand_written_forward(load_example, name):
+    module = load_example(name)
     torch.manual_seed(0)
     model = MLPClassifier(5, 3, hidden=(4, 6))
     x = torch.randn(20, 5)
@@ -117,8 +106,8 @@ def test_penultimate_and_accuracy_match_hand_written_forward(name):
 
 
 @pytest.mark.parametrize("name", ["dse_initialization", "dse_predict_accuracy"])
-def test_splits_are_disjoint_and_class_balanced(name):
-    module = _load(name)
+def test_splits_are_disjoint_and_class_balanced(load_example, name):
+    module = load_example(name)
     targets = load_dataset("mnist").targets  # stored sorted by class: a contiguous slice fails
     for quick, sizes in ((True, (500, 300, 1000)), (False, (1000, 1000, 3000))):
         idx = module.splits(len(targets), quick=quick)
@@ -130,8 +119,8 @@ def test_splits_are_disjoint_and_class_balanced(name):
             assert counts.min() >= 0.6 * len(part) / 10, (key, counts)
 
 
-def test_init_normal_draws_the_requested_std():
-    module = _load("dse_initialization")
+def test_init_normal_draws_the_requested_std(load_example):
+    module = load_example("dse_initialization")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(800, 400), nn.ReLU(), nn.Linear(400, 300))
     module.init_normal_(model, 0.1)

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gallery_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def intrinsic(load_example):
+    return load_example("dse_intrinsic_dimension")
 
 
 @pytest.fixture(scope="module")
-def intrinsic():
-    return _load("dse_intrinsic_dimension")
-
-
-@pytest.fixture(scope="module")
-def corruption():
-    return _load("dsmi_label_corruption")
+def corruption(load_example):
+    return load_example("dsmi_label_corruption")
 
 
 def test_kozachenko_leonenko_matches_uniform_cube_entropy(intrinsic):

@@ -3,35 +3,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gallery_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def apps(load_example):
+    return load_example("sui_applications")
 
 
 @pytest.fixture(scope="module")
-def apps():
-    return _load("sui_applications")
-
-
-@pytest.fixture(scope="module")
-def wvf():
-    return _load("sui_weight_vs_functional")
+def wvf(load_example):
+    return load_example("sui_weight_vs_functional")
 
 
 def _auroc_pairs(pos: np.ndarray, score: np.ndarray) -> float:
