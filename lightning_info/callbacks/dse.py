@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from lightning_info.callbacks._capture import _ActivationCapture, _parse_layer
-from lightning_info.functional.dse import cluster_reference
+from lightning_info.functional.dse import _reuse_affinities, cluster_reference
 from lightning_info.metrics.dse import DiffusionSpectralEntropy, DiffusionSpectralMutualInformation
 from lightning_info.utilities.batch import default_input_fn, default_target_fn
 from lightning_info.utilities.checks import _check_choice, _check_int
@@ -491,8 +491,12 @@ class DiffusionSpectralEntropyMonitor(Callback):
                 for m in self._metrics[key].values():
                     m.reset()
                 continue
+            values = {}
+            with _reuse_affinities():  # DSE, DSMI(Z;Y), DSMI(Z;X): one pairwise-distance pass
+                for q, m in self._metrics[key].items():
+                    values[q] = m.compute()
             for q, m in self._metrics[key].items():
-                value = m.compute()
+                value = values[q]
                 if q == "dse" and self.log_histogram and _tensorboard(trainer) is not None:
                     spectrum = m.spectrum()
                     tb = _tensorboard(trainer)

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -135,6 +138,8 @@ def _exact_eigvals(x: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
     accurate on nearly rank-one kernels. The computed eigenvalue closest to 0 is dropped and the
     exact 1 appended.
     """
+    if _AFFINITY_SCOPE.get() is not None:
+        return _affinity_eigvals(_affinity(x.to(_build_dtype(x)), sigma)[None], dtype)[0]
     kernel, degrees = _diffusion_kernel(x.to(_build_dtype(x)), sigma)
     v = degrees.sqrt()
     v = v / torch.linalg.vector_norm(v)
@@ -142,6 +147,43 @@ def _exact_eigvals(x: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
     eigvals = torch.linalg.eigvalsh(kernel.to(dtype)).to(torch.float64)
     drop = int(eigvals.abs().argmin())
     return torch.cat([eigvals[:drop], eigvals[drop + 1 :], eigvals.new_ones(1)])
+
+
+#: Affinities computed inside a ``_reuse_affinities()`` scope: [(rows, sigma, affinity), ...].
+_AFFINITY_SCOPE: ContextVar[list[tuple[Tensor, float, Tensor]] | None] = ContextVar(
+    "lightning_info_affinity_scope", default=None
+)
+
+
+@contextmanager
+def _reuse_affinities() -> Iterator[None]:
+    """Within this scope, DSE and DSMI of equal rows (same values, dtype, device) and equal
+    ``sigma`` share one Gaussian affinity: e.g. the monitor's DSE, DSMI(Z;Y) and DSMI(Z;X) of one
+    layer compute the O(N² D) pairwise distances once. The cache is dropped when the scope ends."""
+    token = _AFFINITY_SCOPE.set([])
+    try:
+        yield
+    finally:
+        _AFFINITY_SCOPE.reset(token)
+
+
+def _affinity(x: Tensor, sigma: float) -> Tensor:
+    """``_gaussian_affinity(x, sigma)``, a fresh tensor, reused within ``_reuse_affinities()``."""
+    scope = _AFFINITY_SCOPE.get()
+    if scope is None:
+        return _gaussian_affinity(x, sigma)
+    for rows, cached_sigma, g in scope:
+        if (
+            cached_sigma == sigma
+            and rows.shape == x.shape
+            and rows.dtype == x.dtype
+            and rows.device == x.device
+            and torch.equal(rows, x)
+        ):
+            return g.clone()
+    g = _gaussian_affinity(x, sigma)
+    scope.append((x.clone(), sigma, g.clone()))
+    return g
 
 
 def _build_dtype(x: Tensor) -> torch.dtype:
@@ -240,7 +282,7 @@ def _dsmi_compute(
         or (solver_name == "lanczos" and n < _LANCZOS_MIN_N)
     )
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
-    affinity = _gaussian_affinity(x.to(_build_dtype(x)), sigma) if shared else None
+    affinity = _affinity(x.to(_build_dtype(x)), sigma) if shared else None
 
     def entropies(subsets: list[Tensor], seeds: list[int]) -> Tensor:
         if affinity is not None:

@@ -473,3 +473,38 @@ def test_cluster_reference_small_n_and_1d():
     for k in (5, 6):  # k = N used to fail inside scipy's eigensolver (found by fuzzing)
         with pytest.raises(ValueError, match="`n_clusters` must be < the number of samples"):
             cluster_reference(b, n_clusters=k)
+
+
+def test_reuse_affinities_scope_shares_distances_and_keeps_values(monkeypatch):
+    from lightning_info.functional import dse as dse_mod
+
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(150, 5, generator=gen)
+    y = torch.randint(0, 3, (150,), generator=gen)
+    c = torch.randint(0, 4, (150,), generator=gen)
+
+    def three(x, sigma=2.0):
+        return [
+            _dse_compute(x, sigma=sigma).item(),
+            _dsmi_compute(x, y, sigma=sigma).item(),
+            _dsmi_compute(x, c, sigma=sigma).item(),
+        ]
+
+    plain = three(z)
+    calls = []
+    real = dse_mod._gaussian_affinity
+    monkeypatch.setattr(dse_mod, "_gaussian_affinity", lambda x, s: calls.append(s) or real(x, s))
+    with dse_mod._reuse_affinities():
+        shared = three(z)
+        assert len(calls) == 1  # one pairwise-distance pass for DSE and both DSMIs
+        other_sigma = three(z, sigma=3.0)  # a different sigma or different rows: no reuse
+        other_rows = three(z + 1e-3)
+        assert len(calls) == 3
+    assert dse_mod._AFFINITY_SCOPE.get() is None  # dropped with the scope
+    assert shared == pytest.approx(plain, abs=1e-12)
+    assert other_sigma == pytest.approx(three(z, sigma=3.0), abs=1e-12)
+    assert other_rows == pytest.approx(three(z + 1e-3), abs=1e-12)
+    calls.clear()
+    three(z)
+    three(z)
+    assert len(calls) == 4  # outside the scope nothing is cached: each DSMI computes its own
