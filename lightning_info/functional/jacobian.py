@@ -706,11 +706,13 @@ def empirical_ntk(
     full kernel has the form :math:`\Theta_1 \otimes I_K` (e.g. only a linear K-output head is
     linearized: ``params="head"``), and is the usual wide-network approximation otherwise.
 
-    Jacobians are streamed in chunks of samples; when all of them fit in
-    ``memory_budget_bytes`` they are computed once, otherwise the kernel is accumulated block
-    by block (recomputing the Jacobians of ``x2`` chunks; with ``x2=None`` only the blocks on
-    and below the diagonal are computed and the result is symmetrized). Products are
-    accumulated in float64.
+    Jacobians (or, with ``structured``, their factored form: layer inputs and output gradients)
+    are streamed in chunks of samples; when all of them fit in ``memory_budget_bytes`` they are
+    computed once, otherwise the kernel is accumulated block by block (recomputing the Jacobians
+    of ``x2`` chunks; with ``x2=None`` only the blocks on and below the diagonal are computed and
+    the result is symmetrized). The budget bounds these stored inputs; the float64 products add
+    about as much again, and the (N1 K, N2 K) result is not counted. Products are accumulated in
+    float64.
 
     Args:
         model: network returning (B,) or (B, K) outputs.
