@@ -13,6 +13,11 @@ and builds kernels from the Jacobians. The layout is **sample-major**: row ``i *
 stacked Jacobian (or of a full kernel) is output ``k`` of sample ``i``. The kernel algebra lives
 in :mod:`lightning_info.functional.sui`; nothing here knows about leave-one-out.
 
+For plain ``nn.Linear`` layers the Jacobians are used in factored form (``structured=True``,
+the default of :func:`empirical_ntk` and :func:`jacobian_features`): the weight Jacobian of
+output k is :math:`g_k a^\top` (output gradient times layer input), so kernels and projected
+features are built from the small factors and the (K, out x in) block is never formed.
+
 The model is always evaluated in eval mode (BatchNorm uses its running statistics, dropout is
 off), so the function is a deterministic function of the parameters; its previous train/eval
 state is restored afterwards. Models whose forward pass depends on other samples of the batch
