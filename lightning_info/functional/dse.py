@@ -25,11 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_info.functional.diffusion import (
-    _diffusion_kernel,
-    _gaussian_affinity,
-    _resolve_dtype,
-)
+from lightning_info.functional.diffusion import _gaussian_affinity, _resolve_dtype
 from lightning_info.utilities.checks import (
     _as_tensor,
     _check_bandwidth,
@@ -128,25 +124,17 @@ def _spectral_entropy_bits(eigvals: Tensor, t: float) -> Tensor:
 
 
 def _exact_eigvals(x: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
-    r"""All eigenvalues of the diffusion kernel of ``x`` (unsorted order not guaranteed).
+    r"""All eigenvalues of the diffusion kernel of ``x`` (order not guaranteed).
 
     The Perron pair of :math:`K` is known in closed form (:math:`K v = v` with
     :math:`v = \sqrt{d} / \|\sqrt{d}\|`), so it is deflated before the eigensolve:
     :math:`K' = K - v v^\top` has the spectrum of :math:`K` with that 1 replaced by 0. The kernel
     and the deflation are formed in float64 and only the eigensolve runs in ``dtype``; the
     absolute eigenvalue error then scales with :math:`\lambda_2` instead of 1, which keeps float32
-    accurate on nearly rank-one kernels. The computed eigenvalue closest to 0 is dropped and the
-    exact 1 appended.
+    accurate on nearly rank-one kernels. The computed eigenvalue closest to 0 is replaced by the
+    exact 1 (see :func:`_affinity_eigvals`).
     """
-    if _AFFINITY_SCOPE.get() is not None:
-        return _affinity_eigvals(_affinity(x.to(_build_dtype(x)), sigma)[None], dtype)[0]
-    kernel, degrees = _diffusion_kernel(x.to(_build_dtype(x)), sigma)
-    v = degrees.sqrt()
-    v = v / torch.linalg.vector_norm(v)
-    kernel.addr_(v, v, alpha=-1.0)  # K' = K - v v^T, in place
-    eigvals = torch.linalg.eigvalsh(kernel.to(dtype)).to(torch.float64)
-    drop = int(eigvals.abs().argmin())
-    return torch.cat([eigvals[:drop], eigvals[drop + 1 :], eigvals.new_ones(1)])
+    return _affinity_eigvals(_affinity(x.to(_build_dtype(x)), sigma)[None], dtype)[0]
 
 
 #: Affinities computed inside a ``_reuse_affinities()`` scope: [(rows, sigma, affinity), ...].
@@ -193,20 +181,28 @@ def _build_dtype(x: Tensor) -> torch.dtype:
 def _affinity_eigvals(g: Tensor, dtype: torch.dtype) -> Tensor:
     r"""Eigenvalues of the diffusion kernels of a batch of affinity matrices (B, n, n) -> (B, n).
 
-    The batched form of :func:`_exact_eigvals` from affinities (``g`` is overwritten): symmetric
-    normalization :math:`K = D^{-1/2} G D^{-1/2}`, exact deflation of the Perron pair, one
-    batched ``eigvalsh`` in ``dtype``, the eigenvalue closest to 0 replaced by the exact 1.
+    ``g`` is overwritten: symmetric normalization :math:`K = D^{-1/2} G D^{-1/2}` (by the outer
+    product of :math:`d^{-1/2}`, so K is exactly symmetric), exact in-place deflation of the
+    Perron pair, one batched ``eigvalsh`` in ``dtype``, the eigenvalue closest to 0 replaced by
+    the exact 1. Used for single kernels (:func:`_exact_eigvals`) and DSMI's subsets alike.
     """
     d = g.sum(dim=-1)
     s = d.rsqrt()
     g.mul_(s[:, :, None] * s[:, None, :])
     v = d.sqrt()
     v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-    g.sub_(v[:, :, None] * v[:, None, :])
+    g.baddbmm_(v[:, :, None], v[:, None, :], alpha=-1.0)  # K' = K - v v^T
     eigvals = torch.linalg.eigvalsh(g.to(dtype)).to(torch.float64)
     drop = eigvals.abs().argmin(dim=-1, keepdim=True)
     eigvals = eigvals.scatter(-1, drop, 1.0)  # the deflated 1, computed as ~0, set back exactly
     return eigvals
+
+
+def _uses_lanczos(solver: str, n: int) -> bool:
+    """Whether a validated ``solver`` choice runs stochastic Lanczos on ``n`` rows."""
+    return (solver == "lanczos" and n >= _LANCZOS_MIN_N) or (
+        solver == "auto" and n > _AUTO_EXACT_MAX_N
+    )
 
 
 def _dse_compute(
@@ -226,10 +222,7 @@ def _dse_compute(
     n = x.shape[0]
     if n < 2:
         return x.new_zeros((), dtype=torch.float64)
-    use_lanczos = (solver == "lanczos" and n >= _LANCZOS_MIN_N) or (
-        solver == "auto" and n > _AUTO_EXACT_MAX_N
-    )
-    if use_lanczos:
+    if _uses_lanczos(solver, n):
         from lightning_info.functional.lanczos import _dse_lanczos
 
         return _dse_lanczos(
@@ -272,15 +265,10 @@ def _dsmi_compute(
     options = dict(
         sigma=sigma, t=t, dtype=dtype, solver=solver, num_probes=num_probes, num_steps=num_steps
     )
-    solver_name = _check_choice(solver, "solver", _SOLVERS)
-    # Every subset is solved exactly (it has at most N rows): the affinity of a subset is the
+    # When N rows are solved exactly, so is every subset: the affinity of a subset is the
     # sub-block of the affinity of all rows, so the pairwise distances are computed once and the
     # n_repeats equal-size random subsets of a group share one batched eigensolve.
-    shared = (
-        solver_name == "exact"
-        or (solver_name == "auto" and n <= _AUTO_EXACT_MAX_N)
-        or (solver_name == "lanczos" and n < _LANCZOS_MIN_N)
-    )
+    shared = not _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), n)
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
     affinity = _affinity(x.to(_build_dtype(x)), sigma) if shared else None
 
