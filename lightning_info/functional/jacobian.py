@@ -254,8 +254,13 @@ class _StructuredChunk:
     rest: Tensor | None  # (n, K, P_rest): explicit Jacobian of every other selected parameter
     bias: list[bool]  # per term: is the bias differentiated
 
+    @property
+    def ref(self) -> Tensor:
+        """A (n, K, ...) tensor of the chunk, for its sample count, K, dtype and device."""
+        return self.grads[0] if self.grads else self.rest
+
     def __len__(self) -> int:
-        return (self.grads[0] if self.grads else self.rest).shape[0]
+        return self.ref.shape[0]
 
     @staticmethod
     def cat(chunks: list[_StructuredChunk]) -> _StructuredChunk:
@@ -457,9 +462,8 @@ class _Linearization:
         the budget, and samples in sub-chunks so that no temporary exceeds about a quarter of it.
         """
         proj, d, quarter = self.projector, self.projector.dim, self.budget // 4
-        n, k = len(chunk), (chunk.grads[0] if chunk.grads else chunk.rest).shape[1]
-        ref = chunk.grads[0] if chunk.grads else chunk.rest
-        out = ref.new_zeros(n, k, d)
+        n, k = len(chunk), chunk.ref.shape[1]
+        out = chunk.ref.new_zeros(n, k, d)
         row_block = max(_PROJECTION_BLOCK_ROWS, quarter // (d * self.itemsize))
         col = 0
         for name in self.rest_names:
@@ -657,7 +661,7 @@ def _pair_kernel(
 
 def _pair_kernel_structured(a: _StructuredChunk, b: _StructuredChunk, kernel: str) -> Tensor:
     """Kernel block from factored Jacobians: per Linear layer (G_a G_bᵀ) ⊙ (A_a A_bᵀ + 1)."""
-    ref = a.grads[0] if a.grads else a.rest
+    ref = a.ref
     na, nb, k = len(a), len(b), ref.shape[1]
     if a.rest is not None:
         out = _pair_kernel(a.rest, a.rest if a is b else b.rest, kernel)
@@ -667,16 +671,17 @@ def _pair_kernel_structured(a: _StructuredChunk, b: _StructuredChunk, kernel: st
     for i, (ga, aa) in enumerate(zip(a.grads, a.acts)):
         gb, ab = b.grads[i], b.acts[i]
         ga, gb = ga.double(), gb.double()
-        coef = torch.zeros(na, nb, dtype=torch.float64, device=ref.device)
-        if aa is not None:
-            coef += aa.double().flatten(1) @ ab.double().flatten(1).T
-        if a.bias[i]:
-            coef += 1.0
-        if kernel == "trace":  # sum_k (g_ik . g_jk) (a_i . a_j + 1)
-            out += (ga.flatten(1) @ gb.flatten(1).T) * coef
+        if aa is not None:  # (a_i . a_j) for W, + 1 for b
+            coef = aa.double().flatten(1) @ ab.double().flatten(1).T
+            if a.bias[i]:
+                coef += 1.0
         else:
-            gg = ga.flatten(0, 1) @ gb.flatten(0, 1).T
-            out += (gg.view(na, k, nb, k) * coef[:, None, :, None]).view(na * k, nb * k)
+            coef = torch.ones(na, nb, dtype=torch.float64, device=ref.device)
+        if kernel == "trace":  # sum_k (g_ik . g_jk) (a_i . a_j + 1), products formed in place
+            out += (ga.flatten(1) @ gb.flatten(1).T).mul_(coef)
+        else:
+            gg = (ga.flatten(0, 1) @ gb.flatten(0, 1).T).view(na, k, nb, k)
+            out += gg.mul_(coef[:, None, :, None]).view(na * k, nb * k)
     return out
 
 
