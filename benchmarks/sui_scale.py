@@ -35,7 +35,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from scipy.stats import spearmanr
 from torch import nn
@@ -127,32 +126,34 @@ def cnn(seed: int = 0) -> nn.Module:
     )
 
 
+def _ntk_pair(model: nn.Module, x: torch.Tensor, kind: str, d: int | None, structured: bool):
+    """The kernel (or projected features) of one section_ntk row, explicit or structured."""
+    if kind == "features":
+        return jacobian_features(model, x, projection_dim=d, structured=structured)
+    return empirical_ntk(model, x, kernel=kind, structured=structured)
+
+
 def section_ntk(quick: bool) -> list[str]:
     x, _ = mnist(1000)
-    cases = [("full", 20 if quick else 100, None), ("trace", 100 if quick else 1000, None)]
-    cases.append(("features", 100 if quick else 1000, 1024))
-    cases.append(("trace, CNN", 100 if quick else 1000, None))
+    small, large = (20, 100) if quick else (100, 1000)
+    cases = [  # (label, model, kernel, N, projection d)
+        ("full", mlp, "full", small, None),
+        ("trace", mlp, "trace", large, None),
+        ("features", mlp, "features", large, 1024),
+        ("trace (CNN)", cnn, "trace", large, None),
+    ]
     rows = [
         "| kernel | N | K | projection d | explicit J Jᵀ / J R (s) | structured (s) | speed-up | "
         "rel. difference | load |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind, n, d in cases:
-        model = cnn() if "CNN" in kind else mlp()
-        kind = kind.split(",")[0]
-        xs = x[:n]
-        if kind == "features":
-            ref, t_ref = timed(
-                lambda: jacobian_features(model, xs, projection_dim=d, structured=False)  # noqa: B023
-            )
-            new, t_new = timed(lambda: jacobian_features(model, xs, projection_dim=d))  # noqa: B023
-        else:
-            ref, t_ref = timed(lambda: empirical_ntk(model, xs, kernel=kind, structured=False))  # noqa: B023
-            new, t_new = timed(lambda: empirical_ntk(model, xs, kernel=kind))  # noqa: B023
+    for label, make_model, kind, n, d in cases:
+        model, xs = make_model(), x[:n]
+        ref, t_ref = timed(lambda: _ntk_pair(model, xs, kind, d, False))  # noqa: B023
+        new, t_new = timed(lambda: _ntk_pair(model, xs, kind, d, True))  # noqa: B023
         diff = float((new.double() - ref.double()).norm() / ref.double().norm())
         rows.append(
-            f"| {kind}{' (CNN)' if isinstance(model[0], nn.Unflatten) else ''} | {n} | 10 | "
-            f"{d or '-'} | {t_ref:.2f} | {t_new:.3f} | "
+            f"| {label} | {n} | 10 | {d or '-'} | {t_ref:.2f} | {t_new:.3f} | "
             f"{t_ref / t_new:.0f}x | {diff:.1e} | {load()} |"
         )
         print(rows[-1], flush=True)
@@ -283,7 +284,6 @@ def main() -> None:
     name = "sui_scale_quick.md" if args.quick else f"sui_scale_{'_'.join(sections)}.md"
     (OUT / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    np.set_printoptions()
 
 
 if __name__ == "__main__":
