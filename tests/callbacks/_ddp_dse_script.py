@@ -13,6 +13,7 @@ import sys
 
 import pytorch_lightning as pl
 import torch
+from _ddp_common import Dump
 
 from lightning_info.callbacks import DiffusionSpectralEntropyMonitor
 from lightning_info.functional import (
@@ -26,16 +27,6 @@ from lightning_info.utilities.data import load_dataset, make_loader, train_val_s
 
 PROBE = 101  # odd: the two shares are uneven (51 / 50)
 SIGMA = 2.0
-
-
-class Dump(pl.Callback):
-    def __init__(self):
-        self.rows = {}
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.rows[trainer.current_epoch] = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("info/")
-        }
 
 
 def main(out_dir: str) -> None:

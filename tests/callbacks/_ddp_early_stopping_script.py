@@ -14,24 +14,13 @@ import sys
 
 import pytorch_lightning as pl
 import torch
+from _ddp_common import Dump
 
 from lightning_info.callbacks import DiffusionSpectralEntropyMonitor, OverfittingEarlyStopping
 from lightning_info.models import MLPClassifier
 from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loader, train_val_split
 
 MAX_EPOCHS = 15
-
-
-class Dump(pl.Callback):
-    """Records the monitor's logged values at every train epoch end (after the stopper ran)."""
-
-    def __init__(self):
-        self.rows = {}
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.rows[trainer.current_epoch] = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("info/")
-        }
 
 
 def main(out_dir: str) -> None:
