@@ -1,6 +1,6 @@
 """Independent, deliberately naive NumPy float64 references for DSE/DSMI/CSE/CSMI.
 
-Written from the description of the authors' reference semantics (shared docs, dse.md), not from
+Written from the description of the authors' reference semantics (docs/dse.md §4), not from
 their code and not from ``lightning_info``: exact-difference distances (``scipy cdist``), the
 Gaussian with its ``1/(sigma sqrt(2 pi))`` prefactor, normalisation by **dense diagonal matrix
 products**, ``numpy.linalg.eigvalsh``, ``|lambda|^t``, ``p + eps`` on every entry, ``log2``.

@@ -5,7 +5,7 @@ space**, written plainly: explicit gradient-descent iterations (finite t) or the
 minimizer (t = infinity), using the explicit Jacobians J (N, K, P). No kernel identities, no
 block inverses, no eigen-tricks: this is what the fast engine must reproduce.
 
-Conventions (sui.md section 3-4): mean loss 1/n sum 1/2 ||f - y||^2 + wd/2 ||w - w0||^2, step
+Conventions (docs/sui.md sections 2-3): mean loss 1/n sum 1/2 ||f - y||^2 + wd/2 ||w - w0||^2, step
 ``lr``; the run on n samples uses eta = lr / n in the sum form, and the L2 strength is
 ``lam = N * wd`` for every run ("principal" convention, the authors') or ``n * wd`` ("exact").
 """

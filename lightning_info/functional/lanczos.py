@@ -20,7 +20,8 @@ for steep spectra (errors of 0.1-0.4 bit at N = 2000 with 16 probes, dominated b
 variance of the few large eigenvalues, not by the quadrature), so the DSE solver adds a Hutch++
 split (Meyer, Musco, Musco & Woodruff, SOSA 2021) on a 32-dimensional dominant subspace and two
 control variates with exact traces (:math:`\operatorname{tr}K`, :math:`\operatorname{tr}K^2`); see
-``_dse_lanczos`` and ``benchmarks/out/dse_lanczos.md`` for the measured accuracy and cost.
+``_dse_lanczos`` and ``benchmarks/RESULTS.md`` §6 (``benchmarks/dse_lanczos.py``) for the
+measured accuracy and cost.
 """
 
 from __future__ import annotations

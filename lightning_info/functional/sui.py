@@ -3,7 +3,7 @@ r"""Smooth unique information (SUI) of every training sample, in closed form.
 Harutyunyan, Achille, Paolini, Majumder, Ravichandran, Bhotika, Soatto, *Estimating
 informativeness of samples with Smooth Unique Information*, ICLR 2021, arXiv:2101.06640.
 
-Setting (do not change; see ``shared/docs/sui.md`` §3-§4). The network is linearized at its
+Setting (do not change; see ``docs/sui.md`` §2-§3). The network is linearized at its
 current parameters :math:`w_0` (:mod:`lightning_info.functional.jacobian`) and the linearized
 model is trained by full-batch gradient descent, started at :math:`w_0`, on the **mean** loss
 
@@ -23,7 +23,7 @@ with learning rate ``lr`` for ``t`` steps (``t = None``: converged). In kernel f
 **Leave-one-out convention** (the authors' one): the run without sample i uses the principal
 submatrix :math:`A_{-i}` (λ stays :math:`N\,\mathrm{wd}`) with :math:`\eta_{-i} = \mathrm{lr}/(N-1)`.
 Exact retraining on N-1 samples would use :math:`\lambda = (N-1)\mathrm{wd}`; the difference is
-O(wd/N) and rank-irrelevant (sui.md §4.5: max relative error 2.5e-3, Spearman 0.99998 at
+O(wd/N) and rank-irrelevant (docs/sui.md §3: max relative error 2.5e-3, Spearman 0.99998 at
 wd = 5e-3, N = 100). With wd = 0 both conventions coincide.
 
 Scores, with :math:`\delta_i = \mathrm{pad}_i(a^{(-i)}_t) - a_t` (:math:`\Delta = ` new − old,
@@ -230,7 +230,7 @@ def _diag_blocks(mat: Tensor, n_samples: int, kb: int) -> Tensor:
 def _infinite(
     theta: Tensor, theta_star: Tensor | None, r: Tensor, lam: float, kb: int, wd: float
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """t = ∞ block-inverse closed forms (sui.md §4.2), vectorized over samples."""
+    """t = ∞ block-inverse closed forms (docs/sui.md §5), vectorized over samples."""
     n = theta.shape[0]
     n_samples = n // kb
     a = theta + lam * torch.eye(n, dtype=theta.dtype, device=theta.device)
@@ -474,7 +474,7 @@ def unique_information_from_kernels(
     Methods:
 
     * ``num_steps=None`` (t = ∞): block-inverse closed forms (one float64 Cholesky of A, batched
-      K x K solves over samples; sui.md §4.2). Exact.
+      K x K solves over samples; docs/sui.md §5). Exact.
     * ``method="exact"``, finite t: one eigendecomposition of A, then every leave-one-out run is
       recovered exactly from a K-dimensional lower-triangular Toeplitz (Volterra) system in the
       "pinning" forces :math:`c_s` that keep block :math:`B_i` at zero, solved for all samples at
@@ -483,8 +483,8 @@ def unique_information_from_kernels(
       1e-11 relative in float64 (checked up to t = 50000).
     * ``method="ridge"``, finite t: the t = ∞ formulas with :math:`\lambda_\mathrm{eff} = N\,
       \mathrm{wd} + c/(\eta t)` (``c = ridge_c``), the ridge equivalent of early stopping
-      (sui.md §4.4). An approximation: Spearman 0.97-0.999 with the exact scores on the toys of
-      sui.md (Pearson >= 0.99); magnitudes differ.
+      (docs/sui.md §6.2). An approximation: Spearman 0.97-0.999 with the exact scores on small toy
+      problems (Pearson >= 0.99); magnitudes differ.
 
     Kernel shapes decide the kernel kind. ``ntk`` of shape (N K, N K) is the full sample-major
     kernel; shape (N, N) with K > 1 is the **trace** kernel of
@@ -502,7 +502,7 @@ def unique_information_from_kernels(
         weight_decay: wd >= 0 of the mean loss (pull toward :math:`w_0`).
         noise_scale: σ > 0 of the isotropic smoothing noise (weights and outputs).
         method: ``"exact"`` or ``"ridge"`` (only matters for finite ``num_steps``).
-        ridge_c: constant c of the ridge approximation, > 0 (sui.md §4.4: 0.5-1).
+        ridge_c: constant c of the ridge approximation, > 0 (docs/sui.md §6.2: 0.5-1).
         progress: show a tqdm bar for the finite-t exact solve.
 
     Returns:

@@ -338,7 +338,8 @@ def test_dsmi_random_labels_about_zero():
 
 
 def test_dsmi_monotone_in_label_corruption():
-    # dse.md: blobs in R^256 with within-class sd 0.5 are monotone (sd 1.0 is not, sigma too small)
+    # docs/dse.md §5: blobs in R^256 with within-class sd 0.5 are monotone (sd 1.0 is not, sigma
+    # too small)
     x, y = _blobs(6, 40, 256, 0.5, 1.0, seed=4)
     rng = np.random.default_rng(0)
     values = []
