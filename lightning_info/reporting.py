@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_info.utilities.compat import TENSORBOARD_LOGGER_TYPES
+
 __all__ = [
     "image_grid",
     "log_histograms",
@@ -285,7 +287,7 @@ def tensorboard_writers(loggers: Any) -> list[Any]:
         loggers = [loggers]
     writers = []
     for logger in loggers:
-        if type(logger).__name__ not in ("TensorBoardLogger",):
+        if not isinstance(logger, TENSORBOARD_LOGGER_TYPES):  # either Lightning package's
             continue
         try:
             experiment = logger.experiment

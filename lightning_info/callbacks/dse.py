@@ -18,8 +18,6 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -29,8 +27,11 @@ from typing_extensions import override
 from lightning_info.callbacks._capture import _ActivationCapture, _parse_layer
 from lightning_info.functional.dse import _reuse_affinities, cluster_reference
 from lightning_info.metrics.dse import DiffusionSpectralEntropy, DiffusionSpectralMutualInformation
+from lightning_info.reporting import tensorboard_writers
 from lightning_info.utilities.batch import default_input_fn, default_target_fn
 from lightning_info.utilities.checks import _check_choice, _check_int
+from lightning_info.utilities.compat import Callback
+from lightning_info.utilities.rng import preserved_global_rng
 
 __all__ = ["DiffusionSpectralEntropyMonitor"]
 
@@ -91,7 +92,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
     * ``{prefix}dsmi_y/<layer>``: DSMI with the labels in bits (higher = more label information).
       Use ``EarlyStopping(monitor=..., mode="max")`` or :class:`OverfittingEarlyStopping`.
     * ``{prefix}dsmi_x/<layer>``: DSMI with the clustered inputs in bits.
-    * With a :class:`~pytorch_lightning.loggers.TensorBoardLogger` (and ``log_histogram``): the
+    * With a ``TensorBoardLogger`` of either Lightning package (and ``log_histogram``): the
       eigenvalues of the diffusion operator as histogram ``{prefix}spectrum/<layer>`` per
       evaluation (other loggers: skipped quietly).
 
@@ -413,7 +414,8 @@ class DiffusionSpectralEntropyMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw (or restore) the probe set and cluster its inputs once."""
-        self._draw_probe(trainer, pl_module)
+        with preserved_global_rng():  # reading samples must not shift the run's random stream
+            self._draw_probe(trainer, pl_module)
 
     # ------------------------------------------------------------------ when to evaluate
     def _is_eval_epoch(self, trainer: pl.Trainer) -> bool:
@@ -446,6 +448,10 @@ class DiffusionSpectralEntropyMonitor(Callback):
 
     # ------------------------------------------------------------------ the probe pass
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with preserved_global_rng():  # the probe pass must not shift the run's random stream
+            self._evaluate_now(trainer, pl_module)
+
+    def _evaluate_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_epoch_done = trainer.current_epoch
         if not self._chunks:  # e.g. a callback added after train start
             self._draw_probe(trainer, pl_module)
@@ -497,11 +503,11 @@ class DiffusionSpectralEntropyMonitor(Callback):
                     values[q] = m.compute()
             for q, m in self._metrics[key].items():
                 value = values[q]
-                if q == "dse" and self.log_histogram and _tensorboard(trainer) is not None:
+                writers = tensorboard_writers(trainer) if q == "dse" and self.log_histogram else []
+                if writers:
                     spectrum = m.spectrum()
-                    tb = _tensorboard(trainer)
-                    if trainer.is_global_zero and tb is not None:
-                        tb.experiment.add_histogram(
+                    for writer in writers if trainer.is_global_zero else []:
+                        writer.add_histogram(
                             f"{self.log_key_prefix}spectrum/{key}",
                             spectrum.float().cpu(),
                             global_step=trainer.current_epoch,
@@ -532,13 +538,6 @@ def _dataset(loader: DataLoader) -> Any:
             f"dataset (with __len__ and __getitem__); got {type(dataset).__name__}."
         )
     return dataset
-
-
-def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger
-    return None
 
 
 def _at_train_epoch_end(trainer: pl.Trainer) -> bool:

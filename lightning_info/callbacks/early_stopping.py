@@ -22,12 +22,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_info.utilities.checks import _check_int, _check_positive
+from lightning_info.utilities.compat import EarlyStopping
 
 __all__ = ["OverfittingEarlyStopping"]
 

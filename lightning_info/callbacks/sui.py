@@ -19,7 +19,6 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -36,6 +35,8 @@ from lightning_info.reporting import (
 )
 from lightning_info.utilities.batch import default_input_fn, default_target_fn
 from lightning_info.utilities.checks import _check_choice, _check_int, _check_positive
+from lightning_info.utilities.compat import Callback
+from lightning_info.utilities.rng import preserved_global_rng
 
 __all__ = ["SUIScores", "SmoothUniqueInformation"]
 
@@ -389,6 +390,10 @@ class SmoothUniqueInformation(Callback):
     # ------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Validate the scoring data, read the optimizer settings and snapshot the weights."""
+        with preserved_global_rng():  # reading samples must not shift the run's random stream
+            self._fit_start(trainer, pl_module)
+
+    def _fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # a fresh snapshot for every fit, unless this fit resumes from a checkpoint that held one
         if self.linearize_at == "init" and not self._restored:
             self._init_params = {
@@ -404,21 +409,26 @@ class SmoothUniqueInformation(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Check the trainer's training data (known only once the fit loop has set it up)."""
         if self.dataset is None:
-            dataset, loader = self._train_source(trainer)
-            if dataset is not None and _uses_augmentation(dataset):
-                self._warn_once(
-                    "augmentation",
-                    "the training dataset has a `transform`; if it is random augmentation, the "
-                    "scoring pass sees augmented samples. Pass an un-augmented copy as `dataset=`.",
-                )
-            self._probe(dataset, self._collate_of(loader), pl_module)
+            with preserved_global_rng():
+                self._check_train_source(trainer, pl_module)
+
+    def _check_train_source(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dataset, loader = self._train_source(trainer)
+        if dataset is not None and _uses_augmentation(dataset):
+            self._warn_once(
+                "augmentation",
+                "the training dataset has a `transform`; if it is random augmentation, the "
+                "scoring pass sees augmented samples. Pass an un-augmented copy as `dataset=`.",
+            )
+        self._probe(dataset, self._collate_of(loader), pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Score the training samples and write the reports."""
         if trainer.sanity_checking:  # pragma: no cover - fit_end never runs during sanity check
             return
         try:
-            self.score(pl_module, trainer=trainer)
+            with preserved_global_rng():  # a later fit/test of the user sees the same stream
+                self.score(pl_module, trainer=trainer)
         except Exception as err:  # the model is trained: report, do not fail the whole run
             rank_zero_warn(
                 f"SmoothUniqueInformation: scoring at fit end failed, `scores_` is None "

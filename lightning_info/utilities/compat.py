@@ -1,0 +1,77 @@
+"""One import path for both Lightning packages: ``pytorch_lightning`` and ``lightning.pytorch``.
+
+Lightning ships the same trainer twice: the standalone ``pytorch_lightning`` package (this
+project's hard dependency) and the unified ``lightning`` package (``import lightning as L``,
+what Lightning's own docs now teach). Their classes are distinct objects, so a callback that
+subclasses only ``pytorch_lightning.Callback`` fails ``isinstance`` checks made by
+``lightning.pytorch`` (LightningCLI rejects it: "Import path does not correspond to a subclass of
+Callback"), and a logger check against one package's ``TensorBoardLogger`` misses the other's.
+
+This module builds the bases of ``lightning_info``'s callbacks from **both** packages when
+``lightning`` is installed (it is optional), so one class works with either ``Trainer``, either
+``LightningCLI`` and either package's loggers:
+
+* :class:`Callback`: a subclass of ``pytorch_lightning.Callback`` and, when available, of
+  ``lightning.pytorch.Callback``. Both define the same hooks; methods resolve to the
+  ``pytorch_lightning`` ones.
+* :class:`EarlyStopping`: likewise for ``EarlyStopping``; ``pytorch_lightning``'s implementation
+  runs, and the ``lightning.pytorch`` base is initialised by it (its own ``__init__`` is skipped,
+  see :class:`_SkipInit`).
+* :data:`TENSORBOARD_LOGGER_TYPES`: the ``TensorBoardLogger`` classes of both packages, for
+  :func:`lightning_info.reporting.tensorboard_writers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping as _PLEarlyStopping
+from pytorch_lightning.loggers import TensorBoardLogger as _PLTensorBoardLogger
+
+try:  # the unified package is optional
+    import lightning.pytorch as _lightning
+    from lightning.pytorch.callbacks import EarlyStopping as _LEarlyStopping
+    from lightning.pytorch.loggers import TensorBoardLogger as _LTensorBoardLogger
+except ImportError:  # pragma: no cover - exercised only without `lightning` installed
+    _lightning = None
+
+__all__ = [
+    "LIGHTNING_AVAILABLE",
+    "TENSORBOARD_LOGGER_TYPES",
+    "Callback",
+    "EarlyStopping",
+]
+
+#: Whether the unified ``lightning`` package is installed (then both packages are supported).
+LIGHTNING_AVAILABLE = _lightning is not None
+
+if _lightning is not None:
+
+    class Callback(pl.Callback, _lightning.Callback):  # type: ignore[misc]
+        """A callback of both Lightning packages (see the module docstring)."""
+
+    class _SkipInit(_LEarlyStopping):
+        """The ``lightning.pytorch`` EarlyStopping base, already initialised by the other one.
+
+        ``pytorch_lightning.callbacks.EarlyStopping.__init__`` ends with ``super().__init__()``;
+        in the combined class that call reaches this class, whose attributes the
+        ``pytorch_lightning`` initialiser has just set, so there is nothing left to do.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            """Do nothing: ``pytorch_lightning``'s ``EarlyStopping.__init__`` set everything."""
+
+    class EarlyStopping(_PLEarlyStopping, _SkipInit):  # type: ignore[misc]
+        """An ``EarlyStopping`` of both Lightning packages (see the module docstring)."""
+
+    TENSORBOARD_LOGGER_TYPES: tuple[type, ...] = (_PLTensorBoardLogger, _LTensorBoardLogger)
+else:  # pragma: no cover - exercised only without `lightning` installed
+
+    class Callback(pl.Callback):  # type: ignore[no-redef]
+        """A ``pytorch_lightning`` callback (``lightning`` is not installed)."""
+
+    class EarlyStopping(_PLEarlyStopping):  # type: ignore[no-redef]
+        """A ``pytorch_lightning`` EarlyStopping (``lightning`` is not installed)."""
+
+    TENSORBOARD_LOGGER_TYPES = (_PLTensorBoardLogger,)
