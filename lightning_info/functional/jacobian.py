@@ -645,18 +645,34 @@ def jacobian_features(
     return lin.features(inputs, lin.num_outputs(inputs))
 
 
+def _mirror_lower(kernel: Tensor) -> Tensor:
+    """Symmetric by construction: the lower triangle (with the diagonal) copied to the upper.
+
+    BLAS does not promise a bitwise symmetric ``A @ A.T`` (summation order may differ between
+    entry (i, j) and (j, i), and between CPUs), and downstream Cholesky / ``eigh`` treat the
+    kernel as symmetric, so every kernel of a set with itself is made exactly symmetric.
+    """
+    return torch.tril(kernel) + torch.tril(kernel, -1).T
+
+
 def _pair_kernel(
     ja: Tensor | _StructuredChunk, jb: Tensor | _StructuredChunk, kernel: str
 ) -> Tensor:
-    """Kernel block between two Jacobian chunks (na, K, D), (nb, K, D), accumulated in float64."""
-    if isinstance(ja, _StructuredChunk):
-        return _pair_kernel_structured(ja, jb, kernel)
+    """Kernel block between two Jacobian chunks (na, K, D), (nb, K, D), accumulated in float64.
+
+    The block of a chunk with itself (``ja is jb``) is exactly symmetric (:func:`_mirror_lower`).
+    """
     same = ja is jb
-    ja = ja.double()
-    jb = ja if same else jb.double()
-    if kernel == "trace":
-        return ja.flatten(1) @ jb.flatten(1).T
-    return ja.flatten(0, 1) @ jb.flatten(0, 1).T
+    if isinstance(ja, _StructuredChunk):
+        out = _pair_kernel_structured(ja, jb, kernel)
+    else:
+        a = ja.double()
+        b = a if same else jb.double()
+        if kernel == "trace":
+            out = a.flatten(1) @ b.flatten(1).T
+        else:
+            out = a.flatten(0, 1) @ b.flatten(0, 1).T
+    return _mirror_lower(out) if same else out
 
 
 def _pair_kernel_structured(a: _StructuredChunk, b: _StructuredChunk, kernel: str) -> Tensor:
@@ -769,16 +785,14 @@ def empirical_ntk(
     k = lin.num_outputs(x1)
     per_sample = lin.per_sample_bytes(k)
     n1, n2 = x1.shape[0], x2.shape[0]
-    rows = n1 * k if kernel == "full" else n1
-    cols = n2 * k if kernel == "full" else n2
-    out = torch.zeros(rows, cols, dtype=torch.float64, device=x1.device)
-    scale = k if kernel == "full" else 1
-
     needed = per_sample * (n1 if symmetric else n1 + n2)
     if needed <= budget:
         j1 = lin.kernel_inputs(x1, k)
         j2 = j1 if symmetric else lin.kernel_inputs(x2, k)
         return _pair_kernel(j1, j2, kernel)
+
+    scale = k if kernel == "full" else 1
+    out = torch.zeros(n1 * scale, n2 * scale, dtype=torch.float64, device=x1.device)
 
     # Streaming: outer blocks of x1 sized to half the budget, inner chunks of x2 recomputed.
     outer = max(1, budget // (2 * per_sample))
@@ -790,5 +804,5 @@ def empirical_ntk(
             b1 = b0 + len(jb)
             out[a0 * scale : a1 * scale, b0 * scale : b1 * scale] = _pair_kernel(ja, jb, kernel)
     if symmetric:  # every entry on and below the diagonal was filled: mirror it
-        out = torch.tril(out) + torch.tril(out, -1).T
+        out = _mirror_lower(out)
     return out
