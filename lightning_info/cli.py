@@ -27,10 +27,17 @@ def _import_object(spec: str, what: str) -> Any:
         module_name, _, attr = spec.rpartition(".")
     if not module_name or not attr:
         raise SystemExit(f"error: {what} must look like 'package.module:ClassName'; got {spec!r}.")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:  # the user's own modules, as `python -m` and LightningCLI scripts see
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise SystemExit(f"error: cannot import module {module_name!r} for {what}: {err}") from err
+        raise SystemExit(
+            f"error: cannot import module {module_name!r} for {what}: {err}. The module must be "
+            f"importable from the current directory ({cwd}) or an installed package; run the "
+            "command from your project's root or add its folder to PYTHONPATH."
+        ) from err
     try:
         return getattr(module, attr)
     except AttributeError as err:
@@ -45,6 +52,24 @@ def _json_arg(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"batch_size\": 64}'")
     return value
+
+
+_SCORE_EXAMPLE = """\
+example (a project with my_project/model.py and my_project/data.py, run from its root):
+
+  lightning-info score \\
+      --model my_project.model:LitClassifier \\
+      --ckpt lightning_logs/version_0/checkpoints/last.ckpt \\
+      --datamodule my_project.data:MyDataModule \\
+      --datamodule-args '{"batch_size": 64}' \\
+      --max-samples 1000 --out sui_report
+
+  writes sui_report/sui_scores.csv (one row per scored training sample) and TensorBoard
+  summaries (tensorboard --logdir sui_report/tensorboard). Without --datamodule, --dataset
+  mnist|digits scores the embedded data (flat pixels, or (1, H, W) images for models that need
+  them). The checkpoint is loaded with torch.load(weights_only=True); --trust-checkpoint allows
+  full unpickling for files you trust.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,11 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seed of split, corruption, init and probes (default: {d.seed})",
     )
     demo.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--quiet", action="store_true", help="no per-run status lines, only the summary"
+    )
 
     score = sub.add_parser(
         "score",
         help="compute SUI scores for a saved checkpoint",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_SCORE_EXAMPLE,
         description=(
             "Load a LightningModule from a checkpoint, take the training (and validation) data "
             "from a LightningDataModule or an embedded dataset, and write the per-sample smooth "
@@ -197,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight decay (default: from the checkpoint's optimizer, else 0)",
     )
     score.add_argument("--out", default="sui_report", help="output folder (default: sui_report)")
+    score.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle arbitrary objects from the checkpoint (torch.load weights_only=False), which "
+        "runs any code stored in it: only for checkpoints from a source you trust. Without it, "
+        "only tensors and plain containers are loaded",
+    )
     return parser
 
 
@@ -246,6 +282,7 @@ def _score(args: argparse.Namespace) -> int:
         num_steps=args.num_steps,
         weight_decay=args.weight_decay,
         out=args.out,
+        trust_checkpoint=args.trust_checkpoint,
     )
     print(f"Scored {len(result.scores)} samples (linearized at the {result.linearize_at} weights).")
     print(f"Score file: {result.csv_path}")

@@ -8,6 +8,7 @@ only loads the checkpoint, finds the training data and the training hyper-parame
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,12 +16,14 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
+from lightning_info.functional.jacobian import model_outputs
 from lightning_info.utilities.data import load_dataset, train_val_split
 
-__all__ = ["CheckpointScores", "score_checkpoint"]
+__all__ = ["CheckpointScores", "load_checkpoint", "score_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,43 @@ class CheckpointScores:
     settings: dict[str, Any]
 
 
+def load_checkpoint(
+    path: str | os.PathLike[str], *, trust_checkpoint: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU, safely unless ``trust_checkpoint``.
+
+    ``torch.load(..., weights_only=True)`` only rebuilds tensors and primitive containers
+    (dicts, lists, tuples, numbers, strings), so loading cannot execute code carried by the file.
+    A checkpoint written by Lightning with this package's callbacks attached loads this way.
+
+    Args:
+        path: the checkpoint file.
+        trust_checkpoint: allow full unpickling (``weights_only=False``), which runs any code the
+            file carries: only for files from a source you trust.
+
+    Returns:
+        The checkpoint dictionary.
+
+    Raises:
+        ValueError: if the checkpoint holds objects that only full unpickling can rebuild (the
+            message names them and the opt-in), or is not a dictionary.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: the checkpoint holds objects other than tensors and plain containers, and "
+            "rebuilding them would run code stored in the file, so it was not loaded. If you "
+            "trust where the file comes from, pass `--trust-checkpoint` "
+            f"(`trust_checkpoint=True` in Python). torch.load said: {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"{path}: expected a checkpoint dictionary; got {type(checkpoint).__name__}."
+        )
+    return checkpoint
+
+
 def _sui_snapshot(checkpoint: dict[str, Any]) -> tuple[dict[str, torch.Tensor] | None, int]:
     """The SUI callback's initial-weight snapshot stored in a checkpoint, if any."""
     for key, state in (checkpoint.get("callbacks") or {}).items():
@@ -60,6 +100,7 @@ def _optimizer_group(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _data(
+    module: torch.nn.Module,
     datamodule_cls: type[pl.LightningDataModule] | None,
     datamodule_args: dict[str, Any] | None,
     dataset: str | None,
@@ -77,10 +118,38 @@ def _data(
     if dataset is None:
         raise ValueError("give `datamodule_cls` or `dataset` ('digits' or 'mnist').")
     ds = load_dataset(dataset)  # type: ignore[arg-type]
+    inputs = _input_layout(module, ds.inputs, ds.image_shape, dataset)
     tr, va = train_val_split(ds.inputs.shape[0], val_fraction=0.2, seed=0)
     return (
-        TensorDataset(ds.inputs[tr], ds.targets[tr]),
-        TensorDataset(ds.inputs[va], ds.targets[va]),
+        TensorDataset(inputs[tr], ds.targets[tr]),
+        TensorDataset(inputs[va], ds.targets[va]),
+    )
+
+
+def _input_layout(
+    module: torch.nn.Module, inputs: torch.Tensor, image_shape: tuple[int, int], name: str
+) -> torch.Tensor:
+    """The embedded pixels as the model takes them: flat (N, H*W) or images (N, 1, H, W)."""
+    layouts = [("flat", inputs), ("image", inputs.reshape(-1, 1, *image_shape))]
+    errors = []
+    for kind, candidate in layouts:
+        try:
+            with torch.no_grad():
+                model_outputs(module, candidate[:2])
+        except Exception as err:  # the model rejects this layout: try the next one
+            errors.append(f"{kind} {tuple(candidate.shape[1:])}: {type(err).__name__}: {err}")
+            continue
+        if kind == "image":
+            rank_zero_info(
+                f"score: feeding the embedded {name} data as (N, 1, {image_shape[0]}, "
+                f"{image_shape[1]}) images (the model rejects flat inputs)."
+            )
+        return candidate
+    raise ValueError(
+        f"the model accepts neither layout of the embedded {name!r} data ("
+        + "; ".join(errors)
+        + "). Score it with your own LightningDataModule (`--datamodule`), whose batches the "
+        "model takes as they are."
     )
 
 
@@ -97,6 +166,7 @@ def score_checkpoint(
     num_steps: int | None = None,
     weight_decay: float | None = None,
     out: str | os.PathLike[str] = "sui_report",
+    trust_checkpoint: bool = False,
 ) -> CheckpointScores:
     """Compute per-sample SUI for a checkpoint and write the CSV and TensorBoard summaries.
 
@@ -116,15 +186,22 @@ def score_checkpoint(
             ``0`` means the converged solution.
         weight_decay: default: the checkpoint's first optimizer group, else 0.
         out: output folder.
+        trust_checkpoint: unpickle arbitrary objects from the checkpoint (``torch.load`` with
+            ``weights_only=False``). Default False: only tensors and primitive containers are
+            loaded, so a checkpoint from an untrusted source cannot run code. Set it only for a
+            checkpoint you trust that holds other objects (see :func:`load_checkpoint`).
 
     Returns:
         A :class:`CheckpointScores`.
 
     Raises:
-        ValueError: ``linearize_at="init"`` without a snapshot, no learning rate known, or no data.
+        ValueError: ``linearize_at="init"`` without a snapshot, no learning rate known, no data,
+            or a checkpoint that needs ``trust_checkpoint=True``.
     """
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    module = model_cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+    checkpoint = load_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
+    module = model_cls.load_from_checkpoint(
+        ckpt_path, map_location="cpu", weights_only=not trust_checkpoint
+    )
     init_state, init_step = _sui_snapshot(checkpoint)
     if linearize_at == "init" and init_state is None:
         raise ValueError(
@@ -145,7 +222,7 @@ def score_checkpoint(
             steps = None  # from the final weights, the horizon of further training is open
     else:
         steps = None if num_steps == 0 else int(num_steps)
-    train_ds, val_ds = _data(datamodule_cls, datamodule_args, dataset)
+    train_ds, val_ds = _data(module, datamodule_cls, datamodule_args, dataset)
     out = Path(out)
     logger = TensorBoardLogger(
         save_dir=str(out), name="tensorboard", version="", default_hp_metric=False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -128,3 +129,79 @@ def test_score_requires_data_source(tmp_path):
         main(["score", "--model", "lightning_info.models:MLPClassifier", "--ckpt", "x.ckpt"])
     with pytest.raises(SystemExit, match=r"package\.module:ClassName"):
         main(["score", "--model", "nocolon", "--ckpt", "x.ckpt", "--dataset", "digits"])
+
+
+_USER_MODULE = '''
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TinyCNN(pl.LightningModule):
+    """A user's image model: it needs (N, 1, 8, 8) inputs and rejects flat pixels."""
+
+    def __init__(self, lr: float = 0.1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 16, 10)
+
+    def forward(self, x):
+        h = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.head(h.flatten(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+'''
+
+
+@pytest.mark.slow
+def test_score_imports_user_module_from_cwd_and_reshapes_embedded_images(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "user_models.py").write_text(_USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "user_models", raising=False)
+    spec = importlib.util.spec_from_file_location("user_models", tmp_path / "user_models.py")
+    user_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user_models)
+    ds = load_dataset("digits")
+    images = ds.inputs[:200].reshape(-1, 1, 8, 8)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(user_models.TinyCNN(), DataLoader(TensorDataset(images, ds.targets[:200]), 50))
+    trainer.save_checkpoint(tmp_path / "cnn.ckpt")
+    with pytest.raises(Exception, match="conv2d|Expected|shape"):  # flat pixels do not fit
+        user_models.TinyCNN()(ds.inputs[:2])
+
+    code = main(
+        [
+            "score", "--model", "user_models:TinyCNN", "--ckpt", str(tmp_path / "cnn.ckpt"),
+            "--dataset", "digits", "--max-samples", "40", "--out", str(tmp_path / "scored"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "scored" / "sui_scores.csv").open()))
+    assert len(rows) == 40
+    assert all(np.isfinite(float(r["weight_si"])) for r in rows)
+
+
+def test_score_import_error_names_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit, match="current directory"):
+        main(
+            ["score", "--model", "no_such_module:Model", "--ckpt", "x.ckpt", "--dataset", "digits"]
+        )
