@@ -15,10 +15,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +78,7 @@ class DemoConfig:
         batch_size: training batch size.
         seed: seed of the split, corruption, initialization and probes.
         out: output folder (TensorBoard logs under ``out/tensorboard``, report under ``out/report``).
-        quiet: no progress bars.
+        quiet: no per-run status lines (the summary is printed either way).
     """
 
     dataset: str = "digits"
@@ -178,7 +182,7 @@ def _train_one(
     monitor = DiffusionSpectralEntropyMonitor(max_samples=cfg.probe_size, seed=cfg.seed)
     stopper = OverfittingEarlyStopping(monitor=f"info/dsmi_y/{LAYER}")
     sui = SmoothUniqueInformation(
-        max_samples=cfg.sui_samples, seed=cfg.seed, image_shape=image_shape, progress=not cfg.quiet
+        max_samples=cfg.sui_samples, seed=cfg.seed, image_shape=image_shape, progress=False
     )
     logger = TensorBoardLogger(
         save_dir=str(out / "tensorboard"), name=name, version="", default_hp_metric=False
@@ -190,7 +194,7 @@ def _train_one(
         logger=logger,
         callbacks=[monitor, stopper, sui],
         enable_checkpointing=False,
-        enable_progress_bar=not cfg.quiet,
+        enable_progress_bar=False,  # one line per run instead (printed by run_demo)
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=True,
@@ -279,15 +283,23 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         mode=cfg.corrupt_mode,
     )
     runs = []
+    notices: list[str] = []
     for name, labels, flags in [
         ("clean", y_tr, torch.zeros_like(is_bad)),
         (f"corrupted_{round(100 * cfg.corrupt_fraction)}pct", y_bad, is_bad),
     ]:
+        t_run = time.perf_counter()
+        with _quiet_lightning(notices):
+            run = _train_one(name, cfg, x_tr, labels, x_va, y_va, flags, ds.image_shape, out)
+        runs.append(run)
         if not cfg.quiet:
+            stop = "" if run.stopped_epoch is None else f", stopped at epoch {run.stopped_epoch}"
             print(
-                f"\n=== training run '{name}' on {cfg.dataset} ({x_tr.shape[0]} train / {x_va.shape[0]} val) ==="
+                f"run {name!r} on {cfg.dataset} ({x_tr.shape[0]} train / {x_va.shape[0]} val): "
+                f"{run.epochs_run} epochs{stop}, val acc {run.val_acc:.3f}, "
+                f"{time.perf_counter() - t_run:.0f} s",
+                flush=True,
             )
-        runs.append(_train_one(name, cfg, x_tr, labels, x_va, y_va, flags, ds.image_shape, out))
 
     files: list[Path] = [_plot_curves(runs, report / "dse_dsmi_curves.png")]
     rows = []
@@ -324,6 +336,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "DSMI(Z;Y) start", "DSMI(Z;Y) end", "AUROC wSI", "AUROC fSI",
     ]  # fmt: skip
     table = markdown_table(header, rows, digits=3)
+    if notices:  # the callbacks' warnings (assumptions of the SUI closed form, ...)
+        files.append(write_text_atomic(report / "notices.txt", "\n".join(notices) + "\n"))
     summary = {
         "table": table,
         "seconds": time.perf_counter() - t0,
@@ -334,6 +348,30 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     write_text_atomic(report / "summary.md", table + "\n")
     write_text_atomic(report / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+@contextlib.contextmanager
+def _quiet_lightning(notices: list[str]) -> Iterator[None]:
+    """Keep the terminal readable: Lightning's info lines off, warnings collected in ``notices``.
+
+    The warnings (e.g. the SUI callback's notes on the assumptions of its closed form) are kept,
+    deduplicated, for ``report/notices.txt``.
+    """
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    for w in caught:
+        text = f"{w.category.__name__}: {w.message}"
+        if text not in notices and "LeafSpec" not in text:
+            notices.append(text)
 
 
 def _image_grids(
