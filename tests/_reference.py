@@ -15,11 +15,33 @@ from scipy.spatial.distance import cdist
 EPS = np.finfo(float).eps
 
 
-def ref_kernel(x: np.ndarray, sigma: float = 10.0) -> np.ndarray:
+def ref_widths(x: np.ndarray, sigma: float | str) -> np.ndarray:
+    """Per-pair widths sigma_i * sigma_j: a number squared, or the docs/dse.md §1 rules.
+
+    "median": the lower median of the N(N-1)/2 pairwise distances, squared. "knn": the distance
+    of each point to its 10th nearest other point, sigma_i * sigma_j.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    dist = cdist(x, x, metric="euclidean")
+    if sigma == "median":
+        pairs = np.sort(dist[np.triu_indices(len(x), k=1)])
+        width = pairs[(len(pairs) - 1) // 2]
+        return np.full_like(dist, width**2)
+    if sigma == "knn":
+        k = min(10, len(x) - 1)
+        widths = np.array([np.sort(row)[k] for row in dist])  # row[0] is the point itself
+        return np.outer(widths, widths)
+    return np.full_like(dist, float(sigma) ** 2)
+
+
+def ref_kernel(x: np.ndarray, sigma: float | str = 10.0) -> np.ndarray:
     """K = D^-1/2 G D^-1/2 with dense diagonal matmuls."""
     x = np.asarray(x, dtype=np.float64)
     dist = cdist(x, x, metric="euclidean")
-    g = np.exp(-(dist**2) / (2 * sigma**2)) / (sigma * np.sqrt(2 * np.pi))
+    widths_sq = ref_widths(x, sigma)
+    g = np.exp(-(dist**2) / (2 * widths_sq))
+    if not isinstance(sigma, str):  # the reference's constant prefactor (cancels below)
+        g = g / (sigma * np.sqrt(2 * np.pi))
     deg = g.sum(axis=1)
     d_inv_sqrt = np.diag(deg**-0.5)
     return d_inv_sqrt @ g @ d_inv_sqrt
@@ -39,7 +61,7 @@ def ref_entropy_of_eigvals(eigvals: np.ndarray, t: float = 1.0, eps: float = EPS
     return float(-(p * np.log2(p)).sum())
 
 
-def ref_dse(x: np.ndarray, sigma: float = 10.0, t: float = 1.0) -> float:
+def ref_dse(x: np.ndarray, sigma: float | str = 10.0, t: float = 1.0) -> float:
     """DSE in bits with the reference's semantics (eps added, no subsampling)."""
     return ref_entropy_of_eigvals(np.linalg.eigvalsh(ref_kernel(x, sigma)), t)
 

@@ -22,6 +22,7 @@ from lightning_info.utilities.checks import (
     _check_finite,
     _check_ndim,
 )
+from lightning_info.utilities.enums import Bandwidth
 
 __all__ = ["diffusion_kernel", "gaussian_affinity"]
 
@@ -190,18 +191,120 @@ def _pairwise_sq_dists(x: Tensor) -> Tensor:
     return _mul_scaled_(d2, 1.0, 2 * exponent)
 
 
-def _gaussian_affinity(x: Tensor, sigma: float) -> Tensor:
-    """Unnormalised Gaussian affinity ``exp(-d^2 / (2 sigma^2))`` of a validated float tensor.
+#: ``sigma="median"``: above this many rows the median is taken over a seeded subset of them.
+_MEDIAN_MAX_ROWS = 4096
+#: ``sigma="knn"``: the width of point i is the distance to its ``_KNN_NEIGHBORS``-th neighbour.
+_KNN_NEIGHBORS = 10
+_BANDWIDTH_RULES = tuple(b.value for b in Bandwidth)
 
-    The factor ``1 / (2 sigma^2)`` and the distance scale are applied together
-    (``_mul_scaled_``), so neither over/underflows in float32 on its own: duplicate rows always
-    get affinity 1 and never NaN, whatever ``sigma`` and the scale of the data.
+
+def _check_sigma(value: Any, name: str = "sigma") -> float | str:
+    """Return a validated bandwidth: a number (see ``_check_bandwidth``) or a :class:`Bandwidth`.
+
+    Raises:
+        TypeError: if ``value`` is neither a number nor a string.
+        ValueError: if it is a string other than the rules, or a number out of range.
+    """
+    if isinstance(value, str):  # Bandwidth members are strings too
+        if str(value) not in _BANDWIDTH_RULES:
+            raise ValueError(
+                f"`{name}` must be a number > 0 (a fixed width, in the units of the embeddings) "
+                f"or one of {_BANDWIDTH_RULES} (derived from the data); got {value!r}."
+            )
+        return str(value)
+    return _check_bandwidth(value, name)
+
+
+def _offdiag_median(d2: Tensor) -> float:
+    """Median of the off-diagonal entries of a square matrix (the lower middle value)."""
+    n = d2.shape[0]
+    off = d2.flatten()[1:].view(n - 1, n + 1)[:, :-1]  # row i: the entries after (i, i)
+    return float(off.median())
+
+
+def _median_sq_width(d2: Tensor) -> float:
+    """``sigma**2`` of the ``"median"`` rule from squared distances (0 if all rows coincide)."""
+    n = d2.shape[0]
+    if n > _MEDIAN_MAX_ROWS:
+        gen = torch.Generator().manual_seed(0)  # a fixed subset: sigma is a function of the data
+        sub = torch.randperm(n, generator=gen)[:_MEDIAN_MAX_ROWS].sort().values.to(d2.device)
+        d2 = d2[sub[:, None], sub[None, :]]
+    med = _offdiag_median(d2)
+    if med > 0.0:
+        return med
+    positive = d2[d2 > 0]  # more than half of the pairs are duplicates: use the distinct ones
+    return float(positive.median()) if positive.numel() else 0.0
+
+
+def _knn_inv_widths(d2: Tensor) -> Tensor:
+    """``1 / sigma_i`` of the ``"knn"`` rule from squared distances, (N,) (all ones if d2 = 0)."""
+    n = d2.shape[0]
+    k = min(_KNN_NEIGHBORS, n - 1)
+    s2 = torch.kthvalue(d2, k + 1, dim=1).values  # k+1: the point itself is at distance 0
+    positive = s2 > 0
+    if not bool(positive.all()):  # >= k duplicates of a point: borrow a typical width
+        if bool(positive.any()):
+            fill = float(s2[positive].median())
+        else:  # every point has >= k duplicates: the median rule's width (1 if all coincide)
+            fill = _median_sq_width(d2) or 1.0
+        s2 = torch.where(positive, s2, torch.full_like(s2, fill))
+    return s2.rsqrt()
+
+
+def _affinity_from_sq_dists(d2: Tensor, exponent: int, sigma: float | str) -> Tensor:
+    """Gaussian affinity, in place on ``d2`` (squared distances in units of ``2**(2 exponent)``).
+
+    A fixed ``sigma`` is applied together with the distance scale (``_mul_scaled_``), so neither
+    over/underflows in float32 on its own; the rules derive the width from ``d2`` itself, in the
+    same units, so the scale cancels exactly.
+    """
+    if not isinstance(sigma, str):
+        return _mul_scaled_(d2, 0.5 / sigma**2, 2 * exponent).neg_().exp_()
+    if sigma == Bandwidth.MEDIAN:
+        width_sq = _median_sq_width(d2)
+        return d2.mul_(0.5 / width_sq if width_sq > 0 else 0.0).neg_().exp_()
+    inv = _knn_inv_widths(d2)  # "knn": exp(-d2_ij / (2 sigma_i sigma_j)), exactly symmetric
+    return d2.mul_(torch.outer(inv, inv)).mul_(-0.5).exp_()
+
+
+def _gaussian_affinity(x: Tensor, sigma: float | str) -> Tensor:
+    """Unnormalised Gaussian affinity of a validated float tensor (fixed width or a rule).
+
+    ``exp(-d^2 / (2 sigma^2))`` for a fixed ``sigma``; see :class:`Bandwidth` for the rules.
+    Duplicate rows always get affinity 1 and never NaN, whatever ``sigma`` and the data's scale.
     """
     d2, exponent = _scaled_sq_dists(x)
-    return _mul_scaled_(d2, 0.5 / sigma**2, 2 * exponent).neg_().exp_()
+    return _affinity_from_sq_dists(d2, exponent, sigma)
 
 
-def _diffusion_kernel(x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+def _resolve_width(x: Tensor, sigma: float | str) -> float:
+    """The fixed width that a global rule gives for ``x`` (the number itself for a number).
+
+    Used where the kernel is applied without forming it (the Lanczos solver). The ``"knn"`` rule
+    has one width per point and no global equivalent.
+
+    Raises:
+        ValueError: for ``sigma="knn"``.
+    """
+    if not isinstance(sigma, str):
+        return sigma
+    if sigma == Bandwidth.KNN:
+        raise ValueError(
+            "`sigma='knn'` (one width per point) needs the exact solver; use `solver='exact'` "
+            "(O(N^3)) or `sigma='median'` with `solver='lanczos'`."
+        )
+    n = x.shape[0]
+    if n > _MEDIAN_MAX_ROWS:
+        gen = torch.Generator().manual_seed(0)
+        x = x[torch.randperm(n, generator=gen)[:_MEDIAN_MAX_ROWS].sort().values.to(x.device)]
+    d2, exponent = _scaled_sq_dists(x)
+    width_sq = _median_sq_width(d2)
+    if width_sq <= 0.0:  # all rows coincide: any width gives the same (all-ones) kernel
+        return 1.0
+    return math.ldexp(math.sqrt(width_sq), exponent)
+
+
+def _diffusion_kernel(x: Tensor, sigma: float | str) -> tuple[Tensor, Tensor]:
     """Symmetric diffusion kernel and the degree vector of a validated float tensor.
 
     Returns:
@@ -228,7 +331,7 @@ def _validate_embeddings(embeddings: Any, name: str = "embeddings") -> Tensor:
 
 
 def gaussian_affinity(
-    embeddings: Tensor, *, sigma: float = 10.0, dtype: torch.dtype | str | None = None
+    embeddings: Tensor, *, sigma: float | str = 10.0, dtype: torch.dtype | str | None = None
 ) -> Tensor:
     r"""Compute the Gaussian affinity matrix of a set of embeddings.
 
@@ -244,16 +347,20 @@ def gaussian_affinity(
 
     Args:
         embeddings: (N, D) tensor or numpy array of finite numbers, N >= 2.
-        sigma: kernel bandwidth, > 0, in the units of the embeddings. Default 10 (the paper's).
+        sigma: kernel bandwidth, > 0, in the units of the embeddings (default 10, the paper's),
+            or a rule that derives it from the data, ``"median"`` or ``"knn"``
+            (:class:`~lightning_info.utilities.enums.Bandwidth`; scale-invariant).
         dtype: ``torch.float64`` (default) or ``torch.float32``; the working precision.
 
     Returns:
         (N, N) symmetric tensor with entries in (0, 1] and unit diagonal, on the input's device.
 
     Raises:
-        TypeError: if ``embeddings`` is not array-like numbers, or ``sigma`` is not a number.
+        TypeError: if ``embeddings`` is not array-like numbers, or ``sigma`` is not a number or
+            a rule.
         ValueError: if ``embeddings`` is not 2-D, has fewer than 2 rows or non-finite values,
-            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows), or ``dtype`` is not float32/float64.
+            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows) or an unknown rule,
+            or ``dtype`` is not float32/float64.
 
     Example:
         >>> import torch
@@ -262,14 +369,14 @@ def gaussian_affinity(
         >>> round(g[0, 1].item(), 4)  # exp(-25 / 50)
         0.6065
     """
-    sigma = _check_bandwidth(sigma, "sigma")
+    sigma = _check_sigma(sigma)
     work_dtype = _resolve_dtype(dtype, torch.float64)
     x = _validate_embeddings(embeddings).to(work_dtype)
     return _gaussian_affinity(x, sigma)
 
 
 def diffusion_kernel(
-    embeddings: Tensor, *, sigma: float = 10.0, dtype: torch.dtype | str | None = None
+    embeddings: Tensor, *, sigma: float | str = 10.0, dtype: torch.dtype | str | None = None
 ) -> Tensor:
     r"""Compute the symmetric diffusion kernel of a set of embeddings.
 
@@ -294,16 +401,20 @@ def diffusion_kernel(
 
     Args:
         embeddings: (N, D) tensor or numpy array of finite numbers, N >= 2.
-        sigma: kernel bandwidth, > 0, in the units of the embeddings. Default 10 (the paper's).
+        sigma: kernel bandwidth, > 0, in the units of the embeddings (default 10, the paper's),
+            or a rule that derives it from the data, ``"median"`` or ``"knn"``
+            (:class:`~lightning_info.utilities.enums.Bandwidth`; scale-invariant).
         dtype: ``torch.float64`` (default) or ``torch.float32``; the working precision.
 
     Returns:
         (N, N) symmetric nonnegative tensor on the input's device.
 
     Raises:
-        TypeError: if ``embeddings`` is not array-like numbers, or ``sigma`` is not a number.
+        TypeError: if ``embeddings`` is not array-like numbers, or ``sigma`` is not a number or
+            a rule.
         ValueError: if ``embeddings`` is not 2-D, has fewer than 2 rows or non-finite values,
-            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows), or ``dtype`` is not float32/float64.
+            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows) or an unknown rule,
+            or ``dtype`` is not float32/float64.
 
     Example:
         >>> import torch
@@ -312,7 +423,7 @@ def diffusion_kernel(
         >>> round(torch.linalg.eigvalsh(k).max().item(), 4)
         1.0
     """
-    sigma = _check_bandwidth(sigma, "sigma")
+    sigma = _check_sigma(sigma)
     work_dtype = _resolve_dtype(dtype, torch.float64)
     x = _validate_embeddings(embeddings).to(work_dtype)
     return _diffusion_kernel(x, sigma)[0]

@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_info.functional.diffusion import _gaussian_affinity, _resolve_dtype
+from lightning_info.functional.diffusion import (
+    _check_sigma,
+    _gaussian_affinity,
+    _offdiag_median,
+    _resolve_dtype,
+    _resolve_width,
+)
 from lightning_info.utilities.checks import (
     _as_tensor,
-    _check_bandwidth,
     _check_choice,
     _check_finite,
     _check_int,
@@ -95,7 +99,7 @@ def _check_t(t: Any) -> float:
 def _check_dse_options(
     sigma: Any, t: Any, dtype: Any, solver: Any, num_probes: Any, num_steps: Any, seed: Any
 ) -> tuple[float, float, torch.dtype, str, int, int, int]:
-    sigma = _check_bandwidth(sigma, "sigma")
+    sigma = _check_sigma(sigma)
     t = _check_t(t)
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
     solver = _check_choice(solver, "solver", _SOLVERS)
@@ -123,7 +127,7 @@ def _spectral_entropy_bits(eigvals: Tensor, t: float) -> Tensor:
     return torch.special.entr(p).sum() / _LN2
 
 
-def _exact_eigvals(x: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
+def _exact_eigvals(x: Tensor, sigma: float | str, dtype: torch.dtype) -> Tensor:
     r"""All eigenvalues of the diffusion kernel of ``x`` (order not guaranteed).
 
     The Perron pair of :math:`K` is known in closed form (:math:`K v = v` with
@@ -134,44 +138,7 @@ def _exact_eigvals(x: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
     accurate on nearly rank-one kernels. The computed eigenvalue closest to 0 is replaced by the
     exact 1 (see :func:`_affinity_eigvals`).
     """
-    return _affinity_eigvals(_affinity(x.to(_build_dtype(x)), sigma)[None], dtype)[0]
-
-
-#: Affinities computed inside a ``_reuse_affinities()`` scope: [(rows, sigma, affinity), ...].
-_AFFINITY_SCOPE: ContextVar[list[tuple[Tensor, float, Tensor]] | None] = ContextVar(
-    "lightning_info_affinity_scope", default=None
-)
-
-
-@contextmanager
-def _reuse_affinities() -> Iterator[None]:
-    """Within this scope, DSE and DSMI of equal rows (same values, dtype, device) and equal
-    ``sigma`` share one Gaussian affinity: e.g. the monitor's DSE, DSMI(Z;Y) and DSMI(Z;X) of one
-    layer compute the O(N² D) pairwise distances once. The cache is dropped when the scope ends."""
-    token = _AFFINITY_SCOPE.set([])
-    try:
-        yield
-    finally:
-        _AFFINITY_SCOPE.reset(token)
-
-
-def _affinity(x: Tensor, sigma: float) -> Tensor:
-    """``_gaussian_affinity(x, sigma)``, a fresh tensor, reused within ``_reuse_affinities()``."""
-    scope = _AFFINITY_SCOPE.get()
-    if scope is None:
-        return _gaussian_affinity(x, sigma)
-    for rows, cached_sigma, g in scope:
-        if (
-            cached_sigma == sigma
-            and rows.shape == x.shape
-            and rows.dtype == x.dtype
-            and rows.device == x.device
-            and torch.equal(rows, x)
-        ):
-            return g.clone()
-    g = _gaussian_affinity(x, sigma)
-    scope.append((x.clone(), sigma, g.clone()))
-    return g
+    return _affinity_eigvals(_gaussian_affinity(x.to(_build_dtype(x)), sigma)[None], dtype)[0]
 
 
 def _build_dtype(x: Tensor) -> torch.dtype:
@@ -208,7 +175,7 @@ def _uses_lanczos(solver: str, n: int) -> bool:
 def _dse_compute(
     x: Tensor,
     *,
-    sigma: float = 10.0,
+    sigma: float | str = 10.0,
     t: float = 1,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
@@ -227,7 +194,7 @@ def _dse_compute(
 
         return _dse_lanczos(
             x,
-            sigma=sigma,
+            sigma=_resolve_width(x, sigma),
             t=t,
             num_probes=num_probes,
             num_steps=num_steps,
@@ -241,7 +208,7 @@ def _dsmi_compute(
     x: Tensor,
     labels: Tensor,
     *,
-    sigma: float = 10.0,
+    sigma: float | str = 10.0,
     t: float = 1,
     n_repeats: int = 5,
     seed: int = 0,
@@ -249,6 +216,7 @@ def _dsmi_compute(
     solver: str | EigenSolver = "exact",
     num_probes: int = 16,
     num_steps: int = 32,
+    affinity: Tensor | None = None,
 ) -> Tensor:
     r"""DSMI in bits of a validated (N, D) float tensor and (N,) group ids (0-dim float64).
 
@@ -257,6 +225,10 @@ def _dsmi_compute(
     :math:`n_c` drawn (without replacement) from all N rows by one local generator seeded with
     ``seed``. Groups of one sample contribute 0; a group holding every sample contributes 0 exactly
     (its random subsets are the whole set).
+
+    ``affinity``: the (N, N) Gaussian affinity of ``x`` at ``sigma``, when the caller already
+    has it (see :func:`_information_profile`); it is only read. Without it, it is computed here
+    (exact solver) or not formed at all (Lanczos).
     """
     n = x.shape[0]
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
@@ -270,7 +242,10 @@ def _dsmi_compute(
     # n_repeats equal-size random subsets of a group share one batched eigensolve.
     shared = not _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), n)
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
-    affinity = _affinity(x.to(_build_dtype(x)), sigma) if shared else None
+    if shared and affinity is None:
+        affinity = _gaussian_affinity(x.to(_build_dtype(x)), sigma)
+    if not shared:  # a rule's width comes from all N rows, then holds for every subset
+        options["sigma"] = _resolve_width(x, sigma)
 
     def entropies(subsets: list[Tensor], seeds: list[int]) -> Tensor:
         if affinity is not None:
@@ -296,6 +271,68 @@ def _dsmi_compute(
         h_star = entropies(subsets, seeds).sum()
         mi = mi + (n_c / n) * (h_star / n_repeats - h_cond)
     return mi
+
+
+@dataclass
+class _Profile:
+    """DSE, DSMIs and by-products of one set of embeddings (see :func:`_information_profile`).
+
+    Attributes:
+        dse: 0-dim float64, bits.
+        dsmi: ``{name: 0-dim float64}``, bits, one per grouping.
+        eigvals: (N,) eigenvalues of the diffusion operator (exact solver), else None.
+        median_affinity: median off-diagonal entry of the Gaussian affinity (exact solver), else
+            None: with a fixed ``sigma`` the median distance is
+            ``sigma * sqrt(-2 log(median_affinity))``, the feature scale in units of ``sigma``.
+    """
+
+    dse: Tensor
+    dsmi: dict[str, Tensor]
+    eigvals: Tensor | None
+    median_affinity: float | None
+
+
+def _information_profile(
+    x: Tensor,
+    groups: Mapping[str, Tensor],
+    *,
+    sigma: float | str = 10.0,
+    t: float = 1,
+    n_repeats: int = 5,
+    seed: int = 0,
+    dtype: torch.dtype | str | None = None,
+    solver: str | EigenSolver = "exact",
+    num_probes: int = 16,
+    num_steps: int = 32,
+) -> _Profile:
+    """DSE and the DSMI with each grouping of one validated (N, D) tensor, sharing the work.
+
+    With the exact solver the Gaussian affinity is computed once (one O(N^2 D) distance pass)
+    and serves DSE and every DSMI, whose group and subset kernels are its sub-blocks; the values
+    are those of separate :func:`_dse_compute` / :func:`_dsmi_compute` calls with the same
+    options. With Lanczos each quantity is computed on its own.
+
+    Returns:
+        A :class:`_Profile`.
+    """
+    options = dict(
+        sigma=sigma, t=t, dtype=dtype, solver=solver, num_probes=num_probes, num_steps=num_steps
+    )
+    if _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), x.shape[0]):
+        dse = _dse_compute(x, seed=seed, **options)
+        mi = {
+            k: _dsmi_compute(x, g, n_repeats=n_repeats, seed=seed, **options)
+            for k, g in groups.items()
+        }
+        return _Profile(dse, mi, None, None)
+    affinity = _gaussian_affinity(x.to(_build_dtype(x)), sigma)
+    median_affinity = _offdiag_median(affinity)
+    eigvals = _affinity_eigvals(affinity.clone()[None], _resolve_dtype(dtype, _DEFAULT_DTYPE))[0]
+    mi = {
+        k: _dsmi_compute(x, g, n_repeats=n_repeats, seed=seed, affinity=affinity, **options)
+        for k, g in groups.items()
+    }
+    return _Profile(_spectral_entropy_bits(eigvals, t), mi, eigvals, median_affinity)
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,7 +501,7 @@ def _reference_labels(
 def diffusion_spectral_entropy(
     embeddings: Any,
     *,
-    sigma: float = 10.0,
+    sigma: float | str = 10.0,
     t: float = 1,
     max_samples: int | None = None,
     seed: int = 0,
@@ -510,7 +547,12 @@ def diffusion_spectral_entropy(
         embeddings: (N, D) tensor or numpy array of finite numbers, N >= 2 (flatten higher-rank
             features first). Runs on the tensor's device.
         sigma: Gaussian kernel bandwidth, > 0, in the units of the embeddings. Default 10 (the
-            paper's and reference's fixed value).
+            paper's and reference's fixed value). Or a rule that derives it from the data:
+            ``"median"`` (the median pairwise distance) or ``"knn"`` (a width per point, the
+            distance to its 10th neighbour; exact solver only); see
+            :class:`~lightning_info.utilities.enums.Bandwidth`. With a rule, DSE does not change
+            when all embeddings are rescaled by the same factor (a fixed ``sigma`` makes it
+            follow the feature scale).
         t: diffusion time, a number >= 1. Default 1.
         max_samples: if given and N > max_samples, DSE is computed on a uniform random subset
             of ``max_samples`` rows drawn with a local generator seeded by ``seed``. Default None
@@ -532,8 +574,10 @@ def diffusion_spectral_entropy(
     Raises:
         TypeError: if ``embeddings`` is not array-like numbers, or an option has the wrong type.
         ValueError: if ``embeddings`` is not 2-D, has fewer than 2 rows or NaN/inf values;
-            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows); ``t < 1``; ``max_samples < 2``; ``num_probes``/``num_steps`` < 1;
-            an unknown ``solver``; a ``dtype`` other than float32/float64.
+            ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows), an unknown rule, or
+            ``"knn"`` with the Lanczos solver; ``t < 1``; ``max_samples < 2``;
+            ``num_probes``/``num_steps`` < 1; an unknown ``solver``; a ``dtype`` other than
+            float32/float64.
 
     Example:
         >>> import torch
@@ -568,7 +612,7 @@ def diffusion_spectral_mutual_information(
     embeddings: Any,
     reference: Any,
     *,
-    sigma: float = 10.0,
+    sigma: float | str = 10.0,
     t: float = 1,
     discrete: bool | None = None,
     n_clusters: int = 10,
@@ -615,7 +659,9 @@ def diffusion_spectral_mutual_information(
         embeddings: (N, D) tensor or numpy array of finite numbers, N >= 2.
         reference: (N,) labels or scalars, or (N, D') vectors, finite; may be None if
             ``clusters`` is given.
-        sigma: Gaussian kernel bandwidth, > 0. Default 10.
+        sigma: Gaussian kernel bandwidth, > 0 (default 10), or ``"median"`` / ``"knn"`` as in
+            :func:`diffusion_spectral_entropy`; a rule's width is derived once from all N rows
+            and used for every group and random subset.
         t: diffusion time, >= 1. Default 1.
         discrete: whether a 1-D reference holds class labels (None: infer, see above).
         n_clusters: number of bins (scalar reference) or spectral clusters (vector reference),

@@ -25,3 +25,28 @@ class EigenSolver(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class Bandwidth(str, Enum):
+    r"""Data-derived widths of the Gaussian kernel of DSE/DSMI (a fixed ``sigma`` is a number).
+
+    A fixed ``sigma`` (the paper's ``10``) is in the units of the features, so DSE and DSMI then
+    follow the feature scale: features much smaller than ``sigma`` give a nearly constant kernel
+    (DSE near 0), much larger ones a nearly diagonal kernel (DSE near ``log2 N``). These rules
+    derive the width from the data, so the kernel, and every value computed from it, does not
+    change when all features are rescaled by the same factor.
+
+    * ``MEDIAN`` (``"median"``): one width for all pairs, :math:`\sigma` = the median of the
+      pairwise distances (of all rows up to 4096; above that, of a seeded subset of 4096 rows).
+    * ``KNN`` (``"knn"``): a width per point, :math:`\sigma_i` = the distance from :math:`x_i`
+      to its 10th nearest neighbour, and
+      :math:`G_{ij} = \exp(-\lVert x_i - x_j\rVert^2 / (2\sigma_i\sigma_j))` (the self-tuning
+      kernel of Zelnik-Manor & Perona, 2004, as in diffusion maps / PHATE): dense regions get
+      narrow kernels, sparse ones wide kernels. Exact solver only.
+    """
+
+    MEDIAN = "median"
+    KNN = "knn"
+
+    def __str__(self) -> str:
+        return self.value

@@ -246,7 +246,8 @@ GOOD = np.random.default_rng(0).normal(size=(10, 3))
         (np.ones(4), {}, ValueError, "must be 2-D"),
         (GOOD, {"sigma": 0}, ValueError, "`sigma` must be a finite number > 0; got 0.0"),
         (GOOD, {"sigma": -2.0}, ValueError, "`sigma`"),
-        (GOOD, {"sigma": "10"}, TypeError, "`sigma` must be a number"),
+        (GOOD, {"sigma": "10"}, ValueError, r"`sigma` must be a number > 0 .* or one of"),
+        (GOOD, {"sigma": [10]}, TypeError, "`sigma` must be a number"),
         (GOOD, {"t": 0}, ValueError, "`t` .* >= 1; got 0"),
         (GOOD, {"t": 0.5}, ValueError, "`t`"),
         (GOOD, {"t": "1"}, TypeError, "`t` must be a number"),
@@ -476,38 +477,91 @@ def test_cluster_reference_small_n_and_1d():
             cluster_reference(b, n_clusters=k)
 
 
-def test_reuse_affinities_scope_shares_distances_and_keeps_values(monkeypatch):
+@pytest.mark.parametrize("sigma", [2.0, "median", "knn"])
+def test_information_profile_shares_one_affinity_and_keeps_values(monkeypatch, sigma):
     from lightning_info.functional import dse as dse_mod
 
     gen = torch.Generator().manual_seed(7)
-    z = torch.randn(150, 5, generator=gen)
+    z = torch.randn(150, 5, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (150,), generator=gen)
     c = torch.randint(0, 4, (150,), generator=gen)
-
-    def three(x, sigma=2.0):
-        return [
-            _dse_compute(x, sigma=sigma).item(),
-            _dsmi_compute(x, y, sigma=sigma).item(),
-            _dsmi_compute(x, c, sigma=sigma).item(),
-        ]
-
-    plain = three(z)
+    separate = [
+        _dse_compute(z, sigma=sigma).item(),
+        _dsmi_compute(z, y, sigma=sigma).item(),
+        _dsmi_compute(z, c, sigma=sigma).item(),
+    ]
     calls = []
     real = dse_mod._gaussian_affinity
     monkeypatch.setattr(dse_mod, "_gaussian_affinity", lambda x, s: calls.append(s) or real(x, s))
-    with dse_mod._reuse_affinities():
-        shared = three(z)
-        assert len(calls) == 1  # one pairwise-distance pass for DSE and both DSMIs
-        other_sigma = three(z, sigma=3.0)  # a different sigma or different rows: no reuse
-        other_rows = three(z + 1e-3)
-        assert len(calls) == 3
-    assert dse_mod._AFFINITY_SCOPE.get() is None  # dropped with the scope
-    assert shared == pytest.approx(plain, abs=1e-12)
-    assert other_sigma == pytest.approx(three(z, sigma=3.0), abs=1e-12)
-    assert other_rows == pytest.approx(three(z + 1e-3), abs=1e-12)
-    calls.clear()
-    three(z)
-    three(z)
-    assert (
-        len(calls) == 6
-    )  # outside the scope nothing is cached: DSE and each DSMI compute their own
+    profile = dse_mod._information_profile(z, {"y": y, "c": c}, sigma=sigma)
+    assert len(calls) == 1  # one pairwise-distance pass for DSE and both DSMIs
+    got = [profile.dse.item(), profile.dsmi["y"].item(), profile.dsmi["c"].item()]
+    assert got == pytest.approx(separate, abs=1e-12)
+    assert profile.eigvals.shape == (150,)
+    assert float(profile.eigvals.max()) == pytest.approx(1.0, abs=1e-12)
+    if sigma == 2.0:  # the median distance, recovered from the median affinity
+        median_dist = float(torch.pdist(z).sort().values[(150 * 149 // 2 - 1) // 2])
+        recovered = 2.0 * math.sqrt(-2 * math.log(profile.median_affinity))
+        assert recovered == pytest.approx(median_dist, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# data-derived widths: sigma="median" / "knn"
+# ------------------------------------------------------------------------------------------
+def _labelled_blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, n)
+    return rng.normal(size=(5, 20))[labels] * 3 + rng.normal(size=(n, 20)), labels
+
+
+@pytest.mark.parametrize("rule", ["median", "knn"])
+def test_bandwidth_rules_match_reference(rule):
+    x = _clustered(n=61, seed=4)  # 61 * 60 / 2 pairs: an odd count, one middle value
+    ours = diffusion_spectral_entropy(x, sigma=rule)
+    assert float(ours) == pytest.approx(ref_dse(x, sigma=rule), abs=1e-9)
+
+
+@pytest.mark.parametrize("rule", ["median", "knn"])
+def test_bandwidth_rules_are_scale_invariant(rule):
+    x, y = _labelled_blobs(n=300, seed=5)
+    x = torch.as_tensor(x, dtype=torch.float64)
+    dse = [float(diffusion_spectral_entropy(x * c, sigma=rule)) for c in (1e-3, 0.1, 1, 7, 1e3)]
+    dsmi = [
+        float(diffusion_spectral_mutual_information(x * c, torch.as_tensor(y), sigma=rule))
+        for c in (1e-3, 1, 1e3)
+    ]
+    assert dse == pytest.approx([dse[2]] * 5, rel=1e-9)
+    assert dsmi == pytest.approx([dsmi[1]] * 3, rel=1e-9)
+    assert 0.5 < dse[2] < math.log2(300)  # neither degenerate end
+    # the paper's fixed width follows the scale instead: from ~0 to ~log2 N
+    fixed = [float(diffusion_spectral_entropy(x * c)) for c in (1e-3, 1e3)]
+    assert fixed[0] < 0.01
+    assert fixed[1] > math.log2(300) - 0.01
+
+
+def test_bandwidth_rule_widths_come_from_all_rows_in_dsmi():
+    # DSMI's groups and random subsets use the width of all N rows: with "median" it equals
+    # DSMI at that fixed number
+    from lightning_info.functional.diffusion import _resolve_width
+
+    x, y = _labelled_blobs(n=200, seed=6)
+    x = torch.as_tensor(x, dtype=torch.float64)
+    width = _resolve_width(x, "median")
+    pairs = torch.pdist(x)
+    assert width == pytest.approx(float(pairs.sort().values[(pairs.numel() - 1) // 2]), rel=1e-12)
+    by_rule = diffusion_spectral_mutual_information(x, torch.as_tensor(y), sigma="median")
+    by_number = diffusion_spectral_mutual_information(x, torch.as_tensor(y), sigma=width)
+    assert float(by_rule) == pytest.approx(float(by_number), abs=1e-9)
+
+
+def test_bandwidth_rules_with_duplicates_and_lanczos():
+    same = torch.ones(30, 4, dtype=torch.float64)  # one point repeated: K = 11^T/N, DSE 0
+    two = torch.zeros(30, 4, dtype=torch.float64)
+    two[15:] = 1.0  # two points, each repeated 15 times (more than 10 neighbours at distance 0)
+    for rule in ("median", "knn"):
+        assert float(diffusion_spectral_entropy(same, sigma=rule)) == pytest.approx(0, abs=1e-9)
+        value = float(diffusion_spectral_entropy(two, sigma=rule))
+        assert 0.0 < value <= 1.0 + 1e-9  # two distinct points: at most one bit
+        assert value == pytest.approx(float(diffusion_spectral_entropy(two * 1e3, sigma=rule)))
+    with pytest.raises(ValueError, match=r"knn.*exact solver"):
+        diffusion_spectral_entropy(torch.randn(1100, 5), sigma="knn", solver="lanczos")
