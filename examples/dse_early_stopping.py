@@ -18,7 +18,11 @@ import warnings
 import pytorch_lightning as pl
 import torch
 
-from lightning_info import DiffusionSpectralEntropyMonitor, OverfittingEarlyStopping
+from lightning_info import (
+    DiffusionSpectralEntropy,
+    DiffusionSpectralEntropyMonitor,
+    OverfittingEarlyStopping,
+)
 from lightning_info.models import MLPClassifier
 from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loader, train_val_split
 
@@ -53,7 +57,10 @@ def train(
     recorder = CurveRecorder()
     stopper = OverfittingEarlyStopping()  # monitors "info/dsmi_y/penultimate" and "train_loss"
     monitor = DiffusionSpectralEntropyMonitor(
-        quantities=("dse", "dsmi_y"), max_samples=200 if quick else 1000, log_histogram=False
+        quantities=("dse", "dsmi_y"),
+        max_samples=200 if quick else 1000,
+        log_histogram=False,
+        metric=DiffusionSpectralEntropy(sigma=10.0),  # the paper's fixed width
     )
     trainer = pl.Trainer(
         max_epochs=6 if quick else 30,

@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_info import DiffusionSpectralEntropyMonitor
+from lightning_info import DiffusionSpectralEntropy, DiffusionSpectralEntropyMonitor
 from lightning_info.functional import (
     cluster_reference,
     diffusion_spectral_entropy,
@@ -153,7 +153,10 @@ def train(
     torch.manual_seed(seed)  # the same initial weights for both runs
     model = MLPClassifier(784, 10, hidden=(256, 128), lr=1e-3)
     monitor = DiffusionSpectralEntropyMonitor(
-        quantities=QUANTITIES, max_samples=len(probe_y), log_histogram=False
+        quantities=QUANTITIES,
+        max_samples=len(probe_y),
+        log_histogram=False,
+        metric=DiffusionSpectralEntropy(sigma=10.0),  # the paper's fixed width
     )
     recorder = DynamicsRecorder(train_x, train_y, probe_x, probe_y, clusters)
     trainer = pl.Trainer(

@@ -183,7 +183,7 @@ def test_score_imports_user_module_from_cwd_and_reshapes_embedded_images(
     )
     trainer.fit(user_models.TinyCNN(), DataLoader(TensorDataset(images, ds.targets[:200]), 50))
     trainer.save_checkpoint(tmp_path / "cnn.ckpt")
-    with pytest.raises(Exception, match="conv2d|Expected|shape"):  # flat pixels do not fit
+    with pytest.raises(Exception, match=r"conv2d|Expected|shape"):  # flat pixels do not fit
         user_models.TinyCNN()(ds.inputs[:2])
 
     code = main(

@@ -2,18 +2,16 @@ r"""Monitor diffusion spectral entropy / mutual information of layer representat
 
 Liao, Liu et al., *Assessing Neural Network Representations During Training Using Noise-Resilient
 Diffusion Spectral Entropy*, IEEE CISS 2024 (arXiv 2312.04823). As in the paper's experiments, the
-representation is read in eval mode on a fixed held-out probe set after every epoch: DSE(Z) rises
-during training, DSMI(Z;Y) rises while the network learns generalisable features and stays flat
-while it memorises, and DSMI(Z;X) uses the inputs clustered once. This module holds no math: it
-captures activations and feeds the metrics of :mod:`lightning_info.metrics.dse`.
+representation is read in eval mode on a fixed held-out probe set after every epoch. This module
+holds no math: it captures activations and feeds the metrics of :mod:`lightning_info.metrics.dse`;
+the probe set and its reference groups live in :mod:`lightning_info.callbacks._probe`.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -21,12 +19,17 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_info.callbacks._capture import _ActivationCapture, _parse_layer
-from lightning_info.functional.dse import _reuse_affinities, cluster_reference
-from lightning_info.metrics.dse import DiffusionSpectralEntropy, DiffusionSpectralMutualInformation
+from lightning_info.callbacks._probe import REFERENCE_OF, _ProbeSet, first_loader, map_dataset
+from lightning_info.functional.dse import _Profile
+from lightning_info.metrics.dse import (
+    DiffusionSpectralEntropy,
+    DiffusionSpectralMutualInformation,
+    _DiffusionProfile,
+)
 from lightning_info.reporting import tensorboard_writers
 from lightning_info.utilities.batch import default_input_fn, default_target_fn
 from lightning_info.utilities.checks import _check_choice, _check_int
@@ -35,29 +38,22 @@ from lightning_info.utilities.rng import preserved_global_rng
 
 __all__ = ["DiffusionSpectralEntropyMonitor"]
 
-log = logging.getLogger(__name__)
-
 #: The quantities the monitor can compute, and the key segment each is logged under.
 QUANTITIES: tuple[str, ...] = ("dse", "dsmi_y", "dsmi_x")
 #: Logged name of the default layer (the input of the last ``nn.Linear``).
 PENULTIMATE = "penultimate"
-
-
-@dataclass
-class _ProbeChunk:
-    """One batch of this process's share of the probe set (kept on the CPU between epochs)."""
-
-    batch: Any
-    positions: Tensor  # (B,) positions in the probe set, 0..n_probe-1 (canonical order)
-    targets: Tensor | None
-    clusters: Tensor | None
+#: The monitor's default kernel width (a data-derived rule; the functional default stays 10).
+DEFAULT_SIGMA = "median"
+#: A fixed ``sigma`` outside ``[_SCALE_LOW, _SCALE_HIGH]`` times the median feature distance
+#: makes the kernel nearly constant (DSE near 0) or nearly diagonal (DSE near log2 N): warned.
+_SCALE_LOW, _SCALE_HIGH = 0.2, 5.0
 
 
 class DiffusionSpectralEntropyMonitor(Callback):
     r"""Log DSE, DSMI(Z;Y) and DSMI(Z;X) of chosen layers on a fixed probe set at epoch ends.
 
     Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. II-III and their experiments (Sec. IV): for the
-    representation :math:`Z` of each layer on a fixed probe set with labels :math:`Y` and inputs
+    representation :math:`Z` of each layer on a fixed probe set with targets :math:`Y` and inputs
     :math:`X` (spectrally clustered once),
 
     .. math::
@@ -65,6 +61,12 @@ class DiffusionSpectralEntropyMonitor(Callback):
         S_D(Z) = -\sum_i p_i \log_2 p_i,\quad
         I_D(Z;B) = \sum_c \tfrac{n_c}{N}\big(\mathbb{E}[S_D(Z^*_c)] - S_D(Z \mid B=c)\big),\
         B \in \{Y, X\}.
+
+    **Kernel width.** The default ``metric`` uses ``sigma="median"`` (the median pairwise
+    distance of the probe's features), not the paper's fixed ``sigma=10``: with a fixed width the
+    curves follow the growing feature norm instead of the geometry (``benchmarks/RESULTS.md``,
+    overfitting section). Pass ``metric=DiffusionSpectralEntropy(sigma=10.0)`` for the paper's
+    values; a fixed width far from the feature scale is warned about once per layer.
 
     What happens when:
 
@@ -74,22 +76,24 @@ class DiffusionSpectralEntropyMonitor(Callback):
     * ``on_train_start``: the probe set is drawn once, seeded (identical on every process), at most
       ``max_samples`` samples of the validation dataset (``stage="validate"``; without validation
       data it falls back to the training dataset with a warning) or of the training dataset
-      (``stage="train"``). For DSMI(Z;X) the flattened probe inputs are clustered once with
-      :func:`~lightning_info.functional.cluster_reference`. After a resume both come back from the
-      checkpoint (``state_dict``), so the curves continue.
+      (``stage="train"``). Its references are grouped once: targets by what they are (classes;
+      scalar regression targets in bins; vector targets in spectral clusters), flattened inputs in
+      spectral clusters. Batches without targets drop DSMI(Z;Y) and integer inputs (token ids)
+      drop DSMI(Z;X), each with a warning. After a resume all of it comes back from the checkpoint.
     * every ``every_n_epochs``-th epoch end (epochs ``e`` with ``(e + 1) % every_n_epochs == 0``,
       the convention of ``check_val_every_n_epoch``): one ``torch.no_grad()`` eval-mode forward
       pass over the probe with forward hooks that are removed right after (the train/eval flags
-      of all submodules are restored). It runs in ``on_validation_epoch_end`` of the epoch-end
-      validation, or in ``on_train_epoch_end`` when no validation runs that epoch; never in the
-      sanity check.
+      of all submodules are restored, the global random generators untouched). It runs in
+      ``on_validation_epoch_end`` of the epoch-end validation, or in ``on_train_epoch_end`` when
+      no validation runs that epoch; never in the sanity check. Each layer's quantities come
+      from one affinity and one eigensolve.
 
     Logged keys (``pl_module.log(..., on_epoch=True)`` on every process; the values are identical
     on all of them, so no reduction is applied; ``<layer>`` is the name given, or
     ``penultimate``):
 
     * ``{prefix}dse/<layer>``: DSE in bits (higher = richer geometry).
-    * ``{prefix}dsmi_y/<layer>``: DSMI with the labels in bits (higher = more label information).
+    * ``{prefix}dsmi_y/<layer>``: DSMI with the targets in bits (higher = more label information).
       Use ``EarlyStopping(monitor=..., mode="max")`` or :class:`OverfittingEarlyStopping`.
     * ``{prefix}dsmi_x/<layer>``: DSMI with the clustered inputs in bits.
     * With a ``TensorBoardLogger`` of either Lightning package (and ``log_histogram``): the
@@ -100,16 +104,12 @@ class DiffusionSpectralEntropyMonitor(Callback):
     stale value is never counted twice: with ``every_n_epochs > 1`` use
     ``EarlyStopping(..., strict=False)`` (patience then counts evaluations), and
     ``ModelCheckpoint(every_n_epochs=every_n_epochs)``. The same ``strict=False`` is needed with
-    ``Trainer(val_check_interval < 1)``: the mid-epoch validations carry no value (the pass runs
-    once per epoch, at the end-of-epoch validation).
-
-    Design note: all quantities of a layer come from one forward pass and are computed in one
-    place (:meth:`_evaluate`), each by its own metric (three gathers of the same activations
-    under DDP, cheap next to the eigensolves). Sharing the pairwise distances between DSE and the
-    DSMI subsets (issue 7) would be a functional-layer change behind the same call site.
+    ``Trainer(val_check_interval < 1)``. The keys contain ``/``: in a ``ModelCheckpoint``
+    ``filename`` use ``auto_insert_metric_name=False``, e.g.
+    ``filename="{epoch}-dsmi={info/dsmi_y/penultimate:.3f}"`` (else the slashes become folders).
 
     Distributed: every process draws the same probe indices, runs its share (positions
-    ``rank::world_size``), and the metrics' concatenation sync gathers all shares in canonical
+    ``rank::world_size``), and the metric's concatenation sync gathers all shares in canonical
     order, so every process computes and logs the same value as a single process would. All
     processes take part in the same collectives in the same order.
 
@@ -122,26 +122,29 @@ class DiffusionSpectralEntropyMonitor(Callback):
             the last ``nn.Linear``.
         quantities: which of ``"dse"``, ``"dsmi_y"``, ``"dsmi_x"`` to compute. Default all three.
         metric: template :class:`DiffusionSpectralEntropy` carrying the numerical options (sigma,
-            t, solver, dtype, seed, ...); cloned per layer. Default ``DiffusionSpectralEntropy()``.
-        mi_metric: template :class:`DiffusionSpectralMutualInformation` for DSMI (``n_repeats``,
-            ``n_clusters`` for the input clusters, ...). Default: one with the kernel options of
-            ``metric``.
+            t, solver, dtype, seed, ...) of every quantity. Default
+            ``DiffusionSpectralEntropy(sigma="median")``.
+        mi_metric: template :class:`DiffusionSpectralMutualInformation` for the DSMI options
+            ``n_repeats`` and ``n_clusters`` (bins / clusters of continuous or vector
+            references); its kernel options must equal ``metric``'s. Default: the defaults.
         stage: ``"validate"`` (default) or ``"train"``: which dataset the probe is drawn from.
         max_samples: probe size cap, >= 2, or None for the whole dataset. Default 1000. DSE grows
             with N, so keep it fixed when comparing runs.
         every_n_epochs: evaluate every this many epochs, >= 1.
-        seed: seed of the probe draw (and of nothing else: the metrics carry their own).
+        seed: seed of the probe draw and of the reference clusterings.
         batch_size: probe batch size for the forward pass, >= 1.
         input_fn: ``batch -> inputs`` for the model's forward (default: ``batch[0]`` or a common
             dict key, see :func:`~lightning_info.utilities.batch.default_input_fn`).
-        target_fn: ``batch -> labels`` for DSMI(Z;Y) (default ``batch[1]`` or a common dict key).
+        target_fn: ``batch -> targets`` for DSMI(Z;Y) (default ``batch[1]`` or a common dict key;
+            without targets DSMI(Z;Y) is left out with a warning, while a given ``target_fn``
+            that fails is an error).
         log_histogram: log the spectrum histogram to TensorBoard.
         log_key_prefix: prefix of all keys. Default ``"info/"``.
 
     Raises:
         ValueError: on invalid options (named in the message), at fit start for an unknown layer
-            (listing the available ones) or a model without ``nn.Linear`` when no layer is given,
-            and when no dataset can serve as probe.
+            (listing the available ones), a model without ``nn.Linear`` when no layer is given, no
+            dataset to probe, or a given ``target_fn`` that fails.
         TypeError: if a layer spec is not a string, or the probe dataset is iterable-style.
 
     Example:
@@ -168,44 +171,13 @@ class DiffusionSpectralEntropyMonitor(Callback):
         log_key_prefix: str = "info/",
     ) -> None:
         super().__init__()
-        if isinstance(layers, str):
-            layers = [layers]
-        if layers is not None:
-            layers = list(layers)
-            for name in layers:
-                if not isinstance(name, str):
-                    raise TypeError(f"`layers` must hold strings; got {type(name).__name__}.")
-            if not layers:
-                raise ValueError("`layers` must name at least one layer, or be None; got [].")
-        self.layers: list[str] | None = layers
+        self.layers = _check_layers(layers)
         if isinstance(quantities, str):
             quantities = [quantities]
         self.quantities = tuple(_check_choice(q, "quantities", QUANTITIES) for q in quantities)
         if not self.quantities:
             raise ValueError(f"`quantities` must hold at least one of {QUANTITIES}; got ().")
-        if metric is not None and not isinstance(metric, DiffusionSpectralEntropy):
-            raise TypeError(
-                f"`metric` must be a DiffusionSpectralEntropy; got {type(metric).__name__}."
-            )
-        if mi_metric is not None and not isinstance(mi_metric, DiffusionSpectralMutualInformation):
-            raise TypeError(
-                "`mi_metric` must be a DiffusionSpectralMutualInformation; got "
-                f"{type(mi_metric).__name__}."
-            )
-        self.metric = metric if metric is not None else DiffusionSpectralEntropy()
-        if mi_metric is None:
-            m = self.metric
-            mi_metric = DiffusionSpectralMutualInformation(
-                sigma=m.sigma,
-                t=m.t,
-                seed=m.seed,
-                solver=m.solver,
-                num_probes=m.num_probes,
-                num_steps=m.num_steps,
-                dtype=m.work_dtype,
-                max_samples=m.max_samples,
-            )
-        self.mi_metric = mi_metric
+        self.metric, self.mi_metric = _check_templates(metric, mi_metric)
         self.stage = _check_choice(stage, "stage", ("validate", "train"))
         self.max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
         self.every_n_epochs = _check_int(every_n_epochs, "every_n_epochs", minimum=1)
@@ -217,24 +189,43 @@ class DiffusionSpectralEntropyMonitor(Callback):
         if not isinstance(log_key_prefix, str):
             raise TypeError(f"`log_key_prefix` must be a string; got {log_key_prefix!r}.")
         self.log_key_prefix = log_key_prefix
-
-        # resolved at setup / drawn at train start; the probe is restored from checkpoints
+        self._probe = _ProbeSet(
+            owner=type(self).__name__,
+            max_samples=self.max_samples,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            input_fn=self.input_fn,
+            target_fn=self.target_fn,
+            target_fn_given=target_fn is not None,
+            references=tuple(REFERENCE_OF[q] for q in self.quantities if q in REFERENCE_OF),
+            n_clusters=self.mi_metric.n_clusters,
+        )
+        # resolved at setup / train start; the probe is restored from checkpoints
         self._layer_keys: dict[str, str] = {}  # logged layer name -> layer spec
-        self._metrics: dict[str, dict[str, Any]] = {}
-        self._probe_indices: Tensor | None = None
-        self._probe_source: str | None = None
-        self._probe_dataset_len: int | None = None
-        self._input_clusters: Tensor | None = None
-        self._chunks: list[_ProbeChunk] = []
+        self._metrics: dict[str, _DiffusionProfile] = {}
         self._last_epoch_done: int = -1
-        self._warned_nonfinite: set[str] = set()
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ naming / state
+    @property
+    def active_quantities(self) -> tuple[str, ...]:
+        """The quantities logged: ``quantities`` minus a DSMI whose reference the data lack."""
+        if self._probe.indices is None:
+            return self.quantities
+        refs = self._probe.references
+        return tuple(q for q in self.quantities if q not in REFERENCE_OF or REFERENCE_OF[q] in refs)
+
     def keys_for(self, layer: str) -> list[str]:
         """The keys logged for one layer name, in ``quantities`` order."""
-        return [f"{self.log_key_prefix}{q}/{layer}" for q in self.quantities]
+        return [f"{self.log_key_prefix}{q}/{layer}" for q in self.active_quantities]
 
     @property
+    def num_classes(self) -> int | None:
+        """Number of target groups of the probe (classes), once it is drawn; else None."""
+        return self._probe.num_groups("y")
+
+    @property
+    @override
     def state_key(self) -> str:
         """Unique per configuration (layers, quantities, stage, cadence, seed)."""
         return self._generate_state_key(
@@ -249,30 +240,57 @@ class DiffusionSpectralEntropyMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """Probe indices, their source, cached input clusters and the last evaluated epoch."""
-        return {
-            "probe_indices": self._probe_indices,
-            "probe_source": self._probe_source,
-            "probe_dataset_len": self._probe_dataset_len,
-            "input_clusters": self._input_clusters,
-            "last_epoch_done": self._last_epoch_done,
-        }
+        """Probe indices, their source, cached reference groups and the last evaluated epoch."""
+        return {**self._probe.state_dict(), "last_epoch_done": self._last_epoch_done}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the probe so that a resumed run continues the same curves."""
-        self._probe_indices = state_dict.get("probe_indices")
-        self._probe_source = state_dict.get("probe_source")
-        self._probe_dataset_len = state_dict.get("probe_dataset_len")
-        self._input_clusters = state_dict.get("input_clusters")
+        self._probe.load_state_dict(state_dict)
         self._last_epoch_done = int(state_dict.get("last_epoch_done", -1))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_chunks"] = []  # cached probe batches are rebuilt at train start
+        probe = _ProbeSet.__new__(_ProbeSet)  # cached probe batches are rebuilt at train start
+        probe.__dict__.update(self._probe.__dict__, chunks=[])
+        state["_probe"] = probe
         return state
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve layer names (fails fast on typos)."""
+        if stage == "fit":
+            self._layer_keys = self._resolve_layers(pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw (or restore) the probe set, group its references and build the metrics."""
+        with preserved_global_rng():  # reading samples must not shift the run's random stream
+            self._draw_probe(trainer, pl_module)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Forget last evaluation's values so that a stale value is never monitored twice."""
+        for layer in self._layer_keys:
+            for key in self.keys_for(layer):
+                trainer.callback_metrics.pop(key, None)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Evaluate at the epoch-end validation (not in the sanity check, not mid-epoch)."""
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if _at_train_epoch_end(trainer) and self._is_eval_epoch(trainer):
+            self._evaluate(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Evaluate here when no validation ran at this epoch's end."""
+        if self._is_eval_epoch(trainer):
+            self._evaluate(trainer, pl_module)
+
+    # ------------------------------------------------------------------ setup helpers
     def _resolve_layers(self, pl_module: pl.LightningModule) -> dict[str, str]:
         if self.layers is None:
             last = None
@@ -290,7 +308,6 @@ class DiffusionSpectralEntropyMonitor(Callback):
                 f"`{last[0]}`: {last[1]}) as `{PENULTIMATE}`."
             )
             return {PENULTIMATE: f"{last[0]}:input"}
-        keys = {}
         for spec in self.layers:
             module_name = _parse_layer(spec).module_name
             try:
@@ -301,42 +318,13 @@ class DiffusionSpectralEntropyMonitor(Callback):
                     f"`layers`: {module_name!r} is not a submodule of {type(pl_module).__name__}. "
                     f"Available: {names}."
                 ) from None
-            keys[spec] = spec
-        return keys
+        return {spec: spec for spec in self.layers}
 
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Resolve layer names (fails fast on typos) and build one metric per layer and quantity."""
-        if stage != "fit":
-            return
-        self._layer_keys = self._resolve_layers(pl_module)
-        self._metrics = {}
-        for key in self._layer_keys:
-            per_layer: dict[str, Any] = {}
-            for q in self.quantities:
-                template = self.metric if q == "dse" else self.mi_metric
-                m = template.clone()
-                if q != "dse":
-                    m.discrete = True  # labels and cluster ids are classes
-                m.reset()
-                per_layer[q] = m.to(pl_module.device)
-            self._metrics[key] = per_layer
-
-    # ------------------------------------------------------------------ probe
     def _probe_loader(self, trainer: pl.Trainer) -> tuple[str, DataLoader]:
-        def first(loaders: Any) -> DataLoader | None:
-            if isinstance(loaders, DataLoader):
-                return loaders
-            if isinstance(loaders, Mapping):
-                loaders = list(loaders.values())
-            if isinstance(loaders, Sequence) and loaders and isinstance(loaders[0], DataLoader):
-                return loaders[0]
-            return None
-
-        source = self._probe_source or self.stage
+        source = self._probe.source or self.stage
         if source == "validate":
-            loader = first(trainer.val_dataloaders)
-            if loader is not None and len(_dataset(loader)) > 0:
+            loader = first_loader(trainer.val_dataloaders)
+            if loader is not None and len(map_dataset(loader, type(self).__name__)) > 0:
                 return "validate", loader
             rank_zero_warn(
                 f"{type(self).__name__}(stage='validate'): no validation data; drawing the probe "
@@ -344,7 +332,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
                 "generalisation; pass validation data for an overfitting signal.",
                 category=UserWarning,
             )
-        loader = first(trainer.train_dataloader)
+        loader = first_loader(trainer.train_dataloader)
         if loader is None:
             raise ValueError(
                 f"{type(self).__name__}: no map-style training or validation DataLoader to draw "
@@ -354,190 +342,164 @@ class DiffusionSpectralEntropyMonitor(Callback):
 
     def _draw_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         source, loader = self._probe_loader(trainer)
-        dataset = _dataset(loader)
-        n_data = len(dataset)
-        if self._probe_indices is not None and (
-            self._probe_source != source or self._probe_dataset_len != n_data
-        ):
-            rank_zero_warn(
-                f"{type(self).__name__}: the restored probe set does not match the data "
-                f"(source {self._probe_source!r} vs {source!r}, size {self._probe_dataset_len} vs "
-                f"{n_data}); drawing a new one, so the curves restart.",
-                category=UserWarning,
+        self._probe.draw(source, loader, rank=trainer.global_rank, world=trainer.world_size)
+        names = tuple(f"dsmi_{r}" for r in self._probe.references)
+        options = self.metric.options()
+        self._metrics = {
+            key: _DiffusionProfile(names, n_repeats=self.mi_metric.n_repeats, **options).to(
+                pl_module.device
             )
-            self._probe_indices = None
-            self._input_clusters = None
-        if self._probe_indices is None:
-            n = n_data if self.max_samples is None else min(self.max_samples, n_data)
-            if n < 2:
-                raise ValueError(
-                    f"{type(self).__name__}: the probe set needs at least 2 samples; the "
-                    f"{source} dataset has {n_data}."
-                )
-            generator = torch.Generator().manual_seed(self.seed)  # same draw on every process
-            self._probe_indices = torch.randperm(n_data, generator=generator)[:n].sort().values
-        self._probe_source, self._probe_dataset_len = source, n_data
-        indices = self._probe_indices
-        n = indices.numel()
-        collate = loader.collate_fn or torch.utils.data.default_collate
+            for key in self._layer_keys
+        }
 
-        if "dsmi_x" in self.quantities and self._input_clusters is None:
-            # every process clusters the whole probe (deterministic), so no collective is needed
-            inputs = [
-                self.input_fn(collate([dataset[int(i)] for i in chunk])).flatten(1).cpu()
-                for chunk in indices.split(self.batch_size)
-            ]
-            n_clusters = min(self.mi_metric.n_clusters, n)
-            self._input_clusters = cluster_reference(
-                torch.cat(inputs), n_clusters=n_clusters, seed=self.mi_metric.seed
-            )
-
-        world, rank = trainer.world_size, trainer.global_rank
-        # every process needs >= 1 sample; duplicates are dropped by the metrics' index
-        positions = torch.arange(n)[rank::world] if n >= world else torch.arange(n)
-        self._chunks = []
-        for pos in positions.split(self.batch_size):
-            batch = collate([dataset[int(indices[p])] for p in pos])
-            targets = None
-            if "dsmi_y" in self.quantities:
-                targets = (
-                    torch.as_tensor(self.target_fn(batch)).detach().cpu().reshape(len(pos), -1)
-                )
-                targets = targets[:, 0] if targets.shape[1] == 1 else targets
-            clusters = self._input_clusters[pos] if self._input_clusters is not None else None
-            self._chunks.append(_ProbeChunk(batch, pos, targets, clusters))
-        rank_zero_info(
-            f"{type(self).__name__}: probe of {n} samples from the {source} data "
-            f"(seed {self.seed})."
-        )
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Draw (or restore) the probe set and cluster its inputs once."""
-        with preserved_global_rng():  # reading samples must not shift the run's random stream
-            self._draw_probe(trainer, pl_module)
-
-    # ------------------------------------------------------------------ when to evaluate
+    # ------------------------------------------------------------------ the probe pass
     def _is_eval_epoch(self, trainer: pl.Trainer) -> bool:
         epoch = trainer.current_epoch
         return (epoch + 1) % self.every_n_epochs == 0 and epoch != self._last_epoch_done
 
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Forget last evaluation's values so that a stale value is never monitored twice."""
-        metrics = trainer.callback_metrics
-        for layer in self._layer_keys:
-            for key in self.keys_for(layer):
-                metrics.pop(key, None)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Evaluate at the epoch-end validation (not in the sanity check, not mid-epoch)."""
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return
-        if not _at_train_epoch_end(trainer):
-            return
-        if self._is_eval_epoch(trainer):
-            self._evaluate(trainer, pl_module)
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Evaluate here when no validation ran at this epoch's end."""
-        if self._is_eval_epoch(trainer):
-            self._evaluate(trainer, pl_module)
-
-    # ------------------------------------------------------------------ the probe pass
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        with preserved_global_rng():  # the probe pass must not shift the run's random stream
-            self._evaluate_now(trainer, pl_module)
-
-    def _evaluate_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_epoch_done = trainer.current_epoch
-        if not self._chunks:  # e.g. a callback added after train start
-            self._draw_probe(trainer, pl_module)
+        with preserved_global_rng():  # the probe pass must not shift the run's random stream
+            if not self._probe.chunks:  # e.g. a callback added after train start
+                self._draw_probe(trainer, pl_module)
+            bad = self._forward_probe(pl_module)
+            for key, metric in self._metrics.items():
+                # the same collective on every process, in the same order, whatever the data
+                if trainer.strategy.reduce_boolean_decision(bad[key], all=False):
+                    self._warn_nonfinite(key, trainer.current_epoch)
+                    metric.reset()
+                    continue
+                profile = metric.compute()
+                metric.reset()
+                self._log(trainer, pl_module, key, profile)
+
+    def _forward_probe(self, pl_module: pl.LightningModule) -> dict[str, bool]:
+        """Run the probe through the model, feed each layer's metric; ``{layer: non-finite}``."""
         targets = {
             key: (pl_module.get_submodule(_parse_layer(spec).module_name), _parse_layer(spec).side)
             for key, spec in self._layer_keys.items()
         }
         device = pl_module.device
         bad = dict.fromkeys(self._layer_keys, False)
-        for per_layer in self._metrics.values():
-            for m in per_layer.values():
-                m.reset()
-                m.to(device)
+        for metric in self._metrics.values():
+            metric.reset()
+            metric.to(device)
         with torch.no_grad(), _ActivationCapture(pl_module, targets) as capture:
-            for chunk in self._chunks:
-                batch = move_data_to_device(chunk.batch, device)
-                pl_module(self.input_fn(batch))
-                activations = capture.pop()
-                index = chunk.positions.to(device)
-                for key, z in activations.items():
-                    if bad[key] or not bool(torch.isfinite(z).all()):
-                        bad[key] = True
-                        continue
-                    for q, m in self._metrics[key].items():
-                        if q == "dse":
-                            m.update(z, index=index)
-                        elif q == "dsmi_y":
-                            m.update(z, chunk.targets.to(device), index=index)
-                        else:
-                            m.update(z, chunk.clusters.to(device), index=index)
-
-        for key in self._layer_keys:
-            # the same collective on every process, in the same order, whatever the local data
-            if trainer.strategy.reduce_boolean_decision(bad[key], all=False):
-                if key not in self._warned_nonfinite:
-                    self._warned_nonfinite.add(key)
-                    rank_zero_warn(
-                        f"{type(self).__name__}: layer `{key}` produced NaN/inf activations at "
-                        f"epoch {trainer.current_epoch}; its DSE/DSMI are skipped while this "
-                        "lasts (warned once). Training continues.",
-                        category=RuntimeWarning,
-                    )
-                for m in self._metrics[key].values():
-                    m.reset()
-                continue
-            values = {}
-            with _reuse_affinities():  # DSE, DSMI(Z;Y), DSMI(Z;X): one pairwise-distance pass
-                for q, m in self._metrics[key].items():
-                    values[q] = m.compute()
-            for q, m in self._metrics[key].items():
-                value = values[q]
-                writers = tensorboard_writers(trainer) if q == "dse" and self.log_histogram else []
-                if writers:
-                    spectrum = m.spectrum()
-                    for writer in writers if trainer.is_global_zero else []:
-                        writer.add_histogram(
-                            f"{self.log_key_prefix}spectrum/{key}",
-                            spectrum.float().cpu(),
-                            global_step=trainer.current_epoch,
+            for chunk in self._probe.chunks:
+                pl_module(self.input_fn(move_data_to_device(chunk.batch, device)))
+                for key, z in capture.pop().items():
+                    bad[key] = bad[key] or not bool(torch.isfinite(z).all())
+                    if not bad[key]:
+                        self._metrics[key].update(
+                            z, chunk.groups.to(device), index=chunk.positions.to(device)
                         )
-                m.reset()
-                with warnings.catch_warnings():
-                    # identical on every process by construction: no reduction needed
-                    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-                    pl_module.log(
-                        f"{self.log_key_prefix}{q}/{key}",
-                        value.to(device=device, dtype=torch.float32),
-                        on_step=False,
-                        on_epoch=True,
-                        sync_dist=False,
-                        batch_size=1,
-                    )
+        return bad
+
+    def _log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, key: str, profile: _Profile
+    ) -> None:
+        values = {"dse": profile.dse, **profile.dsmi}
+        self._check_scale(key, profile)
+        writers = tensorboard_writers(trainer) if self.log_histogram else []
+        if profile.eigvals is not None and writers and trainer.is_global_zero:
+            spectrum = torch.sort(profile.eigvals).values.float().cpu()
+            for writer in writers:
+                writer.add_histogram(
+                    f"{self.log_key_prefix}spectrum/{key}",
+                    spectrum,
+                    global_step=trainer.current_epoch,
+                )
+        with warnings.catch_warnings():
+            # identical on every process by construction: no reduction needed
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+            for q in self.active_quantities:
+                pl_module.log(
+                    f"{self.log_key_prefix}{q}/{key}",
+                    values[q].to(device=pl_module.device, dtype=torch.float32),
+                    on_step=False,
+                    on_epoch=True,
+                    sync_dist=False,
+                    batch_size=1,
+                )
+
+    def _check_scale(self, key: str, profile: _Profile) -> None:
+        """Warn once per layer when a fixed ``sigma`` is far from the features' scale."""
+        sigma = self.metric.sigma
+        if (
+            isinstance(sigma, str)
+            or profile.median_affinity is None
+            or f"scale:{key}" in self._warned
+        ):
+            return
+        g = profile.median_affinity
+        ratio = math.inf if g <= 0.0 else math.sqrt(max(0.0, -2.0 * math.log(g)))
+        if _SCALE_LOW <= ratio <= _SCALE_HIGH:
+            return
+        self._warned.add(f"scale:{key}")
+        what = (
+            "nearly constant (DSE near 0)"
+            if ratio < _SCALE_LOW
+            else "nearly diagonal (DSE near log2 N)"
+        )
+        rank_zero_warn(
+            f"{type(self).__name__}: layer `{key}`: the median distance between probe features is "
+            f"{ratio:.3g} x sigma = {sigma:g}, so the kernel is {what} and DSE/DSMI mostly follow "
+            "the feature scale. Use `metric=DiffusionSpectralEntropy(sigma='median')` (the "
+            "monitor's default) or a sigma near the feature scale. Warned once.",
+            category=UserWarning,
+        )
+
+    def _warn_nonfinite(self, key: str, epoch: int) -> None:
+        if f"nonfinite:{key}" in self._warned:
+            return
+        self._warned.add(f"nonfinite:{key}")
+        rank_zero_warn(
+            f"{type(self).__name__}: layer `{key}` produced NaN/inf activations at epoch {epoch}; "
+            "its DSE/DSMI are skipped while this lasts (warned once). Training continues.",
+            category=RuntimeWarning,
+        )
+
+
+def _check_layers(layers: str | Sequence[str] | None) -> list[str] | None:
+    if layers is None:
+        return None
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    for name in layers:
+        if not isinstance(name, str):
+            raise TypeError(f"`layers` must hold strings; got {type(name).__name__}.")
+    if not layers:
+        raise ValueError("`layers` must name at least one layer, or be None; got [].")
+    return layers
+
+
+def _check_templates(
+    metric: DiffusionSpectralEntropy | None, mi_metric: DiffusionSpectralMutualInformation | None
+) -> tuple[DiffusionSpectralEntropy, DiffusionSpectralMutualInformation]:
+    if metric is not None and not isinstance(metric, DiffusionSpectralEntropy):
+        raise TypeError(
+            f"`metric` must be a DiffusionSpectralEntropy; got {type(metric).__name__}."
+        )
+    if mi_metric is not None and not isinstance(mi_metric, DiffusionSpectralMutualInformation):
+        raise TypeError(
+            "`mi_metric` must be a DiffusionSpectralMutualInformation; got "
+            f"{type(mi_metric).__name__}."
+        )
+    metric = metric if metric is not None else DiffusionSpectralEntropy(sigma=DEFAULT_SIGMA)
+    if mi_metric is None:
+        return metric, DiffusionSpectralMutualInformation(**metric.options())
+    kernel = {k: v for k, v in mi_metric.options().items() if k != "seed"}
+    expected = {k: v for k, v in metric.options().items() if k != "seed"}
+    if kernel != expected:
+        raise ValueError(
+            "`mi_metric`'s kernel options must equal `metric`'s (DSE and DSMI of a layer share one "
+            f"kernel): got {kernel} and {expected}. Set them on `metric`; `mi_metric` carries "
+            "`n_repeats` and `n_clusters`."
+        )
+    return metric, mi_metric
 
 
 def _available(module: nn.Module) -> list[str]:
     return [name for name, _ in module.named_modules() if name]
-
-
-def _dataset(loader: DataLoader) -> Any:
-    dataset = loader.dataset
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        raise TypeError(
-            "DiffusionSpectralEntropyMonitor draws its probe by index and needs a map-style "
-            f"dataset (with __len__ and __getitem__); got {type(dataset).__name__}."
-        )
-    return dataset
 
 
 def _at_train_epoch_end(trainer: pl.Trainer) -> bool:

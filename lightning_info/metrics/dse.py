@@ -31,6 +31,8 @@ from lightning_info.functional.dse import (
     _dse_update,
     _dsmi_compute,
     _exact_eigvals,
+    _information_profile,
+    _Profile,
     _reference_labels,
     _spectral_entropy_bits,
     _subsample_indices,
@@ -67,7 +69,7 @@ class _DiffusionMetricBase(Metric):
     def __init__(
         self,
         *,
-        sigma: float,
+        sigma: float | str,
         t: float,
         max_samples: int | None,
         seed: int,
@@ -130,6 +132,19 @@ class _DiffusionMetricBase(Metric):
             return (x, *others)
         return (x[idx.to(x.device)], *(o[idx.to(o.device)] for o in others))
 
+    def options(self) -> dict[str, Any]:
+        """The numerical options this metric was built with (``__init__`` keywords)."""
+        return dict(
+            sigma=self.sigma,
+            t=self.t,
+            max_samples=self.max_samples,
+            seed=self.seed,
+            solver=self.solver,
+            num_probes=self.num_probes,
+            num_steps=self.num_steps,
+            dtype=self.work_dtype,
+        )
+
     def _options(self) -> dict[str, Any]:
         return dict(
             sigma=self.sigma,
@@ -160,7 +175,10 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
     with a seeded subsample that is identical on every process.
 
     Args:
-        sigma: Gaussian kernel bandwidth, > 0, in the units of the embeddings. Default 10.
+        sigma: Gaussian kernel bandwidth, > 0, in the units of the embeddings (default 10, the
+            paper's), or ``"median"`` / ``"knn"``: a width derived from the data, so the value
+            does not change with the scale of the features (see
+            :func:`~lightning_info.functional.diffusion_spectral_entropy`).
         t: diffusion time, >= 1. Default 1.
         max_samples: cap on the number of samples (seeded uniform subsample above it); None = all.
             Default 2048.
@@ -195,7 +213,7 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
     def __init__(
         self,
         *,
-        sigma: float = 10.0,
+        sigma: float | str = 10.0,
         t: float = 1,
         max_samples: int | None = 2048,
         seed: int = 0,
@@ -280,7 +298,8 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
     ``discrete=True``, as the monitor callback does).
 
     Args:
-        sigma: Gaussian kernel bandwidth, > 0. Default 10.
+        sigma: Gaussian kernel bandwidth, > 0 (default 10), or ``"median"`` / ``"knn"`` (see
+            :class:`DiffusionSpectralEntropy`).
         t: diffusion time, >= 1. Default 1.
         discrete: whether a 1-D reference holds class labels (None: infer, see the functional).
         n_clusters: bins / spectral clusters for a non-discrete reference, >= 2. Default 10.
@@ -320,7 +339,7 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
     def __init__(
         self,
         *,
-        sigma: float = 10.0,
+        sigma: float | str = 10.0,
         t: float = 1,
         discrete: bool | None = None,
         n_clusters: int = 10,
@@ -385,3 +404,43 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         x, labels = self._subsample(x, labels)
         options = self._options()
         return _dsmi_compute(x, labels, n_repeats=self.n_repeats, **options)
+
+
+class _DiffusionProfile(_DiffusionMetricBase):
+    """DSE and DSMI with several groupings of the same embeddings, from one affinity.
+
+    The monitor's per-layer metric: one state for the embeddings and one (B, R) state of group
+    ids (the R references: label groups, input clusters), so a DDP sync gathers each layer's
+    activations once, and :func:`~lightning_info.functional.dse._information_profile` computes
+    one affinity and one eigensolve for DSE and every DSMI (values equal to the separate
+    :class:`DiffusionSpectralEntropy` / :class:`DiffusionSpectralMutualInformation` with
+    ``discrete=True`` and the same options).
+
+    Args:
+        group_names: names of the R groupings, in the column order of ``update``'s ``groups``.
+        n_repeats: DSMI random subsets per group, >= 1.
+        **options: every option of :class:`DiffusionSpectralEntropy` (sigma, t, max_samples,
+            seed, solver, num_probes, num_steps, dtype; e.g. ``template.options()``).
+    """
+
+    groups: list[Tensor]
+
+    def __init__(
+        self, group_names: tuple[str, ...] = (), *, n_repeats: int = 5, **options: Any
+    ) -> None:
+        super().__init__(**options)
+        self.group_names = tuple(group_names)
+        self.n_repeats = _check_int(n_repeats, "n_repeats", minimum=1)
+        self.add_state("groups", default=[], dist_reduce_fx="cat")
+
+    def update(self, embeddings: Tensor, groups: Tensor, *, index: Tensor | None = None) -> None:
+        """Append embeddings ``(B, ...)``, their ``(B, R)`` integer group ids and positions."""
+        n = self._store(embeddings, index)
+        self.groups.append(groups.reshape(n, len(self.group_names)).to(torch.long))
+
+    def compute(self) -> _Profile:
+        """The profile of all accumulated samples (DSE, a DSMI per grouping, the spectrum)."""
+        x, groups = self._subsample(*self._gathered(self.groups))
+        named = {name: groups[:, j] for j, name in enumerate(self.group_names)}
+        options = self._options()
+        return _information_profile(x, named, n_repeats=self.n_repeats, **options)

@@ -17,6 +17,7 @@ import torch
 from _ddp_common import Dump
 
 from lightning_info.callbacks import DiffusionSpectralEntropyMonitor, OverfittingEarlyStopping
+from lightning_info.metrics import DiffusionSpectralEntropy
 from lightning_info.models import MLPClassifier
 from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loader, train_val_split
 
@@ -32,7 +33,10 @@ def main(out_dir: str) -> None:
     torch.manual_seed(0)
     model = MLPClassifier(64, 10, hidden=(256, 128), lr=1e-2)
     monitor = DiffusionSpectralEntropyMonitor(
-        quantities=("dsmi_y",), max_samples=200, log_histogram=False
+        quantities=("dsmi_y",),
+        max_samples=200,
+        log_histogram=False,
+        metric=DiffusionSpectralEntropy(sigma=10.0),  # the width the rule was calibrated at
     )
     stopper = OverfittingEarlyStopping()  # defaults, as in the single-process digits test
     dump = Dump()

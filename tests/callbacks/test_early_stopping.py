@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping
 
 from lightning_info.callbacks import DiffusionSpectralEntropyMonitor, OverfittingEarlyStopping
+from lightning_info.metrics import DiffusionSpectralEntropy
 from lightning_info.models import MLPClassifier
 from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loader, train_val_split
 
@@ -125,7 +126,10 @@ def _fit(permute: bool, max_epochs: int, tmp_path):
     model = MLPClassifier(64, 10, hidden=(256, 128), lr=1e-2)
     stopper = OverfittingEarlyStopping()  # defaults
     monitor = DiffusionSpectralEntropyMonitor(
-        quantities=("dsmi_y",), max_samples=200, log_histogram=False
+        quantities=("dsmi_y",),
+        max_samples=200,
+        log_histogram=False,
+        metric=DiffusionSpectralEntropy(sigma=10.0),  # the width the rule was calibrated at
     )
     trainer = pl.Trainer(
         default_root_dir=tmp_path,
