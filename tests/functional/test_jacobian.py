@@ -305,10 +305,10 @@ def test_structured_ntk_equals_explicit_autograd_products(name, kernel):
         expected = j1.reshape(6 * k, -1) @ j2.reshape(4 * k, -1).T
     else:
         expected = sum(j1[:, c] @ j2[:, c].T for c in range(k))
-    got = empirical_ntk(model, x1, x2, kernel=kernel, structured=True)
+    got = empirical_ntk(model, x1, x2, kernel=kernel, form="structured")
     torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
-    sym = empirical_ntk(model, x1, kernel=kernel, structured=True, chunk_size=4)
-    expected_sym = empirical_ntk(model, x1, kernel=kernel, structured=False)
+    sym = empirical_ntk(model, x1, kernel=kernel, form="structured", chunk_size=4)
+    expected_sym = empirical_ntk(model, x1, kernel=kernel, form="explicit")
     torch.testing.assert_close(sym, expected_sym, rtol=1e-11, atol=1e-12)
 
 
@@ -331,7 +331,7 @@ def test_structured_ntk_streaming_blocks_equal_in_memory():
     x1 = torch.randn(9, dim, generator=gen, dtype=torch.float64)
     x2 = torch.randn(5, dim, generator=gen, dtype=torch.float64)
     for other in (None, x2):
-        ref = empirical_ntk(model, x1, other, structured=False)
+        ref = empirical_ntk(model, x1, other, form="explicit")
         # a budget of ~2 samples' factored Jacobians forces the block-by-block path
         streamed = empirical_ntk(model, x1, other, chunk_size=2, memory_budget_bytes=1500)
         torch.testing.assert_close(streamed, ref, rtol=1e-11, atol=1e-12)
@@ -367,20 +367,22 @@ def test_structured_path_never_forms_linear_jacobians(monkeypatch):
 
     model = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 10)).double()
     x = torch.randn(12, 30, dtype=torch.float64)
-    reference = empirical_ntk(model, x, kernel="trace", structured=False)
-    ref_feats = jacobian_features(model, x, projection_dim=8, structured=False)
+    reference = empirical_ntk(model, x, kernel="trace", form="explicit")
+    ref_feats = jacobian_features(model, x, projection_dim=8, form="explicit")
 
     def forbidden(self, x):
         raise AssertionError("explicit Jacobian formed")
 
-    monkeypatch.setattr(jac_mod._Linearization, "_explicit_jacobian", forbidden)
+    monkeypatch.setattr(jac_mod._ExplicitLinearization, "_explicit_jacobian", forbidden)
     torch.testing.assert_close(empirical_ntk(model, x, kernel="trace"), reference)
     torch.testing.assert_close(jacobian_features(model, x, projection_dim=8), ref_feats)
     with pytest.raises(AssertionError, match="explicit Jacobian formed"):
-        empirical_ntk(model, x, kernel="trace", structured=False)
+        empirical_ntk(model, x, kernel="trace", form="explicit")
 
 
 def test_structured_option_type_checked(data):
     x, _ = data
     with pytest.raises(TypeError, match="structured"):
-        empirical_ntk(_mlp(), x, structured="yes")
+        empirical_ntk(_mlp(), x, form=True)  # the former `structured=True`
+    with pytest.raises(ValueError, match="form"):
+        empirical_ntk(_mlp(), x, form="yes")
