@@ -53,6 +53,7 @@ from lightning_info.functional._jacobian_common import (
     ProjectionType,
     _check_inputs,
     _check_output_fn,
+    _DenseChunk,
     _eval_mode,
     _KernelChunk,
     _Linearization,
@@ -72,6 +73,7 @@ from lightning_info.utilities.enums import JacobianForm
 __all__ = [
     "empirical_ntk",
     "jacobian_features",
+    "kernel_from_features",
     "model_outputs",
     "per_sample_jacobians",
 ]
@@ -382,6 +384,39 @@ def _pair_kernel(ja: _KernelChunk, jb: _KernelChunk, kernel: str) -> Tensor:
     """
     out = ja.gram(jb, kernel)
     return _mirror_lower(out) if ja is jb else out
+
+
+def kernel_from_features(
+    features: Tensor, other: Tensor | None = None, *, kernel: NTKKernel = "full"
+) -> Tensor:
+    r"""Compute the NTK block between (projected) Jacobian features, accumulated in float64.
+
+    .. math::
+
+        \Theta_\mathrm{full}[(i,k),(j,l)] = \Phi_k(x_i) \cdot \Phi_l(x'_j), \qquad
+        \Theta_\mathrm{trace}[i, j] = \sum_k \Phi_k(x_i) \cdot \Phi_k(x'_j).
+
+    The kernel of a set with itself (``other=None``) is symmetric by construction.
+
+    Args:
+        features: (N, K, d) features, e.g. from :func:`jacobian_features`.
+        other: (M, K, d) features of the second argument, or None for ``features``.
+        kernel: ``"full"`` (N K x M K, sample-major) or ``"trace"`` (N x M).
+
+    Returns:
+        The float64 kernel.
+
+    Raises:
+        ValueError: for an unknown ``kernel``.
+
+    Example:
+        >>> phi = torch.eye(3).reshape(3, 1, 3)
+        >>> kernel_from_features(phi).tolist()
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    kernel = _check_choice(kernel, "kernel", ("full", "trace"))
+    first = _DenseChunk(features)
+    return _pair_kernel(first, first if other is None else _DenseChunk(other), kernel)
 
 
 def _streamed_kernel(
