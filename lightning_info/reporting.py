@@ -6,7 +6,7 @@ Everything here is I/O and presentation; there is no math beyond ranking and res
   previous complete file or none, never a partial one (temporary file in the same directory,
   ``fsync``, ``os.replace``).
 * :func:`tensorboard_writers`, :func:`log_histograms`, :func:`log_text_table`,
-  :func:`log_image_grid` write to the ``SummaryWriter`` of every TensorBoard logger of a trainer
+  :func:`log_image_grid` (and :func:`write_sui_summaries`, which combines them for SUI) write to the ``SummaryWriter`` of every TensorBoard logger of a trainer
   and silently do nothing for other loggers (CSV, MLflow, ...).
 * :func:`image_grid`, :func:`markdown_table` and :func:`rank_descending` are small helpers shared
   by the above; :func:`save_image_grid_png`, :func:`save_histogram_png` and
@@ -42,6 +42,7 @@ __all__ = [
     "save_image_grid_png",
     "tensorboard_writers",
     "write_csv_atomic",
+    "write_sui_summaries",
     "write_text_atomic",
 ]
 
@@ -508,3 +509,71 @@ def save_curves_png(
     if title:
         ax.set_title(title, fontsize=9)
     return _save_figure_atomic(fig, path)
+
+
+def write_sui_summaries(
+    writers: Sequence[Any],
+    scores: Any,
+    inputs: Tensor,
+    *,
+    step: int = 0,
+    top_k: int = 16,
+    image_shape: Sequence[int] | None = None,
+    log_key_prefix: str = "sui/",
+) -> None:
+    """Write smooth-unique-information summaries to TensorBoard writers.
+
+    Histograms ``{prefix}weight_si`` / ``{prefix}functional_si`` and their ``_log10``, a text
+    table ``{prefix}top_k`` of the ``top_k`` highest weight SI, and, for image inputs ((N, C, H, W)
+    with C in 1/3, (N, H, W), or flat with ``image_shape``), the grids
+    ``{prefix}most_informative`` / ``{prefix}least_informative``.
+
+    Args:
+        writers: from :func:`tensorboard_writers` (nothing happens for an empty list).
+        scores: a :class:`~lightning_info.callbacks.SUIScores` (indices, labels, predicted,
+            weight_si, functional_si).
+        inputs: (N, ...) inputs of the scored samples, in the rows' order.
+        step: global step of the summaries.
+        top_k: rows of the table and images per grid (0: histograms only).
+        image_shape: (H, W) or (C, H, W) of one image for flat inputs.
+        log_key_prefix: prefix of every tag.
+    """
+    if not writers:
+        return
+    values = {f"{log_key_prefix}weight_si": scores.weight_si}
+    if scores.functional_si is not None:
+        values[f"{log_key_prefix}functional_si"] = scores.functional_si
+    values.update({f"{tag}_log10": v.clamp_min(1e-300).log10() for tag, v in list(values.items())})
+    log_histograms(writers, values, step=step)
+    if top_k == 0:
+        return
+    top = torch.argsort(scores.weight_si, descending=True, stable=True)[:top_k]
+    fsi = scores.functional_si
+    rows = [
+        (
+            r + 1,
+            int(scores.indices[i]),
+            scores.labels[i].item(),
+            int(scores.predicted[i]),
+            float(scores.weight_si[i]),
+            float("nan") if fsi is None else float(fsi[i]),
+        )
+        for r, i in enumerate(top.tolist())
+    ]
+    header = ["rank", "index", "label", "predicted", "weight SI (nats)", "functional SI (nats)"]
+    log_text_table(writers, f"{log_key_prefix}top_k", header, rows, step=step)
+    is_image = (
+        image_shape is not None
+        or (inputs.ndim == 4 and inputs.shape[1] in (1, 3))
+        or inputs.ndim == 3
+    )
+    if is_image:
+        bottom = torch.argsort(scores.weight_si, descending=False, stable=True)[:top_k]
+        for name, picked in (("most_informative", top), ("least_informative", bottom)):
+            log_image_grid(
+                writers,
+                f"{log_key_prefix}{name}",
+                inputs[picked],
+                step=step,
+                image_shape=image_shape,
+            )

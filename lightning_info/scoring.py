@@ -16,11 +16,13 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset, TensorDataset
 
+from lightning_info.callbacks._sui_recipe import AUTO, Horizon, TrainingRecipe
 from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
 from lightning_info.functional.jacobian import model_outputs
+from lightning_info.utilities.batch import default_output_fn
 from lightning_info.utilities.data import load_dataset, train_val_split
 
 __all__ = ["CheckpointScores", "load_checkpoint", "score_checkpoint"]
@@ -82,23 +84,6 @@ def load_checkpoint(
     return checkpoint
 
 
-def _sui_snapshot(checkpoint: dict[str, Any]) -> tuple[dict[str, torch.Tensor] | None, int]:
-    """The SUI callback's initial-weight snapshot stored in a checkpoint, if any."""
-    for key, state in (checkpoint.get("callbacks") or {}).items():
-        if str(key).startswith("SmoothUniqueInformation") and isinstance(state, dict):
-            params = state.get("init_params")
-            if params:
-                return params, int(state.get("init_step", 0))
-    return None, 0
-
-
-def _optimizer_group(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    states = checkpoint.get("optimizer_states") or []
-    if states and states[0].get("param_groups"):
-        return dict(states[0]["param_groups"][0])
-    return {}
-
-
 def _data(
     module: torch.nn.Module,
     datamodule_cls: type[pl.LightningDataModule] | None,
@@ -135,7 +120,7 @@ def _input_layout(
     for kind, candidate in layouts:
         try:
             with torch.no_grad():
-                model_outputs(module, candidate[:2])
+                model_outputs(module, candidate[:2], output_fn=default_output_fn)
         except Exception as err:  # the model rejects this layout: try the next one
             errors.append(f"{kind} {tuple(candidate.shape[1:])}: {type(err).__name__}: {err}")
             continue
@@ -163,7 +148,7 @@ def score_checkpoint(
     linearize_at: Literal["auto", "init", "final"] = "auto",
     max_samples: int | None = 1000,
     learning_rate: float | None = None,
-    num_steps: int | None = None,
+    num_steps: Horizon = AUTO,
     weight_decay: float | None = None,
     out: str | os.PathLike[str] = "sui_report",
     trust_checkpoint: bool = False,
@@ -181,9 +166,12 @@ def score_checkpoint(
         linearize_at: ``"init"`` needs the SUI callback's snapshot in the checkpoint; ``"auto"``
             uses it when present and the checkpoint's weights otherwise.
         max_samples: training samples to score (seeded subset).
-        learning_rate: default: the checkpoint's first optimizer group.
-        num_steps: GD steps; default: the checkpoint's global step (minus the snapshot's step);
-            ``0`` means the converged solution.
+        learning_rate: default: the checkpoint's first optimizer group (with momentum β, the
+            heavy-ball rate lr/(1-β)).
+        num_steps: GD steps: ``"auto"`` (default: the rule of the callback, read from the
+            checkpoint: SGD replays its steps since the snapshot, adaptive optimizers score the
+            converged solution), an int, or ``"converged"`` / None (t = ∞). The same values as
+            the callback's ``num_steps`` and the command line's ``--num-steps``.
         weight_decay: default: the checkpoint's first optimizer group, else 0.
         out: output folder.
         trust_checkpoint: unpickle arbitrary objects from the checkpoint (``torch.load`` with
@@ -202,26 +190,16 @@ def score_checkpoint(
     module = model_cls.load_from_checkpoint(
         ckpt_path, map_location="cpu", weights_only=not trust_checkpoint
     )
-    init_state, init_step = _sui_snapshot(checkpoint)
+    init_state, init_step = SmoothUniqueInformation.snapshot_from_checkpoint(checkpoint)
     if linearize_at == "init" and init_state is None:
         raise ValueError(
             "linearize_at='init' needs the initial weights, but the checkpoint holds no "
             "SmoothUniqueInformation snapshot (train with the callback attached, or use 'final')."
         )
     resolved = "init" if (linearize_at in ("auto", "init") and init_state is not None) else "final"
-    group = _optimizer_group(checkpoint)
-    lr = learning_rate if learning_rate is not None else group.get("lr")
-    if lr is None:
-        raise ValueError(
-            "no learning rate: the checkpoint has no optimizer state; pass `learning_rate`."
-        )
-    wd = weight_decay if weight_decay is not None else float(group.get("weight_decay", 0.0))
-    if num_steps is None:
-        steps: int | None = max(int(checkpoint.get("global_step", 0)) - init_step, 1)
-        if resolved == "final":
-            steps = None  # from the final weights, the horizon of further training is open
-    else:
-        steps = None if num_steps == 0 else int(num_steps)
+    recipe = TrainingRecipe.from_checkpoint(checkpoint, init_step if resolved == "init" else 0)
+    for _, message in recipe.assumption_notes():
+        rank_zero_warn(f"lightning-info score: {message}", category=UserWarning)
     train_ds, val_ds = _data(module, datamodule_cls, datamodule_args, dataset)
     out = Path(out)
     logger = TensorBoardLogger(
@@ -238,13 +216,13 @@ def score_checkpoint(
     callback = SmoothUniqueInformation(
         linearize_at=resolved,
         max_samples=max_samples,
-        learning_rate=float(lr),
-        weight_decay=float(wd),
-        num_steps=steps,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        num_steps=num_steps,
         dirpath=out,
     )
     scores = callback.score(
-        module, train_ds, val_ds, trainer=trainer, init_state=init_state, write=True
+        module, train_ds, val_ds, trainer=trainer, init_state=init_state, recipe=recipe, write=True
     )
     logger.experiment.flush()
     assert callback.csv_path_ is not None

@@ -85,12 +85,15 @@ def test_tiny_demo_writes_valid_report(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_score_checkpoint_equals_callback_scores(tmp_path, capsys):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_score_checkpoint_equals_callback_scores(tmp_path, capsys, optimizer):
+    # one horizon rule for both entry points: SGD replays its steps, Adam the converged solution
     ds = load_dataset("digits")
     tr, _ = train_val_split(ds.inputs.shape[0], val_fraction=0.2, seed=0)
     va = train_val_split(ds.inputs.shape[0], val_fraction=0.2, seed=0)[1]
     pl.seed_everything(0, verbose=False)
-    model = MLPClassifier(64, 10, hidden=(16,), loss="mse", optimizer="sgd", lr=0.3)
+    lr = 0.3 if optimizer == "sgd" else 1e-3
+    model = MLPClassifier(64, 10, hidden=(16,), loss="mse", optimizer=optimizer, lr=lr)
     sui = SmoothUniqueInformation(max_samples=50, max_heldout=40, progress=False)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
     trainer = pl.Trainer(
@@ -122,6 +125,37 @@ def test_score_checkpoint_equals_callback_scores(tmp_path, capsys):
     # (held-out set sizes differ: the CLI uses up to 500 held-out samples, so compare weight SI)
     got = torch.tensor([float(r["weight_si"]) for r in rows], dtype=torch.float64)
     torch.testing.assert_close(got, sui.scores_.weight_si.double(), rtol=1e-6, atol=1e-12)
+    expected_steps = None if optimizer == "adam" else trainer.global_step
+    assert sui.scores_.settings["num_steps"] == expected_steps
+
+
+@pytest.mark.slow
+def test_score_num_steps_sentinels_are_the_pythons(tmp_path, capsys):
+    ds = load_dataset("digits")
+    pl.seed_everything(0, verbose=False)
+    model = MLPClassifier(64, 10, hidden=(8,), loss="mse", optimizer="sgd", lr=0.3)
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(ds.inputs[:200], ds.targets[:200]), batch_size=50))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    base = [
+        "score", "--model", "lightning_info.models:MLPClassifier", "--ckpt", str(tmp_path / "m.ckpt"),
+        "--dataset", "digits", "--max-samples", "30", "--linearize-at", "final",
+    ]  # fmt: skip
+    for flag, expected in [("converged", None), ("auto", 4), ("7", 7)]:
+        assert main([*base, "--num-steps", flag, "--out", str(tmp_path / flag)]) == 0
+        from lightning_info.scoring import score_checkpoint
+
+        result = score_checkpoint(
+            MLPClassifier, tmp_path / "m.ckpt", dataset="digits", linearize_at="final",
+            max_samples=30, num_steps=None if flag == "converged" else (int(flag) if flag.isdigit() else flag),
+            out=tmp_path / f"py_{flag}",
+        )  # fmt: skip
+        assert result.settings["num_steps"] == expected
+    with pytest.raises(SystemExit):  # 0 is not a horizon: the converged solution is 'converged'
+        main([*base, "--num-steps", "0"])
 
 
 def test_score_requires_data_source(tmp_path):

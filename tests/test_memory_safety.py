@@ -117,14 +117,14 @@ def _full_jacobian_bytes(model: nn.Module) -> int:
     return N_NTK * K_OUT * p * 4  # float32 parameters
 
 
-@pytest.mark.parametrize("structured", [False, True], ids=["explicit", "structured"])
-def test_empirical_ntk_small_budget_never_allocates_full_jacobians(structured):
+@pytest.mark.parametrize("form", ["explicit", "structured"])
+def test_empirical_ntk_small_budget_never_allocates_full_jacobians(form):
     model = _mlp()
     x = torch.randn(N_NTK, 20, generator=torch.Generator().manual_seed(1))
     full = _full_jacobian_bytes(model)  # 22.1 MB
     budget = 4 << 20  # 4 MiB: a chunk holds 6 samples' (K, P) Jacobians (1 MB)
     ntk, largest, peak, count = _allocations(
-        lambda: empirical_ntk(model, x, memory_budget_bytes=budget, structured=structured)
+        lambda: empirical_ntk(model, x, memory_budget_bytes=budget, form=form)
     )
     assert count > 10
     assert ntk.shape == (N_NTK * K_OUT, N_NTK * K_OUT)
@@ -153,40 +153,38 @@ def test_empirical_ntk_control_large_budget_is_detected():
     x = torch.randn(N_NTK, 20, generator=torch.Generator().manual_seed(1))
     full = _full_jacobian_bytes(model)
     _, largest, _, _ = _allocations(
-        lambda: empirical_ntk(model, x, memory_budget_bytes=1 << 30, structured=False)
+        lambda: empirical_ntk(model, x, memory_budget_bytes=1 << 30, form="explicit")
     )
     assert largest >= full, (largest, full)
 
 
 @functools.cache  # both tests below read the same (slow) explicit run
-def _features_allocations(structured: bool, budget: int, n: int = 192, d: int = 64):
+def _features_allocations(form: str, budget: int, n: int = 192, d: int = 64):
     model = _mlp()
     x = torch.randn(n, 20, generator=torch.Generator().manual_seed(1))
     feats, largest, _, _ = _allocations(
-        lambda: jacobian_features(
-            model, x, projection_dim=d, memory_budget_bytes=budget, structured=structured
-        )
+        lambda: jacobian_features(model, x, projection_dim=d, memory_budget_bytes=budget, form=form)
     )
     assert feats.shape == (n, K_OUT, d)
     return largest, n * K_OUT * sum(q.numel() for q in model.parameters()) * 4
 
 
-@pytest.mark.parametrize("structured", [False, True], ids=["explicit", "structured"])
-def test_jacobian_features_projection_never_full_jacobians(structured):
+@pytest.mark.parametrize("form", ["explicit", "structured"])
+def test_jacobian_features_projection_never_full_jacobians(form):
     """Projected features (N, K, d) under a 1 MiB budget: no allocation comes near the full
     (N, K, P) Jacobians (N = 192: 33 MB) or, on the explicit path, the full P x d projection
     (3.7 MB)."""
-    largest, full = _features_allocations(structured, 1 << 20)
+    largest, full = _features_allocations(form, 1 << 20)
     p_by_d = 14_403 * 64 * 4
     assert largest < full / 3, (largest, full)
     assert largest < p_by_d / 3, (largest, p_by_d)
 
 
-@pytest.mark.parametrize("structured", [False, True], ids=["explicit", "structured"])
-def test_jacobian_features_projection_within_budget(structured):
+@pytest.mark.parametrize("form", ["explicit", "structured"])
+def test_jacobian_features_projection_within_budget(form):
     """The documented bound: R is 'never materialized beyond memory_budget_bytes'. Allowed: 2x
     the budget, because each 1024 x d block of R is drawn in float64 before the cast to float32
     (the budget check counts float32 bytes only)."""
     budget = 1 << 20
-    largest, _ = _features_allocations(structured, budget)
+    largest, _ = _features_allocations(form, budget)
     assert largest <= 2 * budget, largest

@@ -6,9 +6,11 @@ from lightning_info.functional.dse import (
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
 )
+from lightning_info.functional.gd_plan import GradientDescentPlan, plan_gradient_descent
 from lightning_info.functional.jacobian import (
     empirical_ntk,
     jacobian_features,
+    kernel_from_features,
     model_outputs,
     per_sample_jacobians,
 )
@@ -18,13 +20,17 @@ from lightning_info.functional.shannon import (
     classic_shannon_mutual_information,
 )
 from lightning_info.functional.sui import (
+    NotPositiveDefiniteError,
     UniqueInformation,
     smooth_unique_information,
     unique_information_from_features,
     unique_information_from_kernels,
+    unique_information_with_plan,
 )
 
 __all__: list[str] = [
+    "GradientDescentPlan",
+    "NotPositiveDefiniteError",
     "UniqueInformation",
     "classic_shannon_entropy",
     "classic_shannon_mutual_information",
@@ -35,10 +41,13 @@ __all__: list[str] = [
     "empirical_ntk",
     "gaussian_affinity",
     "jacobian_features",
+    "kernel_from_features",
     "model_outputs",
     "per_sample_jacobians",
+    "plan_gradient_descent",
     "smooth_unique_information",
     "stochastic_lanczos_quadrature",
     "unique_information_from_features",
     "unique_information_from_kernels",
+    "unique_information_with_plan",
 ]

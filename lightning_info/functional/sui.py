@@ -1,4 +1,4 @@
-r"""Smooth unique information (SUI) of every training sample, in closed form.
+r"""Smooth unique information (SUI) of every training sample, in closed form: the public API.
 
 Harutyunyan, Achille, Paolini, Majumder, Ravichandran, Bhotika, Soatto, *Estimating
 informativeness of samples with Smooth Unique Information*, ICLR 2021, arXiv:2101.06640.
@@ -35,18 +35,33 @@ Scores, with :math:`\delta_i = \mathrm{pad}_i(a^{(-i)}_t) - a_t` (:math:`\Delta 
     \mathrm{SI}_i = \frac{\lVert \Delta w_i \rVert^2}{2\sigma^2}, \quad
     \text{F-SI}_i = \frac{1}{2\sigma^2 M} \sum_{m=1}^{M}
         \lVert \Theta(x^*_m, S)\, \delta_i \rVert^2 .
+Layout: this module validates inputs and chooses the path; the closed forms live in
+:mod:`~lightning_info.functional._sui_algebra` (t = ∞, kernel and feature space) and
+:mod:`~lightning_info.functional._sui_finite` (exact finite t); how a training run is replayed
+(stability, method, singular kernels) is decided by :mod:`~lightning_info.functional.gd_plan`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from lightning_info.functional._sui_algebra import _features, _infinite
+from lightning_info.functional._sui_finite import _finite_exact
+from lightning_info.functional.gd_plan import (
+    DEFAULT_MAX_EXACT_COST,
+    GradientDescentPlan,
+    kernel_lambda_max,
+    plan_gradient_descent,
+    solve_planned,
+)
 from lightning_info.functional.jacobian import (
     ParamSelection,
     ProjectionType,
@@ -63,12 +78,15 @@ from lightning_info.utilities.checks import (
     _check_ndim,
     _check_positive,
 )
+from lightning_info.utilities.exceptions import NotPositiveDefiniteError
 
 __all__ = [
+    "NotPositiveDefiniteError",
     "UniqueInformation",
     "smooth_unique_information",
     "unique_information_from_features",
     "unique_information_from_kernels",
+    "unique_information_with_plan",
 ]
 
 SUIMethod = Literal["exact", "ridge"]
@@ -96,6 +114,8 @@ class UniqueInformation:
             authors' ``predictions``), or ``None`` without held-out inputs.
         self_prediction_change: (N, K) :math:`f_{S\\setminus i}(x_i) - f_S(x_i)`, the leave-one-out
             change of the sample's own prediction (raw outputs).
+        plan: the gradient-descent run that was replayed (:func:`smooth_unique_information`, the
+            callback), or None for the kernel/feature engines, which replay what they are given.
     """
 
     weight_si: Tensor
@@ -103,6 +123,11 @@ class UniqueInformation:
     weight_change_sq: Tensor
     function_change_sq: Tensor | None
     self_prediction_change: Tensor
+    plan: GradientDescentPlan | None = None
+
+    def __len__(self) -> int:
+        """Number of scored samples."""
+        return int(self.weight_si.numel())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,24 +183,87 @@ def _check_kernel(ntk: Tensor, name: str, rows: int, cols: int, hint: str) -> Te
     return ntk.double()
 
 
-def _hyper(
-    num_samples: int,
-    learning_rate: float,
-    num_steps: int | None,
-    weight_decay: float,
-    noise_scale: float,
-    method: str,
-    ridge_c: float,
-) -> tuple[float, int | None, float, float, str, float]:
-    lr = _check_positive(learning_rate, "learning_rate")
-    t = _check_int(num_steps, "num_steps", minimum=1, allow_none=True)
-    wd = _check_positive(weight_decay, "weight_decay", allow_zero=True)
-    sigma = _check_positive(noise_scale, "noise_scale")
-    method = _check_choice(method, "method", _METHODS)
-    c = _check_positive(ridge_c, "ridge_c")
-    if num_samples < 2:
-        raise ValueError(f"leave-one-out needs at least 2 training samples; got N = {num_samples}.")
-    return lr, t, wd, sigma, method, c
+@dataclass(frozen=True)
+class _Problem:
+    """Validated outputs, targets and hyper-parameters shared by the two engines."""
+
+    f0: Tensor  # (N, K) float64 outputs at the linearization point
+    targets: Tensor  # (N, K) float64
+    learning_rate: float
+    num_steps: int | None
+    weight_decay: float
+    noise_scale: float
+    method: str
+    ridge_c: float
+
+    @staticmethod
+    def build(init_outputs: Any, targets: Any, **options: Any) -> _Problem:
+        """Validate everything the engines share.
+
+        Returns:
+            The validated problem.
+
+        Raises:
+            ValueError: invalid options or inputs, or fewer than 2 samples.
+        """
+        f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
+        _check_ndim(f0, "init_outputs", (1, 2), "(N,) or (N, K)")
+        _check_finite(f0, "init_outputs")
+        f0 = (f0[:, None] if f0.ndim == 1 else f0).double()
+        n_samples, num_outputs = f0.shape
+        if n_samples < 2:
+            raise ValueError(
+                f"leave-one-out needs at least 2 training samples; got N = {n_samples}."
+            )
+        return _Problem(
+            f0=f0,
+            targets=_prepare_targets(targets, n_samples, num_outputs),
+            learning_rate=_check_positive(options["learning_rate"], "learning_rate"),
+            num_steps=_check_int(options["num_steps"], "num_steps", minimum=1, allow_none=True),
+            weight_decay=_check_positive(options["weight_decay"], "weight_decay", allow_zero=True),
+            noise_scale=_check_positive(options["noise_scale"], "noise_scale"),
+            method=_check_choice(options["method"], "method", _METHODS),
+            ridge_c=_check_positive(options["ridge_c"], "ridge_c"),
+        )
+
+    @property
+    def n_samples(self) -> int:
+        """N."""
+        return self.f0.shape[0]
+
+    @property
+    def num_outputs(self) -> int:
+        """K."""
+        return self.f0.shape[1]
+
+    @property
+    def ridge(self) -> float:
+        """:math:`\\lambda = N\\,\\mathrm{wd}`."""
+        return self.n_samples * self.weight_decay
+
+    @property
+    def closed_form_ridge(self) -> float:
+        """The ridge of the t = ∞ closed forms: :math:`\\lambda`, plus :math:`c/(\\eta t)` (ridge)."""
+        if self.num_steps is None:
+            return self.ridge
+        return self.ridge + self.ridge_c / ((self.learning_rate / self.n_samples) * self.num_steps)
+
+    def residuals(self, trace: bool) -> tuple[Tensor, int]:
+        """``(r, Kb)``: (N, K) residuals sharing a trace kernel, or the (N K, 1) column."""
+        if trace:
+            return self.f0 - self.targets, 1
+        return (self.f0 - self.targets).reshape(-1, 1), self.num_outputs
+
+    def finish(self, w_sq: Tensor, f_sq: Tensor | None, self_change: Tensor) -> UniqueInformation:
+        """Scale the raw numerators into scores (nats)."""
+        denom = 2.0 * self.noise_scale**2
+        return UniqueInformation(
+            weight_si=w_sq / denom,
+            functional_si=None if f_sq is None else f_sq / denom,
+            weight_change_sq=w_sq,
+            function_change_sq=f_sq,
+            self_prediction_change=self_change.reshape(self.n_samples, self.num_outputs),
+        )
 
 
 def _check_stable(lam_max: float, lr: float, n: int, what: str) -> None:
@@ -205,246 +293,46 @@ def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
     return lam
 
 
-def _not_pd_error(weight_decay: float) -> ValueError:
-    if weight_decay == 0:
-        return ValueError(
-            "`ntk` is not positive definite (singular or numerically rank-deficient), so with "
-            "`num_steps=None` (t = ∞) and `weight_decay=0` the converged leave-one-out solutions are "
-            "not unique. Use `weight_decay > 0` or a finite `num_steps`."
-        )
-    return ValueError(
-        "`ntk` + N·weight_decay·I is not positive definite: the kernel has negative eigenvalues "
-        "beyond round-off. Compute it in float64 from the Jacobians, or increase `weight_decay`."
-    )
+def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
+    """Deterministic power-iteration estimate (a lower bound) of λ_max of a symmetric PSD matrix."""
+    v = torch.ones(a.shape[0], dtype=a.dtype, device=a.device)
+    v = v + torch.linspace(0, 1, a.shape[0], dtype=a.dtype, device=a.device)
+    v = v / v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        w = a @ v
+        lam = float(v @ w)
+        norm = w.norm()
+        if norm == 0:
+            return 0.0
+        v = w / norm
+    return lam
 
 
-# ----------------------------------------------------------------------------------------------
-# kernel algebra. Shapes: n = N*Kb rows (Kb = K for the full kernel, 1 for the trace kernel),
-# r is (n, R) with R = 1 (full) or K (trace: the K outputs share the kernel).
-# ----------------------------------------------------------------------------------------------
-def _diag_blocks(mat: Tensor, n_samples: int, kb: int) -> Tensor:
-    """(N*Kb, N*Kb) -> (N, Kb, Kb) diagonal blocks."""
-    return mat.view(n_samples, kb, n_samples, kb).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
-
-
-def _infinite(
-    theta: Tensor, theta_star: Tensor | None, r: Tensor, lam: float, kb: int, wd: float
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """t = ∞ block-inverse closed forms (docs/sui.md §5), vectorized over samples."""
-    n = theta.shape[0]
-    n_samples = n // kb
-    a = theta + lam * torch.eye(n, dtype=theta.dtype, device=theta.device)
-    chol, info = torch.linalg.cholesky_ex(a)
-    diag = chol.diagonal()
-    if int(info) != 0 or float((diag.min() / diag.max()) ** 2) < 1e-13:
-        raise _not_pd_error(wd)
-    f = torch.cholesky_inverse(chol)  # F = A^{-1}
-    alpha = f @ r  # (n, R)
-    alpha_b = alpha.view(n_samples, kb, -1)
-    v = torch.linalg.solve(_diag_blocks(f, n_samples, kb), alpha_b)  # v_i = F_BB^{-1} α_B
-    w_sq = (alpha_b * v).sum((1, 2))
-    if lam > 0:  # ||Δw||² = α_Bᵀv − λ vᵀ (F²)_BB v
-        fcols = f.view(n, n_samples, kb)
-        f2_bb = torch.einsum("rik,ril->ikl", fcols, fcols)
-        w_sq = w_sq - lam * torch.einsum("ikr,ikl,ilr->i", v, f2_bb, v)
-    self_change = v - lam * alpha_b  # Δf(x_i) = v_i − λ α_B
-    f_sq = None
-    if theta_star is not None:  # Δf(X*) = G[:, B] v_i with G = Θ* F
-        m = theta_star.shape[0] // kb
-        g = (theta_star @ f).view(-1, n_samples, kb)
-        h_bb = torch.einsum("mik,mil->ikl", g, g)
-        f_sq = torch.einsum("ikr,ikl,ilr->i", v, h_bb, v) / m
-    return w_sq.clamp_min(0), f_sq, self_change
-
-
-def _horizon(lam: Tensor, eta: float, steps: Tensor) -> Tensor:
-    """g_s(λ) = (1 − (1 − ηλ)^s)/λ (= η Σ_{m<s} (1−ηλ)^m), stable; λ (n,), steps (T,) -> (n, T)."""
-    lam_c = lam[:, None]
-    s = steps[None, :].to(lam.dtype)
-    x = eta * lam_c
-    mu = 1.0 - x
-    pos = mu > 0
-    g_pos = -torch.expm1(s * torch.log1p(-torch.where(pos, x, torch.zeros_like(x))))
-    g_neg = 1.0 - mu**s
-    num = torch.where(pos, g_pos, g_neg)
-    small = lam_c.abs() < 1e-300
-    return torch.where(small, eta * s, num / torch.where(small, torch.ones_like(lam_c), lam_c))
-
-
-def _series_mul(a: Tensor, b: Tensor, length: int) -> Tensor:
-    """First ``length`` terms of the causal convolution of matrix series (c, La, p, q) * (c, Lb, q, r)."""
-    size = a.shape[1] + b.shape[1] - 1
-    nfft = 1 << max(0, (size - 1).bit_length())
-    fa, fb = torch.fft.rfft(a, n=nfft, dim=1), torch.fft.rfft(b, n=nfft, dim=1)
-    if a.shape[-1] == 1:  # 1 x 1 blocks: elementwise
-        prod = fa * fb
-    else:  # complex block products as real batched matmuls (faster than complex bmm on CPU)
-        ar, ai, br, bi = fa.real, fa.imag, fb.real, fb.imag
-        prod = torch.complex(ar @ br - ai @ bi, ar @ bi + ai @ br)
-    return torch.fft.irfft(prod, n=nfft, dim=1)[:, :length]
-
-
-def _series_inverse(h: Tensor) -> Tensor:
-    """Power-series inverse G of a matrix series H with H_0 = I, modulo z^T: (c, T, K, K).
-
-    Newton iteration G <- G (2I - H G), doubling the number of correct terms each step.
-    """
-    c_n, t, kb, _ = h.shape
-    eye = torch.eye(kb, dtype=h.dtype, device=h.device)
-    g = eye.expand(c_n, 1, kb, kb).clone()
-    k = 1
-    while k < t:
-        k2 = min(2 * k, t)
-        e = -_series_mul(h[:, :k2], g, k2)
-        e[:, 0] += 2 * eye
-        g = _series_mul(g, e, k2)
-        k = k2
-    return g
-
-
-def _finite_exact(
-    theta: Tensor,
-    theta_star: Tensor | None,
-    r: Tensor,
-    lam: float,
-    kb: int,
-    lr: float,
-    t: int,
-    progress: bool,
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    r"""Exact finite-t leave-one-out for all samples (one eigendecomposition + a Volterra solve).
-
-    The run without sample i is the full-space recursion with block B_i pinned to zero,
-    :math:`a_{s+1} = a_s - \eta'(A a_s + r) + \eta' E_B c_s`, :math:`c_s = (A a_s + r)_B`. Writing
-    it through the unconstrained run :math:`\bar a_s` (step η') gives the K-dimensional lower
-    triangular Toeplitz system :math:`0 = \bar a_{s+1,B} + \eta' \sum_{q \le s} h_{s-q} c_q` with
-    :math:`h_m = [(I - \eta' A)^m]_{BB}` (from the eigendecomposition of A), solved for all
-    samples at once with the power-series inverse of :math:`\sum_m h_m z^m` (Newton iteration,
-    FFT products; h_0 = I); then :math:`a^{(-i)}_t = \bar a_t + \eta' \sum_s
-    (I-\eta'A)^{t-1-s} E_B c_s`. Cost O(n^3 + t N n Kb^2 + N t log t Kb^3).
-    """
-    n = theta.shape[0]
-    n_samples = n // kb
-    n_rhs = r.shape[1]
-    eta, eta1 = lr / n_samples, lr / (n_samples - 1)
-    a_mat = theta + lam * torch.eye(n, dtype=theta.dtype, device=theta.device)
-    evals, u = torch.linalg.eigh(a_mat)
-    _check_stable(float(evals.max()), lr, n_samples, "exact eigenvalue")
-    r_hat = u.T @ r  # (n, R)
-    steps = torch.arange(1, t + 1, device=theta.device)
-    g1 = _horizon(evals, eta1, steps)  # (n, t): g_s for s = 1..t, step η'
-    a_full = -_horizon(evals, eta, steps[-1:])[:, 0:1] * r_hat  # â_t of the full run (η)
-    a_bar = -g1[:, -1:] * r_hat  # â_t of the unconstrained run with η'
-    mu1 = 1.0 - eta1 * evals
-    powers = mu1[:, None] ** torch.arange(t, device=theta.device, dtype=theta.dtype)[None, :]
-    rev_powers = powers.flip(1)  # (n, t): column s = μ^{t-1-s}
-    u_b = u.view(n_samples, kb, n)
-    g_star = theta_star @ u if theta_star is not None else None
-    shifted = evals - lam  # eigenvalues of Θ in the same basis
-
-    w_sq = torch.empty(n_samples, dtype=theta.dtype, device=theta.device)
-    f_sq = torch.empty_like(w_sq) if theta_star is not None else None
-    self_change = torch.empty(n_samples, kb, n_rhs, dtype=theta.dtype, device=theta.device)
-    # float64 elements per sample: h, series inverse and FFT buffers (~12 t Kb²), b and c, y, δ̂
-    per_sample = 12 * kb * kb * t + 6 * kb * n_rhs * t + kb * n_rhs * n + n * n_rhs + kb * kb * n
-    chunk = max(1, min(n_samples, int(4e7 // max(1, per_sample))))
-    bar = tqdm(total=n_samples, disable=not progress, desc="SUI leave-one-out (exact, finite t)")
-    for i0 in range(0, n_samples, chunk):
-        ub = u_b[i0 : i0 + chunk]  # (c, Kb, n)
-        c_n = ub.shape[0]
-        # h_m = U_B diag(μ^m) U_Bᵀ for m = 0..t-1 (h_0 = I): (c, t, Kb, Kb)
-        outer = (ub[:, :, None, :] * ub[:, None, :, :]).reshape(c_n * kb * kb, n)
-        h = (outer @ powers).view(c_n, kb, kb, t).permute(0, 3, 1, 2)
-        # b_s = (ā_s)_B for s = 1..t, i.e. -U_B diag(g_s) r̂: (c, t, Kb, R)
-        weighted = (g1[:, :, None] * r_hat[:, None, :]).reshape(n, t * n_rhs)
-        bvals = -(ub.reshape(c_n * kb, n) @ weighted).view(c_n, kb, t, n_rhs).transpose(1, 2)
-        # Σ_{q<=s} h_{s-q} c_q = -b_{s+1}/η': lower-triangular block-Toeplitz system, solved
-        # with the power-series inverse of h (Newton iteration, FFT products): O(t log t)
-        coef = _series_mul(_series_inverse(h), -bvals / eta1, t)
-        # a^{(-i)}_t in the eigenbasis: ā_t + η' Σ_s μ^{t-1-s} U_Bᵀ c_s
-        y = (coef.permute(0, 2, 3, 1).reshape(c_n * kb * n_rhs, t) @ rev_powers.T).view(
-            c_n, kb, n_rhs, n
-        )
-        q = (ub[:, :, None, :] * y).sum(1).transpose(1, 2)  # (c, n, R)
-        delta = (a_bar - a_full)[None] + eta1 * q  # (c, n, R) δ̂ = Uᵀ δ
-        w_sq[i0 : i0 + c_n] = (shifted[None, :, None] * delta**2).sum((1, 2))
-        self_change[i0 : i0 + c_n] = torch.einsum(
-            "ikj,ijr->ikr", ub, shifted[None, :, None] * delta
-        )
-        if g_star is not None and f_sq is not None:
-            m = g_star.shape[0] // kb
-            f_sq[i0 : i0 + c_n] = torch.einsum("mj,ijr->imr", g_star, delta).pow(2).sum((1, 2)) / m
-        bar.update(c_n)
-    bar.close()
-    return w_sq.clamp_min(0), f_sq, self_change
-
-
-#: Bound on the per-chunk (samples, d, R) temporaries of the feature-space closed forms.
-_FEATURE_CHUNK_BYTES = 256 * 2**20
-
-
-def _features(
-    phi: Tensor, phi_star: Tensor | None, r: Tensor, lam: float, kb: int
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    r"""t = ∞ closed forms in feature space (Woodbury), A = ΦΦᵀ + λI, cost linear in N.
-
-    With :math:`C = \Phi^\top\Phi + \lambda I_d` and :math:`Z = C^{-1}\Phi^\top`:
-    :math:`F r = (r - \Phi Z r)/\lambda`, :math:`F_{BB} = (I - \Phi_B Z_B)/\lambda`,
-    :math:`\Phi^\top \delta_i = Z_B v_i` so :math:`\lVert\Delta w\rVert^2 = \lVert Z_B v_i\rVert^2`
-    and :math:`\Delta f(X^*) = \Phi^* Z_B v_i`.
-    """
-    n, d = phi.shape
-    n_samples = n // kb
-    c_mat = phi.T @ phi + lam * torch.eye(d, dtype=phi.dtype, device=phi.device)
-    chol, info = torch.linalg.cholesky_ex(c_mat)
-    if int(info) != 0:
-        raise _not_pd_error(1.0)
-    z = torch.cholesky_solve(phi.T, chol)  # (d, n)
-    alpha = (r - phi @ (z @ r)) / lam
-    phi_b = phi.view(n_samples, kb, d)
-    z_b = z.view(d, n_samples, kb).permute(1, 0, 2)  # (N, d, Kb)
-    eye = torch.eye(kb, dtype=phi.dtype, device=phi.device)
-    alpha_b = alpha.view(n_samples, kb, -1)
-    # ||Φ* Δw||² = ||R* Δw||² with Φ* = Q R*: a factor with min(d, rows of Φ*) rows
-    star = None
-    if phi_star is not None:
-        star = phi_star if phi_star.shape[0] <= d else torch.linalg.qr(phi_star, mode="r")[1]
-    # samples in chunks so that the (chunk, d, R) projected Δw stays below _FEATURE_CHUNK_BYTES
-    width = d * max(kb, alpha_b.shape[2])
-    step = max(1, _FEATURE_CHUNK_BYTES // (phi.element_size() * width))
-    w_parts, f_parts, v_parts = [], [], []
-    for a in range(0, n_samples, step):
-        zc = z_b[a : a + step]
-        v = torch.linalg.solve((eye - phi_b[a : a + step] @ zc) / lam, alpha_b[a : a + step])
-        dw = zc @ v  # (chunk, d, R): projected Δw
-        w_parts.append(dw.pow(2).sum((1, 2)))
-        if star is not None:
-            f_parts.append(torch.matmul(star, dw).pow(2).sum((1, 2)))
-        v_parts.append(v)
-    w_sq = torch.cat(w_parts)
-    f_sq = None if star is None else torch.cat(f_parts) / (phi_star.shape[0] // kb)
-    return w_sq, f_sq, torch.cat(v_parts) - lam * alpha_b
-
-
-def _finish(
-    w_sq: Tensor, f_sq: Tensor | None, self_change: Tensor, sigma: float, num_outputs: int
-) -> UniqueInformation:
-    n_samples = w_sq.shape[0]
-    denom = 2.0 * sigma**2
-    return UniqueInformation(
-        weight_si=w_sq / denom,
-        functional_si=None if f_sq is None else f_sq / denom,
-        weight_change_sq=w_sq,
-        function_change_sq=f_sq,
-        self_prediction_change=self_change.reshape(n_samples, num_outputs),
-    )
-
-
-def _init_outputs(init_outputs: Tensor) -> Tensor:
-    f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
-    _check_ndim(f0, "init_outputs", (1, 2), "(N,) or (N, K)")
-    _check_finite(f0, "init_outputs")
-    return (f0[:, None] if f0.ndim == 1 else f0).double()
+def _kernels(ntk: Any, heldout_ntk: Any, problem: _Problem) -> tuple[Tensor, Tensor | None, bool]:
+    """Validated float64 kernels (a trace kernel divided by K) and whether it is a trace kernel."""
+    n_samples, num_outputs = problem.n_samples, problem.num_outputs
+    ntk_t = _as_tensor(ntk, "ntk", allow_int=False)
+    trace = num_outputs > 1 and tuple(ntk_t.shape) == (n_samples, n_samples)
+    kb = 1 if trace else num_outputs
+    theta = _check_kernel(ntk_t, "ntk", n_samples * kb, n_samples * kb, "(N*K, N*K) or (N, N)")
+    asym = float((theta - theta.T).abs().max())
+    if asym > 1e-6 * max(float(theta.abs().max()), 1e-300):
+        raise ValueError(f"`ntk` must be symmetric; got max |Θ - Θᵀ| = {asym:.3g}.")
+    theta = 0.5 * (theta + theta.T)
+    theta_star = None
+    if heldout_ntk is not None:
+        hs = _as_tensor(heldout_ntk, "heldout_ntk", allow_int=False)
+        if hs.ndim != 2 or hs.shape[0] % kb != 0 or hs.shape[0] == 0:
+            raise ValueError(
+                f"`heldout_ntk` must have shape (M*{kb}, {n_samples * kb}) with M >= 1 held-out "
+                f"samples (or be None: no functional SI); got {tuple(hs.shape)}."
+            )
+        theta_star = _check_kernel(hs, "heldout_ntk", hs.shape[0], n_samples * kb, "(M*K, N*K)")
+    if trace:
+        theta = theta / num_outputs
+        theta_star = None if theta_star is None else theta_star / num_outputs
+    return theta, theta_star, trace
 
 
 def unique_information_from_kernels(
@@ -459,7 +347,6 @@ def unique_information_from_kernels(
     noise_scale: float = 1.0,
     method: SUIMethod = "exact",
     ridge_c: float = 0.5,
-    progress: bool = False,
 ) -> UniqueInformation:
     r"""Compute per-sample weight SI and functional SI from precomputed NTKs (no model).
 
@@ -503,7 +390,6 @@ def unique_information_from_kernels(
         noise_scale: σ > 0 of the isotropic smoothing noise (weights and outputs).
         method: ``"exact"`` or ``"ridge"`` (only matters for finite ``num_steps``).
         ridge_c: constant c of the ridge approximation, > 0 (docs/sui.md §6.2: 0.5-1).
-        progress: show a tqdm bar for the finite-t exact solve.
 
     Returns:
         :class:`UniqueInformation` with (N,) float64 scores in nats (higher = more informative);
@@ -526,45 +412,49 @@ def unique_information_from_kernels(
         >>> [round(x, 4) for x in out.weight_si.tolist()][:3]
         [0.3634, 0.0138, 0.0044]
     """
-    f0 = _init_outputs(init_outputs)
-    n_samples, num_outputs = f0.shape
-    lr, t, wd, sigma, method, c = _hyper(
-        n_samples, learning_rate, num_steps, weight_decay, noise_scale, method, ridge_c
+    problem = _Problem.build(
+        init_outputs,
+        targets,
+        learning_rate=learning_rate,
+        num_steps=num_steps,
+        weight_decay=weight_decay,
+        noise_scale=noise_scale,
+        method=method,
+        ridge_c=ridge_c,
     )
-    y = _prepare_targets(targets, n_samples, num_outputs)
-    ntk_t = _as_tensor(ntk, "ntk", allow_int=False)
-    trace = num_outputs > 1 and tuple(ntk_t.shape) == (n_samples, n_samples)
-    kb = 1 if trace else num_outputs
-    theta = _check_kernel(ntk_t, "ntk", n_samples * kb, n_samples * kb, "(N*K, N*K) or (N, N)")
-    asym = float((theta - theta.T).abs().max())
-    if asym > 1e-6 * max(float(theta.abs().max()), 1e-300):
-        raise ValueError(f"`ntk` must be symmetric; got max |Θ - Θᵀ| = {asym:.3g}.")
-    theta = 0.5 * (theta + theta.T)
-    theta_star = None
-    if heldout_ntk is not None:
-        hs = _as_tensor(heldout_ntk, "heldout_ntk", allow_int=False)
-        if hs.ndim != 2 or hs.shape[0] % kb != 0 or hs.shape[0] == 0:
-            raise ValueError(
-                f"`heldout_ntk` must have shape (M*{kb}, {n_samples * kb}) with M >= 1 held-out "
-                f"samples (or be None: no functional SI); got {tuple(hs.shape)}."
-            )
-        theta_star = _check_kernel(hs, "heldout_ntk", hs.shape[0], n_samples * kb, "(M*K, N*K)")
+    theta, theta_star, trace = _kernels(ntk, heldout_ntk, problem)
+    r, kb = problem.residuals(trace)
+    n, lr, t = theta.shape[0], problem.learning_rate, problem.num_steps
+    a_mat = theta + problem.ridge * torch.eye(n, dtype=theta.dtype, device=theta.device)
+    if t is None or problem.method == "ridge":
+        _check_stable(_power_lambda_max(a_mat), lr, problem.n_samples, "power-iteration estimate")
+        out = _infinite(theta, theta_star, r, problem.closed_form_ridge, kb)
+    else:
+        evals, u = torch.linalg.eigh(a_mat)
+        _check_stable(float(evals.max()), lr, problem.n_samples, "exact eigenvalue")
+        out = _finite_exact(theta, theta_star, r, problem.ridge, kb, lr, t, (evals, u))
+    return problem.finish(*out)
+
+
+def _features_of(x: Any, name: str, rows: int | None, num_outputs: int) -> Tensor:
+    """Validated (rows, K, d) float64 features ((N, d) is accepted for K = 1)."""
+    x = _as_tensor(x, name, allow_int=False)
+    if x.ndim == 2 and num_outputs == 1:
+        x = x[:, None, :]
+    _check_ndim(x, name, (3,), "(N, K, d)")
+    if x.shape[1] != num_outputs or (rows is not None and x.shape[0] != rows):
+        raise ValueError(
+            f"`{name}` must have shape ({rows or 'M'}, {num_outputs}, d); got {tuple(x.shape)}."
+        )
+    _check_finite(x, name)
+    return x.double()
+
+
+def _feature_rows(phi3: Tensor, trace: bool) -> Tensor:
+    """(N, K, d) features as kernel rows: (N K, d), or (N, K d) / sqrt(K) for the trace kernel."""
     if trace:
-        theta = theta / num_outputs
-        theta_star = None if theta_star is None else theta_star / num_outputs
-        r = f0 - y  # (N, K): K right-hand sides sharing the kernel
-    else:
-        r = (f0 - y).reshape(-1, 1)
-    lam = n_samples * wd
-    n = theta.shape[0]
-    if t is None or method == "ridge":
-        a_mat = theta + lam * torch.eye(n, dtype=theta.dtype, device=theta.device)
-        _check_stable(_power_lambda_max(a_mat), lr, n_samples, "power-iteration estimate")
-        lam_eff = lam if t is None else lam + c / ((lr / n_samples) * t)
-        out = _infinite(theta, theta_star, r, lam_eff, kb, wd if t is None else 1.0)
-    else:
-        out = _finite_exact(theta, theta_star, r, lam, kb, lr, t, progress)
-    return _finish(*out, sigma, num_outputs)
+        return phi3.reshape(phi3.shape[0], -1) * (1.0 / math.sqrt(phi3.shape[1]))
+    return phi3.reshape(-1, phi3.shape[2])
 
 
 def unique_information_from_features(
@@ -630,56 +520,42 @@ def unique_information_from_features(
         >>> [round(x, 4) for x in out.weight_si.tolist()][:3]
         [0.3634, 0.0138, 0.0044]
     """
-    f0 = _init_outputs(init_outputs)
-    n_samples, num_outputs = f0.shape
-    lr, t, wd, sigma, method, c = _hyper(
-        n_samples, learning_rate, num_steps, weight_decay, noise_scale, method, ridge_c
+    problem = _Problem.build(
+        init_outputs,
+        targets,
+        learning_rate=learning_rate,
+        num_steps=num_steps,
+        weight_decay=weight_decay,
+        noise_scale=noise_scale,
+        method=method,
+        ridge_c=ridge_c,
     )
     kernel = _check_choice(kernel, "kernel", _KERNELS)
-    y = _prepare_targets(targets, n_samples, num_outputs)
-
-    def _feat(x: Tensor, name: str, rows: int | None) -> Tensor:
-        x = _as_tensor(x, name, allow_int=False)
-        if x.ndim == 2 and num_outputs == 1:
-            x = x[:, None, :]
-        _check_ndim(x, name, (3,), "(N, K, d)")
-        if x.shape[1] != num_outputs or (rows is not None and x.shape[0] != rows):
+    phi3 = _features_of(features, "features", problem.n_samples, problem.num_outputs)
+    phi_star3 = None
+    if heldout_features is not None:
+        phi_star3 = _features_of(heldout_features, "heldout_features", None, problem.num_outputs)
+        if phi_star3.shape[2] != phi3.shape[2]:
             raise ValueError(
-                f"`{name}` must have shape ({rows or 'M'}, {num_outputs}, d); got {tuple(x.shape)}."
+                f"`heldout_features` must have d = {phi3.shape[2]} like `features`; "
+                f"got {phi_star3.shape[2]}."
             )
-        _check_finite(x, name)
-        return x.double()
-
-    phi3 = _feat(features, "features", n_samples)
-    phi_star3 = (
-        None if heldout_features is None else _feat(heldout_features, "heldout_features", None)
-    )
-    if phi_star3 is not None and phi_star3.shape[2] != phi3.shape[2]:
-        raise ValueError(
-            f"`heldout_features` must have d = {phi3.shape[2]} like `features`; "
-            f"got {phi_star3.shape[2]}."
-        )
-    if t is not None and method == "exact":
+    if problem.num_steps is not None and problem.method == "exact":
         raise ValueError(
             "`method='exact'` with a finite `num_steps` is not available in feature space; use "
             "`method='ridge'`, or the kernel path (`unique_information_from_kernels`)."
         )
-    lam = n_samples * wd
-    if kernel == "trace" and num_outputs > 1:
-        scale = 1.0 / math.sqrt(num_outputs)
-        phi = phi3.reshape(n_samples, -1) * scale
-        phi_star = None if phi_star3 is None else phi_star3.reshape(phi_star3.shape[0], -1) * scale
-        kb, r = 1, f0 - y
-    else:
-        phi = phi3.reshape(n_samples * num_outputs, -1)
-        phi_star = None if phi_star3 is None else phi_star3.reshape(-1, phi3.shape[2])
-        kb, r = num_outputs, (f0 - y).reshape(-1, 1)
+    trace = kernel == "trace" and problem.num_outputs > 1
+    r, kb = problem.residuals(trace)
+    phi = _feature_rows(phi3, trace)
+    phi_star = None if phi_star3 is None else _feature_rows(phi_star3, trace)
     gram_max = float(torch.linalg.eigvalsh(phi.T @ phi).max())
-    _check_stable(gram_max + lam, lr, n_samples, "exact eigenvalue")
-    lam_eff = lam if t is None else lam + c / ((lr / n_samples) * t)
-    if lam_eff <= 0:
-        raise _not_pd_error(0.0)
-    return _finish(*_features(phi, phi_star, r, lam_eff, kb), sigma, num_outputs)
+    _check_stable(
+        gram_max + problem.ridge, problem.learning_rate, problem.n_samples, "exact eigenvalue"
+    )
+    if problem.closed_form_ridge <= 0:
+        raise NotPositiveDefiniteError(0.0)
+    return problem.finish(*_features(phi, phi_star, r, problem.closed_form_ridge, kb))
 
 
 def smooth_unique_information(
@@ -702,7 +578,7 @@ def smooth_unique_information(
     chunk_size: int | None = None,
     seed: int = 0,
     memory_budget_bytes: int = _DEFAULT_BUDGET,
-    progress: bool = False,
+    output_fn: Callable[[Any], Tensor] | None = None,
 ) -> UniqueInformation:
     r"""Score every training sample's smooth unique information about the weights and function.
 
@@ -716,6 +592,13 @@ def smooth_unique_information(
         \mathrm{SI}_i = \frac{\lVert w_S - w_{S \setminus i} \rVert^2}{2\sigma^2}, \qquad
         \text{F-SI}_i = \frac{1}{2\sigma^2}\,\mathrm{mean}_{x \in X^*}
             \lVert f_S(x) - f_{S\setminus i}(x) \rVert^2 .
+
+    The run is replayed as :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`
+    decides, exactly as the :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback
+    does: a learning rate beyond the linearized stability limit is lowered to 0.9 of it with the
+    steps raised to keep the optimization time, and the converged solution of a singular kernel
+    without weight decay gets a tiny ridge; each such change is warned about and recorded in the
+    result's ``plan``.
 
     The model is evaluated in eval mode; outputs must be (B,) or (B, K) raw outputs (MSE on
     logits: integer labels become one-hot for K > 1, 0/1 for K = 1). ``solver="auto"`` uses the
@@ -743,15 +626,16 @@ def smooth_unique_information(
         chunk_size: samples per Jacobian vmap call.
         seed: seed of the projection.
         memory_budget_bytes: bound on stored Jacobians / projection blocks.
-        progress: show a progress bar for the finite-t exact solve.
+        output_fn: maps the model's raw output (a tuple, a dict, ...) to the (B,) or (B, K)
+            tensor to linearize, e.g. ``lambda out: out["logits"]``; None: the model returns it.
 
     Returns:
-        :class:`UniqueInformation` (float64, nats; higher = more informative).
+        :class:`UniqueInformation` (float64, nats; higher = more informative), with the
+        :class:`~lightning_info.functional.gd_plan.GradientDescentPlan` that was replayed.
 
     Raises:
         ValueError: unsupported model outputs, mismatched lengths, non-finite values, invalid
-            options, a non-positive-definite kernel at t = ∞ with ``weight_decay=0``, or a
-            learning rate too large for GD to converge.
+            options, or a kernel with negative eigenvalues beyond round-off.
         TypeError: non-tensor inputs.
 
     Example:
@@ -764,6 +648,61 @@ def smooth_unique_information(
         >>> out.weight_si.shape, out.functional_si.shape
         (torch.Size([8]), torch.Size([8]))
     """
+    kernel = _check_choice(kernel, "kernel", _KERNELS)
+    solver = _check_choice(solver, "solver", _SOLVERS)
+    method = _check_choice(method, "method", _METHODS)
+    tgt = _check_model_inputs(train_inputs, train_targets, heldout_inputs)
+    f0 = model_outputs(model, train_inputs, chunk_size=chunk_size, output_fn=output_fn)
+    n_samples = train_inputs.shape[0]
+    _check_outputs(f0, n_samples)
+    _check_finite(f0, "model outputs")
+    num_outputs = f0.shape[1]
+    use_features = solver == "features" or (
+        solver == "auto"
+        and projection_dim is not None
+        and n_samples * num_outputs > int(projection_dim)
+        and (num_steps is None or method == "ridge")
+        and (weight_decay > 0 or num_steps is not None)
+    )
+    jac_kw = dict(
+        params=params,
+        projection_dim=projection_dim,
+        projection=projection,
+        seed=seed,
+        chunk_size=chunk_size,
+        memory_budget_bytes=memory_budget_bytes,
+        output_fn=output_fn,
+    )
+    options = dict(
+        learning_rate=learning_rate,
+        num_steps=num_steps,
+        weight_decay=weight_decay,
+        method=method,
+        noise_scale=noise_scale,
+        ridge_c=ridge_c,
+    )
+    if use_features:
+        info = _replay_in_feature_space(
+            model, train_inputs, heldout_inputs, f0, tgt, kernel, jac_kw, options
+        )
+    else:
+        theta = empirical_ntk(model, train_inputs, kernel=kernel, **jac_kw)
+        theta_star = None
+        if heldout_inputs is not None:
+            theta_star = empirical_ntk(model, heldout_inputs, train_inputs, kernel=kernel, **jac_kw)
+        info = unique_information_with_plan(theta, theta_star, f0, tgt, **options)
+    for _, note in info.plan.notes:
+        warnings.warn(f"smooth_unique_information: {note}", UserWarning, stacklevel=2)
+    return info
+
+
+def _check_model_inputs(train_inputs: Any, train_targets: Any, heldout_inputs: Any) -> Tensor:
+    """Type, length and finiteness checks of the model-level inputs; returns the targets.
+
+    Raises:
+        TypeError: non-tensor inputs.
+        ValueError: mismatched lengths or non-finite inputs.
+    """
     if not isinstance(train_inputs, Tensor):
         raise TypeError(
             f"`train_inputs` must be a torch.Tensor; got {type(train_inputs).__name__}."
@@ -772,56 +711,161 @@ def smooth_unique_information(
         raise TypeError(
             f"`heldout_inputs` must be a torch.Tensor; got {type(heldout_inputs).__name__}."
         )
-    kernel = _check_choice(kernel, "kernel", _KERNELS)
-    solver = _check_choice(solver, "solver", _SOLVERS)
-    method = _check_choice(method, "method", _METHODS)
-    n_samples = train_inputs.shape[0]
     tgt = _as_tensor(train_targets, "train_targets")
-    if tgt.shape[0] != n_samples:
+    if tgt.shape[0] != train_inputs.shape[0]:
         raise ValueError(
             f"`train_inputs` and `train_targets` must have the same number of samples; "
-            f"got {n_samples} and {tgt.shape[0]}."
+            f"got {train_inputs.shape[0]} and {tgt.shape[0]}."
         )
     if train_inputs.is_floating_point():
         _check_finite(train_inputs, "train_inputs")
     if heldout_inputs is not None and heldout_inputs.is_floating_point():
         _check_finite(heldout_inputs, "heldout_inputs")
-    f0 = model_outputs(model, train_inputs, chunk_size=chunk_size)
-    _check_outputs(f0, n_samples)
-    _check_finite(f0, "model outputs")
-    num_outputs = f0.shape[1]
-    common = dict(
+    return tgt
+
+
+def _engine_method(plan: GradientDescentPlan) -> str:
+    """The engines' ``method`` for a plan (irrelevant for the converged solution)."""
+    return "ridge" if plan.method == "ridge" else "exact"
+
+
+def _replay(
+    lambda_max: float,
+    solve: Callable[[GradientDescentPlan], UniqueInformation],
+    shape: tuple[int, int, bool],
+    options: dict[str, Any],
+    max_exact_cost: float = DEFAULT_MAX_EXACT_COST,
+) -> UniqueInformation:
+    """Plan the replay for a kernel with ``lambda_max`` = λ_max(Θ), solve, attach the plan."""
+    n, k, trace = shape
+    wd = options["weight_decay"]
+    plan = plan_gradient_descent(
+        lambda_max + n * wd,
+        n,
+        learning_rate=options["learning_rate"],
+        num_steps=options["num_steps"],
+        weight_decay=wd,
+        method=options["method"],
+        max_exact_cost=max_exact_cost,
+        rows_per_sample=1 if trace else k,
+        right_hand_sides=k if trace else 1,
+    )
+    info, plan = solve_planned(solve, plan, n)
+    return dataclasses.replace(info, plan=plan)
+
+
+def unique_information_with_plan(
+    ntk: Tensor,
+    heldout_ntk: Tensor | None,
+    init_outputs: Tensor,
+    targets: Tensor,
+    *,
+    learning_rate: float,
+    num_steps: int | None = None,
+    weight_decay: float = 0.0,
+    method: Literal["auto", "exact", "ridge"] = "auto",
+    max_exact_cost: float = DEFAULT_MAX_EXACT_COST,
+    noise_scale: float = 1.0,
+    ridge_c: float = 0.5,
+) -> UniqueInformation:
+    """Replay a training run on precomputed NTKs as :func:`~lightning_info.functional.gd_plan.plan_gradient_descent` decides.
+
+    :func:`unique_information_from_kernels` replays exactly the run it is given and rejects an
+    unstable learning rate; this function first plans the run (a learning rate beyond the
+    linearized stability limit lowered to 0.9 of it with the steps raised to keep the
+    optimization time; ``method="auto"``: the exact finite horizon within ``max_exact_cost``
+    flops, else the ridge equivalent; a tiny ridge for a singular kernel at t = ∞), then solves.
+    Used by :func:`smooth_unique_information` and the
+    :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback.
+
+    Args:
+        ntk: (N K, N K) full or (N, N) trace kernel.
+        heldout_ntk: held-out/train kernel, or None.
+        init_outputs: (N, K) or (N,) outputs at the linearization point.
+        targets: (N, K) float targets or (N,) integer labels.
+        learning_rate: lr of the run, > 0.
+        num_steps: its steps, or None for the converged solution.
+        weight_decay: its weight decay, >= 0.
+        method: ``"auto"``, ``"exact"`` or ``"ridge"``.
+        max_exact_cost: flop budget of the exact finite horizon under ``"auto"``.
+        noise_scale: σ > 0.
+        ridge_c: c of the ridge approximation.
+
+    Returns:
+        :class:`UniqueInformation` with the plan that was replayed (its ``notes`` say what was
+        changed; callers show them as warnings).
+
+    Raises:
+        ValueError: as :func:`unique_information_from_kernels`, except for an unstable learning
+            rate or a singular kernel at t = ∞ without weight decay, which are planned away.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> jac = torch.randn(6, 3, generator=g, dtype=torch.float64)
+        >>> out = unique_information_with_plan(jac @ jac.T, None, torch.zeros(6),
+        ...     torch.tensor([0, 1, 0, 1, 1, 0]), learning_rate=100.0, num_steps=10)
+        >>> out.plan.rescaled, out.plan.num_steps > 10
+        (True, True)
+    """
+    f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
+    n, k = f0.shape[0], (1 if f0.ndim == 1 else f0.shape[1])
+    trace = k > 1 and tuple(ntk.shape) == (n, n)
+    used = ntk / k if trace else ntk  # the trace kernel is used as Θ/K ⊗ I
+    options = dict(
         learning_rate=learning_rate,
         num_steps=num_steps,
         weight_decay=weight_decay,
-        noise_scale=noise_scale,
         method=method,
-        ridge_c=ridge_c,
     )
-    use_features = solver == "features" or (
-        solver == "auto"
-        and projection_dim is not None
-        and n_samples * num_outputs > int(projection_dim)
-        and (num_steps is None or method == "ridge")
-        and (weight_decay > 0 or num_steps is not None)
-    )
-    feat_kw = dict(
-        params=params,
-        projection_dim=projection_dim,
-        projection=projection,
-        seed=seed,
-        chunk_size=chunk_size,
-        memory_budget_bytes=memory_budget_bytes,
-    )
-    if use_features:
-        phi = jacobian_features(model, train_inputs, **feat_kw)
-        phi_star = None
-        if heldout_inputs is not None:
-            phi_star = jacobian_features(model, heldout_inputs, **feat_kw)
-        return unique_information_from_features(phi, phi_star, f0, tgt, kernel=kernel, **common)
-    ntk_kw = dict(feat_kw, kernel=kernel)
-    theta = empirical_ntk(model, train_inputs, **ntk_kw)
-    theta_star = None
-    if heldout_inputs is not None:
-        theta_star = empirical_ntk(model, heldout_inputs, train_inputs, **ntk_kw)
-    return unique_information_from_kernels(theta, theta_star, f0, tgt, progress=progress, **common)
+
+    def solve(plan: GradientDescentPlan) -> UniqueInformation:
+        return unique_information_from_kernels(
+            ntk,
+            heldout_ntk,
+            init_outputs,
+            targets,
+            learning_rate=plan.learning_rate,
+            num_steps=plan.num_steps,
+            weight_decay=plan.weight_decay,
+            method=_engine_method(plan),
+            noise_scale=noise_scale,
+            ridge_c=ridge_c,
+        )
+
+    return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), options, max_exact_cost)
+
+
+def _replay_in_feature_space(
+    model: nn.Module,
+    x: Tensor,
+    x_star: Tensor | None,
+    f0: Tensor,
+    targets: Tensor,
+    kernel: str,
+    jac_kw: dict,
+    options: dict[str, Any],
+) -> UniqueInformation:
+    """Projected Jacobian features, λ_max of their kernel, the planned feature-space solve."""
+    phi = jacobian_features(model, x, **jac_kw)
+    phi_star = None if x_star is None else jacobian_features(model, x_star, **jac_kw)
+    n, k = f0.shape
+    trace = kernel == "trace" and k > 1
+    rows = _feature_rows(phi.double(), trace)
+
+    def solve(plan: GradientDescentPlan) -> UniqueInformation:
+        return unique_information_from_features(
+            phi,
+            phi_star,
+            f0,
+            targets,
+            learning_rate=plan.learning_rate,
+            num_steps=plan.num_steps,
+            weight_decay=plan.weight_decay,
+            method=_engine_method(plan),
+            kernel=kernel,
+            noise_scale=options["noise_scale"],
+            ridge_c=options["ridge_c"],
+        )
+
+    lambda_max = float(torch.linalg.eigvalsh(rows.T @ rows).max())
+    return _replay(lambda_max, solve, (n, k, trace), options)

@@ -6,7 +6,7 @@ these by default and let the user pass small extractor functions for anything el
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -16,7 +16,8 @@ INPUT_KEYS: tuple[str, ...] = ("x", "input", "inputs", "image", "images", "data"
 #: Dict keys tried, in order, for the targets of a dict batch.
 TARGET_KEYS: tuple[str, ...] = ("y", "target", "targets", "label", "labels")
 
-BatchFn = Callable[[Any], Tensor]
+#: Keys tried, in order, for the tensor to linearize in a dict-like model output.
+OUTPUT_KEYS: tuple[str, ...] = ("logits", "output", "outputs", "preds", "prediction", "y_hat")
 
 
 def default_input_fn(batch: Any) -> Tensor:
@@ -79,4 +80,45 @@ def default_target_fn(batch: Any) -> Tensor:
     raise TypeError(
         f"Cannot find the targets in a batch of type {type(batch).__name__}; expected a tuple/list "
         "(x, y, ...) or a dict. Pass `target_fn=lambda batch: ...` to the callback."
+    )
+
+
+def default_output_fn(output: Any) -> Tensor:
+    """Return the tensor to score from a model's output: itself, a tuple's first, or ``logits``.
+
+    Models often return more than their predictions: ``(logits, features)`` tuples, or dicts and
+    Hugging Face-style output objects with a ``logits`` entry. This picks the predictions.
+
+    Args:
+        output: what ``model(x)`` returned.
+
+    Returns:
+        The output tensor.
+
+    Raises:
+        TypeError: if none of the rules finds a tensor; pass ``output_fn=`` to the callback.
+
+    Example:
+        >>> import torch
+        >>> default_output_fn((torch.zeros(2, 3), torch.ones(2, 8))).shape
+        torch.Size([2, 3])
+        >>> default_output_fn({"logits": torch.zeros(4, 2), "hidden": None}).shape
+        torch.Size([4, 2])
+    """
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for key in OUTPUT_KEYS:
+            if isinstance(output.get(key), Tensor):
+                return output[key]
+        raise TypeError(
+            f"Cannot find the predictions in a model output with keys {sorted(map(str, output))}; "
+            f"expected one of {OUTPUT_KEYS}. Pass `output_fn=lambda out: out[...]` to the callback."
+        )
+    if isinstance(output, Sequence) and len(output) > 0 and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(
+        f"Cannot find the predictions in a model output of type {type(output).__name__}; expected "
+        "a tensor, a tuple/list starting with one, or a dict with 'logits'. Pass "
+        "`output_fn=lambda out: ...` to the callback."
     )

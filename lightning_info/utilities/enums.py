@@ -1,7 +1,7 @@
 """String enums for the options of the functional layer.
 
 Every option that takes one of these enums also accepts the plain string value
-(``"exact"`` or ``EigenSolver.EXACT``).
+(``"exact"`` or ``EigenSolver.EXACT``, ``"structured"`` or ``JacobianForm.STRUCTURED``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,33 @@ class EigenSolver(str, Enum):
     AUTO = "auto"
 
     def __str__(self) -> str:
+        """Return the string value (``"exact"``, ...), as used in messages and logs."""
+        return self.value
+
+
+class JacobianForm(str, Enum):
+    r"""How per-sample Jacobians are represented for the empirical NTK and projected features.
+
+    Used by :func:`~lightning_info.functional.jacobian.empirical_ntk` and
+    :func:`~lightning_info.functional.jacobian.jacobian_features` (``form=``); see
+    ``docs/sui.md`` §8.4.
+
+    * ``EXPLICIT`` (``"explicit"``): every selected parameter's Jacobian is materialized with
+      ``torch.func.vmap(jacrev(...))`` as K x P numbers per sample, then multiplied
+      (:math:`J J^\top`) or randomly projected (:math:`J R`). Works for any model; memory and time
+      grow with P.
+    * ``STRUCTURED`` (``"structured"``): every plain ``nn.Linear`` layer called once per forward
+      on (B, in) inputs, with no tied parameter, keeps its Jacobian in factored form: layer
+      inputs A and output gradients G, kernel :math:`(G G^\top) \odot (A A^\top + 1)`, projected
+      features :math:`g (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed. Every
+      other parameter falls back to ``EXPLICIT``. Exact up to rounding.
+    """
+
+    EXPLICIT = "explicit"
+    STRUCTURED = "structured"
+
+    def __str__(self) -> str:
+        """Return the string value (``"exact"``, ...), as used in messages and logs."""
         return self.value
 
 

@@ -317,7 +317,7 @@ def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, m
     def boom(*args, **kwargs):
         raise ValueError("engine exploded")
 
-    monkeypatch.setattr(sui_module, "unique_information_from_kernels", boom)
+    monkeypatch.setattr(sui_module, "unique_information_with_plan", boom)
     sui = SmoothUniqueInformation(max_samples=20, progress=False)
     trainer = _trainer(tmp_path, [sui], max_epochs=1, limit_train_batches=1)
     with pytest.warns(UserWarning, match="scoring at fit end failed.*engine exploded"):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
 from lightning_info.functional.jacobian import (
+    _ExplicitLinearization,
+    _linearize,
     _Projector,
+    _StructuredLinearization,
     empirical_ntk,
     jacobian_features,
     model_outputs,
@@ -305,10 +310,10 @@ def test_structured_ntk_equals_explicit_autograd_products(name, kernel):
         expected = j1.reshape(6 * k, -1) @ j2.reshape(4 * k, -1).T
     else:
         expected = sum(j1[:, c] @ j2[:, c].T for c in range(k))
-    got = empirical_ntk(model, x1, x2, kernel=kernel, structured=True)
+    got = empirical_ntk(model, x1, x2, kernel=kernel, form="structured")
     torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
-    sym = empirical_ntk(model, x1, kernel=kernel, structured=True, chunk_size=4)
-    expected_sym = empirical_ntk(model, x1, kernel=kernel, structured=False)
+    sym = empirical_ntk(model, x1, kernel=kernel, form="structured", chunk_size=4)
+    expected_sym = empirical_ntk(model, x1, kernel=kernel, form="explicit")
     torch.testing.assert_close(sym, expected_sym, rtol=1e-11, atol=1e-12)
 
 
@@ -331,7 +336,7 @@ def test_structured_ntk_streaming_blocks_equal_in_memory():
     x1 = torch.randn(9, dim, generator=gen, dtype=torch.float64)
     x2 = torch.randn(5, dim, generator=gen, dtype=torch.float64)
     for other in (None, x2):
-        ref = empirical_ntk(model, x1, other, structured=False)
+        ref = empirical_ntk(model, x1, other, form="explicit")
         # a budget of ~2 samples' factored Jacobians forces the block-by-block path
         streamed = empirical_ntk(model, x1, other, chunk_size=2, memory_budget_bytes=1500)
         torch.testing.assert_close(streamed, ref, rtol=1e-11, atol=1e-12)
@@ -367,20 +372,125 @@ def test_structured_path_never_forms_linear_jacobians(monkeypatch):
 
     model = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 10)).double()
     x = torch.randn(12, 30, dtype=torch.float64)
-    reference = empirical_ntk(model, x, kernel="trace", structured=False)
-    ref_feats = jacobian_features(model, x, projection_dim=8, structured=False)
+    reference = empirical_ntk(model, x, kernel="trace", form="explicit")
+    ref_feats = jacobian_features(model, x, projection_dim=8, form="explicit")
 
     def forbidden(self, x):
         raise AssertionError("explicit Jacobian formed")
 
-    monkeypatch.setattr(jac_mod._Linearization, "_explicit_jacobian", forbidden)
+    monkeypatch.setattr(jac_mod._ExplicitLinearization, "_explicit_jacobian", forbidden)
     torch.testing.assert_close(empirical_ntk(model, x, kernel="trace"), reference)
     torch.testing.assert_close(jacobian_features(model, x, projection_dim=8), ref_feats)
     with pytest.raises(AssertionError, match="explicit Jacobian formed"):
-        empirical_ntk(model, x, kernel="trace", structured=False)
+        empirical_ntk(model, x, kernel="trace", form="explicit")
 
 
 def test_structured_option_type_checked(data):
     x, _ = data
     with pytest.raises(TypeError, match="structured"):
-        empirical_ntk(_mlp(), x, structured="yes")
+        empirical_ntk(_mlp(), x, form=True)  # the former `structured=True`
+    with pytest.raises(ValueError, match="form"):
+        empirical_ntk(_mlp(), x, form="yes")
+
+
+# ---------------------------------------------------------------------------------------------
+# output_fn: models whose forward returns a tuple, a dict or an output object
+# ---------------------------------------------------------------------------------------------
+class _TupleOut(nn.Module):
+    """Returns ``(logits, features)``, like many classifiers."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x), torch.tanh(x)
+
+
+class _DictOut(_TupleOut):
+    """Returns ``{"logits": ..., "aux": ...}``."""
+
+    def forward(self, x):
+        logits = self.inner(x)
+        return {"logits": logits, "aux": logits.pow(2)}
+
+
+class _ObjectOut(_TupleOut):
+    """Returns an object with a ``logits`` attribute (Hugging Face-style output)."""
+
+    def forward(self, x):
+        logits = self.inner(x)
+        return SimpleNamespace(logits=logits, hidden_states=(x,))
+
+
+_WRAPPERS = {
+    "tuple": (_TupleOut, lambda out: out[0]),
+    "dict": (_DictOut, lambda out: out["logits"]),
+    "object": (_ObjectOut, lambda out: out.logits),
+}
+
+
+_IMPLEMENTATIONS = {"explicit": _ExplicitLinearization, "structured": _StructuredLinearization}
+
+
+@pytest.mark.parametrize("wrapper", ["tuple", "dict", "object"])
+@pytest.mark.parametrize("form", ["explicit", "structured"])
+def test_output_fn_gives_the_plain_model_jacobians_and_kernels(wrapper, form):
+    plain, dim = _models()["mixed"]  # conv + BatchNorm (explicit) and Linear layers (structured)
+    make, output_fn = _WRAPPERS[wrapper]
+    wrapped = make(plain)
+    gen = torch.Generator().manual_seed(4)
+    x1 = torch.randn(6, dim, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(4, dim, generator=gen, dtype=torch.float64)
+    j1, j2 = _loop_jacobian(plain, x1), _loop_jacobian(plain, x2)  # reference on the plain model
+    p = j1.shape[2]
+    lin = _linearize(wrapped, x1, form=form, params=None, chunk_size=None, output_fn=output_fn)
+    assert type(lin) is _IMPLEMENTATIONS[form]  # the structured form is used on the wrapper too
+
+    outs = model_outputs(wrapped, x1, chunk_size=4, output_fn=output_fn)
+    torch.testing.assert_close(outs, model_outputs(plain, x1, chunk_size=4), rtol=0, atol=0)
+    jac = per_sample_jacobians(wrapped, x1, chunk_size=4, output_fn=output_fn)
+    torch.testing.assert_close(jac, j1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jac, per_sample_jacobians(plain, x1, chunk_size=4), rtol=0, atol=0)
+
+    full = empirical_ntk(wrapped, x1, x2, form=form, output_fn=output_fn)
+    expected = j1.reshape(-1, p) @ j2.reshape(-1, p).T
+    torch.testing.assert_close(full, expected, rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(full, empirical_ntk(plain, x1, x2, form=form), rtol=0, atol=0)
+    trace = empirical_ntk(wrapped, x1, kernel="trace", form=form, output_fn=output_fn)
+    expected_trace = sum(j1[:, c] @ j1[:, c].T for c in range(j1.shape[1]))
+    torch.testing.assert_close(trace, expected_trace, rtol=1e-11, atol=1e-12)
+    # streaming blocks (a budget of a few samples) and projected features J R
+    streamed = empirical_ntk(
+        wrapped, x1, form=form, chunk_size=2, memory_budget_bytes=1500, output_fn=output_fn
+    )
+    torch.testing.assert_close(
+        streamed, j1.reshape(-1, p) @ j1.reshape(-1, p).T, rtol=1e-11, atol=1e-12
+    )
+    feats = jacobian_features(wrapped, x1, projection_dim=6, seed=2, form=form, output_fn=output_fn)
+    r = _Projector(p, 6, "gaussian", 2, j1, budget=2**30)(torch.eye(p, dtype=torch.float64))
+    torch.testing.assert_close(feats, j1 @ r, rtol=1e-11, atol=1e-12)
+    plain_feats = jacobian_features(plain, x1, projection_dim=6, seed=2, form=form)
+    torch.testing.assert_close(feats, plain_feats, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("wrapper", ["tuple", "dict"])
+def test_non_tensor_output_without_output_fn_says_pass_output_fn(wrapper):
+    plain, dim = _models()["mixed"]
+    wrapped = _WRAPPERS[wrapper][0](plain)
+    x = torch.randn(3, dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    calls = {
+        "model_outputs": lambda: model_outputs(wrapped, x),
+        "per_sample_jacobians": lambda: per_sample_jacobians(wrapped, x),
+        "empirical_ntk explicit": lambda: empirical_ntk(wrapped, x, form="explicit"),
+        "empirical_ntk structured": lambda: empirical_ntk(wrapped, x),
+        "jacobian_features": lambda: jacobian_features(wrapped, x, projection_dim=4),
+    }
+    hint = r"pass `output_fn=`.*`output_fn=lambda out: out\[0\]`.*`output_fn=lambda out: out\[\"logits\"\]`"
+    for call in calls.values():
+        with pytest.raises(ValueError, match=hint):
+            call()
+    with pytest.raises(ValueError, match="`output_fn` must return a tensor"):
+        empirical_ntk(wrapped, x, output_fn=lambda out: out)
+    with pytest.raises(TypeError, match="output_fn"):
+        empirical_ntk(wrapped, x, output_fn="logits")

@@ -133,7 +133,7 @@ def test_feature_space_path_equals_kernel_path(k, t, method):
 
 @pytest.mark.parametrize("kernel", ["full", "trace"])
 def test_feature_space_path_in_sample_chunks_equals_kernel_path(monkeypatch, kernel):
-    from lightning_info.functional import sui as sui_mod
+    from lightning_info.functional import _sui_algebra as sui_algebra
 
     n, k = 11, 3
     jac, jac_star, f0, y = _problem(n, k, 9, 4, seed=5)
@@ -143,7 +143,7 @@ def test_feature_space_path_in_sample_chunks_equals_kernel_path(monkeypatch, ker
         theta_star = sum(jac_star[:, c] @ jac[:, c].T for c in range(k))
     kw = dict(learning_rate=_stable_lr(theta, n, 0.05), weight_decay=0.05)
     a = unique_information_from_kernels(theta, theta_star, f0, y, **kw)
-    monkeypatch.setattr(sui_mod, "_FEATURE_CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(sui_algebra, "_FEATURE_CHUNK_BYTES", 1)  # one sample per chunk
     b = unique_information_from_features(jac, jac_star, f0, y, kernel=kernel, **kw)
     for field in ("weight_change_sq", "function_change_sq", "self_prediction_change"):
         assert _rel(getattr(b, field), getattr(a, field)) < 1e-9

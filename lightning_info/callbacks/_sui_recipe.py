@@ -1,0 +1,277 @@
+"""The training recipe that smooth unique information replays, read once from a run.
+
+A frozen :class:`TrainingRecipe` (optimizer, learning rate, weight decay, momentum, steps taken)
+is read either from a live ``Trainer`` (the callback, at fit start and fit end) or from a saved
+checkpoint (``lightning-info score``), and one rule, :meth:`TrainingRecipe.replay`, turns it into
+the learning rate and horizon of the linearized gradient descent (``docs/sui.md`` §10):
+
+* plain SGD: its learning rate for the optimizer steps taken since the linearization point's
+  snapshot (``global_step`` minus the snapshot's step);
+* SGD with momentum :math:`\\beta`: the heavy-ball equivalent learning rate
+  :math:`lr/(1-\\beta)` for the same steps;
+* adaptive optimizers (Adam, AdamW, RMSprop, ...): their steps are not gradient-descent steps,
+  so the converged solution (``num_steps=None``) is scored.
+
+The same rule applies to both linearization points and both entry points, so the callback and
+``lightning-info score`` score the same run identically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from lightning_info.callbacks._sui_data import uses_augmentation
+
+__all__ = ["AUTO", "CONVERGED", "Horizon", "TrainingRecipe", "model_notes"]
+
+#: ``num_steps`` sentinel: read the horizon from the training run (the default).
+AUTO = "auto"
+#: ``num_steps`` sentinel (same as None): the converged solution, t = ∞.
+CONVERGED = "converged"
+#: A horizon request: a step count, ``"auto"``, or ``"converged"`` / None.
+Horizon = int | Literal["auto", "converged"] | None
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """What the training run did, as far as the closed form can replay it.
+
+    Attributes:
+        optimizer: class name of the first optimizer (None when unknown).
+        learning_rate: lr of its first parameter group (None when unknown).
+        weight_decay: its weight decay (0 when unknown).
+        momentum: its momentum (0 for optimizers without one).
+        nesterov: whether Nesterov momentum is on.
+        steps_taken: optimizer steps since the snapshot of the linearization point.
+        num_optimizers: number of optimizers.
+        num_param_groups: parameter groups of the first optimizer.
+        has_scheduler: whether a learning-rate scheduler is configured.
+    """
+
+    optimizer: str | None = None
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    steps_taken: int = 0
+    num_optimizers: int = 0
+    num_param_groups: int = 0
+    has_scheduler: bool = False
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the optimizer is adaptive (anything but SGD): no gradient-descent horizon."""
+        return self.optimizer is not None and self.optimizer != "SGD"
+
+    @staticmethod
+    def from_trainer(trainer: Any, snapshot_step: int = 0) -> TrainingRecipe:
+        """Read the recipe of a live trainer (its first optimizer's first parameter group).
+
+        Args:
+            trainer: a ``Trainer`` of either Lightning package.
+            snapshot_step: ``global_step`` at the snapshot of the linearization point.
+
+        Returns:
+            The recipe; unknown fields keep their defaults.
+        """
+        optimizers = list(getattr(trainer, "optimizers", None) or [])
+        groups = [g for g in (optimizers[0].param_groups if optimizers else [])]
+        return TrainingRecipe._from_group(
+            type(optimizers[0]).__name__ if optimizers else None,
+            groups,
+            num_optimizers=len(optimizers),
+            steps_taken=int(getattr(trainer, "global_step", 0)) - snapshot_step,
+            has_scheduler=bool(getattr(trainer, "lr_scheduler_configs", None)),
+        )
+
+    @staticmethod
+    def from_checkpoint(checkpoint: Mapping[str, Any], snapshot_step: int = 0) -> TrainingRecipe:
+        """Read the recipe saved in a Lightning checkpoint (``optimizer_states``, ``global_step``).
+
+        The optimizer class is not stored in a checkpoint; it is inferred from the keys of the
+        first parameter group: ``dampening`` -> ``"SGD"``, ``betas`` -> ``"Adam"`` (the Adam
+        family), anything else -> ``"adaptive"`` (RMSprop, Adagrad, ...).
+
+        Args:
+            checkpoint: the loaded checkpoint dictionary.
+            snapshot_step: ``global_step`` at the snapshot of the linearization point.
+
+        Returns:
+            The recipe; unknown fields keep their defaults.
+        """
+        states = list(checkpoint.get("optimizer_states") or [])
+        groups = list(states[0].get("param_groups") or []) if states else []
+        name = None
+        if groups:
+            group = groups[0]
+            name = "Adam" if "betas" in group else ("SGD" if "dampening" in group else "adaptive")
+        return TrainingRecipe._from_group(
+            name,
+            groups,
+            num_optimizers=len(states),
+            steps_taken=int(checkpoint.get("global_step", 0)) - snapshot_step,
+            has_scheduler=bool(checkpoint.get("lr_schedulers")),
+        )
+
+    @staticmethod
+    def _from_group(
+        name: str | None, groups: list[Mapping[str, Any]], **fields: Any
+    ) -> TrainingRecipe:
+        group = groups[0] if groups else {}
+        lr = group.get("lr")
+        return TrainingRecipe(
+            optimizer=name,
+            learning_rate=None if lr is None else float(lr),
+            weight_decay=float(group.get("weight_decay", 0.0) or 0.0),
+            momentum=float(group.get("momentum", 0.0) or 0.0),
+            nesterov=bool(group.get("nesterov", False)),
+            num_param_groups=len(groups),
+            **fields,
+        )
+
+    def replay(
+        self,
+        *,
+        learning_rate: float | None = None,
+        weight_decay: float | None = None,
+        num_steps: Horizon = AUTO,
+    ) -> tuple[float, float, int | None]:
+        """The learning rate, weight decay and horizon of the linearized run (module docstring).
+
+        Args:
+            learning_rate: overrides the recipe's (then no momentum correction is applied).
+            weight_decay: overrides the recipe's.
+            num_steps: an int, ``"auto"`` (the rule above), or ``"converged"`` / None (t = ∞).
+
+        Returns:
+            ``(learning_rate, weight_decay, num_steps)``; ``num_steps`` None = converged, and at
+            least 1 otherwise.
+
+        Raises:
+            ValueError: when no learning rate is known, or an unknown horizon is given.
+        """
+        lr = learning_rate if learning_rate is not None else self.learning_rate
+        if lr is None or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(
+                "the learning rate could not be read from the training run's optimizer; pass "
+                "`learning_rate=`."
+            )
+        if learning_rate is None and 0.0 < self.momentum < 1.0:
+            lr = lr / (1.0 - self.momentum)  # heavy ball: the long-time dynamics of GD at lr/(1-β)
+        wd = self.weight_decay if weight_decay is None else float(weight_decay)
+        return float(lr), wd, self._horizon(num_steps)
+
+    def _horizon(self, num_steps: Horizon) -> int | None:
+        if num_steps is None or num_steps == CONVERGED:
+            return None
+        if num_steps == AUTO or num_steps == "trainer":  # "trainer": the 0.1 spelling of "auto"
+            if self.adaptive:
+                return None  # adaptive steps are not GD steps: the converged solution
+            return max(1, self.steps_taken)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+            raise ValueError(
+                f"`num_steps` must be an int >= 1, 'auto' or 'converged' (or None); got {num_steps!r}."
+            )
+        return num_steps
+
+    def assumption_notes(self) -> list[tuple[str, str]]:
+        """``(key, message)`` for each way the recipe departs from the closed form's assumptions.
+
+        Returns:
+            The notes (empty for plain full-batch SGD with one parameter group).
+        """
+        notes = []
+        if self.adaptive:
+            notes.append(
+                (
+                    "optimizer",
+                    f"the optimizer is {self.optimizer}, not plain SGD; the closed form assumes "
+                    "gradient descent and adaptive steps have no GD horizon, so unless `num_steps=` is "
+                    "given the converged linearized solution (num_steps=None) is scored. Scores are "
+                    "still computed.",
+                )
+            )
+        elif self.momentum > 0 or self.nesterov:
+            lr = self.learning_rate or float("nan")
+            notes.append(
+                (
+                    "momentum",
+                    f"SGD uses momentum={self.momentum:g}; the closed form assumes plain gradient "
+                    "descent, so it replays GD with the heavy-ball effective learning rate "
+                    f"lr/(1-momentum) = {lr / max(1e-12, 1 - self.momentum):g} unless "
+                    "`learning_rate=` is given. Scores are still computed.",
+                )
+            )
+        if self.num_optimizers > 1 or self.num_param_groups > 1:
+            notes.append(
+                (
+                    "groups",
+                    "several optimizers or parameter groups; the learning rate and weight decay of the "
+                    "first group of the first optimizer are used.",
+                )
+            )
+        if self.has_scheduler:
+            notes.append(
+                (
+                    "scheduler",
+                    "a learning-rate scheduler is configured; the learning rate at fit start is used "
+                    "for the whole horizon.",
+                )
+            )
+        return notes
+
+
+def model_notes(pl_module: nn.Module, loss: str, dataset: Any) -> list[tuple[str, str]]:
+    """``(key, message)`` for each way the model or data depart from the closed form's assumptions.
+
+    Args:
+        pl_module: the module (a cross-entropy loss, BatchNorm layers).
+        loss: ``"auto"`` (detect cross-entropy), ``"mse"`` or ``"cross_entropy"``.
+        dataset: the dataset to score, if given (a ``transform`` may augment it).
+
+    Returns:
+        The notes.
+    """
+    notes = []
+    if _uses_cross_entropy(pl_module, loss):
+        notes.append(
+            (
+                "loss",
+                "the training loss is cross-entropy; the closed form (and the paper) use MSE on the raw "
+                "outputs with one-hot targets, so the scores describe an MSE-trained linearized "
+                "network. Scores are still computed.",
+            )
+        )
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in pl_module.modules()):
+        notes.append(
+            (
+                "batchnorm",
+                "the model has BatchNorm layers; they are linearized in eval mode (running "
+                "statistics), which differs from their training-mode behaviour.",
+            )
+        )
+    if dataset is not None and uses_augmentation(dataset):
+        notes.append(
+            (
+                "augmentation",
+                "`dataset` has a `transform`; if it is random augmentation, the scoring pass sees "
+                "augmented samples. Pass an un-augmented copy.",
+            )
+        )
+    return notes
+
+
+def _uses_cross_entropy(pl_module: nn.Module, loss: str) -> bool:
+    if loss != "auto":
+        return loss == "cross_entropy"
+    hparams = getattr(pl_module, "hparams", {}) or {}
+    declared = str(hparams.get("loss", "")).lower() if hasattr(hparams, "get") else ""
+    if any(tag in declared for tag in ("cross", "entropy", "nll", "bce")):
+        return True
+    ce_types = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, nn.BCELoss)
+    return any(isinstance(m, ce_types) for m in pl_module.modules())

@@ -1,0 +1,579 @@
+r"""Pieces shared by the per-sample Jacobian implementations (explicit and structured).
+
+Harutyunyan et al. (2021, arXiv:2101.06640, §3) linearize a network at its parameters
+:math:`w_0` with the per-sample Jacobians :math:`J(x) = \partial f(x; w_0) / \partial w`. The two
+implementations (:mod:`~lightning_info.functional._jacobian_explicit` and
+:mod:`~lightning_info.functional._jacobian_structured`) share what is here:
+
+* the parameter selection (:class:`_Selection`) and the options (:class:`_Options`);
+* the model-output contract: a (B,) or (B, K) tensor, or an ``output_fn`` that maps whatever
+  the model returns (tuple, dict, output object) to one (:func:`_select_outputs`);
+* the seeded random projection :math:`R` (:class:`_Projector`, ``docs/sui.md`` §8.2);
+* the memory budget: :func:`_working_bytes` is the single place where "a quarter of the
+  budget" (the size of one temporary) is defined, and :func:`_auto_chunk` sizes a chunk of
+  samples from it;
+* dense kernel-input chunks (:class:`_DenseChunk`) and the base class :class:`_Linearization`
+  that streams chunks of samples in eval mode.
+
+The layout is sample-major: row ``i * K + k`` of a stacked Jacobian or kernel is output ``k``
+of sample ``i``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+NTKKernel = Literal["full", "trace"]
+ProjectionType = Literal["gaussian", "rademacher"]
+ParamSelection = str | Sequence[str] | None
+OutputFn = Callable[[Any], Tensor]
+
+_DEFAULT_BUDGET = 2**30  # 1 GiB
+_PROJECTION_BLOCK_ROWS = 1024  # rows of the random projection generated per seeded block
+_MAX_AUTO_CHUNK = 256  # samples per vmap call when chunk_size is not given
+
+_T = TypeVar("_T")
+
+
+def _working_bytes(budget: int) -> int:
+    """Return the bytes one temporary may use: a quarter of ``memory_budget_bytes``.
+
+    The budget bounds the stored kernel inputs (an outer block of samples holds half of it in
+    :func:`~lightning_info.functional.jacobian.empirical_ntk`); one chunk of Jacobians from a
+    vmap call, and each temporary of the factored projection, are kept to a quarter.
+
+    Args:
+        budget: ``memory_budget_bytes`` (>= 1).
+
+    Returns:
+        ``budget // 4``.
+    """
+    return budget // 4
+
+
+def _auto_chunk(num_rows: int, num_columns: int, itemsize: int, budget: int) -> int:
+    """Return the samples per vmap call so that one chunk of Jacobians fits the working bytes.
+
+    Args:
+        num_rows: Jacobian rows per sample (the output count K).
+        num_columns: Jacobian columns a vmap call materializes per row.
+        itemsize: bytes per number.
+        budget: ``memory_budget_bytes``.
+
+    Returns:
+        A chunk size between 1 and 256.
+    """
+    per_sample = max(1, num_rows * num_columns * itemsize)
+    return int(max(1, min(_MAX_AUTO_CHUNK, _working_bytes(budget) // per_sample)))
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's previous ``training`` flag.
+
+    Args:
+        model: the network.
+
+    Yields:
+        Nothing; the model is in eval mode inside the ``with`` block.
+    """
+    states = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, was_training in states:
+            module.training = was_training
+
+
+def _check_inputs(inputs: Tensor, name: str) -> Tensor:
+    """Return ``inputs`` after checking it is a tensor of shape (N, ...) with N >= 1.
+
+    Args:
+        inputs: the inputs to check.
+        name: the argument name for the error message.
+
+    Returns:
+        ``inputs`` unchanged.
+
+    Raises:
+        TypeError: if ``inputs`` is not a tensor.
+        ValueError: if it has no sample dimension or no sample.
+    """
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor; got {type(inputs).__name__}.")
+    if inputs.ndim < 1 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` must have shape (N, ...) with N >= 1; got {tuple(inputs.shape)}."
+        )
+    return inputs
+
+
+def _check_output_fn(output_fn: OutputFn | None) -> OutputFn | None:
+    """Return ``output_fn`` after checking it is callable or None.
+
+    Args:
+        output_fn: the ``output_fn=`` argument.
+
+    Returns:
+        ``output_fn`` unchanged.
+
+    Raises:
+        TypeError: if it is neither None nor callable.
+    """
+    if output_fn is not None and not callable(output_fn):
+        raise TypeError(f"`output_fn` must be callable or None; got {type(output_fn).__name__}.")
+    return output_fn
+
+
+def _check_outputs(out: object, batch: int, source: str = "`model`") -> Tensor:
+    """Return model outputs as (B, K) or raise a clear error for unsupported outputs.
+
+    Args:
+        out: what the model (or ``output_fn``) returned.
+        batch: the batch size B.
+        source: who produced ``out``, for the error message (``"`model`"`` or
+            ``"`output_fn`"``).
+
+    Returns:
+        ``out`` reshaped to (B, K).
+
+    Raises:
+        ValueError: if ``out`` is not a tensor of shape (B,) or (B, K).
+    """
+    if not isinstance(out, Tensor):
+        hint = (
+            "pass `output_fn=` to select them, e.g. `output_fn=lambda out: out[0]` or "
+            '`output_fn=lambda out: out["logits"]`.'
+            if source == "`model`"
+            else "it must select the raw outputs (e.g. logits) as one tensor."
+        )
+        raise ValueError(
+            f"{source} must return a tensor of shape (B,) or (B, K); got "
+            f"{type(out).__name__}: {hint}"
+        )
+    if out.ndim == 0 or out.ndim > 2 or out.shape[0] != batch:
+        raise ValueError(
+            f"{source} outputs must have shape (B,) or (B, K) with B = {batch}; "
+            f"got shape {tuple(out.shape)}. Flatten or select the outputs first."
+        )
+    return out.reshape(batch, -1)
+
+
+def _select_outputs(raw: object, output_fn: OutputFn | None, batch: int) -> Tensor:
+    """Return the (B, K) outputs that are linearized from the model's raw forward output.
+
+    Args:
+        raw: what the model returned.
+        output_fn: maps ``raw`` to a (B,) or (B, K) tensor, or None if ``raw`` is one.
+        batch: the batch size B.
+
+    Returns:
+        (B, K) outputs.
+    """
+    if output_fn is None:
+        return _check_outputs(raw, batch)
+    return _check_outputs(output_fn(raw), batch, "`output_fn`")
+
+
+def _output_vector(raw: object, output_fn: OutputFn | None) -> Tensor:
+    """Return one sample's outputs as a (K,) vector (the function under ``vmap(jacrev)``).
+
+    No check here: the shapes were checked on a probe sample when the linearization was built.
+
+    Args:
+        raw: what the model returned for a batch of one sample.
+        output_fn: maps ``raw`` to a (1,) or (1, K) tensor, or None if ``raw`` is one.
+
+    Returns:
+        (K,) outputs.
+    """
+    out = raw if output_fn is None else output_fn(raw)
+    return out.reshape(-1)
+
+
+def _probe_num_outputs(model: nn.Module, probe: Tensor, output_fn: OutputFn | None) -> int:
+    """Return the output count K from one forward pass on the first sample, in eval mode.
+
+    Args:
+        model: the network.
+        probe: (N, ...) inputs; only the first sample is evaluated.
+        output_fn: see :func:`_select_outputs`.
+
+    Returns:
+        K.
+    """
+    with _eval_mode(model), torch.no_grad():
+        return _select_outputs(model(probe[:1]), output_fn, 1).shape[1]
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The differentiated parameters of a model and everything held fixed.
+
+    Attributes:
+        names: differentiated parameter names, in ``model.named_parameters()`` order.
+        all_params: every parameter, detached.
+        buffers: every buffer, detached.
+        offsets: first Jacobian column of each differentiated parameter.
+        num_params: P, the number of differentiated scalars.
+    """
+
+    names: list[str]
+    all_params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    offsets: dict[str, int]
+    num_params: int
+
+    @classmethod
+    def of(cls, model: nn.Module, params: ParamSelection) -> _Selection:
+        """Select parameters by name or prefix.
+
+        Args:
+            model: the network.
+            params: None (all with ``requires_grad``), a name prefix, or a list of names and
+                prefixes.
+
+        Returns:
+            The selection.
+
+        Raises:
+            ValueError: if ``params`` is malformed or selects no parameter.
+        """
+        named = dict(model.named_parameters())
+        if params is None:
+            names = [n for n, p in named.items() if p.requires_grad]
+        else:
+            patterns = [params] if isinstance(params, str) else list(params)
+            if not patterns or not all(isinstance(p, str) for p in patterns):
+                raise ValueError(
+                    f"`params` must be None, a name prefix or a list of parameter names/prefixes; "
+                    f"got {params!r}."
+                )
+            names = [n for n in named if any(n == p or n.startswith(p) for p in patterns)]
+        if not names:
+            available = ", ".join(f"`{n}`" for n in named) or "(none)"
+            raise ValueError(
+                f"`params` selects no parameter; got {params!r}. Available: {available}."
+            )
+        sizes = [named[n].numel() for n in names]
+        offsets = torch.tensor([0, *sizes]).cumsum(0).tolist()
+        return cls(
+            names=names,
+            all_params={n: p.detach() for n, p in named.items()},
+            buffers={n: b.detach() for n, b in model.named_buffers()},
+            offsets=dict(zip(names, offsets)),
+            num_params=sum(sizes),
+        )
+
+    def params(self, names: Sequence[str]) -> dict[str, Tensor]:
+        """Return the named parameters (detached).
+
+        Args:
+            names: parameter names.
+
+        Returns:
+            ``{name: tensor}`` in the order of ``names``.
+        """
+        return {n: self.all_params[n] for n in names}
+
+    def fixed(self, names: Sequence[str]) -> dict[str, Tensor]:
+        """Return every parameter not in ``names`` (held fixed under ``functional_call``).
+
+        Args:
+            names: the parameters that are differentiated.
+
+        Returns:
+            ``{name: tensor}`` of all other parameters.
+        """
+        skip = set(names)
+        return {n: p for n, p in self.all_params.items() if n not in skip}
+
+    @property
+    def like(self) -> Tensor:
+        """The first differentiated parameter: its dtype, device and itemsize are used."""
+        return self.all_params[self.names[0]]
+
+
+class _Projector:
+    r"""Seeded random projection :math:`R \in \mathbb{R}^{P \times d}` applied as ``J @ R``.
+
+    Entries are i.i.d. N(0, 1/d) (Gaussian) or ±1/sqrt(d) (Rademacher), so
+    :math:`E[R R^\top] = I` and the projected kernel is an unbiased estimate of the NTK
+    (``docs/sui.md`` §8.2). Rows are generated in blocks of ``_PROJECTION_BLOCK_ROWS`` from a
+    local ``torch.Generator`` seeded with ``(seed, block index)``, on CPU, so the matrix is
+    identical on every call and device and does not depend on the chunking. The whole matrix is
+    cached only when it fits in ``budget`` bytes; otherwise blocks are regenerated for every chunk
+    of samples.
+
+    Args:
+        num_params: P.
+        dim: d.
+        kind: ``"gaussian"`` or ``"rademacher"``.
+        seed: seed of the blocks.
+        like: a tensor with the dtype and device of R.
+        budget: ``memory_budget_bytes``.
+
+    Raises:
+        ValueError: if one block of R does not fit in ``budget``.
+    """
+
+    def __init__(
+        self, num_params: int, dim: int, kind: str, seed: int, like: Tensor, budget: int
+    ) -> None:
+        self.num_params, self.dim, self.kind, self.seed = num_params, dim, kind, seed
+        self.dtype, self.device = like.dtype, like.device
+        itemsize = like.element_size()
+        block_bytes = min(_PROJECTION_BLOCK_ROWS, num_params) * dim * itemsize
+        if block_bytes > budget:
+            raise ValueError(
+                f"`memory_budget_bytes` must hold one {_PROJECTION_BLOCK_ROWS} x {dim} projection "
+                f"block ({block_bytes} bytes); got {budget}. Increase it or lower `projection_dim`."
+            )
+        self.cached: Tensor | None = None
+        if num_params * dim * itemsize <= budget:
+            self.cached = torch.empty(num_params, dim, dtype=self.dtype, device=self.device)
+            for b, block in enumerate(self._blocks()):  # filled in place: no 2x peak from a cat
+                start = b * _PROJECTION_BLOCK_ROWS
+                self.cached[start : start + block.shape[0]] = block
+
+    def _block(self, b: int) -> Tensor:
+        """Return block ``b`` of R (rows ``1024 b`` to ``1024 (b + 1)``).
+
+        Args:
+            b: block index.
+
+        Returns:
+            (rows, d) block in R's dtype and device.
+        """
+        start = b * _PROJECTION_BLOCK_ROWS
+        rows = min(_PROJECTION_BLOCK_ROWS, self.num_params - start)
+        gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + b)
+        if self.kind == "gaussian":
+            block = torch.randn(rows, self.dim, generator=gen, dtype=torch.float64)
+        else:
+            block = torch.randint(0, 2, (rows, self.dim), generator=gen).double() * 2 - 1
+        return (block * (1.0 / math.sqrt(self.dim))).to(device=self.device, dtype=self.dtype)
+
+    def _blocks(self) -> Iterator[Tensor]:
+        """Yield the blocks of R in order.
+
+        Yields:
+            (rows, d) blocks.
+        """
+        for b in range(math.ceil(self.num_params / _PROJECTION_BLOCK_ROWS)):
+            yield self._block(b)
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Return rows ``start:stop`` of R: the rows applied to those Jacobian columns.
+
+        Args:
+            start: first row.
+            stop: one past the last row.
+
+        Returns:
+            (stop - start, d) rows.
+        """
+        if self.cached is not None:
+            return self.cached[start:stop]
+        first, last = start // _PROJECTION_BLOCK_ROWS, (stop - 1) // _PROJECTION_BLOCK_ROWS
+        part = torch.cat([self._block(b) for b in range(first, last + 1)], 0)
+        base = first * _PROJECTION_BLOCK_ROWS
+        return part[start - base : stop - base]
+
+    def __call__(self, jac: Tensor) -> Tensor:
+        """Return ``jac @ R``.
+
+        Args:
+            jac: (..., P) Jacobians.
+
+        Returns:
+            (..., d) projected Jacobians.
+        """
+        if self.cached is not None:
+            return jac @ self.cached
+        out = jac.new_zeros(*jac.shape[:-1], self.dim)
+        for block, start in zip(self._blocks(), range(0, self.num_params, _PROJECTION_BLOCK_ROWS)):
+            out += jac[..., start : start + block.shape[0]] @ block
+        return out
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Settings shared by every implementation.
+
+    Attributes:
+        projector: the random projection, or None for exact Jacobians.
+        chunk_size: samples per vmap call, or None for :func:`_auto_chunk`.
+        budget: ``memory_budget_bytes``.
+        output_fn: maps the model's raw output to the linearized outputs, or None.
+    """
+
+    projector: _Projector | None
+    chunk_size: int | None
+    budget: int
+    output_fn: OutputFn | None
+
+
+def _dense_gram(a: Tensor, b: Tensor, kernel: str) -> Tensor:
+    """Return the float64 kernel block between (na, K, D) and (nb, K, D) Jacobians.
+
+    Args:
+        a: (na, K, D) Jacobians or projected features.
+        b: (nb, K, D); ``b is a`` reuses the float64 copy of ``a``.
+        kernel: ``"full"`` (na K x nb K, sample-major) or ``"trace"`` (na x nb).
+
+    Returns:
+        The float64 block.
+    """
+    a64 = a.double()
+    b64 = a64 if b is a else b.double()
+    if kernel == "trace":
+        return a64.flatten(1) @ b64.flatten(1).T
+    return a64.flatten(0, 1) @ b64.flatten(0, 1).T
+
+
+class _KernelChunk(Protocol):
+    """What kernels are built from for a chunk of samples (dense or factored Jacobians)."""
+
+    def __len__(self) -> int:
+        """Return the number of samples in the chunk."""
+        ...
+
+    def gram(self, other: Any, kernel: str) -> Tensor:
+        """Return the float64 kernel block between this chunk and ``other`` (same type)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _DenseChunk:
+    """(n, K, D) Jacobians (D = P) or projected features (D = d) of a chunk of samples."""
+
+    jac: Tensor
+
+    def __len__(self) -> int:
+        """Return the number of samples."""
+        return self.jac.shape[0]
+
+    def gram(self, other: _DenseChunk, kernel: str) -> Tensor:
+        """Return the float64 kernel block (see :func:`_dense_gram`).
+
+        Args:
+            other: the chunk of the second argument of the kernel.
+            kernel: ``"full"`` or ``"trace"``.
+
+        Returns:
+            The block.
+        """
+        return _dense_gram(self.jac, other.jac, kernel)
+
+    @staticmethod
+    def cat(chunks: list[_DenseChunk]) -> _DenseChunk:
+        """Concatenate chunks along the samples.
+
+        Args:
+            chunks: chunks in sample order.
+
+        Returns:
+            One chunk.
+        """
+        return _DenseChunk(torch.cat([c.jac for c in chunks], 0))
+
+
+class _Linearization(ABC):
+    """Streams the (projected) per-sample Jacobians of one model in chunks of samples.
+
+    Subclasses are complete after ``__init__``; build them with their ``build`` class method,
+    which probes the model once. Every chunk is computed in eval mode.
+
+    Args:
+        model: the network.
+        selection: the differentiated parameters.
+        num_outputs: K.
+        options: projection, chunking, budget and ``output_fn``.
+    """
+
+    def __init__(
+        self, model: nn.Module, selection: _Selection, num_outputs: int, options: _Options
+    ) -> None:
+        self.model = model
+        self.selection = selection
+        self.num_outputs = num_outputs
+        self.options = options
+        self.projector = options.projector
+        self.itemsize = selection.like.element_size()
+
+    @property
+    @abstractmethod
+    def explicit_columns(self) -> int:
+        """Jacobian columns a vmap call materializes per output and sample."""
+
+    @abstractmethod
+    def per_sample_bytes(self) -> int:
+        """Return the bytes of one sample's kernel inputs."""
+
+    @abstractmethod
+    def jacobian(self, x: Tensor) -> Tensor:
+        """Return the (n, K, P) Jacobians or (n, K, d) projected features of one chunk."""
+
+    @abstractmethod
+    def kernel_input(self, x: Tensor) -> _KernelChunk:
+        """Return what the kernel of one chunk is built from."""
+
+    def chunk_for(self) -> int:
+        """Return the samples per vmap call: ``chunk_size`` or sized from the budget.
+
+        Returns:
+            The chunk size.
+        """
+        if self.options.chunk_size is not None:
+            return self.options.chunk_size
+        return _auto_chunk(
+            self.num_outputs, self.explicit_columns, self.itemsize, self.options.budget
+        )
+
+    def map_chunks(self, inputs: Tensor, fn: Callable[[Tensor], _T]) -> Iterator[tuple[int, _T]]:
+        """Apply ``fn`` to chunks of ``inputs`` in eval mode.
+
+        Args:
+            inputs: (N, ...) inputs.
+            fn: per-chunk function, e.g. :meth:`kernel_input`.
+
+        Yields:
+            ``(start, fn(inputs[start : start + chunk]))``.
+        """
+        step = self.chunk_for()
+        with _eval_mode(self.model):
+            for start in range(0, inputs.shape[0], step):
+                yield start, fn(inputs[start : start + step])
+
+    def features(self, inputs: Tensor) -> Tensor:
+        """Return the (N, K, P) Jacobians or (N, K, d) projected features of ``inputs``.
+
+        Args:
+            inputs: (N, ...) inputs.
+
+        Returns:
+            The detached features.
+        """
+        return torch.cat([j.detach() for _, j in self.map_chunks(inputs, self.jacobian)], 0)
+
+    def kernel_inputs(self, inputs: Tensor) -> _KernelChunk:
+        """Return the kernel inputs of all of ``inputs`` as one chunk.
+
+        Args:
+            inputs: (N, ...) inputs.
+
+        Returns:
+            The concatenated chunk.
+        """
+        chunks = [c for _, c in self.map_chunks(inputs, self.kernel_input)]
+        return type(chunks[0]).cat(chunks)

@@ -1,0 +1,516 @@
+r"""Factored ``nn.Linear`` Jacobians (``form="structured"``): the structured NTK.
+
+Harutyunyan et al. (2021, arXiv:2101.06640, §3) need the empirical NTK :math:`J J^\top` of the
+linearized network. For a plain ``nn.Linear``, :math:`h = W a + b`, with :math:`a` the layer's
+input and :math:`g_k = \partial f_k / \partial h`, the Jacobian blocks are
+:math:`\partial f_k / \partial W = g_k a^\top` and :math:`\partial f_k / \partial b = g_k`
+(``docs/sui.md`` §8.4), hence
+
+.. math::
+
+    J_k(x_i) J_l(x_j)^\top = (g_{ik} \cdot g_{jl}) (a_i \cdot a_j + 1), \qquad
+    \Theta_\mathrm{layer} = (G G^\top) \odot (A A^\top + 1),
+
+and the projected features (``docs/sui.md`` §8.2, same seeded R as the explicit form) are
+:math:`g_k (a^\top R_W + R_b)`. The layer's (K, out x in) Jacobian is never formed. This holds
+for plain ``nn.Linear`` modules called once per forward on (B, in) inputs with no tied
+parameter; every other selected parameter (convolutions, normalization, embeddings, Linear on
+sequences) falls back to explicit ``vmap(jacrev)`` Jacobians, computed in the same call.
+
+Purity under ``torch.func``: the output gradients :math:`g` are the Jacobians with respect to an
+additive offset :math:`\delta` of each layer's output, evaluated at :math:`\delta = 0`. The
+function given to ``vmap(jacrev(...))`` (:func:`_offset_fn`) takes the offsets ("deltas") as an
+explicit argument; inside each call it registers forward hooks whose closures are bound to that
+call's ``deltas`` argument (``output + deltas[layer]``) and removes them before returning, like
+``functional_call`` swaps parameters only for the duration of the call. It reads only its
+arguments and frozen closures and assigns to no outside state. The layer inputs :math:`a` are
+captured by a separate no-grad forward pass outside any ``torch.func`` transform.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+from lightning_info.functional._jacobian_common import (
+    _PROJECTION_BLOCK_ROWS,
+    OutputFn,
+    _dense_gram,
+    _DenseChunk,
+    _Linearization,
+    _Options,
+    _output_vector,
+    _probe_num_outputs,
+    _Selection,
+    _working_bytes,
+)
+from lightning_info.functional._jacobian_explicit import _ExplicitLinearization
+
+_Hook = Callable[[nn.Module, tuple, Tensor], Tensor | None]
+
+
+@dataclass(frozen=True)
+class _LinearTerm:
+    """One ``nn.Linear`` whose Jacobian is used in its factored form.
+
+    Attributes:
+        module_name: the module's name in the model.
+        module: the ``nn.Linear``.
+        weight: the weight's parameter name if it is differentiated, else None.
+        bias: the bias's parameter name if it is differentiated, else None.
+    """
+
+    module_name: str
+    module: nn.Linear
+    weight: str | None
+    bias: str | None
+
+
+def _linear_candidates(model: nn.Module, names: list[str]) -> list[_LinearTerm]:
+    """Return the plain ``nn.Linear`` modules with a selected weight or bias and no tied parameter.
+
+    Args:
+        model: the network.
+        names: the differentiated parameter names.
+
+    Returns:
+        The candidates, in ``model.named_modules()`` order.
+    """
+    selected = set(names)
+    owners = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
+    terms = []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or type(module).forward is not nn.Linear.forward:
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        weight = f"{prefix}weight" if f"{prefix}weight" in selected else None
+        bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in selected else None
+        if weight is None and bias is None:
+            continue
+        if any(owners[id(p)] > 1 for p in module.parameters(recurse=False)):
+            continue  # tied weights: the gradient also flows through another module
+        terms.append(_LinearTerm(module_name, module, weight, bias))
+    return terms
+
+
+@contextmanager
+def _forward_hooks(
+    terms: list[_LinearTerm], make_hook: Callable[[_LinearTerm], _Hook]
+) -> Iterator[None]:
+    """Register ``make_hook(term)`` on every term's module for the duration of the block.
+
+    Args:
+        terms: the Linear layers.
+        make_hook: builds each layer's forward hook.
+
+    Yields:
+        Nothing; the hooks are removed on exit.
+    """
+    handles = [t.module.register_forward_hook(make_hook(t)) for t in terms]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _record_hook(shapes: list[tuple[int, ...]]) -> _Hook:
+    """Return a hook that appends the shape of the layer's input to ``shapes`` (probe only).
+
+    Args:
+        shapes: one list per layer.
+
+    Returns:
+        The hook.
+    """
+
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        shapes.append(tuple(inputs[0].shape))
+
+    return hook
+
+
+def _capture_hook(store: dict[str, Tensor], name: str) -> _Hook:
+    """Return a hook that stores the layer's input under ``name`` (no-grad pass, no transform).
+
+    Args:
+        store: where the inputs go.
+        name: the layer's name.
+
+    Returns:
+        The hook.
+    """
+
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        store[name] = inputs[0].detach()
+
+    return hook
+
+
+def _offset_hook(delta: Tensor) -> _Hook:
+    """Return a hook that adds ``delta`` to the layer's output.
+
+    Args:
+        delta: (out_features,) offset, an argument of the function under ``vmap(jacrev)``.
+
+    Returns:
+        The hook.
+    """
+
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        return output + delta
+
+    return hook
+
+
+def _probe_structure(
+    model: nn.Module, probe: Tensor, candidates: list[_LinearTerm], output_fn: OutputFn | None
+) -> tuple[int, list[_LinearTerm]]:
+    """Return K and the candidates whose Jacobian factors, from one forward pass on one sample.
+
+    A layer qualifies when it is called once per forward pass on a (1, in_features) input;
+    otherwise (weight sharing across calls, sequence inputs) the outer-product form does not hold.
+
+    Args:
+        model: the network.
+        probe: (N, ...) inputs; the first sample is evaluated.
+        candidates: see :func:`_linear_candidates`.
+        output_fn: maps the raw output to the linearized outputs, or None.
+
+    Returns:
+        ``(K, qualifying terms)``.
+    """
+    shapes: dict[str, list[tuple[int, ...]]] = {t.module_name: [] for t in candidates}
+    with _forward_hooks(candidates, lambda t: _record_hook(shapes[t.module_name])):
+        k = _probe_num_outputs(model, probe, output_fn)
+    terms = [
+        t
+        for t in candidates
+        if len(shapes[t.module_name]) == 1 and len(shapes[t.module_name][0]) == 2
+    ]
+    return k, terms
+
+
+def _offset_fn(
+    model: nn.Module,
+    terms: list[_LinearTerm],
+    fixed: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    output_fn: OutputFn | None,
+) -> Callable[[dict[str, Tensor], dict[str, Tensor], Tensor], Tensor]:
+    """Return ``fn(rest_params, deltas, x) -> (K,)``: the model with output offsets on ``terms``.
+
+    Args:
+        model: the network.
+        terms: the factored Linear layers.
+        fixed: every parameter not in ``rest_params`` (factored layers' weights included).
+        buffers: the model's buffers.
+        output_fn: maps the raw output to the linearized outputs, or None.
+
+    Returns:
+        A function that reads only its arguments and these frozen closures.
+    """
+
+    def fn(rest: dict[str, Tensor], deltas: dict[str, Tensor], x: Tensor) -> Tensor:
+        with _forward_hooks(terms, lambda t: _offset_hook(deltas[t.module_name])):
+            raw = functional_call(model, (rest, fixed, buffers), (x.unsqueeze(0),), strict=False)
+        return _output_vector(raw, output_fn)
+
+    return fn
+
+
+@dataclass(frozen=True)
+class _FactoredChunk:
+    """Jacobians of a chunk of samples in factored form (float64 products are taken later).
+
+    Attributes:
+        grads: per term, (n, K, out_features) output gradients G.
+        acts: per term, (n, in_features) layer inputs A, or None if the weight is not selected.
+        rest: (n, K, P_rest) explicit Jacobian of every other selected parameter, or None.
+        bias: per term, whether the bias is differentiated.
+    """
+
+    grads: list[Tensor]
+    acts: list[Tensor | None]
+    rest: Tensor | None
+    bias: list[bool]
+
+    @property
+    def ref(self) -> Tensor:
+        """A (n, K, ...) tensor of the chunk, for its sample count, K, dtype and device."""
+        return self.grads[0] if self.grads else self.rest
+
+    def __len__(self) -> int:
+        """Return the number of samples."""
+        return self.ref.shape[0]
+
+    @staticmethod
+    def cat(chunks: list[_FactoredChunk]) -> _FactoredChunk:
+        """Concatenate chunks along the samples.
+
+        Args:
+            chunks: chunks in sample order.
+
+        Returns:
+            One chunk.
+        """
+        first = chunks[0]
+        return _FactoredChunk(
+            grads=[torch.cat([c.grads[i] for c in chunks], 0) for i in range(len(first.grads))],
+            acts=[
+                None if a is None else torch.cat([c.acts[i] for c in chunks], 0)
+                for i, a in enumerate(first.acts)
+            ],
+            rest=None if first.rest is None else torch.cat([c.rest for c in chunks], 0),
+            bias=first.bias,
+        )
+
+    def gram(self, other: _FactoredChunk, kernel: str) -> Tensor:
+        """Return the float64 kernel block: per Linear layer (G_a G_bᵀ) ⊙ (A_a A_bᵀ + 1).
+
+        Args:
+            other: the chunk of the second argument of the kernel.
+            kernel: ``"full"`` (sample-major) or ``"trace"``.
+
+        Returns:
+            (na K, nb K) or (na, nb) block, the explicit part included.
+        """
+        ref = self.ref
+        na, nb, k = len(self), len(other), ref.shape[1]
+        if self.rest is not None:
+            out = _dense_gram(self.rest, other.rest, kernel)
+        else:
+            rows, cols = (na, nb) if kernel == "trace" else (na * k, nb * k)
+            out = torch.zeros(rows, cols, dtype=torch.float64, device=ref.device)
+        for i, (ga, aa) in enumerate(zip(self.grads, self.acts)):
+            gb, ab = other.grads[i], other.acts[i]
+            ga, gb = ga.double(), gb.double()
+            if aa is not None:  # (a_i . a_j) for W, + 1 for b
+                coef = aa.double().flatten(1) @ ab.double().flatten(1).T
+                if self.bias[i]:
+                    coef += 1.0
+            else:
+                coef = torch.ones(na, nb, dtype=torch.float64, device=ref.device)
+            if kernel == "trace":  # sum_k (g_ik . g_jk) (a_i . a_j + 1), products formed in place
+                out += (ga.flatten(1) @ gb.flatten(1).T).mul_(coef)
+            else:
+                gg = (ga.flatten(0, 1) @ gb.flatten(0, 1).T).view(na, k, nb, k)
+                out += gg.mul_(coef[:, None, :, None]).view(na * k, nb * k)
+        return out
+
+
+class _StructuredLinearization(_Linearization):
+    """Factored Jacobians of qualifying ``nn.Linear`` layers, explicit ones for the rest.
+
+    Without a projection, :meth:`jacobian` and :meth:`features` return the explicit Jacobians
+    (of an :class:`~lightning_info.functional._jacobian_explicit._ExplicitLinearization` built
+    here); the factored form is used for kernels and projected features.
+
+    Args:
+        model: the network.
+        selection: the differentiated parameters.
+        num_outputs: K.
+        options: projection, chunking, budget and ``output_fn``.
+        terms: the qualifying Linear layers (non-empty), see :func:`_probe_structure`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        selection: _Selection,
+        num_outputs: int,
+        options: _Options,
+        terms: list[_LinearTerm],
+    ) -> None:
+        super().__init__(model, selection, num_outputs, options)
+        self.terms = terms
+        covered = {n for t in terms for n in (t.weight, t.bias) if n is not None}
+        self.rest_names = [n for n in selection.names if n not in covered]
+        self.rest = selection.params(self.rest_names)
+        self.zero_deltas = {
+            t.module_name: t.module.weight.detach().new_zeros(t.module.out_features) for t in terms
+        }
+        fn = _offset_fn(
+            model, terms, selection.fixed(self.rest_names), selection.buffers, options.output_fn
+        )
+        self._jac_fn = vmap(jacrev(fn, argnums=(0, 1)), in_dims=(None, None, 0))
+        self._unprojected = None
+        if options.projector is None:
+            self._unprojected = _ExplicitLinearization(model, selection, num_outputs, options)
+
+    @classmethod
+    def build(
+        cls, model: nn.Module, probe: Tensor, selection: _Selection, options: _Options
+    ) -> _Linearization:
+        """Probe K and the qualifying Linear layers once; return the right linearization.
+
+        Args:
+            model: the network.
+            probe: (N, ...) inputs; the first sample is evaluated once.
+            selection: the differentiated parameters.
+            options: projection, chunking, budget and ``output_fn``.
+
+        Returns:
+            A structured linearization, or an explicit one when no Linear layer qualifies.
+        """
+        candidates = _linear_candidates(model, selection.names)
+        k, terms = _probe_structure(model, probe, candidates, options.output_fn)
+        if not terms:
+            return _ExplicitLinearization(model, selection, k, options)
+        return cls(model, selection, k, options, terms)
+
+    @property
+    def explicit_columns(self) -> int:
+        """Rest parameters plus one column per output unit of each factored layer."""
+        rest = sum(p.numel() for p in self.rest.values())
+        return rest + sum(t.module.out_features for t in self.terms)
+
+    def per_sample_bytes(self) -> int:
+        """Return the bytes of one sample's kernel inputs (factored, or projected features).
+
+        Returns:
+            The bytes.
+        """
+        if self.projector is not None:
+            return self.num_outputs * self.projector.dim * self.itemsize
+        acts = sum(t.module.in_features for t in self.terms if t.weight is not None)
+        return (self.num_outputs * self.explicit_columns + acts) * self.itemsize
+
+    def _factored(self, x: Tensor) -> _FactoredChunk:
+        """Return the factored Jacobians of one chunk (eval mode must be active).
+
+        Args:
+            x: (n, ...) inputs.
+
+        Returns:
+            Layer inputs, output gradients and the explicit rest, detached.
+        """
+        capture: dict[str, Tensor] = {}
+        with (
+            torch.no_grad(),
+            _forward_hooks(self.terms, lambda t: _capture_hook(capture, t.module_name)),
+        ):
+            self.model(x)
+        rest_grads, delta_grads = self._jac_fn(self.rest, self.zero_deltas, x)
+        rest = None
+        if self.rest_names:
+            rest = torch.cat([rest_grads[n].flatten(2) for n in self.rest_names], dim=2).detach()
+        return _FactoredChunk(
+            grads=[delta_grads[t.module_name].detach() for t in self.terms],
+            acts=[capture[t.module_name] if t.weight is not None else None for t in self.terms],
+            rest=rest,
+            bias=[t.bias is not None for t in self.terms],
+        )
+
+    def _project_rest(self, rest: Tensor, out: Tensor) -> None:
+        """Add the explicit part's ``J R`` to ``out``, R in row blocks of the working bytes.
+
+        Args:
+            rest: (n, K, P_rest) explicit Jacobians.
+            out: (n, K, d) accumulator.
+        """
+        proj, offsets = self.projector, self.selection.offsets
+        row_block = max(
+            _PROJECTION_BLOCK_ROWS,
+            _working_bytes(self.options.budget) // (proj.dim * self.itemsize),
+        )
+        col = 0
+        for name in self.rest_names:
+            size, start = self.rest[name].numel(), offsets[name]
+            for r0 in range(0, size, row_block):
+                r1 = min(size, r0 + row_block)
+                out += rest[..., col + r0 : col + r1] @ proj.rows(start + r0, start + r1)
+            col += size
+
+    def _project_term(self, term: _LinearTerm, g: Tensor, a: Tensor | None, out: Tensor) -> None:
+        """Add one Linear layer's ``J R = g (aᵀ R_W + R_b)`` to ``out``.
+
+        R_W is used in blocks of whole output units and the samples in sub-chunks, so that no
+        temporary exceeds the working bytes (a quarter of the budget).
+
+        Args:
+            term: the layer.
+            g: (n, K, out_features) output gradients.
+            a: (n, in_features) layer inputs, or None if the weight is not selected.
+            out: (n, K, d) accumulator.
+        """
+        proj, d, offsets = self.projector, self.projector.dim, self.selection.offsets
+        quarter = _working_bytes(self.options.budget)
+        n_out, n_in = term.module.weight.shape
+        if term.bias is not None:  # J_k R_b = g_k R_b
+            out += g @ proj.rows(offsets[term.bias], offsets[term.bias] + n_out)
+        if term.weight is None:
+            return
+        # J_k(x_i) R_W = g_ik T_i with T_i[o] = sum_j a_ij R_W[o, j, :], in blocks of units o
+        s, n = offsets[term.weight], g.shape[0]
+        units = max(1, quarter // (n_in * d * self.itemsize))
+        for o0 in range(0, n_out, units):
+            o1 = min(n_out, o0 + units)
+            rw = proj.rows(s + o0 * n_in, s + o1 * n_in).view(o1 - o0, n_in, d)
+            rw = rw.permute(1, 0, 2).reshape(n_in, (o1 - o0) * d)
+            step = max(1, quarter // ((o1 - o0) * d * self.itemsize))
+            for i0 in range(0, n, step):
+                t = (a[i0 : i0 + step] @ rw).view(-1, o1 - o0, d)
+                out[i0 : i0 + step] += torch.bmm(g[i0 : i0 + step, :, o0:o1], t)
+
+    def _project(self, chunk: _FactoredChunk) -> Tensor:
+        """Return ``J R`` from the factored form, with the same R as the explicit form.
+
+        Args:
+            chunk: factored Jacobians.
+
+        Returns:
+            (n, K, d) projected features.
+        """
+        ref = chunk.ref
+        out = ref.new_zeros(len(chunk), ref.shape[1], self.projector.dim)
+        if chunk.rest is not None:
+            self._project_rest(chunk.rest, out)
+        for term, g, a in zip(self.terms, chunk.grads, chunk.acts):
+            self._project_term(term, g, a, out)
+        return out
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """Return the (n, K, d) projected features (or, unprojected, the explicit Jacobians).
+
+        Args:
+            x: (n, ...) inputs.
+
+        Returns:
+            The features.
+        """
+        if self._unprojected is not None:
+            return self._unprojected.jacobian(x)
+        return self._project(self._factored(x))
+
+    def features(self, inputs: Tensor) -> Tensor:
+        """Return the features of ``inputs``; unprojected ones use the explicit chunk size.
+
+        Args:
+            inputs: (N, ...) inputs.
+
+        Returns:
+            (N, K, d) projected features or (N, K, P) Jacobians, detached.
+        """
+        if self._unprojected is not None:
+            return self._unprojected.features(inputs)
+        return super().features(inputs)
+
+    def kernel_input(self, x: Tensor) -> _FactoredChunk | _DenseChunk:
+        """Return the factored Jacobians of one chunk, or its projected features.
+
+        Args:
+            x: (n, ...) inputs.
+
+        Returns:
+            A factored chunk without a projection, else a dense chunk of ``J R``.
+        """
+        if self.projector is None:
+            return self._factored(x)
+        return _DenseChunk(self._project(self._factored(x)).detach())
