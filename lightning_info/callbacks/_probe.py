@@ -18,16 +18,18 @@ The group ids are computed once and restored from checkpoints, so curves continu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
+from lightning_info.callbacks._loaders import map_dataset
 from lightning_info.functional.dse import _reference_labels, cluster_reference
+from lightning_info.utilities.sampling import seeded_subset
 
 __all__: list[str] = []
 
@@ -42,32 +44,6 @@ class _ProbeChunk:
     batch: Any
     positions: Tensor  # (B,) positions in the probe set, 0..n-1 (canonical order)
     groups: Tensor  # (B, R) group ids of the references, in ``_ProbeSet.references`` order
-
-
-def first_loader(loaders: Any) -> DataLoader | None:
-    """The first ``DataLoader`` of a loader, a sequence or a mapping of loaders (or None)."""
-    if isinstance(loaders, DataLoader):
-        return loaders
-    if isinstance(loaders, Mapping):
-        loaders = list(loaders.values())
-    if isinstance(loaders, Sequence) and loaders and isinstance(loaders[0], DataLoader):
-        return loaders[0]
-    return None
-
-
-def map_dataset(loader: DataLoader, owner: str) -> Any:
-    """The loader's dataset, which must be map-style (the probe reads samples by index).
-
-    Raises:
-        TypeError: for an iterable-style dataset.
-    """
-    dataset = loader.dataset
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        raise TypeError(
-            f"{owner} draws its probe by index and needs a map-style dataset (with __len__ and "
-            f"__getitem__); got {type(dataset).__name__}."
-        )
-    return dataset
 
 
 def target_groups(targets: Tensor, n_clusters: int, seed: int) -> tuple[Tensor, str]:
@@ -210,8 +186,7 @@ class _ProbeSet:
                 f"{self.owner}: the probe set needs at least 2 samples; the {source} dataset has "
                 f"{n_data}."
             )
-        generator = torch.Generator().manual_seed(self.seed)  # same draw on every process
-        return torch.randperm(n_data, generator=generator)[:n].sort().values
+        return seeded_subset(n_data, n, self.seed)  # the same draw on every process
 
     def _groups(self, batches: list[Any]) -> dict[str, Tensor]:
         groups = {}

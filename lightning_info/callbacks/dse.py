@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_info.callbacks._capture import _ActivationCapture, _parse_layer
-from lightning_info.callbacks._probe import REFERENCE_OF, _ProbeSet, first_loader, map_dataset
+from lightning_info.callbacks._loaders import first_loader, map_dataset
+from lightning_info.callbacks._probe import REFERENCE_OF, _ProbeSet
 from lightning_info.functional.dse import _Profile
 from lightning_info.metrics.dse import (
     DiffusionSpectralEntropy,
