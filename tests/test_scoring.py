@@ -81,7 +81,7 @@ def test_checkpoint_with_all_three_callbacks_loads_weights_only(tmp_path):
         max_epochs=2,
         callbacks=[
             DiffusionSpectralEntropyMonitor(max_samples=40),
-            OverfittingEarlyStopping(num_classes=10),
+            OverfittingEarlyStopping(),
             SmoothUniqueInformation(max_samples=30, max_heldout=20, progress=False),
             ckpt,
         ],

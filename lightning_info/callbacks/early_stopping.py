@@ -1,127 +1,216 @@
-r"""Early stopping on diffusion spectral mutual information (DSMI) with the labels.
+r"""Stop a run once it has passed its best held-out epoch, and keep that epoch's weights.
 
-Liao, Liu et al., *Assessing Neural Network Representations During Training Using Noise-Resilient
-Diffusion Spectral Entropy*, IEEE CISS 2024 (arXiv 2312.04823), Sec. IV: held-out DSMI(Z;Y) rises
-while a network learns generalisable features and stays nearly flat while it memorises (their
-"wronglabel" runs with permuted training labels).
-
-Two ways to use it, both fed by :class:`~lightning_info.callbacks.DiffusionSpectralEntropyMonitor`:
-
-* plain ``EarlyStopping(monitor="info/dsmi_y/<layer>", mode="max", patience=...)``. With
-  ``every_n_epochs=1`` nothing else is needed. With ``every_n_epochs=k > 1`` pass ``strict=False``:
-  the monitor removes its keys from ``trainer.callback_metrics`` on epochs without an evaluation,
-  so ``EarlyStopping`` skips those epochs and its patience counts evaluations, not stale repeats.
-* :class:`OverfittingEarlyStopping`, which stops a run that memorises: training loss still
-  falling, held-out DSMI(Z;Y) low and not rising.
+Fed by :class:`~lightning_info.callbacks.DiffusionSpectralEntropyMonitor` (held-out DSMI) and,
+when the module logs it, a validation metric. The decision is a small replayable rule,
+:class:`StopRule`, that ``benchmarks/overfitting.py`` replays on recorded curves to measure it
+against ``EarlyStopping`` with a best-checkpoint restore (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
 from typing_extensions import override
 
 from lightning_info.utilities.checks import _check_int, _check_positive
 from lightning_info.utilities.compat import EarlyStopping
 
-__all__ = ["OverfittingEarlyStopping"]
+__all__ = ["OverfittingEarlyStopping", "StopRule"]
+
+#: Validation metrics tried, in order, by ``score_monitor="auto"`` (name, mode).
+SCORE_KEYS: tuple[tuple[str, str], ...] = (
+    ("val_acc", "max"),
+    ("val_accuracy", "max"),
+    ("val/acc", "max"),
+    ("val/accuracy", "max"),
+    ("valid_acc", "max"),
+    ("val_loss", "min"),
+    ("val/loss", "min"),
+    ("valid_loss", "min"),
+)
+
+
+@dataclass
+class StopRule:
+    r"""The decision of :class:`OverfittingEarlyStopping`, one evaluation at a time.
+
+    Each evaluation brings a held-out *score* (a validation metric, oriented so that higher is
+    better; or None) and an *information* value :math:`I_k` (held-out DSMI). The score that
+    picks the best epoch is the validation metric when there is one, else :math:`I_k`.
+
+    * **best epoch**: the first evaluation with the highest score (``min_delta`` = 0: any gain);
+    * **patience stop**: ``patience`` evaluations in a row without a new best;
+    * **memorization stop**: :math:`I_k < (1 - \text{info\_drop}) \max_{j \le k} I_j` for
+      ``info_patience`` evaluations in a row: the held-out representation has lost a fraction
+      ``info_drop`` of the label information it once had, which is what memorizing noisy labels
+      does (a clean run keeps it).
+
+    Args:
+        patience: evaluations without a new best score before stopping, >= 1.
+        info_drop: relative DSMI drop from its running maximum that counts as memorization, in
+            (0, 1), or None to disable the memorization stop.
+        info_patience: consecutive evaluations below that level before stopping, >= 1.
+
+    Example:
+        >>> rule = StopRule(patience=3, info_drop=0.2, info_patience=2)
+        >>> for epoch, (acc, dsmi) in enumerate([(0.8, 1.0), (0.9, 1.2), (0.85, 0.9), (0.84, 0.8)]):
+        ...     stop, best = rule.update(epoch, acc, dsmi)
+        >>> stop, rule.best_epoch, rule.reason
+        (True, 1, 'memorization')
+    """
+
+    patience: int = 5
+    info_drop: float | None = 0.2
+    info_patience: int = 2
+    best_score: float = -math.inf
+    best_epoch: int | None = None
+    wait: int = 0
+    info_max: float = -math.inf
+    info_low: int = 0
+    reason: str | None = None
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+
+    def update(self, epoch: int, score: float | None, info: float | None) -> tuple[bool, bool]:
+        """Record one evaluation.
+
+        Args:
+            epoch: the epoch of the evaluation.
+            score: the validation metric, higher = better (negate a loss), or None.
+            info: held-out DSMI, or None.
+
+        Returns:
+            ``(stop, best)``: whether to stop now, and whether this evaluation is the new best.
+        """
+        value = score if score is not None else info
+        finite = value is not None and math.isfinite(value)
+        best = finite and value > self.best_score
+        if best:
+            self.best_score, self.best_epoch, self.wait = float(value), int(epoch), 0
+        else:
+            self.wait += 1
+        if info is not None and math.isfinite(info):
+            self.info_max = max(self.info_max, info)
+            low = self.info_drop is not None and info < (1.0 - self.info_drop) * self.info_max
+            self.info_low = self.info_low + 1 if low else 0
+        self.history.append(
+            (
+                int(epoch),
+                math.nan if score is None else float(score),
+                math.nan if info is None else float(info),
+            )
+        )
+        if self.info_drop is not None and self.info_low >= self.info_patience:
+            self.reason = "memorization"
+        elif self.wait >= self.patience:
+            self.reason = "patience"
+        return self.reason is not None, best
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state: numbers and lists only.
+
+        Returns:
+            The state.
+        """
+        return {
+            k: getattr(self, k)
+            for k in (
+                "best_score",
+                "best_epoch",
+                "wait",
+                "info_max",
+                "info_low",
+                "reason",
+                "history",
+            )
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        for key, value in state.items():
+            setattr(self, key, list(map(tuple, value)) if key == "history" else value)
 
 
 class OverfittingEarlyStopping(EarlyStopping):
-    r"""Stop training when the training loss keeps falling but held-out DSMI(Z;Y) does not follow.
+    r"""Stop a run once it is past its best held-out epoch and restore that epoch's weights.
 
-    Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. IV: with permuted training labels the held-out
-    DSMI(Z;Y) stays near 0 while the network memorises. At each evaluation :math:`k` (an epoch on
-    which ``monitor`` was logged) with training loss :math:`L_k`, held-out DSMI :math:`I_k` (bits)
-    and :math:`C` classes, over the last ``window`` evaluations :math:`w`:
+    Reads, at every evaluation, held-out DSMI(Z;Y) from
+    :class:`~lightning_info.callbacks.DiffusionSpectralEntropyMonitor` (``monitor``) and, when the
+    module logs one, a validation metric (``score_monitor``), and applies :class:`StopRule`:
 
-    .. math::
+    * the **best epoch** is the one with the best validation metric (the first one, on ties), or,
+      without a validation metric, the one with the highest DSMI;
+    * training **stops** after ``patience`` evaluations without a new best, or as soon as DSMI has
+      stayed ``info_drop`` below its running maximum for ``info_patience`` evaluations (a
+      network memorizing noisy labels loses held-out label information; a clean run keeps it);
+    * the weights of the best epoch are kept in memory and **restored** when training stops and
+      at fit end (Keras' ``restore_best_weights``); ``best_epoch`` says which epoch that was.
 
-        \text{drop}_k = \frac{L_{k-w} - L_k}{L_{k-w}},\qquad
-        \text{gain}_k = \frac{I_k - I_{k-w}}{\log_2 C},\qquad
-        \text{level}_k = \frac{I_k}{\log_2 C},
+    Works with zero arguments on any module that is monitored by the DSE monitor (no
+    ``num_classes`` needed). At the first evaluation it warns if ``monitor`` is not logged
+    (naming the keys that are), and reports which validation metric it uses.
 
-    evaluation :math:`k` is *suspicious* if :math:`\text{drop}_k \ge` ``min_loss_drop`` (the
-    model is still fitting its training labels) **and** :math:`\text{gain}_k <` ``min_info_gain``
-    (held-out label information is not following) **and** :math:`\text{level}_k <`
-    ``max_info_fraction`` (the representation carries little of the attainable label
-    information). Training stops after ``patience`` consecutive suspicious evaluations.
-
-    Why these three conditions and scales. :math:`\log_2 C` is the label entropy of balanced
-    classes and bounds DSMI(Z;Y), so the gain and level thresholds are fractions of what is
-    attainable, not bits tuned to one dataset; the loss enters only through its *relative* drop,
-    so any loss (cross-entropy, MSE, ...) works. Rates alone cannot separate the two regimes:
-    late in a healthy run the training loss also keeps falling while DSMI saturates, so the same
-    "drop high, gain low" pattern appears; the level condition tells them apart, because a
-    network that generalises quickly holds a sizeable fraction of :math:`\log_2 C` on held-out
-    data while a memorising one does not. Conversely a run whose loss is flat is not memorising
-    (it is not fitting anything) and is left alone. Measured on digits (MLP 64-256-128-10, Adam
-    3e-3, penultimate features, 449 held-out samples, sigma 10): clean labels give DSMI 1.15 ->
-    2.0 bits (level 0.35 -> 0.6) and are never suspicious; permuted training labels creep
-    0.005 -> 0.42 bits in 40 epochs (0.01-0.02 bit/epoch, level < 0.13) while the training loss
-    falls 1-3 % per epoch, and the rule stops that run at epoch 13. The rule targets memorisation;
-    mild late overfitting of a well-generalising model (high DSMI slowly decreasing) is left to an
-    ordinary ``EarlyStopping`` on the validation loss or on DSMI.
+    Measured in ``benchmarks/overfitting.py`` (``benchmarks/RESULTS.md``), against
+    ``EarlyStopping`` + best-checkpoint restore on the same runs.
 
     Args:
-        monitor: key of held-out DSMI(Z;Y) logged by the monitor callback. Default
-            ``"info/dsmi_y/penultimate"``.
-        loss_monitor: key of the epoch-level training loss (``self.log("train_loss", ...,
-            on_epoch=True)``). Default ``"train_loss"``.
-        num_classes: C; None reads ``pl_module.num_classes`` or ``pl_module.hparams.num_classes``
-            at fit start.
-        window: w, evaluations over which drop and gain are measured, >= 1. Default 3.
-        patience: consecutive suspicious evaluations before stopping, >= 1. Default 2.
-        min_loss_drop: relative training-loss drop over the window that counts as still fitting,
-            > 0. Default 0.02.
-        min_info_gain: DSMI gain over the window, as a fraction of :math:`\log_2 C`, that counts
-            as following, > 0. Default 0.05 (0.17 bit for 10 classes).
-        max_info_fraction: DSMI level, as a fraction of :math:`\log_2 C`, above which the run is
-            considered to generalise, > 0. Default 0.25 (0.83 bit for 10 classes).
+        monitor: key of held-out DSMI(Z;Y). Default ``"info/dsmi_y/penultimate"``.
+        score_monitor: validation metric that picks the best epoch: ``"auto"`` (the first of
+            ``val_acc``, ``val_accuracy``, ``val/acc``, ``val/accuracy``, ``valid_acc`` (max) or
+            ``val_loss``, ``val/loss``, ``valid_loss`` (min) that is logged), a key (then give
+            ``score_mode``), or None to use DSMI alone (no labelled validation metric needed).
+        score_mode: ``"max"`` or ``"min"`` for an explicit ``score_monitor``.
+        patience: evaluations without a new best before stopping, >= 1.
+        info_drop: relative DSMI drop from its maximum that stops the run, in (0, 1), or None.
+        info_patience: consecutive evaluations at that drop before stopping, >= 1.
+        restore_best_weights: restore the best epoch's weights on stop and at fit end.
         verbose: log the decision at every evaluation.
         log_rank_zero_only: log only on rank 0.
 
     Attributes:
-        history: ``[(epoch, train_loss, dsmi, suspicious), ...]``, one entry per evaluation.
+        rule: the :class:`StopRule` (its ``history``: ``(epoch, score, dsmi)`` per evaluation).
+        best_epoch: epoch whose weights are kept (None before the first evaluation).
         stopped_epoch: the epoch at which training was stopped (0 if it was not).
 
+    Distributed: the rule runs on rank 0 and its decision (stop, new best) is broadcast, so every
+    rank stops at the same epoch and keeps the same weights.
+
     Raises:
-        ValueError: on invalid options, or at fit start when ``num_classes`` is None and the
-            module has no ``num_classes``.
+        ValueError: on invalid options.
         TypeError: on options of the wrong type.
 
     Example:
-        >>> stopper = OverfittingEarlyStopping(num_classes=10)
-        >>> curve = [(2.30, 0.01), (2.25, 0.03), (2.20, 0.05), (2.10, 0.06), (2.00, 0.08), (1.9, 0.09)]
-        >>> for epoch, (train_loss, dsmi) in enumerate(curve):
-        ...     if stopper.observe(epoch, train_loss, dsmi):
-        ...         break
-        >>> stopper.stopped_epoch, [h[3] for h in stopper.history]
-        (4, [False, False, False, True, True])
+        >>> stopper = OverfittingEarlyStopping()
+        >>> stopper.monitor, stopper.rule.patience
+        ('info/dsmi_y/penultimate', 5)
     """
 
     def __init__(
         self,
         monitor: str = "info/dsmi_y/penultimate",
         *,
-        loss_monitor: str = "train_loss",
-        num_classes: int | None = None,
-        window: int = 3,
-        patience: int = 2,
-        min_loss_drop: float = 0.02,
-        min_info_gain: float = 0.05,
-        max_info_fraction: float = 0.25,
+        score_monitor: str | None = "auto",
+        score_mode: str = "max",
+        patience: int = 5,
+        info_drop: float | None = 0.2,
+        info_patience: int = 2,
+        restore_best_weights: bool = True,
         verbose: bool = False,
         log_rank_zero_only: bool = False,
     ) -> None:
-        if not isinstance(monitor, str) or not isinstance(loss_monitor, str):
+        if not isinstance(monitor, str) or not (
+            score_monitor is None or isinstance(score_monitor, str)
+        ):
             raise TypeError(
-                f"`monitor` and `loss_monitor` must be strings; got {monitor!r}, {loss_monitor!r}."
+                f"`monitor` must be a string and `score_monitor` a string or None; got {monitor!r}, "
+                f"{score_monitor!r}."
             )
         patience = _check_int(patience, "patience", minimum=1)
         super().__init__(
@@ -133,116 +222,150 @@ class OverfittingEarlyStopping(EarlyStopping):
             verbose=verbose,
             log_rank_zero_only=log_rank_zero_only,
         )
-        self.loss_monitor = loss_monitor
-        self.num_classes = _check_int(num_classes, "num_classes", minimum=2, allow_none=True)
-        self.window = _check_int(window, "window", minimum=1)
-        self.min_loss_drop = _check_positive(min_loss_drop, "min_loss_drop")
-        self.min_info_gain = _check_positive(min_info_gain, "min_info_gain")
-        self.max_info_fraction = _check_positive(max_info_fraction, "max_info_fraction")
-        self.history: list[tuple[int, float, float, bool]] = []
-        self._warned_missing_loss = False
+        if score_mode not in ("max", "min"):
+            raise ValueError(f"`score_mode` must be 'max' or 'min'; got {score_mode!r}.")
+        if info_drop is not None:
+            info_drop = _check_positive(info_drop, "info_drop")
+            if info_drop >= 1:
+                raise ValueError(f"`info_drop` must be in (0, 1) or None; got {info_drop}.")
+        self.score_monitor = score_monitor
+        self.score_mode = score_mode
+        self.restore_best_weights = bool(restore_best_weights)
+        self.rule = StopRule(
+            patience=patience,
+            info_drop=info_drop,
+            info_patience=_check_int(info_patience, "info_patience", minimum=1),
+        )
+        self._score_key: tuple[str, str] | None = None
+        self._best_state: dict[str, Tensor] | None = None
+        self._checked_keys = False
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch whose weights are kept (the best one seen)."""
+        return self.rule.best_epoch
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, loss_monitor=self.loss_monitor)
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if self.num_classes is None:
-            found = getattr(pl_module, "num_classes", None)
-            if found is None:
-                found = getattr(pl_module, "hparams", {}).get("num_classes")
-            if not isinstance(found, int) or found < 2:
-                raise ValueError(
-                    f"{type(self).__name__}: `num_classes` is None and "
-                    f"{type(pl_module).__name__} has no integer `num_classes` attribute or "
-                    "hyperparameter; pass `num_classes=`."
-                )
-            self.num_classes = found
+        return self._generate_state_key(monitor=self.monitor, score_monitor=self.score_monitor)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["history"] = list(self.history)
-        return state
+        """EarlyStopping's state, the rule's and the best weights (tensors: ``weights_only``)."""
+        return {
+            **super().state_dict(),
+            "rule": self.rule.state_dict(),
+            "score_key": None if self._score_key is None else list(self._score_key),
+            "best_state": self._best_state,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a resumed run keeps its best epoch and weights)."""
         super().load_state_dict(state_dict)
-        self.history = [tuple(h) for h in state_dict.get("history", [])]  # type: ignore[misc]
+        self.rule.load_state_dict(state_dict.get("rule", {}))
+        key = state_dict.get("score_key")
+        self._score_key = None if key is None else (key[0], key[1])
+        self._best_state = state_dict.get("best_state")
+        self._checked_keys = bool(self.rule.history)
 
-    def observe(self, epoch: int, train_loss: float, dsmi: float) -> bool:
-        """Record one evaluation, apply the rule and return whether training should stop.
-
-        Used by the Lightning hooks; call it directly to apply the rule to a logged curve.
-
-        Raises:
-            ValueError: if ``num_classes`` is still unknown.
-        """
-        if self.num_classes is None:
-            raise ValueError(f"{type(self).__name__}: set `num_classes` before `observe`.")
-        scale = math.log2(self.num_classes)
-        suspicious = False
-        if len(self.history) >= self.window and math.isfinite(train_loss) and math.isfinite(dsmi):
-            _, loss_before, info_before, _ = self.history[-self.window]
-            drop = (loss_before - train_loss) / abs(loss_before) if loss_before != 0 else 0.0
-            gain = (dsmi - info_before) / scale
-            suspicious = (
-                drop >= self.min_loss_drop
-                and gain < self.min_info_gain
-                and dsmi / scale < self.max_info_fraction
-            )
-        self.history.append((int(epoch), float(train_loss), float(dsmi), suspicious))
-        self.wait_count = self.wait_count + 1 if suspicious else 0
-        if dsmi > float(self.best_score):
-            self.best_score = torch.tensor(dsmi)
-        should_stop = self.wait_count >= self.patience
-        if should_stop:
-            self.stopped_epoch = int(epoch)
-            self.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
-            self.stopping_reason_message = (
-                f"{type(self).__name__}: training loss `{self.loss_monitor}` kept falling (>= "
-                f"{self.min_loss_drop:.0%} per {self.window} evaluations) while held-out "
-                f"`{self.monitor}` = {dsmi:.3f} bits stayed below {self.max_info_fraction:.0%} of "
-                f"log2({self.num_classes}) and gained < {self.min_info_gain:.0%} of it, for "
-                f"{self.wait_count} evaluations. Signaling Trainer to stop."
-            )
-        return should_stop
-
+    # ------------------------------------------------------------------------------ hooks
     @override
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         logs = trainer.callback_metrics
-        if trainer.fast_dev_run or self.monitor not in logs:
-            return  # no evaluation this epoch: nothing to count
-        if self.history and self.history[-1][0] == trainer.current_epoch:
-            return  # already counted this epoch
-        if self.loss_monitor not in logs:
-            if not self._warned_missing_loss:
-                self._warned_missing_loss = True
+        if trainer.fast_dev_run:
+            return
+        if not self._checked_keys:
+            self._check_keys(logs)
+        if self.monitor not in logs or (
+            self.rule.history and self.rule.history[-1][0] == trainer.current_epoch
+        ):
+            return  # no evaluation this epoch (or already counted)
+        info = float(logs[self.monitor].detach().float().mean())
+        score = self._score(logs)
+        stop, best = (
+            self.rule.update(trainer.current_epoch, score, info)
+            if trainer.is_global_zero
+            else (False, False)
+        )
+        # rank 0 decides for all: every rank gets its decision and its rule's state
+        stop, best, state = trainer.strategy.broadcast((stop, best, self.rule.state_dict()), src=0)
+        self.rule.load_state_dict(state)
+        pl_module = trainer.lightning_module
+        if best and self.restore_best_weights:
+            self._best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
+            }
+        if best:
+            self.best_score = torch.tensor(self.rule.best_score)
+        self._report(trainer, stop)
+        if stop:
+            self.stopped_epoch = trainer.current_epoch
+            trainer.should_stop = True
+            self._restore(pl_module)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Restore the best epoch's weights (also when no stop fired)."""
+        self._restore(pl_module)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _check_keys(self, logs: Mapping[str, Any]) -> None:
+        self._checked_keys = True
+        if self.monitor not in logs:
+            rank_zero_warn(
+                f"{type(self).__name__}: `{self.monitor}` is not logged, so nothing is stopped. "
+                "Attach DiffusionSpectralEntropyMonitor (with validation targets) or pass the "
+                f"logged key as `monitor`. Logged: {sorted(logs)}.",
+                category=RuntimeWarning,
+            )
+        if self.score_monitor == "auto":
+            self._score_key = next(((k, m) for k, m in SCORE_KEYS if k in logs), None)
+        elif self.score_monitor is not None:
+            self._score_key = (self.score_monitor, self.score_mode)
+            if self.score_monitor not in logs:
                 rank_zero_warn(
-                    f"{type(self).__name__}: `{self.loss_monitor}` is not logged; log the epoch "
-                    f"training loss (`self.log('{self.loss_monitor}', loss, on_epoch=True)`) or "
-                    f"pass `loss_monitor=`. Available: {sorted(logs)}.",
+                    f"{type(self).__name__}: `score_monitor={self.score_monitor!r}` is not logged; "
+                    f"the best epoch is picked by DSMI until it is. Logged: {sorted(logs)}.",
                     category=RuntimeWarning,
                 )
-            return
-        loss = float(logs[self.loss_monitor].detach().float().mean())
-        dsmi = float(logs[self.monitor].detach().float().mean())
-        should_stop = self.observe(trainer.current_epoch, loss, dsmi)
-        should_stop = trainer.strategy.reduce_boolean_decision(should_stop, all=False)
-        trainer.should_stop = trainer.should_stop or should_stop
-        if should_stop:
-            self.stopped_epoch = trainer.current_epoch
-        if self.verbose:
-            epoch, loss, dsmi, suspicious = self.history[-1]
+        what = (
+            "DSMI" if self._score_key is None else f"`{self._score_key[0]}` ({self._score_key[1]})"
+        )
+        rank_zero_info(f"{type(self).__name__}: the best epoch is the one with the best {what}.")
+
+    def _score(self, logs: Mapping[str, Any]) -> float | None:
+        if self._score_key is None or self._score_key[0] not in logs:
+            return None
+        value = float(logs[self._score_key[0]].detach().float().mean())
+        return value if self._score_key[1] == "max" else -value
+
+    def _restore(self, pl_module: pl.LightningModule) -> None:
+        if self.restore_best_weights and self._best_state is not None:
+            pl_module.load_state_dict(self._best_state)
+
+    def _report(self, trainer: pl.Trainer, stop: bool) -> None:
+        epoch, score, info = self.rule.history[-1]
+        if stop:
+            self.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
+            why = (
+                f"held-out `{self.monitor}` stayed below {1 - (self.rule.info_drop or 0):.0%} of its "
+                f"maximum {self.rule.info_max:.3f} for {self.rule.info_patience} evaluations (memorization)"
+                if self.rule.reason == "memorization"
+                else f"no better held-out score for {self.rule.patience} evaluations"
+            )
+            self.stopping_reason_message = (
+                f"{type(self).__name__}: {why}; stopping at epoch {epoch} and keeping the weights of "
+                f"epoch {self.rule.best_epoch}."
+            )
+        if self.verbose or stop:
             message = (
                 self.stopping_reason_message
-                if should_stop
+                if stop
                 else (
-                    f"{type(self).__name__}: epoch {epoch} loss {loss:.4f} dsmi {dsmi:.3f} "
-                    f"suspicious={suspicious} ({self.wait_count}/{self.patience})"
+                    f"{type(self).__name__}: epoch {epoch} score {score:.4f} dsmi {info:.3f} best epoch "
+                    f"{self.rule.best_epoch} ({self.rule.wait}/{self.rule.patience})"
                 )
             )
             self._log_info(trainer, message or "", self.log_rank_zero_only)

@@ -9,10 +9,11 @@ class Dump(pl.Callback):
     """Records the monitor's logged ``info/`` values at every train epoch end (after the
     callbacks before it, e.g. a stopper, have run)."""
 
-    def __init__(self):
+    def __init__(self, prefixes=("info/",)):
         self.rows = {}
+        self.prefixes = tuple(prefixes)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.rows[trainer.current_epoch] = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("info/")
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefixes)
         }

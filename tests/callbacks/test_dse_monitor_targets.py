@@ -217,3 +217,39 @@ def test_fixed_sigma_far_from_the_feature_scale_is_warned_once(tmp_path, digits)
     scale = [w for w in caught if "nearly constant" in str(w.message)]
     assert len(scale) == 1  # once, not every epoch
     assert "sigma='median'" in str(scale[0].message)
+
+
+def test_model_checkpoint_filename_with_the_slash_keys_as_documented(tmp_path, digits):
+    # the monitor's keys contain "/": with auto_insert_metric_name=False (the documented way) the
+    # value goes into one flat file name instead of nested folders
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    x, y, xv, yv = digits
+    torch.manual_seed(0)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        monitor="info/dsmi_y/penultimate",
+        mode="max",
+        filename="{epoch}-dsmi={info/dsmi_y/penultimate:.3f}",
+        auto_insert_metric_name=False,
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[DiffusionSpectralEntropyMonitor(quantities=("dsmi_y",)), ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(
+        _Regressor(10),
+        DataLoader(TensorDataset(x, F.one_hot(y, 10).float()), batch_size=50),
+        DataLoader(TensorDataset(xv, F.one_hot(yv, 10).float()), batch_size=50),
+    )
+    files = [p.relative_to(tmp_path / "ckpt") for p in (tmp_path / "ckpt").rglob("*.ckpt")]
+    assert len(files) == 1
+    assert len(files[0].parts) == 1  # no folders from the slashes
+    epoch, value = files[0].stem.split("-dsmi=")
+    assert int(epoch) in (0, 1)
+    assert float(value) == pytest.approx(float(ckpt.best_model_score), abs=5e-4)

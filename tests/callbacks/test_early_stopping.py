@@ -1,10 +1,16 @@
-"""OverfittingEarlyStopping: the rule on synthetic curves, and real digits runs (clean vs permuted)."""
+"""OverfittingEarlyStopping: the rule on written curves, and real digits runs with its callback.
+
+The rule's expectations are derived here from its documented definition (best = first maximum of
+the score; stop after ``patience`` evaluations without a new best, or after ``info_patience``
+evaluations below ``(1 - info_drop)`` times the running maximum of DSMI), never from its output.
+The callback's restore is checked against the weights recorded at every epoch of the same run.
+"""
 
 from __future__ import annotations
 
 import math
 import pickle
-from types import SimpleNamespace
+import warnings
 
 import pytest
 import pytorch_lightning as pl
@@ -12,129 +18,152 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping
 
 from lightning_info.callbacks import DiffusionSpectralEntropyMonitor, OverfittingEarlyStopping
-from lightning_info.metrics import DiffusionSpectralEntropy
+from lightning_info.callbacks.early_stopping import StopRule
 from lightning_info.models import MLPClassifier
 from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loader, train_val_split
 
 
-def _run_rule(curve, **kwargs):
-    stopper = OverfittingEarlyStopping(num_classes=10, **kwargs)
-    for epoch, (loss, dsmi) in enumerate(curve):
-        if stopper.observe(epoch, loss, dsmi):
-            return stopper.stopped_epoch, stopper
-    return None, stopper
+def _reference(scores, infos, patience, info_drop, info_patience):
+    """The documented rule, written out: (stop index or None, best index)."""
+    best, best_i, wait, top, low = -math.inf, None, 0, -math.inf, 0
+    for i, (s, info) in enumerate(zip(scores, infos)):
+        value = s if s is not None else info
+        if value > best:
+            best, best_i, wait = value, i, 0
+        else:
+            wait += 1
+        top = max(top, info)
+        low = low + 1 if (info_drop is not None and info < (1 - info_drop) * top) else 0
+        if (info_drop is not None and low >= info_patience) or wait >= patience:
+            return i, best_i
+    return None, best_i
 
 
-# The reference trial of issue 3 (held-out DSMI creeping 0.02 -> 0.25 bit at 0.01-0.04 bit/epoch
-# while memorising): the training loss falls ~3 %/epoch.
-CREEP_DSMI = [0.02, 0.03, 0.07, 0.08, 0.10, 0.12, 0.13, 0.16, 0.17, 0.19, 0.21, 0.25]
-CREEP = [(2.30 * 0.97**e, i) for e, i in enumerate(CREEP_DSMI)]
+def _replay(rule, scores, infos):
+    for i, (s, info) in enumerate(zip(scores, infos)):
+        stop, _ = rule.update(i, s, info)
+        if stop:
+            return i, rule.best_epoch
+    return None, rule.best_epoch
 
 
-def test_creeping_memorisation_is_stopped_where_plain_early_stopping_never_fires():
-    stopped, stopper = _run_rule(CREEP)
-    # evaluations 3 and 4 are the first two with a full window and both are suspicious
-    assert stopped == 4
-    assert [h[3] for h in stopper.history] == [False, False, False, True, True]
-    assert "kept falling" in stopper.stopping_reason_message
-
-    plain = EarlyStopping(monitor="dsmi", mode="max", min_delta=0.02, patience=3)
-    fired = [plain._evaluate_stopping_criteria(torch.tensor(i))[0] for i in CREEP_DSMI]
-    assert not any(fired)
-
-
-def test_healthy_run_trains_on_even_when_dsmi_saturates():
-    # fast rise to a high level, then a plateau with slightly falling DSMI while the loss -> 0
-    dsmi = [0.3, 1.0, 1.4, 1.6, 1.7, 1.72, 1.73, 1.72, 1.71, 1.70, 1.69, 1.68]
-    curve = [(2.2 * 0.6**e, i) for e, i in enumerate(dsmi)]
-    assert _run_rule(curve)[0] is None
-
-
-def test_slow_early_learning_from_a_low_level_is_not_stopped():
-    # loss falls but DSMI gains >= 5 % of log2(10) per window: information follows the fit
-    curve = [(2.3 - 0.1 * e, 0.02 + 0.07 * e) for e in range(12)]
-    assert _run_rule(curve)[0] is None
+CURVES = {
+    # noisy labels: accuracy and DSMI peak early, then memorization erodes both
+    "memorizing": (
+        [0.5, 0.7, 0.8, 0.82, 0.81, 0.79, 0.75, 0.7, 0.66, 0.6, 0.58, 0.57],
+        [0.6, 1.0, 1.2, 1.25, 1.2, 1.1, 0.95, 0.9, 0.8, 0.75, 0.7, 0.7],
+    ),
+    # clean labels: accuracy creeps up on a plateau, DSMI holds
+    "clean": (
+        [0.6, 0.8, 0.9, 0.92, 0.93, 0.93, 0.935, 0.934, 0.936, 0.935, 0.934, 0.933, 0.932],
+        [0.8, 1.2, 1.3, 1.33, 1.32, 1.31, 1.31, 1.3, 1.3, 1.29, 1.29, 1.28, 1.28],
+    ),
+    # a validation metric that only improves late, while DSMI dips and recovers
+    "late": (
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.7, 0.71, 0.72, 0.73, 0.74, 0.75],
+        [1.0, 1.1, 0.8, 0.85, 1.0, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1],
+    ),
+}
 
 
-def test_flat_loss_is_not_memorisation():
-    curve = [(2.30 - 0.001 * e, 0.02 + 0.001 * e) for e in range(15)]
-    assert _run_rule(curve)[0] is None
-
-
-def test_suspicion_must_be_consecutive():
-    # suspicious at 3, then a burst of held-out information at 4 resets the count
-    curve = CREEP[:4] + [(CREEP[4][0], 0.6)] + [(2.0 * 0.97**e, 0.6 + 0.001 * e) for e in range(3)]
-    stopped, stopper = _run_rule(curve)
-    flags = [h[3] for h in stopper.history]
-    assert flags[3] is True
-    assert flags[4] is False
-    assert stopped is None or stopped >= 6
-
-
+@pytest.mark.parametrize("name", list(CURVES))
 @pytest.mark.parametrize(
-    ("option", "value", "expected"),
-    [("patience", 3, 5), ("window", 2, 3), ("max_info_fraction", 0.02, None)],
-    ids=["patience3", "window2", "low_level_cap"],
+    "options",
+    [
+        {},
+        {"patience": 2},
+        {"info_drop": None},
+        {"info_drop": 0.1, "info_patience": 1},
+        {"info_drop": 0.3, "info_patience": 3},
+    ],
+    ids=["defaults", "patience2", "no-info", "drop0.1", "drop0.3x3"],
 )
-def test_options_move_the_stop_as_documented(option, value, expected):
-    assert _run_rule(CREEP, **{option: value})[0] == expected
+def test_rule_follows_its_definition(name, options):
+    scores, infos = CURVES[name]
+    rule = StopRule(**options)
+    expected = _reference(scores, infos, rule.patience, rule.info_drop, rule.info_patience)
+    assert _replay(rule, scores, infos) == expected
+    label_free = StopRule(**options)
+    expected = _reference(
+        [None] * len(infos), infos, rule.patience, rule.info_drop, rule.info_patience
+    )
+    assert _replay(label_free, [None] * len(infos), infos) == expected
 
 
-def test_non_finite_values_are_never_suspicious():
-    curve = [*CREEP[:3], (math.nan, 0.08), (2.0, math.nan)]
-    stopped, stopper = _run_rule(curve)
-    assert stopped is None
-    assert [h[3] for h in stopper.history][3:] == [False, False]
+def test_rule_stops_memorizing_runs_early_and_keeps_the_best_epoch():
+    scores, infos = CURVES["memorizing"]
+    stop, best = _replay(StopRule(), scores, infos)
+    assert best == 3  # the accuracy peak
+    assert stop is not None
+    assert stop < 3 + StopRule().patience  # the DSMI drop stops before patience runs out
+    assert _replay(StopRule(), *CURVES["clean"])[0] is None  # a clean plateau trains on
 
 
-def test_state_roundtrip_and_pickle():
-    _, stopper = _run_rule(CREEP[:4])
-    fresh = OverfittingEarlyStopping(num_classes=10)
-    fresh.load_state_dict(stopper.state_dict())
-    assert fresh.history == stopper.history
-    assert fresh.wait_count == stopper.wait_count
-    assert pickle.loads(pickle.dumps(stopper)).history == stopper.history
-    assert fresh.state_key != OverfittingEarlyStopping(loss_monitor="loss").state_key
+def test_rule_skips_non_finite_values_and_roundtrips_its_state():
+    rule = StopRule(patience=3)
+    rule.update(0, 0.5, 1.0)
+    rule.update(1, math.nan, math.nan)  # never a best, never a DSMI drop
+    assert (rule.best_epoch, rule.wait, rule.info_low) == (0, 1, 0)
+    copy = StopRule(patience=3)
+    copy.load_state_dict(rule.state_dict())
+    assert repr(copy) == repr(rule)  # repr: NaN entries compare equal
+    assert repr(pickle.loads(pickle.dumps(rule))) == repr(rule)
 
 
-def test_bad_options_and_missing_num_classes():
-    with pytest.raises(ValueError, match="min_loss_drop"):
-        OverfittingEarlyStopping(min_loss_drop=0)
-    with pytest.raises(ValueError, match="window"):
-        OverfittingEarlyStopping(window=0)
-    with pytest.raises(ValueError, match="num_classes"):
-        OverfittingEarlyStopping(num_classes=1)
-    trainer = SimpleNamespace(val_check_interval=1.0, check_val_every_n_epoch=1)
-    stopper = OverfittingEarlyStopping()
-    with pytest.raises(ValueError, match="num_classes"):
-        stopper.setup(trainer, pl.LightningModule(), "fit")
-    stopper.setup(trainer, MLPClassifier(64, 7), "fit")
-    assert stopper.num_classes == 7
+def test_bad_options_name_the_argument():
+    with pytest.raises(ValueError, match="info_drop"):
+        OverfittingEarlyStopping(info_drop=1.5)
+    with pytest.raises(ValueError, match="patience"):
+        OverfittingEarlyStopping(patience=0)
+    with pytest.raises(ValueError, match="score_mode"):
+        OverfittingEarlyStopping(score_monitor="val_f1", score_mode="up")
+    with pytest.raises(TypeError, match="score_monitor"):
+        OverfittingEarlyStopping(score_monitor=3)
+    assert isinstance(OverfittingEarlyStopping(), EarlyStopping)
+    assert (
+        OverfittingEarlyStopping().state_key
+        != OverfittingEarlyStopping(score_monitor=None).state_key
+    )
 
 
 # ------------------------------------------------------------------------------------------
-# real runs on digits: the same network, clean vs permuted training labels
+# real runs on digits with the callback
 # ------------------------------------------------------------------------------------------
-def _fit(permute: bool, max_epochs: int, tmp_path):
+class _Weights(pl.Callback):
+    """The model's weights and logged values at the end of every epoch (before any restore)."""
+
+    def __init__(self):
+        self.states, self.logged = {}, {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.states[trainer.current_epoch] = {
+            k: v.clone() for k, v in pl_module.state_dict().items()
+        }
+        self.logged[trainer.current_epoch] = {
+            k: float(v) for k, v in trainer.callback_metrics.items()
+        }
+
+
+def _fit(tmp_path, stopper, *, permute: bool, epochs: int, monitor: bool = True):
     ds = load_dataset("digits")
     tr, va = train_val_split(len(ds.targets), seed=0)
     tr = tr[:400]  # a small training set is memorised within a few epochs
     ytr = ds.targets[tr]
     if permute:
-        ytr, _ = corrupt_labels(ytr, fraction=1.0, num_classes=10, seed=0, mode="permute")
+        ytr, _ = corrupt_labels(ytr, fraction=0.6, num_classes=10, seed=0, mode="flip")
     torch.manual_seed(0)
-    model = MLPClassifier(64, 10, hidden=(256, 128), lr=1e-2)
-    stopper = OverfittingEarlyStopping()  # defaults
-    monitor = DiffusionSpectralEntropyMonitor(
-        quantities=("dsmi_y",),
-        max_samples=200,
-        log_histogram=False,
-        metric=DiffusionSpectralEntropy(sigma=10.0),  # the width the rule was calibrated at
-    )
+
+    class NoNumClasses(MLPClassifier):  # most users' modules have no `num_classes`
+        def __init__(self):
+            super().__init__(64, 10, hidden=(256, 128), lr=1e-2)
+            del self.num_classes
+
+    recorder = _Weights()
+    callbacks = [DiffusionSpectralEntropyMonitor(max_samples=200)] if monitor else []
     trainer = pl.Trainer(
         default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        callbacks=[monitor, stopper],
+        max_epochs=epochs,
+        callbacks=[*callbacks, recorder, stopper],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -143,23 +172,51 @@ def _fit(permute: bool, max_epochs: int, tmp_path):
         accelerator="cpu",
         deterministic=True,
     )
+    model = NoNumClasses()
     trainer.fit(
         model,
         make_loader(ds.inputs[tr], ytr, batch_size=32, shuffle=True, seed=0),
         make_loader(ds.inputs[va], ds.targets[va], batch_size=256),
     )
-    return trainer, stopper
+    return trainer, model, recorder
 
 
-def test_permuted_labels_are_stopped_early(tmp_path):
-    trainer, stopper = _fit(permute=True, max_epochs=12, tmp_path=tmp_path)
-    assert 0 < stopper.stopped_epoch < 10
-    assert trainer.current_epoch == stopper.stopped_epoch + 1
-    assert max(h[2] for h in stopper.history) < 0.25 * math.log2(10)
+def test_zero_arguments_on_noisy_labels_stop_and_restore_the_best_epoch(tmp_path):
+    stopper = OverfittingEarlyStopping()
+    trainer, model, recorder = _fit(tmp_path, stopper, permute=True, epochs=40)
+    assert trainer.should_stop
+    assert 0 < stopper.stopped_epoch < 39
+    # the best epoch is the first with the highest logged val_acc among the evaluated epochs
+    seen = {e: recorder.logged[e]["val_acc"] for e in recorder.logged if e <= stopper.stopped_epoch}
+    best = max(seen, key=lambda e: (seen[e], -e))
+    assert stopper.best_epoch == best
+    # the weights the user ends up with are that epoch's
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, recorder.states[best][key]), key
+    assert [h[0] for h in stopper.rule.history] == list(range(stopper.stopped_epoch + 1))
 
 
-def test_clean_labels_train_on(tmp_path):
-    trainer, stopper = _fit(permute=False, max_epochs=7, tmp_path=tmp_path)
+def test_missing_monitor_key_is_warned_at_the_first_evaluation(tmp_path):
+    stopper = OverfittingEarlyStopping()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, stopper, permute=False, epochs=2, monitor=False)
+    missing = [w for w in caught if "is not logged" in str(w.message)]
+    assert len(missing) == 1
+    assert "val_acc" in str(missing[0].message)  # the keys that are logged are listed
     assert stopper.stopped_epoch == 0
-    assert trainer.current_epoch == 7
-    assert stopper.history[-1][2] > 1.0  # held-out DSMI(Z;Y) well above the permuted run's
+
+
+def test_label_free_mode_and_resume_state(tmp_path):
+    stopper = OverfittingEarlyStopping(score_monitor=None)
+    _, model, recorder = _fit(tmp_path, stopper, permute=False, epochs=3)
+    key = "info/dsmi_y/penultimate"
+    seen = {e: recorder.logged[e][key] for e in recorder.logged}
+    assert stopper.best_epoch == max(seen, key=lambda e: (seen[e], -e))
+    state = stopper.state_dict()
+    assert set(state["best_state"]) == set(model.state_dict())
+    torch.save(state, tmp_path / "state.pt")
+    resumed = OverfittingEarlyStopping(score_monitor=None)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert repr(resumed.rule) == repr(stopper.rule)
+    assert resumed.best_epoch == stopper.best_epoch

@@ -80,7 +80,7 @@ def _classes(name: str):
 def _callbacks():
     return [
         lightning_info.DiffusionSpectralEntropyMonitor(quantities=("dse", "dsmi_y")),
-        lightning_info.OverfittingEarlyStopping(num_classes=10),  # zero-arg: see issue 13 rework
+        lightning_info.OverfittingEarlyStopping(),
         lightning_info.SmoothUniqueInformation(max_samples=40, max_heldout=20, progress=False),
     ]
 
@@ -183,7 +183,6 @@ def test_lightning_cli_command_line(tmp_path, name):
             "--trainer.callbacks+=lightning_info.DiffusionSpectralEntropyMonitor",
             "--trainer.callbacks.quantities=[dse, dsmi_y]",
             "--trainer.callbacks+=lightning_info.OverfittingEarlyStopping",
-            "--trainer.callbacks.num_classes=10",
             "--trainer.callbacks+=lightning_info.SmoothUniqueInformation",
             "--trainer.callbacks.max_samples=30",
             "--trainer.callbacks.progress=false",
@@ -202,8 +201,6 @@ def test_lightning_cli_yaml_config(tmp_path, name):
         "      init_args:\n"
         "        quantities: [dse, dsmi_y]\n"
         "    - class_path: lightning_info.OverfittingEarlyStopping\n"
-        "      init_args:\n"
-        "        num_classes: 10\n"
         "    - class_path: lightning_info.SmoothUniqueInformation\n"
         "      init_args:\n"
         "        max_samples: 30\n"

@@ -69,9 +69,15 @@ class _Net(pl.LightningModule):
 class _BatchRecorder(pl.Callback):
     def __init__(self) -> None:
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.batches.append((batch[0].clone(), batch[1].clone()))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.states[trainer.current_epoch] = {
+            k: v.detach().clone() for k, v in pl_module.state_dict().items()
+        }
 
 
 def _run(tmp_path, callbacks):
@@ -94,14 +100,16 @@ def _run(tmp_path, callbacks):
     )
     trainer.fit(model, DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, 50))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return recorder.batches, model.losses, state, torch.get_rng_state()
+    stopper = next((c for c in callbacks if isinstance(c, OverfittingEarlyStopping)), None)
+    kept = None if stopper is None else stopper.best_epoch
+    return recorder, model.losses, state, torch.get_rng_state(), kept
 
 
 CALLBACKS = {
     "monitor": lambda: [DiffusionSpectralEntropyMonitor()],
     "early_stopping": lambda: [
         DiffusionSpectralEntropyMonitor(),
-        OverfittingEarlyStopping(num_classes=10),
+        OverfittingEarlyStopping(),
     ],
     "sui": lambda: [SmoothUniqueInformation(max_samples=60, max_heldout=30, progress=False)],
 }
@@ -114,14 +122,20 @@ def bare(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(CALLBACKS))
 def test_seeded_run_is_bit_identical_with_the_callback(tmp_path, bare, name):
-    batches, losses, state, rng = _run(tmp_path, CALLBACKS[name]())
-    bare_batches, bare_losses, bare_state, bare_rng = bare
+    recorder, losses, state, rng, kept = _run(tmp_path, CALLBACKS[name]())
+    bare_recorder, bare_losses, bare_state, bare_rng, _ = bare
+    batches, bare_batches = recorder.batches, bare_recorder.batches
     assert len(batches) == len(bare_batches) == 21  # 7 batches x 3 epochs
     for (x, y), (bx, by) in zip(batches, bare_batches):
         assert torch.equal(y, by)  # data order
         assert torch.equal(x, bx)  # augmentation draws
     assert torch.equal(torch.stack(losses), torch.stack(bare_losses))
-    assert state.keys() == bare_state.keys()
+    for epoch, epoch_state in recorder.states.items():  # the whole trajectory
+        for key, value in epoch_state.items():
+            assert torch.equal(value, bare_recorder.states[epoch][key]), (epoch, key)
+    # the weights the user ends with: the last epoch's, or, for the early stop, its best epoch's
+    expected = bare_state if kept is None else bare_recorder.states[kept]
+    assert state.keys() == expected.keys()
     for key, value in state.items():
-        assert torch.equal(value, bare_state[key]), key
+        assert torch.equal(value, expected[key]), key
     assert torch.equal(rng, bare_rng)  # the global stream after fit (SUI scores at fit end)
