@@ -1,0 +1,97 @@
+"""The mislabel benchmark's harness (``benchmarks/mislabel.py``): metrics, ``--quick`` run, resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mislabel.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    name = "_benchmark_mislabel_under_test"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+def _brute_auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    pairs = list(itertools.product(scores[positives], scores[~positives]))
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+
+
+def test_auroc_and_precision_match_brute_force(bench):
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        scores = rng.integers(0, 6, 50).astype(float)  # many ties
+        positives = rng.random(50) < 0.3
+        if trial == 0:
+            scores[positives] += 2.0  # a separable-ish case
+        assert bench.auroc(scores, positives) == pytest.approx(_brute_auroc(scores, positives))
+    s = np.array([0.9, 0.8, 0.1, 0.7, 0.2])
+    pos = np.array([True, False, False, True, False])
+    assert bench.auroc(s, pos) == pytest.approx(5 / 6)
+    assert bench.precision_at_k(s, pos) == pytest.approx(0.5)  # top 2 = {0.9, 0.8}
+    # a tie at the cut-off counts by its mean positive rate: top 1 of {1, 1} with one positive
+    assert bench.precision_at_k(np.array([1.0, 1.0, 0.0]), np.array([True, False, False])) == 0.5
+
+
+def test_quick_run_scores_resumes_and_reports(bench, tmp_path, capsys):
+    out = tmp_path / "mislabel"
+    assert bench.main(["run", "--quick", "--out", str(out)]) == 0
+    path = out / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+
+    methods = set(bench.QUICK_METHODS)
+    assert not {"cleanlab", "trak"} & methods  # the quick mode needs no optional package
+    keys = [(bench.cell_key(r), r["method"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(bench.REGIMES) * len(methods)
+    assert {r["regime"] for r in rows} == set(bench.REGIMES)
+    assert {r["method"] for r in rows} == methods
+    for r in rows:
+        assert "error" not in r, r
+        assert 0.0 <= r["auroc"] <= 1.0
+        assert 0.0 <= r["prec_at_k"] <= 1.0
+        assert r["seconds"] >= 0.0
+        assert r["train_seconds"] > 0.0
+        assert (r["dataset"], r["model"], r["optimizer"], r["noise"]) == (
+            "digits",
+            "mlp",
+            "adam",
+            0.3,
+        )
+        assert r["n_flipped"] == round(0.3 * r["n_train"])
+        assert r["n_nan"] == 0
+    by = {(r["regime"], r["method"]): r for r in rows}
+    # a network that learned something ranks its flipped samples by loss: far above chance
+    assert by[("moderate", "loss")]["auroc"] > 0.8
+    assert by[("moderate", "loss")]["flipped_fit"] < 0.2  # the moderate regime: not yet fitted
+    # the SUI columns carry the callback's settings (defaults, all samples scored)
+    settings = by[("moderate", "sui_weight_default")]["settings"]
+    assert settings["num_samples"] == rows[0]["n_train"]
+    assert settings["linearize_at"] == "init"
+    assert settings["num_heldout"] > 0
+
+    # rerun: every cell is done, nothing is trained or appended
+    before = path.read_text()
+    capsys.readouterr()
+    assert bench.main(["run", "--quick", "--out", str(out)]) == 0
+    assert path.read_text() == before
+    assert "done, skipped" in capsys.readouterr().out
+
+    assert bench.main(["report", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "sui_weight_default" in text
+    assert "digits p=0.3 moderate" in text
