@@ -304,18 +304,16 @@ def _resolve_width(x: Tensor, sigma: float | str) -> float:
     return math.ldexp(math.sqrt(width_sq), exponent)
 
 
-def _diffusion_kernel(x: Tensor, sigma: float | str) -> tuple[Tensor, Tensor]:
-    """Symmetric diffusion kernel and the degree vector of a validated float tensor.
+def _diffusion_kernel(x: Tensor, sigma: float | str) -> Tensor:
+    """Symmetric diffusion kernel of a validated float tensor.
 
     Returns:
-        ``(K, d)``: ``K = d^{-1/2}[:, None] * G * d^{-1/2}[None, :]`` (N, N) and ``d = G.sum(1)`` (N,).
+        ``K = d^{-1/2}[:, None] * G * d^{-1/2}[None, :]`` (N, N), with ``d = G.sum(1)``.
     """
     g = _gaussian_affinity(x, sigma)
-    d = g.sum(dim=1)
-    d_inv_sqrt = d.rsqrt()
+    d_inv_sqrt = g.sum(dim=1).rsqrt()
     # K_ij = G_ij * (s_i s_j): the outer product is exactly symmetric, so K is too.
-    kernel = g.mul_(torch.outer(d_inv_sqrt, d_inv_sqrt))  # same spectrum as D^-1 G
-    return kernel, d
+    return g.mul_(torch.outer(d_inv_sqrt, d_inv_sqrt))  # same spectrum as D^-1 G
 
 
 def _validate_embeddings(embeddings: Any, name: str = "embeddings") -> Tensor:
@@ -426,4 +424,4 @@ def diffusion_kernel(
     sigma = _check_sigma(sigma)
     work_dtype = _resolve_dtype(dtype, torch.float64)
     x = _validate_embeddings(embeddings).to(work_dtype)
-    return _diffusion_kernel(x, sigma)[0]
+    return _diffusion_kernel(x, sigma)

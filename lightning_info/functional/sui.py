@@ -293,22 +293,6 @@ def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
     return lam
 
 
-def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
-    """Deterministic power-iteration estimate (a lower bound) of λ_max of a symmetric PSD matrix."""
-    v = torch.ones(a.shape[0], dtype=a.dtype, device=a.device)
-    v = v + torch.linspace(0, 1, a.shape[0], dtype=a.dtype, device=a.device)
-    v = v / v.norm()
-    lam = 0.0
-    for _ in range(iters):
-        w = a @ v
-        lam = float(v @ w)
-        norm = w.norm()
-        if norm == 0:
-            return 0.0
-        v = w / norm
-    return lam
-
-
 def _kernels(ntk: Any, heldout_ntk: Any, problem: _Problem) -> tuple[Tensor, Tensor | None, bool]:
     """Validated float64 kernels (a trace kernel divided by K) and whether it is a trace kernel."""
     n_samples, num_outputs = problem.n_samples, problem.num_outputs

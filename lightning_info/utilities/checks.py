@@ -100,15 +100,6 @@ def _check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
     return str(raw)
 
 
-def _check_same_length(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
-    """Raise ``ValueError`` unless ``a`` and ``b`` have the same first dimension."""
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"`{name_a}` and `{name_b}` must have the same number of samples; "
-            f"got {a.shape[0]} and {b.shape[0]}."
-        )
-
-
 def _check_bandwidth(value: Any, name: str = "sigma") -> float:
     """Return a Gaussian bandwidth after checking that ``1 / (2 sigma^2)`` is a finite number > 0.
 
