@@ -349,3 +349,9 @@ def test_dse_lanczos_very_low_rank_data_matches_exact(rank, sigma):
     for seed in range(3):
         est = float(diffusion_spectral_entropy(x, sigma=sigma, solver="lanczos", seed=seed))
         assert est == pytest.approx(exact, abs=0.01), (seed, est, exact)
+
+
+def test_dse_lanczos_rejects_unknown_estimator():
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="`estimator` must be one of"):
+        _dse_lanczos(x, sigma=1.0, estimator="ratio")
