@@ -126,7 +126,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
             t, solver, dtype, seed, ...) of every quantity. Default
             ``DiffusionSpectralEntropy(sigma="median")``.
         mi_metric: template :class:`DiffusionSpectralMutualInformation` for the DSMI options
-            ``n_repeats`` and ``n_clusters`` (bins / clusters of continuous or vector
+            ``num_repeats`` and ``num_clusters`` (bins / clusters of continuous or vector
             references); its kernel options must equal ``metric``'s. Default: the defaults.
         stage: ``"validate"`` (default) or ``"train"``: which dataset the probe is drawn from.
         max_samples: probe size cap, >= 2, or None for the whole dataset. Default 1000. DSE grows
@@ -199,7 +199,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
             target_fn=self.target_fn,
             target_fn_given=target_fn is not None,
             references=tuple(REFERENCE_OF[q] for q in self.quantities if q in REFERENCE_OF),
-            n_clusters=self.mi_metric.n_clusters,
+            num_clusters=self.mi_metric.num_clusters,
         )
         # resolved at setup / train start; the probe is restored from checkpoints
         self._layer_keys: dict[str, str] = {}  # logged layer name -> layer spec
@@ -347,7 +347,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
         names = tuple(f"dsmi_{r}" for r in self._probe.references)
         options = self.metric.options()
         self._metrics = {
-            key: _DiffusionProfile(names, n_repeats=self.mi_metric.n_repeats, **options).to(
+            key: _DiffusionProfile(names, num_repeats=self.mi_metric.num_repeats, **options).to(
                 pl_module.device
             )
             for key in self._layer_keys
@@ -494,7 +494,7 @@ def _check_templates(
         raise ValueError(
             "`mi_metric`'s kernel options must equal `metric`'s (DSE and DSMI of a layer share one "
             f"kernel): got {kernel} and {expected}. Set them on `metric`; `mi_metric` carries "
-            "`n_repeats` and `n_clusters`."
+            "`num_repeats` and `num_clusters`."
         )
     return metric, mi_metric
 

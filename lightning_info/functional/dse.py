@@ -210,7 +210,7 @@ def _dsmi_compute(
     *,
     sigma: float | str = 10.0,
     t: float = 1,
-    n_repeats: int = 5,
+    num_repeats: int = 5,
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
@@ -221,7 +221,7 @@ def _dsmi_compute(
     r"""DSMI in bits of a validated (N, D) float tensor and (N,) group ids (0-dim float64).
 
     For each group c with :math:`n_c` members: :math:`S_D(Z \mid B=c)` on the members and
-    :math:`\mathbb{E}[S_D(Z^*_c)]` as the mean DSE of ``n_repeats`` uniform random subsets of size
+    :math:`\mathbb{E}[S_D(Z^*_c)]` as the mean DSE of ``num_repeats`` uniform random subsets of size
     :math:`n_c` drawn (without replacement) from all N rows by one local generator seeded with
     ``seed``. Groups of one sample contribute 0; a group holding every sample contributes 0 exactly
     (its random subsets are the whole set).
@@ -239,7 +239,7 @@ def _dsmi_compute(
     )
     # When N rows are solved exactly, so is every subset: the affinity of a subset is the
     # sub-block of the affinity of all rows, so the pairwise distances are computed once and the
-    # n_repeats equal-size random subsets of a group share one batched eigensolve.
+    # num_repeats equal-size random subsets of a group share one batched eigensolve.
     shared = not _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), n)
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
     if shared and affinity is None:
@@ -265,11 +265,11 @@ def _dsmi_compute(
         members = (inverse == group).nonzero().flatten()
         h_cond = entropies([members], [sub_seed])[0]
         subsets, seeds = [], []
-        for _ in range(n_repeats):
+        for _ in range(num_repeats):
             subsets.append(torch.randperm(n, generator=generator)[:n_c].to(x.device))
             seeds.append(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         h_star = entropies(subsets, seeds).sum()
-        mi = mi + (n_c / n) * (h_star / n_repeats - h_cond)
+        mi = mi + (n_c / n) * (h_star / num_repeats - h_cond)
     return mi
 
 
@@ -298,7 +298,7 @@ def _information_profile(
     *,
     sigma: float | str = 10.0,
     t: float = 1,
-    n_repeats: int = 5,
+    num_repeats: int = 5,
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
@@ -321,7 +321,7 @@ def _information_profile(
     if _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), x.shape[0]):
         dse = _dse_compute(x, seed=seed, **options)
         mi = {
-            k: _dsmi_compute(x, g, n_repeats=n_repeats, seed=seed, **options)
+            k: _dsmi_compute(x, g, num_repeats=num_repeats, seed=seed, **options)
             for k, g in groups.items()
         }
         return _Profile(dse, mi, None, None)
@@ -329,7 +329,7 @@ def _information_profile(
     median_affinity = _offdiag_median(affinity)
     eigvals = _affinity_eigvals(affinity.clone()[None], _resolve_dtype(dtype, _DEFAULT_DTYPE))[0]
     mi = {
-        k: _dsmi_compute(x, g, n_repeats=n_repeats, seed=seed, affinity=affinity, **options)
+        k: _dsmi_compute(x, g, num_repeats=num_repeats, seed=seed, affinity=affinity, **options)
         for k, g in groups.items()
     }
     return _Profile(_spectral_entropy_bits(eigvals, t), mi, eigvals, median_affinity)
@@ -347,10 +347,10 @@ def _infer_discrete(y: Tensor) -> bool:
     return int(torch.unique(y).numel()) <= _MAX_INFERRED_CLASSES
 
 
-def _bin_scalar(y: Tensor, n_bins: int) -> Tensor:
-    """Min-max scale to [0, 1] and cut into ``n_bins`` equal-width bins -> ids 0..n_bins-1.
+def _bin_scalar(y: Tensor, num_bins: int) -> Tensor:
+    """Min-max scale to [0, 1] and cut into ``num_bins`` equal-width bins -> ids 0..num_bins-1.
 
-    Same as the reference's ``np.digitize(scaled, np.linspace(0, 1, n_bins + 1)[:-1]) - 1``
+    Same as the reference's ``np.digitize(scaled, np.linspace(0, 1, num_bins + 1)[:-1]) - 1``
     (left-closed bins; the maximum falls into the last bin).
     """
     y = y.to(torch.float64)
@@ -364,20 +364,20 @@ def _bin_scalar(y: Tensor, n_bins: int) -> Tensor:
         )
         return torch.zeros(y.shape, dtype=torch.long, device=y.device)
     scaled = (y - lo) / (hi - lo)
-    edges = torch.arange(n_bins, dtype=torch.float64, device=y.device) * (1.0 / n_bins)
+    edges = torch.arange(num_bins, dtype=torch.float64, device=y.device) * (1.0 / num_bins)
     return torch.bucketize(scaled, edges, right=True) - 1
 
 
 def cluster_reference(
-    reference: Any, *, n_clusters: int = 10, seed: int = 0, n_neighbors: int = 10
+    reference: Any, *, num_clusters: int = 10, seed: int = 0, num_neighbors: int = 10
 ) -> Tensor:
     r"""Cluster reference vectors (e.g. flattened inputs) into groups for DSMI.
 
     Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. III: a vector-valued :math:`B` (such as the input
     images for :math:`I(Z;X)`) is discretised by spectral clustering before the conditional DSEs
-    are taken. As the reference, this runs ``sklearn.cluster.SpectralClustering(n_clusters,
-    affinity="nearest_neighbors", n_neighbors=n_neighbors, assign_labels="cluster_qr",
-    random_state=seed)`` on float64 CPU copies of the vectors; ``n_neighbors`` is capped at
+    are taken. As the reference, this runs ``sklearn.cluster.SpectralClustering(n_clusters=num_clusters,
+    affinity="nearest_neighbors", n_neighbors=num_neighbors, assign_labels="cluster_qr",
+    random_state=seed)`` on float64 CPU copies of the vectors; ``num_neighbors`` is capped at
     N - 1 for small N. Compute it once and pass the result as ``clusters=`` to
     :func:`diffusion_spectral_mutual_information` at every epoch.
 
@@ -387,23 +387,23 @@ def cluster_reference(
 
     Args:
         reference: (N,) or (N, D') tensor or numpy array of finite numbers, N >= 2.
-        n_clusters: number of groups k, 2 <= k < N. Default 10 (the reference's).
+        num_clusters: number of groups k, 2 <= k < N. Default 10 (the reference's).
         seed: ``random_state`` of the clustering (no global RNG is touched).
-        n_neighbors: neighbours of the kNN affinity graph, >= 1 (capped at N - 1). Default 10.
+        num_neighbors: neighbours of the kNN affinity graph, >= 1 (capped at N - 1). Default 10.
 
     Returns:
-        (N,) ``torch.long`` tensor of group ids in ``[0, n_clusters)`` on the reference's device.
+        (N,) ``torch.long`` tensor of group ids in ``[0, num_clusters)`` on the reference's device.
 
     Raises:
         TypeError: if ``reference`` is not array-like numbers or an integer option is not an int.
         ValueError: if ``reference`` is not 1-D/2-D, has fewer than 2 rows or non-finite values,
-            or ``n_clusters`` is outside ``[2, N - 1]``.
+            or ``num_clusters`` is outside ``[2, N - 1]``.
 
     Example:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> b = torch.cat([torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g) + 20])
-        >>> c = cluster_reference(b, n_clusters=2)
+        >>> c = cluster_reference(b, num_clusters=2)
         >>> (c[:20] == c[0]).all().item(), (c[20:] == c[20]).all().item(), (c[0] != c[20]).item()
         (True, True, True)
     """
@@ -413,21 +413,21 @@ def cluster_reference(
     n = y.shape[0]
     if n < 2:
         raise ValueError(f"`reference` must have at least 2 samples (rows); got {n}.")
-    n_clusters = _check_int(n_clusters, "n_clusters", minimum=2)
-    if n_clusters >= n:
+    num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
+    if num_clusters >= n:
         raise ValueError(
-            f"`n_clusters` must be < the number of samples ({n}) for spectral clustering; "
-            f"got {n_clusters}."
+            f"`num_clusters` must be < the number of samples ({n}) for spectral clustering; "
+            f"got {num_clusters}."
         )
     seed = _check_int(seed, "seed")
-    n_neighbors = _check_int(n_neighbors, "n_neighbors", minimum=1)
+    num_neighbors = _check_int(num_neighbors, "num_neighbors", minimum=1)
     from sklearn.cluster import SpectralClustering
 
     data = y.detach().to("cpu", torch.float64).reshape(n, -1).numpy()
     model = SpectralClustering(
-        n_clusters=n_clusters,
+        n_clusters=num_clusters,
         affinity="nearest_neighbors",
-        n_neighbors=min(n_neighbors, n - 1),
+        n_neighbors=min(num_neighbors, n - 1),
         assign_labels="cluster_qr",
         random_state=seed,
     )
@@ -457,7 +457,7 @@ def _reference_labels(
     n: int,
     *,
     discrete: bool | None,
-    n_clusters: int,
+    num_clusters: int,
     seed: int,
     clusters: Any = None,
 ) -> Tensor:
@@ -467,7 +467,7 @@ def _reference_labels(
     """
     if discrete is not None and not isinstance(discrete, bool):
         raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")
-    n_clusters = _check_int(n_clusters, "n_clusters", minimum=2)
+    num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
     if clusters is not None:
         return _validate_clusters(clusters, n)
     if reference is None:
@@ -487,12 +487,12 @@ def _reference_labels(
             raise ValueError(
                 f"`discrete=True` needs a 1-D reference of class labels; got shape {tuple(y.shape)}."
             )
-        return cluster_reference(y, n_clusters=n_clusters, seed=seed)
+        return cluster_reference(y, num_clusters=num_clusters, seed=seed)
     if discrete is None:
         discrete = _infer_discrete(y)
     if discrete:
         return torch.unique(y, return_inverse=True)[1].to(torch.long)
-    return _bin_scalar(y, n_clusters)
+    return _bin_scalar(y, num_clusters)
 
 
 # --------------------------------------------------------------------------------------------
@@ -615,8 +615,8 @@ def diffusion_spectral_mutual_information(
     sigma: float | str = 10.0,
     t: float = 1,
     discrete: bool | None = None,
-    n_clusters: int = 10,
-    n_repeats: int = 5,
+    num_clusters: int = 10,
+    num_repeats: int = 5,
     seed: int = 0,
     clusters: Any = None,
     max_samples: int | None = None,
@@ -630,7 +630,7 @@ def diffusion_spectral_mutual_information(
     Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. III: :math:`I_D(Z;B) = S_D(Z) - S_D(Z \mid B)`
     with :math:`S_D(Z \mid B) = \sum_c p(c)\, S_D(Z \mid B = c)`, where, as in the authors'
     reference, :math:`S_D(Z)` is estimated at each group's own size :math:`n_c` (DSE grows with
-    sample size) by averaging over ``n_repeats`` random subsets :math:`Z^*_c` of all N rows:
+    sample size) by averaging over ``num_repeats`` random subsets :math:`Z^*_c` of all N rows:
 
     .. math::
 
@@ -639,9 +639,9 @@ def diffusion_spectral_mutual_information(
     ``reference`` (:math:`B`) is turned into groups as follows (``clusters`` overrides it):
 
     * 2-D (N, D') with D' > 1 (e.g. flattened inputs): :func:`cluster_reference` into
-      ``n_clusters`` groups (spectral clustering, as the reference). Cache it with ``clusters=``.
+      ``num_clusters`` groups (spectral clustering, as the reference). Cache it with ``clusters=``.
     * 1-D (N,) or (N, 1), discrete: each distinct value is a class.
-    * 1-D, continuous: min-max scaled to [0, 1] and cut into ``n_clusters`` equal-width bins
+    * 1-D, continuous: min-max scaled to [0, 1] and cut into ``num_clusters`` equal-width bins
       (as the reference; outlier-sensitive). A constant reference warns and gives 0.
     * ``discrete=None`` (default) infers *discrete* if the dtype is integer or bool, **or** if
       the values are floats that are all whole numbers with at most 100 distinct values (so
@@ -664,9 +664,9 @@ def diffusion_spectral_mutual_information(
             and used for every group and random subset.
         t: diffusion time, >= 1. Default 1.
         discrete: whether a 1-D reference holds class labels (None: infer, see above).
-        n_clusters: number of bins (scalar reference) or spectral clusters (vector reference),
+        num_clusters: number of bins (scalar reference) or spectral clusters (vector reference),
             >= 2. Default 10.
-        n_repeats: random subsets per group for :math:`\mathbb{E}[S_D(Z^*_c)]`, >= 1. Default 5.
+        num_repeats: random subsets per group for :math:`\mathbb{E}[S_D(Z^*_c)]`, >= 1. Default 5.
         seed: seed of the local generator (subsets, subsampling) and of the clustering.
         clusters: optional precomputed (N,) integer group ids (e.g. from
             :func:`cluster_reference`); when given, ``reference`` is not used.
@@ -687,8 +687,8 @@ def diffusion_spectral_mutual_information(
         ValueError: if ``embeddings`` is not 2-D or has fewer than 2 rows; NaN/inf in
             ``embeddings`` or ``reference``; ``reference``/``clusters`` of the wrong rank or a
             different length; ``discrete=True`` with a vector reference; ``reference`` None
-            without ``clusters``; ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows); ``t < 1``; ``n_clusters < 2`` (or > N when
-            clustering); ``n_repeats < 1``; ``max_samples < 2``; unknown ``solver``; bad ``dtype``.
+            without ``clusters``; ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows); ``t < 1``; ``num_clusters < 2`` (or > N when
+            clustering); ``num_repeats < 1``; ``max_samples < 2``; unknown ``solver``; bad ``dtype``.
 
     Example:
         >>> import torch
@@ -703,13 +703,13 @@ def diffusion_spectral_mutual_information(
     sigma, t, work_dtype, solver, num_probes, num_steps, seed = _check_dse_options(
         sigma, t, dtype, solver, num_probes, num_steps, seed
     )
-    n_repeats = _check_int(n_repeats, "n_repeats", minimum=1)
+    num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
     max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
     labels = _reference_labels(
         reference,
         x.shape[0],
         discrete=discrete,
-        n_clusters=n_clusters,
+        num_clusters=num_clusters,
         seed=seed,
         clusters=clusters,
     )
@@ -721,7 +721,7 @@ def diffusion_spectral_mutual_information(
         labels,
         sigma=sigma,
         t=t,
-        n_repeats=n_repeats,
+        num_repeats=num_repeats,
         seed=seed,
         dtype=work_dtype,
         solver=solver,

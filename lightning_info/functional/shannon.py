@@ -97,7 +97,7 @@ def classic_shannon_mutual_information(
     *,
     num_bins: int = 2,
     discrete: bool | None = None,
-    n_clusters: int = 10,
+    num_clusters: int = 10,
     seed: int = 0,
     clusters: Any = None,
 ) -> Tensor:
@@ -123,7 +123,7 @@ def classic_shannon_mutual_information(
             given.
         num_bins: equal-width bins per embedding dimension, >= 2. Default 2.
         discrete: whether a 1-D reference holds class labels (None: infer as for DSMI).
-        n_clusters: bins (scalar reference) or spectral clusters (vector reference), >= 2.
+        num_clusters: bins (scalar reference) or spectral clusters (vector reference), >= 2.
         seed: ``random_state`` of the clustering of a vector reference.
         clusters: optional precomputed (N,) integer group ids; overrides ``reference``.
 
@@ -135,7 +135,7 @@ def classic_shannon_mutual_information(
         TypeError: on non-numeric inputs, float ``clusters`` or options of the wrong type.
         ValueError: as :func:`classic_shannon_entropy`, plus NaN/inf or wrong rank or length
             of ``reference``/``clusters``, ``discrete=True`` with a vector reference, and
-            ``n_clusters < 2``.
+            ``num_clusters < 2``.
 
     Example:
         >>> import torch
@@ -151,7 +151,7 @@ def classic_shannon_mutual_information(
         reference,
         x.shape[0],
         discrete=discrete,
-        n_clusters=n_clusters,
+        num_clusters=num_clusters,
         seed=seed,
         clusters=clusters,
     ).to(x.device)

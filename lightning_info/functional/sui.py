@@ -227,7 +227,7 @@ class _Problem:
         )
 
     @property
-    def n_samples(self) -> int:
+    def num_samples(self) -> int:
         """N."""
         return self.f0.shape[0]
 
@@ -239,14 +239,16 @@ class _Problem:
     @property
     def ridge(self) -> float:
         """:math:`\\lambda = N\\,\\mathrm{wd}`."""
-        return self.n_samples * self.weight_decay
+        return self.num_samples * self.weight_decay
 
     @property
     def closed_form_ridge(self) -> float:
         """The ridge of the t = ∞ closed forms: :math:`\\lambda`, plus :math:`c/(\\eta t)` (ridge)."""
         if self.num_steps is None:
             return self.ridge
-        return self.ridge + self.ridge_c / ((self.learning_rate / self.n_samples) * self.num_steps)
+        return self.ridge + self.ridge_c / (
+            (self.learning_rate / self.num_samples) * self.num_steps
+        )
 
     def residuals(self, trace: bool) -> tuple[Tensor, int]:
         """``(r, Kb)``: (N, K) residuals sharing a trace kernel, or the (N K, 1) column."""
@@ -262,7 +264,7 @@ class _Problem:
             functional_si=None if f_sq is None else f_sq / denom,
             weight_change_sq=w_sq,
             function_change_sq=f_sq,
-            self_prediction_change=self_change.reshape(self.n_samples, self.num_outputs),
+            self_prediction_change=self_change.reshape(self.num_samples, self.num_outputs),
         )
 
 
@@ -295,7 +297,7 @@ def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
 
 def _kernels(ntk: Any, heldout_ntk: Any, problem: _Problem) -> tuple[Tensor, Tensor | None, bool]:
     """Validated float64 kernels (a trace kernel divided by K) and whether it is a trace kernel."""
-    n_samples, num_outputs = problem.n_samples, problem.num_outputs
+    n_samples, num_outputs = problem.num_samples, problem.num_outputs
     ntk_t = _as_tensor(ntk, "ntk", allow_int=False)
     trace = num_outputs > 1 and tuple(ntk_t.shape) == (n_samples, n_samples)
     kb = 1 if trace else num_outputs
@@ -411,11 +413,11 @@ def unique_information_from_kernels(
     n, lr, t = theta.shape[0], problem.learning_rate, problem.num_steps
     a_mat = theta + problem.ridge * torch.eye(n, dtype=theta.dtype, device=theta.device)
     if t is None or problem.method == "ridge":
-        _check_stable(_power_lambda_max(a_mat), lr, problem.n_samples, "power-iteration estimate")
+        _check_stable(_power_lambda_max(a_mat), lr, problem.num_samples, "power-iteration estimate")
         out = _infinite(theta, theta_star, r, problem.closed_form_ridge, kb)
     else:
         evals, u = torch.linalg.eigh(a_mat)
-        _check_stable(float(evals.max()), lr, problem.n_samples, "exact eigenvalue")
+        _check_stable(float(evals.max()), lr, problem.num_samples, "exact eigenvalue")
         out = _finite_exact(theta, theta_star, r, problem.ridge, kb, lr, t, (evals, u))
     return problem.finish(*out)
 
@@ -515,7 +517,7 @@ def unique_information_from_features(
         ridge_c=ridge_c,
     )
     kernel = _check_choice(kernel, "kernel", _KERNELS)
-    phi3 = _features_of(features, "features", problem.n_samples, problem.num_outputs)
+    phi3 = _features_of(features, "features", problem.num_samples, problem.num_outputs)
     phi_star3 = None
     if heldout_features is not None:
         phi_star3 = _features_of(heldout_features, "heldout_features", None, problem.num_outputs)
@@ -535,7 +537,7 @@ def unique_information_from_features(
     phi_star = None if phi_star3 is None else _feature_rows(phi_star3, trace)
     gram_max = float(torch.linalg.eigvalsh(phi.T @ phi).max())
     _check_stable(
-        gram_max + problem.ridge, problem.learning_rate, problem.n_samples, "exact eigenvalue"
+        gram_max + problem.ridge, problem.learning_rate, problem.num_samples, "exact eigenvalue"
     )
     if problem.closed_form_ridge <= 0:
         raise NotPositiveDefiniteError(0.0)

@@ -284,7 +284,7 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
 
     Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. III: :math:`I_D(Z;B) = S_D(Z) - S_D(Z \mid B)`,
     estimated as the authors do, with :math:`S_D(Z)` taken at each group's size by averaging
-    ``n_repeats`` random subsets :math:`Z^*_c`:
+    ``num_repeats`` random subsets :math:`Z^*_c`:
 
     .. math::
 
@@ -302,8 +302,8 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
             :class:`DiffusionSpectralEntropy`).
         t: diffusion time, >= 1. Default 1.
         discrete: whether a 1-D reference holds class labels (None: infer, see the functional).
-        n_clusters: bins / spectral clusters for a non-discrete reference, >= 2. Default 10.
-        n_repeats: random subsets per group, >= 1. Default 5.
+        num_clusters: bins / spectral clusters for a non-discrete reference, >= 2. Default 10.
+        num_repeats: random subsets per group, >= 1. Default 5.
         max_samples: cap on the number of samples (seeded subsample, after grouping). Default 2048.
         seed: seed of the local generator and of the clustering.
         solver: ``"exact"``, ``"lanczos"`` or ``"auto"``.
@@ -342,8 +342,8 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         sigma: float | str = 10.0,
         t: float = 1,
         discrete: bool | None = None,
-        n_clusters: int = 10,
-        n_repeats: int = 5,
+        num_clusters: int = 10,
+        num_repeats: int = 5,
         max_samples: int | None = 2048,
         seed: int = 0,
         solver: EigenSolver | str = "exact",
@@ -366,8 +366,8 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         if discrete is not None and not isinstance(discrete, bool):
             raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")
         self.discrete = discrete
-        self.n_clusters = _check_int(n_clusters, "n_clusters", minimum=2)
-        self.n_repeats = _check_int(n_repeats, "n_repeats", minimum=1)
+        self.num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
+        self.num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
         self.add_state("reference", default=[], dist_reduce_fx="cat")
 
     def update(self, embeddings: Tensor, reference: Tensor, *, index: Tensor | None = None) -> None:
@@ -399,11 +399,11 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         """DSMI in bits between all accumulated embeddings and references (0-dim float64)."""
         x, ref = self._gathered(self.reference)
         labels = _reference_labels(
-            ref, x.shape[0], discrete=self.discrete, n_clusters=self.n_clusters, seed=self.seed
+            ref, x.shape[0], discrete=self.discrete, num_clusters=self.num_clusters, seed=self.seed
         )
         x, labels = self._subsample(x, labels)
         options = self._options()
-        return _dsmi_compute(x, labels, n_repeats=self.n_repeats, **options)
+        return _dsmi_compute(x, labels, num_repeats=self.num_repeats, **options)
 
 
 class _DiffusionProfile(_DiffusionMetricBase):
@@ -418,7 +418,7 @@ class _DiffusionProfile(_DiffusionMetricBase):
 
     Args:
         group_names: names of the R groupings, in the column order of ``update``'s ``groups``.
-        n_repeats: DSMI random subsets per group, >= 1.
+        num_repeats: DSMI random subsets per group, >= 1.
         **options: every option of :class:`DiffusionSpectralEntropy` (sigma, t, max_samples,
             seed, solver, num_probes, num_steps, dtype; e.g. ``template.options()``).
     """
@@ -426,11 +426,11 @@ class _DiffusionProfile(_DiffusionMetricBase):
     groups: list[Tensor]
 
     def __init__(
-        self, group_names: tuple[str, ...] = (), *, n_repeats: int = 5, **options: Any
+        self, group_names: tuple[str, ...] = (), *, num_repeats: int = 5, **options: Any
     ) -> None:
         super().__init__(**options)
         self.group_names = tuple(group_names)
-        self.n_repeats = _check_int(n_repeats, "n_repeats", minimum=1)
+        self.num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
         self.add_state("groups", default=[], dist_reduce_fx="cat")
 
     def update(self, embeddings: Tensor, groups: Tensor, *, index: Tensor | None = None) -> None:
@@ -443,4 +443,4 @@ class _DiffusionProfile(_DiffusionMetricBase):
         x, groups = self._subsample(*self._gathered(self.groups))
         named = {name: groups[:, j] for j, name in enumerate(self.group_names)}
         options = self._options()
-        return _information_profile(x, named, n_repeats=self.n_repeats, **options)
+        return _information_profile(x, named, num_repeats=self.num_repeats, **options)

@@ -239,16 +239,16 @@ _REF_BAD = {"short", "nan", "3d", "0d", "str"}
 )
 def test_mutual_information_fuzz(x, ref_kind, seed, classic):
     n = x.shape[0]
-    if ref_kind == "vector" and n == 2:  # n_clusters == N: see test_bug_cluster_reference_k_eq_n
+    if ref_kind == "vector" and n == 2:  # num_clusters == N: see test_bug_cluster_reference_k_eq_n
         return
     reference = _make_reference(ref_kind, n, seed)
     if classic:
         value, exc = _call(
-            classic_shannon_mutual_information, x, reference, n_clusters=2, seed=seed
+            classic_shannon_mutual_information, x, reference, num_clusters=2, seed=seed
         )
     else:
         value, exc = _call(
-            diffusion_spectral_mutual_information, x, reference, n_clusters=2, n_repeats=2
+            diffusion_spectral_mutual_information, x, reference, num_clusters=2, num_repeats=2
         )
     if not _valid_2d(x):
         _assert_names(exc, "embeddings")
@@ -257,7 +257,7 @@ def test_mutual_information_fuzz(x, ref_kind, seed, classic):
         _assert_names(exc, "reference")
         return
     if ref_kind == "vector" and n < 2:
-        _assert_names(exc, "n_clusters", "reference", "embeddings")
+        _assert_names(exc, "num_clusters", "reference", "embeddings")
         return
     assert exc is None, exc
     mi = _finite_scalar(value)
@@ -661,7 +661,7 @@ def test_bug_cluster_reference_k_eq_n(fn):
         "dsmi": diffusion_spectral_mutual_information,
         "classic": classic_shannon_mutual_information,
     }[fn]
-    _assert_finite_or_named(func, ["n_clusters", "reference"], _X10[:3], ref, n_clusters=3)
+    _assert_finite_or_named(func, ["num_clusters", "reference"], _X10[:3], ref, num_clusters=3)
 
 
 def test_bug_classic_entropy_zero_dims():
@@ -756,7 +756,7 @@ def test_precomputed_clusters(n, kind, seed, classic):
         "one_group": np.zeros(n, dtype=np.int64),
     }[kind]
     fn = classic_shannon_mutual_information if classic else diffusion_spectral_mutual_information
-    kwargs = {} if classic else {"n_repeats": 2}
+    kwargs = {} if classic else {"num_repeats": 2}
     value, exc = _call(fn, x, None, clusters=clusters, **kwargs)
     if kind in ("float", "short", "2d"):
         _assert_names(exc, "clusters")
