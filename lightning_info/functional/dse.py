@@ -97,16 +97,22 @@ def _check_t(t: Any) -> float:
 
 
 def _check_dse_options(
-    sigma: Any, t: Any, dtype: Any, solver: Any, num_probes: Any, num_steps: Any, seed: Any
+    sigma: Any,
+    t: Any,
+    dtype: Any,
+    solver: Any,
+    num_lanczos_probes: Any,
+    num_lanczos_steps: Any,
+    seed: Any,
 ) -> tuple[float, float, torch.dtype, str, int, int, int]:
     sigma = _check_sigma(sigma)
     t = _check_t(t)
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
     solver = _check_choice(solver, "solver", _SOLVERS)
-    num_probes = _check_int(num_probes, "num_probes", minimum=1)
-    num_steps = _check_int(num_steps, "num_steps", minimum=1)
+    num_lanczos_probes = _check_int(num_lanczos_probes, "num_lanczos_probes", minimum=1)
+    num_lanczos_steps = _check_int(num_lanczos_steps, "num_lanczos_steps", minimum=1)
     seed = _check_int(seed, "seed")
-    return sigma, t, work_dtype, solver, num_probes, num_steps, seed
+    return sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
 
 
 def _subsample_indices(n: int, max_samples: int | None, seed: int) -> Tensor | None:
@@ -179,8 +185,8 @@ def _dse_compute(
     t: float = 1,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
     seed: int = 0,
 ) -> Tensor:
     """DSE in bits of an already validated floating (N, D) tensor, N >= 2 (0-dim float64)."""
@@ -196,8 +202,8 @@ def _dse_compute(
             x,
             sigma=_resolve_width(x, sigma),
             t=t,
-            num_probes=num_probes,
-            num_steps=num_steps,
+            num_lanczos_probes=num_lanczos_probes,
+            num_lanczos_steps=num_lanczos_steps,
             seed=seed,
             dtype=work_dtype,
         )
@@ -214,8 +220,8 @@ def _dsmi_compute(
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
     affinity: Tensor | None = None,
 ) -> Tensor:
     r"""DSMI in bits of a validated (N, D) float tensor and (N,) group ids (0-dim float64).
@@ -235,7 +241,12 @@ def _dsmi_compute(
     generator = torch.Generator().manual_seed(seed)
     inverse = inverse.to(x.device)
     options = dict(
-        sigma=sigma, t=t, dtype=dtype, solver=solver, num_probes=num_probes, num_steps=num_steps
+        sigma=sigma,
+        t=t,
+        dtype=dtype,
+        solver=solver,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
     )
     # When N rows are solved exactly, so is every subset: the affinity of a subset is the
     # sub-block of the affinity of all rows, so the pairwise distances are computed once and the
@@ -302,8 +313,8 @@ def _information_profile(
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
 ) -> _Profile:
     """DSE and the DSMI with each grouping of one validated (N, D) tensor, sharing the work.
 
@@ -316,7 +327,12 @@ def _information_profile(
         A :class:`_Profile`.
     """
     options = dict(
-        sigma=sigma, t=t, dtype=dtype, solver=solver, num_probes=num_probes, num_steps=num_steps
+        sigma=sigma,
+        t=t,
+        dtype=dtype,
+        solver=solver,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
     )
     if _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), x.shape[0]):
         dse = _dse_compute(x, seed=seed, **options)
@@ -507,8 +523,8 @@ def diffusion_spectral_entropy(
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
 ) -> Tensor:
     r"""Compute the diffusion spectral entropy (DSE) of a set of embeddings, in bits.
 
@@ -564,8 +580,8 @@ def diffusion_spectral_entropy(
             ``"lanczos"`` (stochastic Lanczos quadrature, approximate; below N = 1024, where it
             is unreliable on nearly rank-deficient kernels and exact costs under a second, the
             exact spectrum is used) or ``"auto"`` (exact for N <= 4096, Lanczos above). Also accepts :class:`~lightning_info.utilities.enums.EigenSolver`.
-        num_probes: Lanczos only: number of random probe vectors, >= 1.
-        num_steps: Lanczos only: Lanczos iterations per probe, >= 1.
+        num_lanczos_probes: Lanczos only: number of random probe vectors, >= 1.
+        num_lanczos_steps: Lanczos only: Lanczos iterations per probe, >= 1.
 
     Returns:
         0-dim float64 tensor on the input's device: the entropy in bits, in ``[0, log2 N]``.
@@ -576,8 +592,8 @@ def diffusion_spectral_entropy(
         ValueError: if ``embeddings`` is not 2-D, has fewer than 2 rows or NaN/inf values;
             ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows), an unknown rule, or
             ``"knn"`` with the Lanczos solver; ``t < 1``; ``max_samples < 2``;
-            ``num_probes``/``num_steps`` < 1; an unknown ``solver``; a ``dtype`` other than
-            float32/float64.
+            ``num_lanczos_probes``/``num_lanczos_steps`` < 1; an unknown ``solver``; a ``dtype``
+            other than float32/float64.
 
     Example:
         >>> import torch
@@ -589,8 +605,8 @@ def diffusion_spectral_entropy(
     """
     x = _dse_update(embeddings)
     _check_num_samples(x)
-    sigma, t, work_dtype, solver, num_probes, num_steps, seed = _check_dse_options(
-        sigma, t, dtype, solver, num_probes, num_steps, seed
+    sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed = _check_dse_options(
+        sigma, t, dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
     )
     max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
     idx = _subsample_indices(x.shape[0], max_samples, seed)
@@ -602,8 +618,8 @@ def diffusion_spectral_entropy(
         t=t,
         dtype=work_dtype,
         solver=solver,
-        num_probes=num_probes,
-        num_steps=num_steps,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
         seed=seed,
     )
 
@@ -622,8 +638,8 @@ def diffusion_spectral_mutual_information(
     max_samples: int | None = None,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
 ) -> Tensor:
     r"""Compute the diffusion spectral mutual information (DSMI) between embeddings and a reference.
 
@@ -675,8 +691,8 @@ def diffusion_spectral_mutual_information(
         dtype: eigensolve precision, ``torch.float64`` (default) or ``torch.float32``.
         solver: ``"exact"`` (default), ``"lanczos"`` or ``"auto"``, as in
             :func:`diffusion_spectral_entropy` (applied to every group-size DSE).
-        num_probes: Lanczos only, >= 1.
-        num_steps: Lanczos only, >= 1.
+        num_lanczos_probes: Lanczos only, >= 1.
+        num_lanczos_steps: Lanczos only, >= 1.
 
     Returns:
         0-dim float64 tensor on the embeddings' device: mutual information in bits, at most
@@ -700,8 +716,8 @@ def diffusion_spectral_mutual_information(
     """
     x = _dse_update(embeddings)
     _check_num_samples(x)
-    sigma, t, work_dtype, solver, num_probes, num_steps, seed = _check_dse_options(
-        sigma, t, dtype, solver, num_probes, num_steps, seed
+    sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed = _check_dse_options(
+        sigma, t, dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
     )
     num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
     max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
@@ -725,6 +741,6 @@ def diffusion_spectral_mutual_information(
         seed=seed,
         dtype=work_dtype,
         solver=solver,
-        num_probes=num_probes,
-        num_steps=num_steps,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
     )

@@ -245,7 +245,9 @@ def stochastic_lanczos_quadrature(
     per product (``block=True``) so a dense ``A`` is read once per step for all probes. The quadrature
     is exact for polynomials of degree < 2K, so the bias falls quickly with K for smooth f; the
     Hutchinson variance is :math:`2 \lVert f(A) \rVert_F^2 - 2\sum_i f(A)_{ii}^2` per probe and falls
-    as 1/m. Never uses the global RNG.
+    as 1/m. Never uses the global RNG. Generic: the DSE solver (``solver="lanczos"`` of
+    :func:`~lightning_info.functional.diffusion_spectral_entropy`) takes its own step and probe
+    counts as ``num_lanczos_steps`` / ``num_lanczos_probes``.
 
     Args:
         matvec: function mapping an (N, b) tensor V to ``A @ V`` (same shape); A must be symmetric.
@@ -594,8 +596,8 @@ def _dse_lanczos(
     *,
     sigma: float,
     t: float = 1,
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     block_rows: int | None = None,
@@ -619,10 +621,10 @@ def _dse_lanczos(
        :math:`K\Omega` (``num_deflate`` Gaussian columns, one subspace iteration;
        :func:`_dominant_basis`), and
        :math:`\operatorname{tr} f(K) = \sum_i q_i^\top f(K) q_i + \operatorname{tr}(P f(K) P)`,
-       :math:`P = I - QQ^\top`; every quadratic form is a ``num_steps``-point Lanczos (Gauss)
-       quadrature (Ubaru, Chen & Saad 2017; :class:`_QuadratureForms`) and the second trace uses
-       ``num_probes`` Rademacher probes :math:`Pz` (:func:`_split_trace`). The steep part of the
-       spectrum, which dominates the Hutchinson variance, is thereby handled (almost)
+       :math:`P = I - QQ^\top`; every quadratic form is a ``num_lanczos_steps``-point Lanczos
+       (Gauss) quadrature (Ubaru, Chen & Saad 2017; :class:`_QuadratureForms`) and the second trace
+       uses ``num_lanczos_probes`` Rademacher probes :math:`Pz` (:func:`_split_trace`). The steep
+       part of the spectrum, which dominates the Hutchinson variance, is thereby handled (almost)
        deterministically.
     4. ``estimator="cv2"`` (default): regression control variates :math:`h_1(\mu) = \mu`,
        :math:`h_2(\mu) = \mu^2`, whose probe traces
@@ -664,13 +666,13 @@ def _dse_lanczos(
     )
     op = _DiffusionOperator(kernel, dtype)
     generator = torch.Generator().manual_seed(int(seed))
-    probes = _rademacher(n, num_probes, generator, dtype, x.device)
+    probes = _rademacher(n, num_lanczos_probes, generator, dtype, x.device)
     rank = min(int(num_deflate), n - 2)
     starts = probes
     if rank > 0:
         basis = _dominant_basis(op, rank, generator, x.device)
         starts = torch.cat([basis, probes - basis @ (basis.T @ probes)], dim=1)
-    nodes, weights = _lanczos_quadrature(op.matvec, starts, num_steps, deflate=op.top)
+    nodes, weights = _lanczos_quadrature(op.matvec, starts, num_lanczos_steps, deflate=op.top)
     forms = _QuadratureForms.of(nodes, weights, t)
     variates = _control_variates(op, forms, rank) if estimator == "cv2" else None
     trace_f = _split_trace(forms.f, rank, variates)

@@ -74,22 +74,22 @@ class _DiffusionMetricBase(Metric):
         max_samples: int | None,
         seed: int,
         solver: EigenSolver | str,
-        num_probes: int,
-        num_steps: int,
+        num_lanczos_probes: int,
+        num_lanczos_steps: int,
         dtype: torch.dtype | str | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        sigma, t, _, solver, num_probes, num_steps, seed = _check_dse_options(
-            sigma, t, dtype, solver, num_probes, num_steps, seed
+        sigma, t, _, solver, num_lanczos_probes, num_lanczos_steps, seed = _check_dse_options(
+            sigma, t, dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
         )
         self.sigma = sigma
         self.t = t
         self.max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
         self.seed = seed
         self.solver = solver
-        self.num_probes = num_probes
-        self.num_steps = num_steps
+        self.num_lanczos_probes = num_lanczos_probes
+        self.num_lanczos_steps = num_lanczos_steps
         self.work_dtype = dtype  # validated above; None means the functional default (float64)
         self.add_state("embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("index", default=[], dist_reduce_fx="cat")
@@ -140,8 +140,8 @@ class _DiffusionMetricBase(Metric):
             max_samples=self.max_samples,
             seed=self.seed,
             solver=self.solver,
-            num_probes=self.num_probes,
-            num_steps=self.num_steps,
+            num_lanczos_probes=self.num_lanczos_probes,
+            num_lanczos_steps=self.num_lanczos_steps,
             dtype=self.work_dtype,
         )
 
@@ -151,8 +151,8 @@ class _DiffusionMetricBase(Metric):
             t=self.t,
             dtype=self.work_dtype,
             solver=self.solver,
-            num_probes=self.num_probes,
-            num_steps=self.num_steps,
+            num_lanczos_probes=self.num_lanczos_probes,
+            num_lanczos_steps=self.num_lanczos_steps,
             seed=self.seed,
         )
 
@@ -184,8 +184,8 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
             Default 2048.
         seed: seed of the local generator (subsample, Lanczos probes); never the global RNG.
         solver: ``"exact"``, ``"lanczos"`` or ``"auto"`` (an :class:`EigenSolver` also works).
-        num_probes: Lanczos probes, >= 1.
-        num_steps: Lanczos steps, >= 1.
+        num_lanczos_probes: Lanczos probes, >= 1.
+        num_lanczos_steps: Lanczos steps, >= 1.
         dtype: eigensolve precision (None = float64, or float32).
         **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ``process_group``, ...).
 
@@ -218,8 +218,8 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         max_samples: int | None = 2048,
         seed: int = 0,
         solver: EigenSolver | str = "exact",
-        num_probes: int = 16,
-        num_steps: int = 32,
+        num_lanczos_probes: int = 16,
+        num_lanczos_steps: int = 32,
         dtype: torch.dtype | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -229,8 +229,8 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
             max_samples=max_samples,
             seed=seed,
             solver=solver,
-            num_probes=num_probes,
-            num_steps=num_steps,
+            num_lanczos_probes=num_lanczos_probes,
+            num_lanczos_steps=num_lanczos_steps,
             dtype=dtype,
             **kwargs,
         )
@@ -307,8 +307,8 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         max_samples: cap on the number of samples (seeded subsample, after grouping). Default 2048.
         seed: seed of the local generator and of the clustering.
         solver: ``"exact"``, ``"lanczos"`` or ``"auto"``.
-        num_probes: Lanczos probes, >= 1.
-        num_steps: Lanczos steps, >= 1.
+        num_lanczos_probes: Lanczos probes, >= 1.
+        num_lanczos_steps: Lanczos steps, >= 1.
         dtype: eigensolve precision (None = float64, or float32).
         **kwargs: torchmetrics ``Metric`` options.
 
@@ -347,8 +347,8 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         max_samples: int | None = 2048,
         seed: int = 0,
         solver: EigenSolver | str = "exact",
-        num_probes: int = 16,
-        num_steps: int = 32,
+        num_lanczos_probes: int = 16,
+        num_lanczos_steps: int = 32,
         dtype: torch.dtype | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -358,8 +358,8 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
             max_samples=max_samples,
             seed=seed,
             solver=solver,
-            num_probes=num_probes,
-            num_steps=num_steps,
+            num_lanczos_probes=num_lanczos_probes,
+            num_lanczos_steps=num_lanczos_steps,
             dtype=dtype,
             **kwargs,
         )
@@ -420,7 +420,8 @@ class _DiffusionProfile(_DiffusionMetricBase):
         group_names: names of the R groupings, in the column order of ``update``'s ``groups``.
         num_repeats: DSMI random subsets per group, >= 1.
         **options: every option of :class:`DiffusionSpectralEntropy` (sigma, t, max_samples,
-            seed, solver, num_probes, num_steps, dtype; e.g. ``template.options()``).
+            seed, solver, num_lanczos_probes, num_lanczos_steps, dtype; e.g.
+            ``template.options()``).
     """
 
     groups: list[Tensor]

@@ -194,7 +194,12 @@ def test_dse_exact_options_fuzz(x, t):
 def test_dse_lanczos_fuzz(x, sigma):
     """The stochastic solver on generic full-rank data (degenerate data: see the test_bug_dse_lanczos_* tests)."""
     value, exc = _call(
-        diffusion_spectral_entropy, x, sigma=sigma, solver="lanczos", num_probes=4, num_steps=8
+        diffusion_spectral_entropy,
+        x,
+        sigma=sigma,
+        solver="lanczos",
+        num_lanczos_probes=4,
+        num_lanczos_steps=8,
     )
     assert exc is None, exc
     h = _finite_scalar(value)
@@ -546,8 +551,8 @@ def test_unique_information_bad_arguments(bad, n):
             ("t", 0.5),
             ("t", float("inf")),
             ("solver", "qr"),
-            ("num_probes", 0),
-            ("num_steps", 1.5),
+            ("num_lanczos_probes", 0),
+            ("num_lanczos_steps", 1.5),
             ("seed", "x"),
             ("max_samples", 1),
             ("dtype", torch.int64),
@@ -607,7 +612,7 @@ def test_bug_dse_lanczos_two_clusters():
     for probes, steps in [(4, 8), (16, 32), (64, 32)]:
         h = float(
             diffusion_spectral_entropy(
-                x, sigma=10.0, solver="lanczos", num_probes=probes, num_steps=steps
+                x, sigma=10.0, solver="lanczos", num_lanczos_probes=probes, num_lanczos_steps=steps
             )
         )
         assert -0.5 <= h <= math.log2(10) + 0.5, (probes, steps, h)
