@@ -316,7 +316,7 @@ def corrupted_inputs(data: dict, cfg: dict) -> dict:
     model, init = make_model(4)
     train_sgd(model, x_mixed, y, cfg["steps"], seed=4)
     s = score_sui(model, init, x_mixed, y, xv, yv, cfg["steps"])
-    out["replayed"] = (s.settings["learning_rate"], s.settings["num_steps"], s.settings["kernel"])
+    out["replayed"] = (s.settings["learning_rate"], s.settings["num_steps"], s.settings["ntk"])
     out["replayed"] += (s.settings["method"],)
     scores = {
         "weight SI": s.weight_si,

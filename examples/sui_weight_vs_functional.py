@@ -135,7 +135,7 @@ def _run(args: argparse.Namespace) -> dict:
     )
     print(
         f"SUI at the initial weights: replayed lr {st['learning_rate']:.3f} x {st['num_steps']} "
-        f"steps (lr {LR} is beyond the linearized GD's stability limit), {st['kernel']} kernel, "
+        f"steps (lr {LR} is beyond the linearized GD's stability limit), {st['ntk']} kernel, "
         f"{st['method']} solve; nats, sigma = 1"
     )
 

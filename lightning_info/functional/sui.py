@@ -37,8 +37,9 @@ Scores, with :math:`\delta_i = \mathrm{pad}_i(a^{(-i)}_t) - a_t` (:math:`\Delta 
         \lVert \Theta(x^*_m, S)\, \delta_i \rVert^2 .
 Layout: this module validates inputs and chooses the path; the closed forms live in
 :mod:`~lightning_info.functional._sui_algebra` (t = ∞, kernel and feature space) and
-:mod:`~lightning_info.functional._sui_finite` (exact finite t); how a training run is replayed
-(stability, method, singular kernels) is decided by :mod:`~lightning_info.functional.gd_plan`.
+:mod:`~lightning_info.functional._sui_finite` (the finite t replayed exactly); how a training
+run is replayed (stability, method, singular kernels) is decided by
+:mod:`~lightning_info.functional.gd_plan`.
 """
 
 from __future__ import annotations
@@ -54,15 +55,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_info.functional._sui_algebra import _features, _infinite
-from lightning_info.functional._sui_finite import _finite_exact
+from lightning_info.functional._sui_finite import _finite_replay
 from lightning_info.functional.gd_plan import (
-    DEFAULT_MAX_EXACT_COST,
+    DEFAULT_MAX_REPLAY_COST,
     GradientDescentPlan,
     kernel_lambda_max,
     plan_gradient_descent,
     solve_planned,
 )
 from lightning_info.functional.jacobian import (
+    NTKKind,
     ParamSelection,
     ProjectionType,
     _check_outputs,
@@ -89,13 +91,12 @@ __all__ = [
     "unique_information_with_plan",
 ]
 
-SUIMethod = Literal["exact", "ridge"]
-SUIKernel = Literal["full", "trace"]
-SUISolver = Literal["auto", "kernel", "features"]
+SUIMethod = Literal["replay", "ridge"]
+SUISpace = Literal["auto", "kernel", "features"]
 
-_METHODS = ("exact", "ridge")
-_KERNELS = ("full", "trace")
-_SOLVERS = ("auto", "kernel", "features")
+_METHODS = ("replay", "ridge")
+_NTKS = ("full", "trace")
+_SPACES = ("auto", "kernel", "features")
 _DEFAULT_BUDGET = 2**30
 
 
@@ -331,7 +332,7 @@ def unique_information_from_kernels(
     num_steps: int | None = None,
     weight_decay: float = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "exact",
+    method: SUIMethod = "replay",
     ridge_c: float = 0.5,
 ) -> UniqueInformation:
     r"""Compute per-sample weight SI and functional SI from precomputed NTKs (no model).
@@ -348,16 +349,16 @@ def unique_information_from_kernels(
 
     * ``num_steps=None`` (t = ∞): block-inverse closed forms (one float64 Cholesky of A, batched
       K x K solves over samples; docs/sui.md §5). Exact.
-    * ``method="exact"``, finite t: one eigendecomposition of A, then every leave-one-out run is
-      recovered exactly from a K-dimensional lower-triangular Toeplitz (Volterra) system in the
-      "pinning" forces :math:`c_s` that keep block :math:`B_i` at zero, solved for all samples at
-      once by a power-series (FFT, Newton) inverse: O((NK)^3 + t N^2 K^3 + N t log t K^3), no
+    * ``method="replay"``, finite t: the t steps replayed exactly. One eigendecomposition of A,
+      then every leave-one-out run is recovered exactly from a K-dimensional lower-triangular
+      Toeplitz (Volterra) system in the "pinning" forces :math:`c_s` that keep block
+      :math:`B_i` at zero, solved for all samples at once by a power-series (FFT, Newton) inverse: O((NK)^3 + t N^2 K^3 + N t log t K^3), no
       per-sample matrix power or eigendecomposition. Agrees with per-sample retraining to about
       1e-11 relative in float64 (checked up to t = 50000).
     * ``method="ridge"``, finite t: the t = ∞ formulas with :math:`\lambda_\mathrm{eff} = N\,
       \mathrm{wd} + c/(\eta t)` (``c = ridge_c``), the ridge equivalent of early stopping
-      (docs/sui.md §6.2). An approximation: Spearman 0.97-0.999 with the exact scores on small toy
-      problems (Pearson >= 0.99); magnitudes differ.
+      (docs/sui.md §6.2). An approximation: Spearman 0.97-0.999 with the replayed scores on small
+      toy problems (Pearson >= 0.99); magnitudes differ.
 
     Kernel shapes decide the kernel kind. ``ntk`` of shape (N K, N K) is the full sample-major
     kernel; shape (N, N) with K > 1 is the **trace** kernel of
@@ -374,7 +375,7 @@ def unique_information_from_kernels(
         num_steps: number of GD steps t >= 1, or None for t = ∞.
         weight_decay: wd >= 0 of the mean loss (pull toward :math:`w_0`).
         noise_scale: σ > 0 of the isotropic smoothing noise (weights and outputs).
-        method: ``"exact"`` or ``"ridge"`` (only matters for finite ``num_steps``).
+        method: ``"replay"`` or ``"ridge"`` (only matters for finite ``num_steps``).
         ridge_c: constant c of the ridge approximation, > 0 (docs/sui.md §6.2: 0.5-1).
 
     Returns:
@@ -418,7 +419,7 @@ def unique_information_from_kernels(
     else:
         evals, u = torch.linalg.eigh(a_mat)
         _check_stable(float(evals.max()), lr, problem.num_samples, "exact eigenvalue")
-        out = _finite_exact(theta, theta_star, r, problem.ridge, kb, lr, t, (evals, u))
+        out = _finite_replay(theta, theta_star, r, problem.ridge, kb, lr, t, (evals, u))
     return problem.finish(*out)
 
 
@@ -453,9 +454,9 @@ def unique_information_from_features(
     num_steps: int | None = None,
     weight_decay: float = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "exact",
+    method: SUIMethod = "replay",
     ridge_c: float = 0.5,
-    kernel: SUIKernel = "full",
+    ntk: NTKKind = "full",
 ) -> UniqueInformation:
     r"""Compute SI / F-SI from (projected) Jacobian features, in d-space (Woodbury), linear in N.
 
@@ -469,7 +470,7 @@ def unique_information_from_features(
         \Delta f(X^*) = \Phi^* Z_{B_i} v_i, \quad v_i = F_{B_i B_i}^{-1} (F r)_{B_i},
 
     so the cost is O(N K d^2 + d^3). Needs λ > 0: t = ∞ with ``weight_decay > 0``, or
-    ``method="ridge"`` with a finite ``num_steps``. With ``kernel="trace"`` the features are
+    ``method="ridge"`` with a finite ``num_steps``. With ``ntk="trace"`` the features are
     concatenated over outputs and scaled by :math:`1/\sqrt{K}`, which realises
     :math:`(\Theta_\mathrm{trace}/K) \otimes I_K`.
 
@@ -483,16 +484,16 @@ def unique_information_from_features(
         num_steps: t >= 1, or None for t = ∞.
         weight_decay: wd >= 0.
         noise_scale: σ > 0.
-        method: ``"exact"`` (t = ∞ only here) or ``"ridge"``.
+        method: ``"replay"`` (t = ∞ only here) or ``"ridge"``.
         ridge_c: c of the ridge approximation.
-        kernel: ``"full"`` or ``"trace"``.
+        ntk: which NTK the features realise, ``"full"`` or ``"trace"``.
 
     Returns:
         :class:`UniqueInformation` (float64, nats, higher = more informative).
 
     Raises:
         ValueError: mismatched shapes, non-finite values, λ = 0 (t = ∞ with ``weight_decay=0``),
-            ``method="exact"`` with a finite ``num_steps`` (use the kernel path or ``"ridge"``),
+            ``method="replay"`` with a finite ``num_steps`` (use the kernel path or ``"ridge"``),
             or a learning rate too large for GD to converge.
         TypeError: non-numeric inputs.
 
@@ -516,7 +517,7 @@ def unique_information_from_features(
         method=method,
         ridge_c=ridge_c,
     )
-    kernel = _check_choice(kernel, "kernel", _KERNELS)
+    ntk = _check_choice(ntk, "ntk", _NTKS)
     phi3 = _features_of(features, "features", problem.num_samples, problem.num_outputs)
     phi_star3 = None
     if heldout_features is not None:
@@ -526,12 +527,12 @@ def unique_information_from_features(
                 f"`heldout_features` must have d = {phi3.shape[2]} like `features`; "
                 f"got {phi_star3.shape[2]}."
             )
-    if problem.num_steps is not None and problem.method == "exact":
+    if problem.num_steps is not None and problem.method == "replay":
         raise ValueError(
-            "`method='exact'` with a finite `num_steps` is not available in feature space; use "
+            "`method='replay'` with a finite `num_steps` is not available in feature space; use "
             "`method='ridge'`, or the kernel path (`unique_information_from_kernels`)."
         )
-    trace = kernel == "trace" and problem.num_outputs > 1
+    trace = ntk == "trace" and problem.num_outputs > 1
     r, kb = problem.residuals(trace)
     phi = _feature_rows(phi3, trace)
     phi_star = None if phi_star3 is None else _feature_rows(phi_star3, trace)
@@ -554,13 +555,13 @@ def smooth_unique_information(
     num_steps: int | None = None,
     weight_decay: float = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "exact",
+    method: SUIMethod = "replay",
     ridge_c: float = 0.5,
-    kernel: SUIKernel = "full",
+    ntk: NTKKind = "full",
     params: ParamSelection = None,
     projection_dim: int | None = None,
     projection: ProjectionType = "gaussian",
-    solver: SUISolver = "auto",
+    space: SUISpace = "auto",
     chunk_size: int | None = None,
     seed: int = 0,
     memory_budget_bytes: int = _DEFAULT_BUDGET,
@@ -587,10 +588,12 @@ def smooth_unique_information(
     result's ``plan``.
 
     The model is evaluated in eval mode; outputs must be (B,) or (B, K) raw outputs (MSE on
-    logits: integer labels become one-hot for K > 1, 0/1 for K = 1). ``solver="auto"`` uses the
-    feature-space path (:func:`unique_information_from_features`, linear in N) when
-    ``projection_dim`` is set, N K > ``projection_dim`` and the method does not need the exact
-    finite-t solve; otherwise it builds the NTKs (:func:`~lightning_info.functional.jacobian.
+    logits: integer labels become one-hot for K > 1, 0/1 for K = 1). ``space`` says where the
+    algebra runs: ``"features"``, the d-dimensional feature space
+    (:func:`unique_information_from_features`, linear in N), or ``"kernel"``, the N·K sample
+    space. ``"auto"`` uses the feature space when ``projection_dim`` is set, N K >
+    ``projection_dim`` and the method does not need the finite-t replay; otherwise it builds
+    the NTKs (:func:`~lightning_info.functional.jacobian.
     empirical_ntk`) and calls :func:`unique_information_from_kernels`.
 
     Args:
@@ -602,13 +605,14 @@ def smooth_unique_information(
         num_steps: GD steps t >= 1, or None for t = ∞ (converged).
         weight_decay: wd >= 0, L2 pull toward :math:`w_0`.
         noise_scale: σ > 0 of the smoothing noise.
-        method: ``"exact"`` or ``"ridge"`` (finite t only).
+        method: ``"replay"`` or ``"ridge"`` (finite t only).
         ridge_c: c of the ridge approximation.
-        kernel: ``"full"`` (N K x N K) or ``"trace"`` (N x N shared by the K outputs).
+        ntk: which NTK, ``"full"`` (N K x N K) or ``"trace"`` (N x N shared by the K outputs).
         params: which parameters to linearize (None = all trainable; a prefix or list of names).
         projection_dim: random-projection dimension d of the Jacobians, or None (exact kernel).
         projection: ``"gaussian"`` or ``"rademacher"``.
-        solver: ``"auto"``, ``"kernel"`` or ``"features"``.
+        space: ``"auto"``, ``"kernel"`` (N·K sample space) or ``"features"`` (d-dimensional
+            feature space).
         chunk_size: samples per Jacobian vmap call.
         seed: seed of the projection.
         memory_budget_bytes: bound on stored Jacobians / projection blocks.
@@ -634,8 +638,8 @@ def smooth_unique_information(
         >>> out.weight_si.shape, out.functional_si.shape
         (torch.Size([8]), torch.Size([8]))
     """
-    kernel = _check_choice(kernel, "kernel", _KERNELS)
-    solver = _check_choice(solver, "solver", _SOLVERS)
+    ntk = _check_choice(ntk, "ntk", _NTKS)
+    space = _check_choice(space, "space", _SPACES)
     method = _check_choice(method, "method", _METHODS)
     tgt = _check_model_inputs(train_inputs, train_targets, heldout_inputs)
     f0 = model_outputs(model, train_inputs, chunk_size=chunk_size, output_fn=output_fn)
@@ -643,8 +647,8 @@ def smooth_unique_information(
     _check_outputs(f0, n_samples)
     _check_finite(f0, "model outputs")
     num_outputs = f0.shape[1]
-    use_features = solver == "features" or (
-        solver == "auto"
+    use_features = space == "features" or (
+        space == "auto"
         and projection_dim is not None
         and n_samples * num_outputs > int(projection_dim)
         and (num_steps is None or method == "ridge")
@@ -669,13 +673,13 @@ def smooth_unique_information(
     )
     if use_features:
         info = _replay_in_feature_space(
-            model, train_inputs, heldout_inputs, f0, tgt, kernel, jac_kw, options
+            model, train_inputs, heldout_inputs, f0, tgt, ntk, jac_kw, options
         )
     else:
-        theta = empirical_ntk(model, train_inputs, kernel=kernel, **jac_kw)
+        theta = empirical_ntk(model, train_inputs, ntk=ntk, **jac_kw)
         theta_star = None
         if heldout_inputs is not None:
-            theta_star = empirical_ntk(model, heldout_inputs, train_inputs, kernel=kernel, **jac_kw)
+            theta_star = empirical_ntk(model, heldout_inputs, train_inputs, ntk=ntk, **jac_kw)
         info = unique_information_with_plan(theta, theta_star, f0, tgt, **options)
     for _, note in info.plan.notes:
         warnings.warn(f"smooth_unique_information: {note}", UserWarning, stacklevel=2)
@@ -712,7 +716,7 @@ def _check_model_inputs(train_inputs: Any, train_targets: Any, heldout_inputs: A
 
 def _engine_method(plan: GradientDescentPlan) -> str:
     """The engines' ``method`` for a plan (irrelevant for the converged solution)."""
-    return "ridge" if plan.method == "ridge" else "exact"
+    return "ridge" if plan.method == "ridge" else "replay"
 
 
 def _replay(
@@ -720,7 +724,7 @@ def _replay(
     solve: Callable[[GradientDescentPlan], UniqueInformation],
     shape: tuple[int, int, bool],
     options: dict[str, Any],
-    max_exact_cost: float = DEFAULT_MAX_EXACT_COST,
+    max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
 ) -> UniqueInformation:
     """Plan the replay for a kernel with ``lambda_max`` = λ_max(Θ), solve, attach the plan."""
     n, k, trace = shape
@@ -732,7 +736,7 @@ def _replay(
         num_steps=options["num_steps"],
         weight_decay=wd,
         method=options["method"],
-        max_exact_cost=max_exact_cost,
+        max_replay_cost=max_replay_cost,
         rows_per_sample=1 if trace else k,
         right_hand_sides=k if trace else 1,
     )
@@ -749,8 +753,8 @@ def unique_information_with_plan(
     learning_rate: float,
     num_steps: int | None = None,
     weight_decay: float = 0.0,
-    method: Literal["auto", "exact", "ridge"] = "auto",
-    max_exact_cost: float = DEFAULT_MAX_EXACT_COST,
+    method: Literal["auto", "replay", "ridge"] = "auto",
+    max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
     noise_scale: float = 1.0,
     ridge_c: float = 0.5,
 ) -> UniqueInformation:
@@ -759,8 +763,8 @@ def unique_information_with_plan(
     :func:`unique_information_from_kernels` replays exactly the run it is given and rejects an
     unstable learning rate; this function first plans the run (a learning rate beyond the
     linearized stability limit lowered to 0.9 of it with the steps raised to keep the
-    optimization time; ``method="auto"``: the exact finite horizon within ``max_exact_cost``
-    flops, else the ridge equivalent; a tiny ridge for a singular kernel at t = ∞), then solves.
+    optimization time; ``method="auto"``: the finite horizon replayed exactly within
+    ``max_replay_cost`` flops, else the ridge equivalent; a tiny ridge for a singular kernel at t = ∞), then solves.
     Used by :func:`smooth_unique_information` and the
     :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback.
 
@@ -772,8 +776,8 @@ def unique_information_with_plan(
         learning_rate: lr of the run, > 0.
         num_steps: its steps, or None for the converged solution.
         weight_decay: its weight decay, >= 0.
-        method: ``"auto"``, ``"exact"`` or ``"ridge"``.
-        max_exact_cost: flop budget of the exact finite horizon under ``"auto"``.
+        method: ``"auto"``, ``"replay"`` or ``"ridge"``.
+        max_replay_cost: flop budget of the finite-horizon replay under ``"auto"``.
         noise_scale: σ > 0.
         ridge_c: c of the ridge approximation.
 
@@ -818,7 +822,7 @@ def unique_information_with_plan(
             ridge_c=ridge_c,
         )
 
-    return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), options, max_exact_cost)
+    return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), options, max_replay_cost)
 
 
 def _replay_in_feature_space(
@@ -827,7 +831,7 @@ def _replay_in_feature_space(
     x_star: Tensor | None,
     f0: Tensor,
     targets: Tensor,
-    kernel: str,
+    ntk: str,
     jac_kw: dict,
     options: dict[str, Any],
 ) -> UniqueInformation:
@@ -835,7 +839,7 @@ def _replay_in_feature_space(
     phi = jacobian_features(model, x, **jac_kw)
     phi_star = None if x_star is None else jacobian_features(model, x_star, **jac_kw)
     n, k = f0.shape
-    trace = kernel == "trace" and k > 1
+    trace = ntk == "trace" and k > 1
     rows = _feature_rows(phi.double(), trace)
 
     def solve(plan: GradientDescentPlan) -> UniqueInformation:
@@ -848,7 +852,7 @@ def _replay_in_feature_space(
             num_steps=plan.num_steps,
             weight_decay=plan.weight_decay,
             method=_engine_method(plan),
-            kernel=kernel,
+            ntk=ntk,
             noise_scale=options["noise_scale"],
             ridge_c=options["ridge_c"],
         )

@@ -352,7 +352,7 @@ def sui_case(draw):
     else:
         targets = torch.from_numpy(rng.standard_normal((n, k)))
     num_steps = draw(st.sampled_from([None, 1, 7, 30]))
-    method = draw(st.sampled_from(["exact", "ridge"]))
+    method = draw(st.sampled_from(["replay", "ridge"]))
     wd = draw(st.sampled_from([0.0, 1e-3, 0.1]))
     frac = draw(st.sampled_from([0.05, 0.5, 0.9, 1.5, 4.0]))
     ntk_dtype = draw(st.sampled_from([torch.float64, torch.float32]))
@@ -459,7 +459,7 @@ def test_unique_information_bad_arguments(bad, n):
         "num_steps": 5,
         "weight_decay": 0.0,
         "noise_scale": 1.0,
-        "method": "exact",
+        "method": "replay",
         "ridge_c": 0.5,
     }
     name = {
