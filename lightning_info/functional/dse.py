@@ -72,6 +72,9 @@ def _dse_update(embeddings: Any, name: str = "embeddings") -> Tensor:
 
     Checks: array of numbers, 2-D (N, D), all finite. Integer input becomes float64.
     The sample count is not checked here (a batch may hold a single row).
+
+    Returns:
+        The (N, D) floating tensor.
     """
     x = _as_tensor(embeddings, name)
     _check_ndim(x, name, (2,), "2-D (N, D)")
@@ -87,7 +90,15 @@ def _check_num_samples(x: Tensor, name: str = "embeddings") -> None:
 
 
 def _check_t(t: Any) -> float:
-    """Return the diffusion time as float after checking it is a finite number >= 1."""
+    """Return the diffusion time as float after checking it is a finite number >= 1.
+
+    Returns:
+        ``float(t)``.
+
+    Raises:
+        TypeError: if ``t`` is not a number (bools are rejected).
+        ValueError: if it is not finite or < 1.
+    """
     if isinstance(t, bool) or (not isinstance(t, (int, float)) and not hasattr(t, "__float__")):
         raise TypeError(f"`t` must be a number >= 1; got {type(t).__name__} {t!r}.")
     value = float(t)
@@ -116,7 +127,11 @@ def _check_dse_options(
 
 
 def _subsample_indices(n: int, max_samples: int | None, seed: int) -> Tensor | None:
-    """Indices of a seeded uniform subsample of size ``max_samples`` (None if no subsampling)."""
+    """Indices of a seeded uniform subsample of size ``max_samples``.
+
+    Returns:
+        (max_samples,) int64 indices, or None when N <= ``max_samples`` (no subsampling).
+    """
     if max_samples is None or n <= max_samples:
         return None
     generator = torch.Generator().manual_seed(seed)
@@ -127,7 +142,11 @@ def _subsample_indices(n: int, max_samples: int | None, seed: int) -> Tensor | N
 # pure cores
 # --------------------------------------------------------------------------------------------
 def _spectral_entropy_bits(eigvals: Tensor, t: float) -> Tensor:
-    r"""Entropy in bits of :math:`p_i = |\lambda_i|^t / \sum_j |\lambda_j|^t` (0 log 0 := 0), float64."""
+    r"""Entropy in bits of :math:`p_i = |\lambda_i|^t / \sum_j |\lambda_j|^t` (0 log 0 := 0).
+
+    Returns:
+        0-dim float64 tensor.
+    """
     a = eigvals.to(torch.float64).abs().pow(t)
     p = a / a.sum()
     return torch.special.entr(p).sum() / _LN2
@@ -143,6 +162,9 @@ def _exact_eigvals(x: Tensor, sigma: float | str, dtype: torch.dtype) -> Tensor:
     absolute eigenvalue error then scales with :math:`\lambda_2` instead of 1, which keeps float32
     accurate on nearly rank-one kernels. The computed eigenvalue closest to 0 is replaced by the
     exact 1 (see :func:`_affinity_eigvals`).
+
+    Returns:
+        (N,) float64 eigenvalues.
     """
     return _affinity_eigvals(_gaussian_affinity(x.to(_build_dtype(x)), sigma)[None], dtype)[0]
 
@@ -158,6 +180,9 @@ def _affinity_eigvals(g: Tensor, dtype: torch.dtype) -> Tensor:
     product of :math:`d^{-1/2}`, so K is exactly symmetric), exact in-place deflation of the
     Perron pair, one batched ``eigvalsh`` in ``dtype``, the eigenvalue closest to 0 replaced by
     the exact 1. Used for single kernels (:func:`_exact_eigvals`) and DSMI's subsets alike.
+
+    Returns:
+        (B, n) float64 eigenvalues.
     """
     d = g.sum(dim=-1)
     s = d.rsqrt()
@@ -172,7 +197,11 @@ def _affinity_eigvals(g: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _uses_lanczos(solver: str, n: int) -> bool:
-    """Whether a validated ``solver`` choice runs stochastic Lanczos on ``n`` rows."""
+    """Whether a validated ``solver`` choice runs stochastic Lanczos on ``n`` rows.
+
+    Returns:
+        True for ``"lanczos"`` from 1024 rows on and for ``"auto"`` above 4096 rows.
+    """
     return (solver == "lanczos" and n >= _LANCZOS_MIN_N) or (
         solver == "auto" and n > _AUTO_EXACT_MAX_N
     )
@@ -189,7 +218,11 @@ def _dse_compute(
     num_lanczos_steps: int = 32,
     seed: int = 0,
 ) -> Tensor:
-    """DSE in bits of an already validated floating (N, D) tensor, N >= 2 (0-dim float64)."""
+    """DSE in bits of an already validated floating (N, D) tensor, N >= 2.
+
+    Returns:
+        0-dim float64 tensor (the Lanczos solver returns the working dtype).
+    """
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
     solver = _check_choice(solver, "solver", _SOLVERS)
     n = x.shape[0]
@@ -235,6 +268,9 @@ def _dsmi_compute(
     ``affinity``: the (N, N) Gaussian affinity of ``x`` at ``sigma``, when the caller already
     has it (see :func:`_information_profile`); it is only read. Without it, it is computed here
     (exact solver) or not formed at all (Lanczos).
+
+    Returns:
+        0-dim float64 tensor, bits.
     """
     n = x.shape[0]
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
@@ -275,13 +311,26 @@ def _dsmi_compute(
         sub_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         members = (inverse == group).nonzero().flatten()
         h_cond = entropies([members], [sub_seed])[0]
-        subsets, seeds = [], []
-        for _ in range(num_repeats):
-            subsets.append(torch.randperm(n, generator=generator)[:n_c].to(x.device))
-            seeds.append(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        subsets, seeds = _random_subsets(n, n_c, num_repeats, generator, x.device)
         h_star = entropies(subsets, seeds).sum()
         mi = mi + (n_c / n) * (h_star / num_repeats - h_cond)
     return mi
+
+
+def _random_subsets(
+    n: int, size: int, num_repeats: int, generator: torch.Generator, device: torch.device
+) -> tuple[list[Tensor], list[int]]:
+    r"""The subsets :math:`Z^*_c` of one group: uniform, without replacement, from all N rows.
+
+    Returns:
+        ``(subsets, seeds)``: ``num_repeats`` (size,) index tensors on ``device`` and a seed
+        for each (its Lanczos probes), drawn alternately from ``generator``.
+    """
+    subsets, seeds = [], []
+    for _ in range(num_repeats):
+        subsets.append(torch.randperm(n, generator=generator)[:size].to(device))
+        seeds.append(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    return subsets, seeds
 
 
 @dataclass
@@ -355,7 +404,11 @@ def _information_profile(
 # reference (B) handling
 # --------------------------------------------------------------------------------------------
 def _infer_discrete(y: Tensor) -> bool:
-    """The ``discrete=None`` rule for a 1-D reference (see the DSMI docstring)."""
+    """The ``discrete=None`` rule for a 1-D reference (see the DSMI docstring).
+
+    Returns:
+        True for integer/bool dtypes, or whole-number floats with at most 100 distinct values.
+    """
     if not y.is_floating_point():
         return True
     if not bool((y == y.round()).all()):
@@ -368,6 +421,9 @@ def _bin_scalar(y: Tensor, num_bins: int) -> Tensor:
 
     Same as the reference's ``np.digitize(scaled, np.linspace(0, 1, num_bins + 1)[:-1]) - 1``
     (left-closed bins; the maximum falls into the last bin).
+
+    Returns:
+        (N,) int64 bin ids (all 0, with a warning, for a constant reference).
     """
     y = y.to(torch.float64)
     lo, hi = y.min(), y.max()
@@ -422,7 +478,7 @@ def cluster_reference(
         >>> c = cluster_reference(b, num_clusters=2)
         >>> (c[:20] == c[0]).all().item(), (c[20:] == c[20]).all().item(), (c[0] != c[20]).item()
         (True, True, True)
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     y = _as_tensor(reference, "reference")
     _check_ndim(y, "reference", (1, 2), "1-D (N,) or 2-D (N, D')")
     _check_finite(y, "reference")
@@ -455,6 +511,20 @@ def cluster_reference(
     return torch.as_tensor(labels, dtype=torch.long, device=y.device)
 
 
+def _check_discrete(discrete: Any) -> bool | None:
+    """The ``discrete`` option: None (infer), True or False.
+
+    Returns:
+        ``discrete``.
+
+    Raises:
+        TypeError: for any other value.
+    """
+    if discrete is not None and not isinstance(discrete, bool):
+        raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")
+    return discrete
+
+
 def _validate_clusters(clusters: Any, n: int) -> Tensor:
     labels = _as_tensor(clusters, "clusters")
     _check_ndim(labels, "clusters", (1,), "1-D (N,) integer group ids")
@@ -479,10 +549,14 @@ def _reference_labels(
 ) -> Tensor:
     """Turn the DSMI/CSMI ``reference`` (or given ``clusters``) into (N,) long group ids.
 
-    Raises the errors documented in :func:`diffusion_spectral_mutual_information`.
+    Returns:
+        (N,) int64 group ids.
+
+    Raises:
+        ValueError: (and TypeError, from the checks) as documented in
+            :func:`diffusion_spectral_mutual_information`.
     """
-    if discrete is not None and not isinstance(discrete, bool):
-        raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")
+    _check_discrete(discrete)
     num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
     if clusters is not None:
         return _validate_clusters(clusters, n)
@@ -602,7 +676,7 @@ def diffusion_spectral_entropy(
         >>> z = centers.repeat_interleave(25, dim=0) + 0.01 * torch.randn(100, 8, generator=g)
         >>> round(diffusion_spectral_entropy(z).item(), 3)  # log2(4): four tight clusters
         2.0
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     x = _dse_update(embeddings)
     _check_num_samples(x)
     sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed = _check_dse_options(
@@ -713,7 +787,7 @@ def diffusion_spectral_mutual_information(
         >>> z = 100.0 * torch.eye(4, 8)[y] + 0.01 * torch.randn(100, 8, generator=g)
         >>> round(diffusion_spectral_mutual_information(z, y).item(), 2)  # log2(4) - 0
         2.0
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     x = _dse_update(embeddings)
     _check_num_samples(x)
     sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed = _check_dse_options(

@@ -155,7 +155,7 @@ def plan_gradient_descent(
         >>> plan = plan_gradient_descent(10.0, 100, learning_rate=50.0, num_steps=100)
         >>> round(plan.learning_rate, 3), plan.num_steps, plan.rescaled, plan.method
         (18.0, 278, True, 'replay')
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     lr = _check_positive(learning_rate, "learning_rate")
     steps = _check_int(num_steps, "num_steps", minimum=1, allow_none=True)
     wd = _check_positive(weight_decay, "weight_decay", allow_zero=True)
@@ -195,7 +195,11 @@ def plan_gradient_descent(
 
 
 def _replay_cost(n_samples: int, steps: int, kb: int, rhs: int) -> float:
-    """Estimated flops of the finite-horizon replay (eigh + Volterra systems)."""
+    """Estimated flops of the finite-horizon replay (eigh + Volterra systems).
+
+    Returns:
+        :math:`n^3 + t N n K_b^2 + N t^2 K_b^2 R` with n = N K_b.
+    """
     nk = n_samples * kb
     return float(nk**3 + steps * n_samples * nk * kb**2 + n_samples * steps**2 * kb**2 * rhs)
 

@@ -58,7 +58,11 @@ def _rademacher(
     dtype: torch.dtype,
     device: torch.device | None,
 ) -> Tensor:
-    """(dim, num) matrix of independent ±1 entries, drawn on the generator's device."""
+    """(dim, num) matrix of independent ±1 entries, drawn on the generator's device.
+
+    Returns:
+        The matrix in ``dtype`` on ``device`` (a CPU generator seeded with 0 when None).
+    """
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if generator is None:
         generator = torch.Generator(device=gen_device).manual_seed(0)
@@ -279,7 +283,7 @@ def stochastic_lanczos_quadrature(
         ...     num_probes=64, generator=torch.Generator().manual_seed(0))
         >>> round(logdet.item(), 2), round(eigenvalues.log().sum().item(), 2)
         (14.41, 15.37)
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     if not callable(matvec):
         raise TypeError(f"`matvec` must be callable; got {type(matvec).__name__}.")
     if not callable(fn):
@@ -352,7 +356,11 @@ class _GaussianKernel:
         self.degree = self.matmat(ones).squeeze(1)
 
     def matmat(self, v: Tensor, *, square: bool = False) -> Tensor:
-        """``G @ v`` (or ``(G∘G) @ v`` if ``square``) for v of shape (N, b), in the kernel dtype."""
+        """``G @ v`` (or ``(G∘G) @ v`` if ``square``) for v of shape (N, b), in the kernel dtype.
+
+        Returns:
+            (N, b) tensor in v's dtype (accumulated in float64).
+        """
         n, c = self.n, self.n_cached
         vk = v.to(self.dtype)
         out = torch.zeros(v.shape, dtype=torch.float64, device=v.device)
@@ -397,6 +405,9 @@ def _kernel_block(
     factor beyond the kernel dtype's range, e.g. sigma = 1e-30 in float32, gives 0 off the
     duplicates and never ``0 * inf = NaN``). With ``refine_tol``, squared distances at or below it
     are recomputed from the differences (``_refine_small_sq_dists_``).
+
+    Returns:
+        (row_stop - row_start, col_stop - col_start) tensor in ``x``'s dtype.
     """
     xr, xcol = x[row_start:row_stop], x[col_start:col_stop]
     block = torch.addmm(sq[col_start:col_stop].unsqueeze(0), xr, xcol.T, alpha=-2.0)
@@ -577,8 +588,11 @@ def _control_variate_estimate(probe: Tensor, cov: Tensor, rest: Tensor) -> tuple
     """Regression control-variate estimate of the probes' mean and its standard error.
 
     ``probe`` (m,) are samples of g, ``cov`` (m, p) the covariates h with known means ``rest``
-    (p,). Returns ``(mean(g) - c^T (mean(h) - rest), se)`` with ``c`` the least-squares slope
-    of g on h and ``se = std(residuals) / sqrt(m)`` (m - p - 1 degrees of freedom).
+    (p,).
+
+    Returns:
+        ``(mean(g) - c^T (mean(h) - rest), se)`` with ``c`` the least-squares slope of g on h
+        and ``se = std(residuals) / sqrt(m)`` (m - p - 1 degrees of freedom).
     """
     m = probe.numel()
     centred = cov - cov.mean(dim=0)

@@ -102,18 +102,18 @@ _DEFAULT_BUDGET = 2**30
 
 @dataclass(frozen=True)
 class UniqueInformation:
-    """Per-sample smooth unique information, every field in input order.
+    r"""Per-sample smooth unique information, every field in input order.
 
     Attributes:
-        weight_si: (N,) weight SI :math:`\\lVert\\Delta w\\rVert^2 / (2\\sigma^2)`, nats; higher =
+        weight_si: (N,) weight SI :math:`\lVert\Delta w\rVert^2 / (2\sigma^2)`, nats; higher =
             more informative about the weights.
-        functional_si: (N,) functional SI :math:`\\mathrm{mean}_x \\lVert\\Delta f(x)\\rVert^2 /
-            (2\\sigma^2)` over the held-out inputs, nats; higher = more informative about the
+        functional_si: (N,) functional SI :math:`\mathrm{mean}_x \lVert\Delta f(x)\rVert^2 /
+            (2\sigma^2)` over the held-out inputs, nats; higher = more informative about the
             function. ``None`` when no held-out inputs/kernel were given.
-        weight_change_sq: (N,) raw :math:`\\lVert\\Delta w\\rVert^2` (the authors' ``weights-plain``).
-        function_change_sq: (N,) raw :math:`\\mathrm{mean}_x \\sum_k \\Delta f_k(x)^2` (the
+        weight_change_sq: (N,) raw :math:`\lVert\Delta w\rVert^2` (the authors' ``weights-plain``).
+        function_change_sq: (N,) raw :math:`\mathrm{mean}_x \sum_k \Delta f_k(x)^2` (the
             authors' ``predictions``), or ``None`` without held-out inputs.
-        self_prediction_change: (N, K) :math:`f_{S\\setminus i}(x_i) - f_S(x_i)`, the leave-one-out
+        self_prediction_change: (N, K) :math:`f_{S\setminus i}(x_i) - f_S(x_i)`, the leave-one-out
             change of the sample's own prediction (raw outputs).
         plan: the gradient-descent run that was replayed (:func:`smooth_unique_information`, the
             callback), or None for the kernel/feature engines, which replay what they are given.
@@ -127,7 +127,11 @@ class UniqueInformation:
     plan: GradientDescentPlan | None = None
 
     def __len__(self) -> int:
-        """Number of scored samples."""
+        """Number of scored samples.
+
+        Returns:
+            N.
+        """
         return int(self.weight_si.numel())
 
 
@@ -135,7 +139,15 @@ class UniqueInformation:
 # validation
 # ----------------------------------------------------------------------------------------------
 def _prepare_targets(targets: Tensor, num_samples: int, num_outputs: int) -> Tensor:
-    """Return (N, K) float64 targets from float targets or integer class labels."""
+    """Return (N, K) float64 targets from float targets or integer class labels.
+
+    Returns:
+        The targets; labels become one-hot rows (K > 1) or a 0/1 column (K = 1).
+
+    Raises:
+        ValueError: for a scalar, another length, float targets of another shape, or labels
+            out of range.
+    """
     targets = _as_tensor(targets, "targets")
     if targets.ndim == 0:
         raise ValueError(
@@ -174,6 +186,14 @@ def _prepare_targets(targets: Tensor, num_samples: int, num_outputs: int) -> Ten
 
 
 def _check_kernel(ntk: Tensor, name: str, rows: int, cols: int, hint: str) -> Tensor:
+    """A finite floating (rows, cols) kernel.
+
+    Returns:
+        The kernel in float64.
+
+    Raises:
+        ValueError: for another shape or NaN/inf entries.
+    """
     ntk = _as_tensor(ntk, name, allow_int=False)
     _check_ndim(ntk, name, (2,), hint)
     if tuple(ntk.shape) != (rows, cols):
@@ -239,12 +259,12 @@ class _Problem:
 
     @property
     def ridge(self) -> float:
-        """:math:`\\lambda = N\\,\\mathrm{wd}`."""
+        r""":math:`\lambda = N\,\mathrm{wd}`."""
         return self.num_samples * self.weight_decay
 
     @property
     def closed_form_ridge(self) -> float:
-        """The ridge of the t = ∞ closed forms: :math:`\\lambda`, plus :math:`c/(\\eta t)` (ridge)."""
+        r"""The ridge of the t = ∞ closed forms: :math:`\lambda`, plus :math:`c/(\eta t)` (ridge)."""
         if self.num_steps is None:
             return self.ridge
         return self.ridge + self.ridge_c / (
@@ -252,13 +272,22 @@ class _Problem:
         )
 
     def residuals(self, trace: bool) -> tuple[Tensor, int]:
-        """``(r, Kb)``: (N, K) residuals sharing a trace kernel, or the (N K, 1) column."""
+        """The residuals :math:`r = f_0 - Y` in the engines' layout.
+
+        Returns:
+            ``(r, Kb)``: (N, K) residuals sharing a trace kernel (Kb = 1), or the (N K, 1)
+            column of the full kernel (Kb = K).
+        """
         if trace:
             return self.f0 - self.targets, 1
         return (self.f0 - self.targets).reshape(-1, 1), self.num_outputs
 
     def finish(self, w_sq: Tensor, f_sq: Tensor | None, self_change: Tensor) -> UniqueInformation:
-        """Scale the raw numerators into scores (nats)."""
+        """Scale the raw numerators into scores (nats).
+
+        Returns:
+            The :class:`UniqueInformation` (without a plan).
+        """
         denom = 2.0 * self.noise_scale**2
         return UniqueInformation(
             weight_si=w_sq / denom,
@@ -270,7 +299,11 @@ class _Problem:
 
 
 def _check_stable(lam_max: float, lr: float, n: int, what: str) -> None:
-    """Raise unless GD with η = lr/N is stable: η λ_max(A) < 2."""
+    """Check that GD with η = lr/N is stable: η λ_max(A) < 2.
+
+    Raises:
+        ValueError: otherwise, with the largest stable learning rate.
+    """
     eta = lr / n
     if eta * lam_max >= 2.0:
         raise ValueError(
@@ -281,7 +314,11 @@ def _check_stable(lam_max: float, lr: float, n: int, what: str) -> None:
 
 
 def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
-    """Deterministic power-iteration estimate (a lower bound) of λ_max of a symmetric PSD matrix."""
+    """Deterministic power-iteration estimate (a lower bound) of λ_max of a symmetric PSD matrix.
+
+    Returns:
+        The Rayleigh quotient after ``iters`` steps (0.0 for a zero matrix).
+    """
     v = torch.ones(a.shape[0], dtype=a.dtype, device=a.device)
     v = v + torch.linspace(0, 1, a.shape[0], dtype=a.dtype, device=a.device)
     v = v / v.norm()
@@ -297,7 +334,14 @@ def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
 
 
 def _kernels(ntk: Any, heldout_ntk: Any, problem: _Problem) -> tuple[Tensor, Tensor | None, bool]:
-    """Validated float64 kernels (a trace kernel divided by K) and whether it is a trace kernel."""
+    """Validated float64 kernels (a trace kernel divided by K) and whether it is a trace kernel.
+
+    Returns:
+        ``(theta, theta_star or None, trace)``.
+
+    Raises:
+        ValueError: for wrong shapes, NaN/inf, or an asymmetric ``ntk``.
+    """
     n_samples, num_outputs = problem.num_samples, problem.num_outputs
     ntk_t = _as_tensor(ntk, "ntk", allow_int=False)
     trace = num_outputs > 1 and tuple(ntk_t.shape) == (n_samples, n_samples)
@@ -345,7 +389,7 @@ def unique_information_from_kernels(
         \mathrm{SI}_i = \frac{\delta_i^\top \Theta \delta_i}{2\sigma^2}, \qquad
         \text{F-SI}_i = \frac{\lVert \Theta(X^*, S)\,\delta_i \rVert^2}{2\sigma^2 M}.
 
-    Methods:
+    How each horizon is solved:
 
     * ``num_steps=None`` (t = ∞): block-inverse closed forms (one float64 Cholesky of A, batched
       K x K solves over samples; docs/sui.md §5). Exact.
@@ -398,7 +442,7 @@ def unique_information_from_kernels(
         ...     learning_rate=0.1, weight_decay=0.1)
         >>> [round(x, 4) for x in out.weight_si.tolist()][:3]
         [0.3634, 0.0138, 0.0044]
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     problem = _Problem.build(
         init_outputs,
         targets,
@@ -424,7 +468,14 @@ def unique_information_from_kernels(
 
 
 def _features_of(x: Any, name: str, rows: int | None, num_outputs: int) -> Tensor:
-    """Validated (rows, K, d) float64 features ((N, d) is accepted for K = 1)."""
+    """Validated (rows, K, d) float64 features ((N, d) is accepted for K = 1).
+
+    Returns:
+        The (rows, K, d) float64 features.
+
+    Raises:
+        ValueError: for another shape or NaN/inf entries.
+    """
     x = _as_tensor(x, name, allow_int=False)
     if x.ndim == 2 and num_outputs == 1:
         x = x[:, None, :]
@@ -438,7 +489,11 @@ def _features_of(x: Any, name: str, rows: int | None, num_outputs: int) -> Tenso
 
 
 def _feature_rows(phi3: Tensor, trace: bool) -> Tensor:
-    """(N, K, d) features as kernel rows: (N K, d), or (N, K d) / sqrt(K) for the trace kernel."""
+    """(N, K, d) features as kernel rows.
+
+    Returns:
+        (N K, d) rows for the full kernel, or (N, K d) / sqrt(K) for the trace kernel.
+    """
     if trace:
         return phi3.reshape(phi3.shape[0], -1) * (1.0 / math.sqrt(phi3.shape[1]))
     return phi3.reshape(-1, phi3.shape[2])
@@ -492,9 +547,10 @@ def unique_information_from_features(
         :class:`UniqueInformation` (float64, nats, higher = more informative).
 
     Raises:
-        ValueError: mismatched shapes, non-finite values, λ = 0 (t = ∞ with ``weight_decay=0``),
-            ``method="replay"`` with a finite ``num_steps`` (use the kernel path or ``"ridge"``),
-            or a learning rate too large for GD to converge.
+        ValueError: mismatched shapes, non-finite values, ``method="replay"`` with a finite
+            ``num_steps`` (use the kernel path or ``"ridge"``), or a learning rate too large for
+            GD to converge.
+        NotPositiveDefiniteError: (a ``ValueError``) if λ = 0 (t = ∞ with ``weight_decay=0``).
         TypeError: non-numeric inputs.
 
     Example:
@@ -506,7 +562,7 @@ def unique_information_from_features(
         ...     learning_rate=0.1, weight_decay=0.1)
         >>> [round(x, 4) for x in out.weight_si.tolist()][:3]
         [0.3634, 0.0138, 0.0044]
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     problem = _Problem.build(
         init_outputs,
         targets,
@@ -593,8 +649,8 @@ def smooth_unique_information(
     (:func:`unique_information_from_features`, linear in N), or ``"kernel"``, the N·K sample
     space. ``"auto"`` uses the feature space when ``projection_dim`` is set, N K >
     ``projection_dim`` and the method does not need the finite-t replay; otherwise it builds
-    the NTKs (:func:`~lightning_info.functional.jacobian.
-    empirical_ntk`) and calls :func:`unique_information_from_kernels`.
+    the NTKs (:func:`~lightning_info.functional.jacobian.empirical_ntk`) and calls
+    :func:`unique_information_from_kernels`.
 
     Args:
         model: network at the linearization point (initial or pretrained weights).
@@ -637,23 +693,12 @@ def smooth_unique_information(
         ...                                 learning_rate=0.5, weight_decay=0.01)
         >>> out.weight_si.shape, out.functional_si.shape
         (torch.Size([8]), torch.Size([8]))
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     ntk = _check_choice(ntk, "ntk", _NTKS)
     space = _check_choice(space, "space", _SPACES)
     method = _check_choice(method, "method", _METHODS)
     tgt = _check_model_inputs(train_inputs, train_targets, heldout_inputs)
-    f0 = model_outputs(model, train_inputs, chunk_size=chunk_size, output_fn=output_fn)
-    n_samples = train_inputs.shape[0]
-    _check_outputs(f0, n_samples)
-    _check_finite(f0, "model outputs")
-    num_outputs = f0.shape[1]
-    use_features = space == "features" or (
-        space == "auto"
-        and projection_dim is not None
-        and n_samples * num_outputs > int(projection_dim)
-        and (num_steps is None or method == "ridge")
-        and (weight_decay > 0 or num_steps is not None)
-    )
+    f0 = _initial_outputs(model, train_inputs, chunk_size, output_fn)
     jac_kw = dict(
         params=params,
         projection_dim=projection_dim,
@@ -671,23 +716,54 @@ def smooth_unique_information(
         noise_scale=noise_scale,
         ridge_c=ridge_c,
     )
-    if use_features:
-        info = _replay_in_feature_space(
-            model, train_inputs, heldout_inputs, f0, tgt, ntk, jac_kw, options
-        )
+    if _in_feature_space(space, projection_dim, f0.numel(), options):
+        replay = _replay_in_feature_space
     else:
-        theta = empirical_ntk(model, train_inputs, ntk=ntk, **jac_kw)
-        theta_star = None
-        if heldout_inputs is not None:
-            theta_star = empirical_ntk(model, heldout_inputs, train_inputs, ntk=ntk, **jac_kw)
-        info = unique_information_with_plan(theta, theta_star, f0, tgt, **options)
+        replay = _replay_in_kernel_space
+    info = replay(model, train_inputs, heldout_inputs, f0, tgt, ntk, jac_kw, options)
     for _, note in info.plan.notes:
         warnings.warn(f"smooth_unique_information: {note}", UserWarning, stacklevel=2)
     return info
 
 
+def _initial_outputs(
+    model: nn.Module, x: Tensor, chunk_size: int | None, output_fn: Callable[[Any], Tensor] | None
+) -> Tensor:
+    """The model's outputs :math:`f_0` on the training inputs, checked (shape, finite).
+
+    Returns:
+        (N, K) outputs.
+    """
+    f0 = model_outputs(model, x, chunk_size=chunk_size, output_fn=output_fn)
+    _check_outputs(f0, x.shape[0])
+    _check_finite(f0, "model outputs")
+    return f0
+
+
+def _in_feature_space(
+    space: str, projection_dim: int | None, num_rows: int, options: dict[str, Any]
+) -> bool:
+    """Whether ``space`` (``"auto"``: see :func:`smooth_unique_information`) picks feature space.
+
+    Returns:
+        True for ``"features"``; for ``"auto"``, when there are more kernel rows (N K) than
+        projected features, the method needs no finite-t replay and λ > 0.
+    """
+    num_steps, weight_decay = options["num_steps"], options["weight_decay"]
+    return space == "features" or (
+        space == "auto"
+        and projection_dim is not None
+        and num_rows > int(projection_dim)
+        and (num_steps is None or options["method"] == "ridge")
+        and (weight_decay > 0 or num_steps is not None)
+    )
+
+
 def _check_model_inputs(train_inputs: Any, train_targets: Any, heldout_inputs: Any) -> Tensor:
-    """Type, length and finiteness checks of the model-level inputs; returns the targets.
+    """Type, length and finiteness checks of the model-level inputs.
+
+    Returns:
+        The targets as a tensor.
 
     Raises:
         TypeError: non-tensor inputs.
@@ -715,7 +791,11 @@ def _check_model_inputs(train_inputs: Any, train_targets: Any, heldout_inputs: A
 
 
 def _engine_method(plan: GradientDescentPlan) -> str:
-    """The engines' ``method`` for a plan (irrelevant for the converged solution)."""
+    """The engines' ``method`` for a plan (irrelevant for the converged solution).
+
+    Returns:
+        ``"ridge"`` or ``"replay"``.
+    """
     return "ridge" if plan.method == "ridge" else "replay"
 
 
@@ -726,7 +806,11 @@ def _replay(
     options: dict[str, Any],
     max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
 ) -> UniqueInformation:
-    """Plan the replay for a kernel with ``lambda_max`` = λ_max(Θ), solve, attach the plan."""
+    """Plan the replay for a kernel with ``lambda_max`` = λ_max(Θ), solve, attach the plan.
+
+    Returns:
+        ``solve``'s :class:`UniqueInformation` with the plan it was given (after a jitter retry).
+    """
     n, k, trace = shape
     wd = options["weight_decay"]
     plan = plan_gradient_descent(
@@ -796,7 +880,7 @@ def unique_information_with_plan(
         ...     torch.tensor([0, 1, 0, 1, 1, 0]), learning_rate=100.0, num_steps=10)
         >>> out.plan.rescaled, out.plan.num_steps > 10
         (True, True)
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
     n, k = f0.shape[0], (1 if f0.ndim == 1 else f0.shape[1])
     trace = k > 1 and tuple(ntk.shape) == (n, n)
@@ -825,6 +909,28 @@ def unique_information_with_plan(
     return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), options, max_replay_cost)
 
 
+def _replay_in_kernel_space(
+    model: nn.Module,
+    x: Tensor,
+    x_star: Tensor | None,
+    f0: Tensor,
+    targets: Tensor,
+    ntk: str,
+    jac_kw: dict,
+    options: dict[str, Any],
+) -> UniqueInformation:
+    """The NTKs of the training (and held-out) inputs, then the planned kernel-space solve.
+
+    Returns:
+        :class:`UniqueInformation` with its plan.
+    """
+    theta = empirical_ntk(model, x, ntk=ntk, **jac_kw)
+    theta_star = None
+    if x_star is not None:
+        theta_star = empirical_ntk(model, x_star, x, ntk=ntk, **jac_kw)
+    return unique_information_with_plan(theta, theta_star, f0, targets, **options)
+
+
 def _replay_in_feature_space(
     model: nn.Module,
     x: Tensor,
@@ -835,7 +941,11 @@ def _replay_in_feature_space(
     jac_kw: dict,
     options: dict[str, Any],
 ) -> UniqueInformation:
-    """Projected Jacobian features, λ_max of their kernel, the planned feature-space solve."""
+    """Projected Jacobian features, λ_max of their kernel, the planned feature-space solve.
+
+    Returns:
+        :class:`UniqueInformation` with its plan.
+    """
     phi = jacobian_features(model, x, **jac_kw)
     phi_star = None if x_star is None else jacobian_features(model, x_star, **jac_kw)
     n, k = f0.shape

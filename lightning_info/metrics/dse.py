@@ -25,6 +25,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from lightning_info.functional.diffusion import _resolve_dtype
 from lightning_info.functional.dse import (
+    _check_discrete,
     _check_dse_options,
     _check_num_samples,
     _dse_compute,
@@ -44,7 +45,15 @@ __all__ = ["DiffusionSpectralEntropy", "DiffusionSpectralMutualInformation"]
 
 
 def _check_index(index: Any, n: int) -> Tensor:
-    """Validate an (n,) integer ``index`` tensor and return it as int64 on the CPU-agnostic device."""
+    """Validate an (n,) integer ``index`` tensor and return it as int64 (on its device).
+
+    Returns:
+        The (n,) int64 positions.
+
+    Raises:
+        TypeError: for non-numeric or floating-point positions.
+        ValueError: for a tensor that is not 1-D or has another length than the embeddings.
+    """
     idx = _as_tensor(index, "index")
     _check_ndim(idx, "index", (1,), "1-D (N,) integer sample positions")
     if idx.is_floating_point():
@@ -105,7 +114,15 @@ class _DiffusionMetricBase(Metric):
         return x.shape[0]
 
     def _gathered(self, *extra: list[Tensor]) -> tuple[Tensor, ...]:
-        """Concatenated (and, with ``index``, sorted and de-duplicated) states, then subsampled."""
+        """Concatenated (and, with ``index``, sorted and de-duplicated) states.
+
+        Returns:
+            ``(embeddings, *extra)`` in canonical order, checked finite with N >= 2.
+
+        Raises:
+            ValueError: if ``index`` was given to some ``update`` calls only, or (from the
+                checks) for non-finite embeddings or fewer than 2 samples.
+        """
         x = dim_zero_cat(self.embeddings)
         others = [dim_zero_cat(e) for e in extra]
         index = dim_zero_cat(self.index) if len(self.index) else None
@@ -133,7 +150,12 @@ class _DiffusionMetricBase(Metric):
         return (x[idx.to(x.device)], *(o[idx.to(o.device)] for o in others))
 
     def options(self) -> dict[str, Any]:
-        """The numerical options this metric was built with (``__init__`` keywords)."""
+        """The numerical options this metric was built with (``__init__`` keywords).
+
+        Returns:
+            ``{sigma, t, max_samples, seed, solver, num_lanczos_probes, num_lanczos_steps,
+            dtype}``, e.g. to build another metric with the same kernel.
+        """
         return dict(
             sigma=self.sigma,
             t=self.t,
@@ -223,6 +245,7 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         dtype: torch.dtype | str | None = None,
         **kwargs: Any,
     ) -> None:
+        """Validate the options (documented in the class docstring)."""
         super().__init__(
             sigma=sigma,
             t=t,
@@ -247,7 +270,11 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         self._store(embeddings, index)
 
     def compute(self) -> Tensor:
-        """DSE in bits of all accumulated embeddings (0-dim float64)."""
+        """DSE in bits of all accumulated embeddings.
+
+        Returns:
+            0-dim float64 tensor, in ``[0, log2 N]``.
+        """
         (x,) = self._subsample(*self._gathered())
         if self.solver == "exact":
             # the exact path of ``_dse_compute``, keeping the spectrum for :meth:`spectrum`
@@ -352,6 +379,7 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         dtype: torch.dtype | str | None = None,
         **kwargs: Any,
     ) -> None:
+        """Validate the options (documented in the class docstring)."""
         super().__init__(
             sigma=sigma,
             t=t,
@@ -363,9 +391,7 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
             dtype=dtype,
             **kwargs,
         )
-        if discrete is not None and not isinstance(discrete, bool):
-            raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")
-        self.discrete = discrete
+        self.discrete = _check_discrete(discrete)
         self.num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
         self.num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
         self.add_state("reference", default=[], dist_reduce_fx="cat")
@@ -396,7 +422,11 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         self.reference.append(ref.detach())
 
     def compute(self) -> Tensor:
-        """DSMI in bits between all accumulated embeddings and references (0-dim float64)."""
+        """DSMI in bits between all accumulated embeddings and references.
+
+        Returns:
+            0-dim float64 tensor.
+        """
         x, ref = self._gathered(self.reference)
         labels = _reference_labels(
             ref, x.shape[0], discrete=self.discrete, num_clusters=self.num_clusters, seed=self.seed
@@ -440,7 +470,11 @@ class _DiffusionProfile(_DiffusionMetricBase):
         self.groups.append(groups.reshape(n, len(self.group_names)).to(torch.long))
 
     def compute(self) -> _Profile:
-        """The profile of all accumulated samples (DSE, a DSMI per grouping, the spectrum)."""
+        """The profile of all accumulated samples (DSE, a DSMI per grouping, the spectrum).
+
+        Returns:
+            The :class:`~lightning_info.functional.dse._Profile`.
+        """
         x, groups = self._subsample(*self._gathered(self.groups))
         named = {name: groups[:, j] for j, name in enumerate(self.group_names)}
         options = self._options()

@@ -77,4 +77,5 @@ class Bandwidth(str, Enum):
     KNN = "knn"
 
     def __str__(self) -> str:
+        """Return the string value (``"median"`` or ``"knn"``), as used in messages and logs."""
         return self.value
