@@ -49,6 +49,10 @@ class _ProbeChunk:
 def target_groups(targets: Tensor, num_clusters: int, seed: int) -> tuple[Tensor, str]:
     """Group ids of probe targets for DSMI(Z;Y), and a description of how they were formed.
 
+    Returns:
+        ``(groups, description)``: (N,) long group ids (classes, bins of a scalar, or spectral
+        clusters of vector targets) and a phrase for the log.
+
     Raises:
         ValueError: for non-finite targets.
     """
@@ -124,13 +128,21 @@ class _ProbeSet:
         return tuple(r for r in self.wanted if r in self.groups)
 
     def num_groups(self, reference: str) -> int | None:
-        """Number of distinct groups of a reference (e.g. classes of ``"y"``), or None."""
+        """Number of distinct groups of a reference (e.g. classes of ``"y"``), or None.
+
+        Returns:
+            The count, or None when the reference has no group ids (not drawn, or absent).
+        """
         groups = self.groups.get(reference)
         return None if groups is None else int(groups.unique().numel())
 
     # -------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Indices, source and group ids: tensors, strings and ints only (``weights_only``)."""
+        """Indices, source and group ids: tensors, strings and ints only (``weights_only``).
+
+        Returns:
+            ``{"probe_indices", "probe_source", "probe_dataset_len", "probe_groups"}``.
+        """
         return {
             "probe_indices": self.indices,
             "probe_source": self.source,
@@ -153,7 +165,7 @@ class _ProbeSet:
         Raises:
             ValueError: if the dataset has fewer than 2 samples, or given extractors fail.
             TypeError: for an iterable-style dataset.
-        """
+        """  # noqa: DOC502 (raised by the loader lookup and the draw helpers; the monitor's contract)
         dataset = map_dataset(loader, self.owner)
         n_data = len(dataset)
         if self.indices is not None and (self.source != source or self.dataset_len != n_data):

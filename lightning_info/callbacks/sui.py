@@ -180,38 +180,17 @@ class SmoothUniqueInformation(Callback):
         image_shape: Sequence[int] | None = None,
         progress: bool = False,
     ) -> None:
+        """Validate the options (documented in the class docstring); nothing is read yet."""
         super().__init__()
         self.linearize_at = _check_choice(linearize_at, "linearize_at", ("init", "final"))
-        self.learning_rate = (
-            None if learning_rate is None else _check_positive(learning_rate, "learning_rate")
-        )
-        self.weight_decay = (
-            None
-            if weight_decay is None
-            else _check_positive(weight_decay, "weight_decay", allow_zero=True)
-        )
-        self.num_steps = _check_horizon(num_steps)
+        self._set_replay(learning_rate, weight_decay, num_steps, method, replay_max_cost)
+        self._set_linearization(ntk, full_ntk_max, params, projection_dim, chunk_size)
+        self._set_reports(dirpath, filename, top_k, image_shape, progress)
         self.noise_scale = _check_positive(noise_scale, "noise_scale")
-        self.ntk = _check_choice(ntk, "ntk", ("auto", "full", "trace"))
-        self.method = _check_choice(method, "method", ("auto", "replay", "ridge"))
-        self.params = params
-        self.projection_dim = _check_int(
-            projection_dim, "projection_dim", minimum=1, allow_none=True
-        )
-        self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
         self.loss = _check_choice(loss, "loss", ("auto", "mse", "cross_entropy"))
         self.output_fn = output_fn
         self.batch_size = int(_check_int(batch_size, "batch_size", minimum=1))
-        self.full_ntk_max = int(_check_int(full_ntk_max, "full_ntk_max", minimum=1))
-        self.replay_max_cost = _check_positive(replay_max_cost, "replay_max_cost")
         self.seed = int(_check_int(seed, "seed"))
-        self.dirpath = dirpath
-        if not isinstance(filename, str) or not filename or os.sep in filename:
-            raise ValueError(f"`filename` must be a plain file name; got {filename!r}.")
-        self.filename = filename
-        self.top_k = int(_check_int(top_k, "top_k", minimum=0))
-        self.image_shape = _check_image_shape(image_shape)
-        self.progress = bool(progress)
         self.data = ScoringData(
             dataset=dataset,
             val_dataset=val_dataset,
@@ -222,14 +201,70 @@ class SmoothUniqueInformation(Callback):
             input_fn=input_fn or default_input_fn,
             target_fn=target_fn or default_target_fn,
         )
+        self._init_fit_state()
 
+    def _set_replay(
+        self,
+        learning_rate: float | None,
+        weight_decay: float | None,
+        num_steps: Horizon,
+        method: str,
+        replay_max_cost: float,
+    ) -> None:
+        """The training run to replay: recipe overrides, horizon, method and its flop budget."""
+        self.learning_rate = (
+            None if learning_rate is None else _check_positive(learning_rate, "learning_rate")
+        )
+        self.weight_decay = (
+            None
+            if weight_decay is None
+            else _check_positive(weight_decay, "weight_decay", allow_zero=True)
+        )
+        self.num_steps = _check_horizon(num_steps)
+        self.method = _check_choice(method, "method", ("auto", "replay", "ridge"))
+        self.replay_max_cost = _check_positive(replay_max_cost, "replay_max_cost")
+
+    def _set_linearization(
+        self,
+        ntk: str,
+        full_ntk_max: int,
+        params: str | Sequence[str] | None,
+        projection_dim: int | None,
+        chunk_size: int | None,
+    ) -> None:
+        """Which NTK, of which parameters, and how the Jacobians are computed."""
+        self.ntk = _check_choice(ntk, "ntk", ("auto", "full", "trace"))
+        self.full_ntk_max = int(_check_int(full_ntk_max, "full_ntk_max", minimum=1))
+        self.params = params
+        self.projection_dim = _check_int(
+            projection_dim, "projection_dim", minimum=1, allow_none=True
+        )
+        self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
+
+    def _set_reports(
+        self,
+        dirpath: str | os.PathLike[str] | None,
+        filename: str,
+        top_k: int,
+        image_shape: Sequence[int] | None,
+        progress: bool,
+    ) -> None:
+        """Where the score file goes and what the summaries show."""
+        self.dirpath = dirpath
+        self.filename = _check_filename(filename)
+        self.top_k = int(_check_int(top_k, "top_k", minimum=0))
+        self.image_shape = _check_image_shape(image_shape)
+        self.progress = bool(progress)
+
+    def _init_fit_state(self) -> None:
+        """The state filled by the hooks: the snapshot, the recipe, the scores."""
         self.scores_: SUIScores | None = None
         self.csv_path_: Path | None = None
         self._init_params: dict[str, Tensor] | None = None
         self._init_step = 0
         self._restored = False
         self._recipe = TrainingRecipe()
-        self._output_fn = output_fn
+        self._output_fn = self.output_fn
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------------------ state
@@ -261,7 +296,11 @@ class SmoothUniqueInformation(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """The initial-weight snapshot and its step, so that a resumed run keeps them."""
+        """The initial-weight snapshot and its step, so that a resumed run keeps them.
+
+        Returns:
+            ``{"init_params": {name: tensor} or None, "init_step": int}``.
+        """
         return {"init_params": self._init_params, "init_step": self._init_step}
 
     @override
@@ -367,7 +406,7 @@ class SmoothUniqueInformation(Callback):
         Raises:
             ValueError: no dataset to score, or a training recipe without a learning rate.
             RuntimeError: under DDP, when scoring failed on rank 0.
-        """
+        """  # noqa: DOC502 (the DDP error is raised by solve_on_rank_zero; part of the contract)
         train_ds, collate = self.data.train_source(trainer, dataset)
         if train_ds is None:
             raise ValueError(
@@ -443,7 +482,11 @@ class SmoothUniqueInformation(Callback):
         x_val: Tensor | None,
         recipe: TrainingRecipe,
     ) -> tuple[UniqueInformation, str]:
-        """Kernels at the current (linearization) parameters, the plan, the engine."""
+        """Kernels at the current (linearization) parameters, the plan, the engine.
+
+        Returns:
+            ``(scores, ntk)``: the engine's result (the same on every rank) and the NTK used.
+        """
         device = next(pl_module.parameters()).device
         f0 = model_outputs(
             pl_module, x.to(device), chunk_size=self.batch_size, output_fn=self._output_fn
@@ -489,7 +532,11 @@ class SmoothUniqueInformation(Callback):
         wd: float,
         steps: int | None,
     ) -> UniqueInformation:
-        """The planned solve; the plan's notes (rescale, jitter) are warned about once."""
+        """The planned solve; the plan's notes (rescale, jitter) are warned about once.
+
+        Returns:
+            The :class:`UniqueInformation` with its plan.
+        """
         info = unique_information_with_plan(
             theta,
             theta_val,
@@ -538,12 +585,30 @@ class SmoothUniqueInformation(Callback):
 
 
 def _check_horizon(num_steps: Any) -> Horizon:
-    """``"auto"`` (also the old spelling ``"trainer"``), ``"converged"`` / None, or an int >= 1."""
+    """``"auto"`` (also the old spelling ``"trainer"``), ``"converged"`` / None, or an int >= 1.
+
+    Returns:
+        ``AUTO``, None (converged) or the number of steps.
+    """
     if num_steps in ("auto", "trainer"):
         return AUTO
     if num_steps is None or num_steps == "converged":
         return None
     return _check_int(num_steps, "num_steps", minimum=1)
+
+
+def _check_filename(filename: Any) -> str:
+    """A plain file name (no directory part).
+
+    Returns:
+        ``filename``.
+
+    Raises:
+        ValueError: for an empty name, a non-string or a path with a separator.
+    """
+    if not isinstance(filename, str) or not filename or os.sep in filename:
+        raise ValueError(f"`filename` must be a plain file name; got {filename!r}.")
+    return filename
 
 
 def _check_image_shape(image_shape: Sequence[int] | None) -> tuple[int, ...] | None:
