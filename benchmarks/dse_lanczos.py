@@ -1,8 +1,8 @@
 """Accuracy-vs-cost benchmark of the stochastic Lanczos quadrature (SLQ) DSE solver.
 
 Compares ``lightning_info.functional.lanczos._dse_lanczos`` (float32 kernel, Hutch++ deflation,
-control variate; defaults num_probes=16, num_steps=32) with the exact DSE (dense float64 kernel +
-``torch.linalg.eigvalsh``, computed here) on four data families, at sigma = c * (median pairwise
+control variate; defaults num_lanczos_probes=16, num_lanczos_steps=32) with the exact DSE (dense
+float64 kernel + ``torch.linalg.eigvalsh``, computed here) on four data families, at sigma = c * (median pairwise
 distance) for c giving flat (DSE ~ log2 N), mid and steeply decaying spectra (DSE ~ 0.5 bit):
 
 * ``uniform``: U[0, 1]^20;
@@ -213,7 +213,12 @@ def run_grid(res: dict, n: int, family: str, c: float, seeds) -> None:
                 vals, times = [], []
                 for s in seeds:
                     v, dt = timed_lanczos(
-                        xt, sigma=sigma, seed=s, num_probes=probes, num_steps=steps, **kw
+                        xt,
+                        sigma=sigma,
+                        seed=s,
+                        num_lanczos_probes=probes,
+                        num_lanczos_steps=steps,
+                        **kw,
                     )
                     vals.append(float(v) - row["exact"])
                     times.append(dt)
@@ -285,7 +290,8 @@ def render(res: dict) -> str:
         f"{torch.__version__}; exact solver with {torch.get_num_threads()} torch threads, lanczos with "
         f"{LANCZOS_THREADS} (see `timed_lanczos`); the machine was shared with other "
         "jobs (1-min load average recorded per row), so timings are noisy upper bounds.",
-        "Lanczos: `_dse_lanczos` defaults (num_probes=16, num_steps=32, float32 kernel, top "
+        "Lanczos: `_dse_lanczos` defaults (num_lanczos_probes=16, num_lanczos_steps=32, float32 "
+        "kernel, top "
         "eigenpair deflated, Hutch++ basis of 32 vectors with 1 power iteration, control variates "
         "mu and mu^2 with exact traces). Exact: dense float64 kernel + `torch.linalg.eigvalsh`. "
         "sigma = c * median pairwise distance. Error = lanczos - exact in bits (max |err| over the "
@@ -357,7 +363,7 @@ def render(res: dict) -> str:
         runs["old"] = {**res["large"], "threads": 1}
     if runs:
         lines += [
-            "## Large N (default num_probes=16, num_steps=32)",
+            "## Large N (default num_lanczos_probes=16, num_lanczos_steps=32)",
             "",
             "| N | data | sigma | DSE (bits) | log2 N | time (s) | kernel budget | torch threads | load |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -372,7 +378,8 @@ def render(res: dict) -> str:
             "",
             "Within the budget the first rows of the float32 kernel are cached; the rest are "
             "recomputed in row blocks (upper triangle only) at every product. Extra memory outside "
-            "the budget: the Lanczos basis, (num_probes + 32) x num_steps x N float64 = 0.4 GB at "
+            "the budget: the Lanczos basis, (num_lanczos_probes + 32) x num_lanczos_steps x N "
+            "float64 = 0.4 GB at "
             "N = 32,000, plus one 32 MiB row block. No exact reference at this N (a dense float64 "
             "kernel alone needs 8 GB).",
             "",

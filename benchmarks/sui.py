@@ -167,7 +167,7 @@ def _lr_for(lam_max, n_samples, frac=0.9):
     return frac * n_samples / lam_max
 
 
-def scaling(n_samples, k, *, kernel, runs, projection_dim=None, m_heldout=500):
+def scaling(n_samples, k, *, ntk, runs, projection_dim=None, m_heldout=500):
     """Build the kernels (or projected features) once, then time each (t, method, wd) run."""
     from lightning_info.functional.sui import _power_lambda_max
 
@@ -181,16 +181,14 @@ def scaling(n_samples, k, *, kernel, runs, projection_dim=None, m_heldout=500):
     y = targets_for(lt, k)
     start = time.perf_counter()
     if projection_dim is None:
-        theta = empirical_ntk(model, xt, kernel=kernel)
-        theta_star = empirical_ntk(model, xs, xt, kernel=kernel)
-        lam_max = _power_lambda_max(theta) / (k if kernel == "trace" else 1)
+        theta = empirical_ntk(model, xt, ntk=ntk)
+        theta_star = empirical_ntk(model, xs, xt, ntk=ntk)
+        lam_max = _power_lambda_max(theta) / (k if ntk == "trace" else 1)
     else:
         phi = jacobian_features(model, xt, projection_dim=projection_dim, seed=0)
         phi_star = jacobian_features(model, xs, projection_dim=projection_dim, seed=0)
-        flat = phi.double().flatten(0, 1) if kernel == "full" else phi.double().flatten(1)
-        lam_max = float(torch.linalg.eigvalsh(flat.T @ flat).max()) / (
-            k if kernel == "trace" else 1
-        )
+        flat = phi.double().flatten(0, 1) if ntk == "full" else phi.double().flatten(1)
+        lam_max = float(torch.linalg.eigvalsh(flat.T @ flat).max()) / (k if ntk == "trace" else 1)
     t_kernel = time.perf_counter() - start
     rows = []
     for t, method, wd in runs:
@@ -204,7 +202,7 @@ def scaling(n_samples, k, *, kernel, runs, projection_dim=None, m_heldout=500):
         if projection_dim is None:
             out = unique_information_from_kernels(theta, theta_star, f0, y, **kw)
         else:
-            out = unique_information_from_features(phi, phi_star, f0, y, kernel=kernel, **kw)
+            out = unique_information_from_features(phi, phi_star, f0, y, ntk=ntk, **kw)
         t_scores = time.perf_counter() - begin
         assert torch.isfinite(out.weight_si).all()
         assert torch.isfinite(out.functional_si).all()
@@ -212,7 +210,7 @@ def scaling(n_samples, k, *, kernel, runs, projection_dim=None, m_heldout=500):
             {
                 "N": n_samples,
                 "K": k,
-                "kernel": kernel,
+                "ntk": ntk,
                 "d": projection_dim or "-",
                 "t": "∞" if t is None else t,
                 "method": method,
@@ -287,7 +285,7 @@ def main():
         lines += [
             "## Our engine alone: scaling on MNIST",
             "",
-            "| N | K | kernel | projection d | t | method | wd | kernel/features (s) | scores (s) | kernel + scores (s) |",
+            "| N | K | ntk | projection d | t | method | wd | kernel/features (s) | scores (s) | kernel + scores (s) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         sizes = [500] if args.quick else [1000, 2000, 5000]
@@ -296,15 +294,15 @@ def main():
             groups = [
                 dict(
                     k=1,
-                    kernel="full",
+                    ntk="full",
                     projection_dim=d1,
-                    runs=[(None, "exact", 1e-3), (2000, "ridge", 0.0)],
+                    runs=[(None, "replay", 1e-3), (2000, "ridge", 0.0)],
                 ),
                 dict(
                     k=10,
-                    kernel="full",
+                    ntk="full",
                     projection_dim=d10,
-                    runs=[(None, "exact", 1e-3), (2000, "ridge", 0.0)],
+                    runs=[(None, "replay", 1e-3), (2000, "ridge", 0.0)],
                 ),
             ]
             if n_samples <= 2000 or args.full_5000:  # exact NTK: O(N² P) to build, O(N³) algebra
@@ -312,8 +310,8 @@ def main():
                     0,
                     dict(
                         k=1,
-                        kernel="full",
-                        runs=[(2000, "exact", 0.0), (2000, "ridge", 0.0), (None, "exact", 1e-3)],
+                        ntk="full",
+                        runs=[(2000, "replay", 0.0), (2000, "ridge", 0.0), (None, "replay", 1e-3)],
                     ),
                 )
             if n_samples <= 1000:  # exact trace kernel costs N² K P
@@ -321,14 +319,14 @@ def main():
                     1,
                     dict(
                         k=10,
-                        kernel="trace",
-                        runs=[(None, "exact", 1e-3), (2000, "ridge", 0.0), (2000, "exact", 0.0)],
+                        ntk="trace",
+                        runs=[(None, "replay", 1e-3), (2000, "ridge", 0.0), (2000, "replay", 0.0)],
                     ),
                 )
             for group in groups:
                 for row in scaling(n_samples, **group):
                     lines.append(
-                        f"| {row['N']} | {row['K']} | {row['kernel']} | {row['d']} | {row['t']} | "
+                        f"| {row['N']} | {row['K']} | {row['ntk']} | {row['d']} | {row['t']} | "
                         f"{row['method']} | {row['wd']:g} | {row['kernel_s']:.1f} | {row['scores_s']:.1f} "
                         f"| {row['total_s']:.1f} |"
                     )

@@ -61,12 +61,12 @@ def run(name, *, k, n_train, n_heldout, n_loo, hidden, steps, wd, seed=0):
     y = labels.double()[:, None] if k == 1 else torch.nn.functional.one_hot(labels, k).double()
 
     init = make_model(k, hidden, seed)
-    theta = empirical_ntk(init, x, kernel="full")
+    theta = empirical_ntk(init, x, ntk="full")
     lam_max = float(torch.linalg.eigvalsh(theta).max()) + n_train * wd
     lr = 0.5 * n_train / lam_max  # η λ_max = 0.5: stable GD
     start = time.perf_counter()
     scores = {}
-    for method in ("exact", "ridge"):
+    for method in ("replay", "ridge"):
         scores[method] = smooth_unique_information(
             init,
             x,
@@ -106,7 +106,7 @@ def run(name, *, k, n_train, n_heldout, n_loo, hidden, steps, wd, seed=0):
     # linearization quality: relative distance of the linearized and real final predictions
     lin_gap = float(
         np.median(
-            np.abs(np.array(true_f) - scores["exact"].function_change_sq[loo].numpy())
+            np.abs(np.array(true_f) - scores["replay"].function_change_sq[loo].numpy())
             / np.array(true_f)
         )
     )

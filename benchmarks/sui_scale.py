@@ -130,7 +130,7 @@ def _ntk_pair(model: nn.Module, x: torch.Tensor, kind: str, d: int | None, form:
     """The kernel (or projected features) of one section_ntk row, explicit or structured."""
     if kind == "features":
         return jacobian_features(model, x, projection_dim=d, form=form)
-    return empirical_ntk(model, x, kernel=kind, form=form)
+    return empirical_ntk(model, x, ntk=kind, form=form)
 
 
 def section_ntk(quick: bool) -> list[str]:
@@ -173,7 +173,7 @@ def sui_features(model, x, y, xs, dim: int, kernel: str, form: str = "structured
     lr = lr_for(phi, len(x), kernel)
     out, t_scores = timed(
         lambda: unique_information_from_features(
-            phi, phi_star, f0, onehot(y), kernel=kernel, learning_rate=lr, weight_decay=WEIGHT_DECAY
+            phi, phi_star, f0, onehot(y), ntk=kernel, learning_rate=lr, weight_decay=WEIGHT_DECAY
         )
     )
     assert torch.isfinite(out.weight_si).all()
@@ -217,8 +217,8 @@ def section_agreement(cases: list[tuple[str, int]], dims: list[int]) -> list[str
         f0 = model_outputs(model, x).double()
 
         def exact(x=x, y=y, f0=f0, kernel=kernel, n=n):
-            theta = empirical_ntk(model, x, kernel=kernel)
-            theta_star = empirical_ntk(model, xs, x, kernel=kernel)
+            theta = empirical_ntk(model, x, ntk=kernel)
+            theta_star = empirical_ntk(model, xs, x, ntk=kernel)
             return unique_information_from_kernels(
                 theta, theta_star, f0, onehot(y), learning_rate=1.0 / n, weight_decay=WEIGHT_DECAY
             )

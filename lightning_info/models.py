@@ -46,6 +46,7 @@ class MLPClassifier(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
+        """Build the network (arguments: see the class docstring)."""
         super().__init__()
         self.save_hyperparameters()
         layers: list[nn.Module] = []
@@ -68,7 +69,11 @@ class MLPClassifier(pl.LightningModule):
         return F.cross_entropy(logits, y)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """One training step; logs ``train_loss`` and ``train_acc`` per epoch."""
+        """One training step; logs ``train_loss`` and ``train_acc`` per epoch.
+
+        Returns:
+            The loss of the batch.
+        """
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = self._loss(logits, y)
@@ -84,7 +89,11 @@ class MLPClassifier(pl.LightningModule):
         self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The optimizer named by ``optimizer`` with ``lr`` and ``weight_decay``."""
+        """The optimizer named by ``optimizer`` with ``lr`` and ``weight_decay``.
+
+        Returns:
+            ``torch.optim.Adam``, or ``torch.optim.SGD`` (momentum 0.9 for ``"sgd_momentum"``).
+        """
         hp = self.hparams
         if hp.optimizer == "adam":
             return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)

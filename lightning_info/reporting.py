@@ -183,6 +183,9 @@ def rank_descending(scores: Tensor) -> Tensor:
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, digits: int = 4) -> str:
     """Format rows as a GitHub-flavoured Markdown table (floats rounded to ``digits``).
 
+    Returns:
+        The table as one string, a line per row after the header and separator.
+
     Example:
         >>> print(markdown_table(["a", "b"], [[1, 0.123456], ["x", 2.0]]))
         | a | b |
@@ -202,7 +205,14 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, digi
 
 
 def _as_image_batch(images: Tensor, image_shape: Sequence[int] | None) -> Tensor:
-    """Return images as (N, C, H, W) float in [0, 1] (each image min-max scaled on its own)."""
+    """Return images as (N, C, H, W) float in [0, 1] (each image min-max scaled on its own).
+
+    Returns:
+        The float32 CPU batch.
+
+    Raises:
+        ValueError: if the images cannot be read as (N, C, H, W) with C in {1, 3}.
+    """
     x = images.detach().cpu().float()
     if image_shape is not None:
         x = x.reshape(x.shape[0], *image_shape)
@@ -246,7 +256,7 @@ def image_grid(
         >>> import torch
         >>> image_grid(torch.rand(5, 64), nrow=4, image_shape=(8, 8)).shape
         torch.Size([1, 19, 37])
-    """
+    """  # noqa: DOC502 (raised by _as_image_batch; the contract)
     x = _as_image_batch(images, image_shape)
     n, c, h, w = x.shape
     ncol = max(1, min(nrow, n))
@@ -360,7 +370,11 @@ def _pyplot() -> Any:
 
 
 def _save_figure_atomic(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Save a matplotlib figure to a temporary PNG in the same directory, then move it."""
+    """Save a matplotlib figure to a temporary PNG in the same directory, then move it.
+
+    Returns:
+        The final path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)

@@ -114,7 +114,14 @@ def _data(
 def _input_layout(
     module: torch.nn.Module, inputs: torch.Tensor, image_shape: tuple[int, int], name: str
 ) -> torch.Tensor:
-    """The embedded pixels as the model takes them: flat (N, H*W) or images (N, 1, H, W)."""
+    """The embedded pixels as the model takes them: flat (N, H*W) or images (N, 1, H, W).
+
+    Returns:
+        The first layout the model accepts.
+
+    Raises:
+        ValueError: if the model accepts neither, with both errors.
+    """
     layouts = [("flat", inputs), ("image", inputs.reshape(-1, 1, *image_shape))]
     errors = []
     for kind, candidate in layouts:
@@ -136,6 +143,51 @@ def _input_layout(
         + "). Score it with your own LightningDataModule (`--datamodule`), whose batches the "
         "model takes as they are."
     )
+
+
+def _replayed_run(
+    checkpoint: dict[str, Any], linearize_at: str
+) -> tuple[dict[str, torch.Tensor] | None, str, TrainingRecipe]:
+    """The linearization point and the training recipe a checkpoint holds (notes warned).
+
+    Returns:
+        ``(initial weights or None, "init" or "final", recipe)``; the recipe counts the steps
+        since the snapshot for ``"init"``.
+
+    Raises:
+        ValueError: for ``linearize_at="init"`` without the callback's snapshot.
+    """
+    init_state, init_step = SmoothUniqueInformation.snapshot_from_checkpoint(checkpoint)
+    if linearize_at == "init" and init_state is None:
+        raise ValueError(
+            "linearize_at='init' needs the initial weights, but the checkpoint holds no "
+            "SmoothUniqueInformation snapshot (train with the callback attached, or use 'final')."
+        )
+    resolved = "init" if (linearize_at in ("auto", "init") and init_state is not None) else "final"
+    recipe = TrainingRecipe.from_checkpoint(checkpoint, init_step if resolved == "init" else 0)
+    for _, message in recipe.assumption_notes():
+        rank_zero_warn(f"lightning-info score: {message}", category=UserWarning)
+    return init_state, resolved, recipe
+
+
+def _reporting_trainer(out: Path) -> tuple[pl.Trainer, TensorBoardLogger]:
+    """A CPU trainer whose only job is to give the callback a log directory and a logger.
+
+    Returns:
+        ``(trainer, logger)``, the logger writing to ``out/tensorboard``.
+    """
+    logger = TensorBoardLogger(
+        save_dir=str(out), name="tensorboard", version="", default_hp_metric=False
+    )
+    trainer = pl.Trainer(
+        logger=logger,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+    )
+    return trainer, logger
 
 
 def score_checkpoint(
@@ -185,34 +237,15 @@ def score_checkpoint(
     Raises:
         ValueError: ``linearize_at="init"`` without a snapshot, no learning rate known, no data,
             or a checkpoint that needs ``trust_checkpoint=True``.
-    """
+    """  # noqa: DOC502 (raised by the helpers below and load_checkpoint; documented as the contract)
     checkpoint = load_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
     module = model_cls.load_from_checkpoint(
         ckpt_path, map_location="cpu", weights_only=not trust_checkpoint
     )
-    init_state, init_step = SmoothUniqueInformation.snapshot_from_checkpoint(checkpoint)
-    if linearize_at == "init" and init_state is None:
-        raise ValueError(
-            "linearize_at='init' needs the initial weights, but the checkpoint holds no "
-            "SmoothUniqueInformation snapshot (train with the callback attached, or use 'final')."
-        )
-    resolved = "init" if (linearize_at in ("auto", "init") and init_state is not None) else "final"
-    recipe = TrainingRecipe.from_checkpoint(checkpoint, init_step if resolved == "init" else 0)
-    for _, message in recipe.assumption_notes():
-        rank_zero_warn(f"lightning-info score: {message}", category=UserWarning)
+    init_state, resolved, recipe = _replayed_run(checkpoint, linearize_at)
     train_ds, val_ds = _data(module, datamodule_cls, datamodule_args, dataset)
     out = Path(out)
-    logger = TensorBoardLogger(
-        save_dir=str(out), name="tensorboard", version="", default_hp_metric=False
-    )
-    trainer = pl.Trainer(
-        logger=logger,
-        accelerator="cpu",
-        devices=1,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=str(out),
-    )
+    trainer, logger = _reporting_trainer(out)
     callback = SmoothUniqueInformation(
         linearize_at=resolved,
         max_samples=max_samples,

@@ -71,7 +71,7 @@ def ref_dsmi(
     labels: np.ndarray,
     sigma: float = 10.0,
     t: float = 1.0,
-    n_repeats: int = 5,
+    num_repeats: int = 5,
     seed: int = 0,
 ) -> float:
     """DSMI with the subsample-size trick; numpy Generator re-seeded per class (as the reference
@@ -86,7 +86,10 @@ def ref_dsmi(
         h_cond = ref_dse(x[members], sigma, t)
         rng = np.random.default_rng(seed)
         h_star = np.mean(
-            [ref_dse(x[rng.choice(n, size=n_c, replace=False)], sigma, t) for _ in range(n_repeats)]
+            [
+                ref_dse(x[rng.choice(n, size=n_c, replace=False)], sigma, t)
+                for _ in range(num_repeats)
+            ]
         )
         mi += n_c / n * (h_star - h_cond)
     return float(mi)

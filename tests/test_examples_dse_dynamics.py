@@ -130,7 +130,7 @@ def test_monitor_matches_functional_recomputation(quick):
         rec.model.eval()
         with torch.no_grad():
             z = rec.model.net[:-1](rec.probe_x)
-        clusters = cluster_reference(rec.probe_x, n_clusters=10, seed=0)
+        clusters = cluster_reference(rec.probe_x, num_clusters=10, seed=0)
         expected = {
             "dse": diffusion_spectral_entropy(z, sigma=10.0).item(),
             "dsmi_y": diffusion_spectral_mutual_information(z, rec.probe_y, sigma=10.0).item(),

@@ -61,7 +61,9 @@ CACHED_ROWS = 256
 
 def _dse_lanczos_public(x: torch.Tensor) -> torch.Tensor:
     # few probes/steps: the Lanczos basis (start vectors x steps x N float64) stays far below N^2
-    return diffusion_spectral_entropy(x, sigma=2.0, solver="lanczos", num_probes=4, num_steps=8)
+    return diffusion_spectral_entropy(
+        x, sigma=2.0, solver="lanczos", num_lanczos_probes=4, num_lanczos_steps=8
+    )
 
 
 def _x_dse() -> torch.Tensor:

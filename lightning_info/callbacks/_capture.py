@@ -29,14 +29,22 @@ class _LayerSpec:
 
 
 def _parse_layer(spec: str) -> _LayerSpec:
-    """``"net.3"`` -> output of ``net.3``; ``"net.4:input"`` -> input of ``net.4``."""
+    """``"net.3"`` -> output of ``net.3``; ``"net.4:input"`` -> input of ``net.4``.
+
+    Returns:
+        The :class:`_LayerSpec`.
+    """
     if spec.endswith(INPUT_SUFFIX):
         return _LayerSpec(spec[: -len(INPUT_SUFFIX)], "input")
     return _LayerSpec(spec, "output")
 
 
 def _first_tensor(value: Any) -> Tensor | None:
-    """The tensor itself, or the first tensor of a tuple/list/dict (e.g. an RNN's ``(out, h)``)."""
+    """The tensor itself, or the first tensor of a tuple/list/dict (e.g. an RNN's ``(out, h)``).
+
+    Returns:
+        The tensor found (depth first), or None if ``value`` holds none.
+    """
     if isinstance(value, Tensor):
         return value
     if isinstance(value, Mapping):

@@ -6,7 +6,7 @@ the group ids of each DSMI reference:
 
 * ``"y"``, the targets, grouped by what they are: class labels (integers, whole-number floats
   with at most 100 values, or one-hot rows) are classes; scalar regression targets are cut into
-  ``n_clusters`` equal-width bins; vector targets are spectrally clustered into ``n_clusters``
+  ``num_clusters`` equal-width bins; vector targets are spectrally clustered into ``num_clusters``
   groups, like the inputs. A batch without targets (self-supervised training, Lightning's
   ``BoringModel``) leaves DSMI(Z;Y) out, with a warning, unless ``target_fn`` was given.
 * ``"x"``, the flattened inputs, spectrally clustered once (DSMI(Z;X), as in the paper). Integer
@@ -46,8 +46,12 @@ class _ProbeChunk:
     groups: Tensor  # (B, R) group ids of the references, in ``_ProbeSet.references`` order
 
 
-def target_groups(targets: Tensor, n_clusters: int, seed: int) -> tuple[Tensor, str]:
+def target_groups(targets: Tensor, num_clusters: int, seed: int) -> tuple[Tensor, str]:
     """Group ids of probe targets for DSMI(Z;Y), and a description of how they were formed.
+
+    Returns:
+        ``(groups, description)``: (N,) long group ids (classes, bins of a scalar, or spectral
+        clusters of vector targets) and a phrase for the log.
 
     Raises:
         ValueError: for non-finite targets.
@@ -59,14 +63,16 @@ def target_groups(targets: Tensor, n_clusters: int, seed: int) -> tuple[Tensor, 
         y = y.argmax(1, keepdim=True)
     if y.shape[1] == 1:
         y = y[:, 0]
-        groups = _reference_labels(y, y.shape[0], discrete=None, n_clusters=n_clusters, seed=seed)
+        groups = _reference_labels(
+            y, y.shape[0], discrete=None, num_clusters=num_clusters, seed=seed
+        )
         if not y.is_floating_point() or bool((y == y.round()).all()):
             n = int(groups.unique().numel())
             if n <= 100:
                 return groups, f"class labels ({n} classes)"
-        return groups, f"scalar targets cut into {n_clusters} equal-width bins"
-    k = min(n_clusters, y.shape[0] - 1)
-    groups = cluster_reference(y.double(), n_clusters=k, seed=seed)
+        return groups, f"scalar targets cut into {num_clusters} equal-width bins"
+    k = min(num_clusters, y.shape[0] - 1)
+    groups = cluster_reference(y.double(), num_clusters=k, seed=seed)
     return (
         groups,
         f"{y.shape[1]}-dim targets in {k} spectral clusters (as the inputs for DSMI(Z;X))",
@@ -89,7 +95,7 @@ class _ProbeSet:
         target_fn: ``batch -> targets``.
         target_fn_given: whether the user passed ``target_fn`` (then a failure is an error).
         references: the wanted references, a subset of ``("y", "x")``.
-        n_clusters: bins / clusters of vector or continuous references.
+        num_clusters: bins / clusters of vector or continuous references.
     """
 
     def __init__(
@@ -103,13 +109,13 @@ class _ProbeSet:
         target_fn: Callable[[Any], Tensor],
         target_fn_given: bool,
         references: tuple[str, ...],
-        n_clusters: int,
+        num_clusters: int,
     ) -> None:
         self.owner, self.max_samples, self.seed = owner, max_samples, seed
         self.batch_size = batch_size
         self.input_fn, self.target_fn, self.target_fn_given = input_fn, target_fn, target_fn_given
         self.wanted = references
-        self.n_clusters = n_clusters
+        self.num_clusters = num_clusters
         self.indices: Tensor | None = None
         self.source: str | None = None
         self.dataset_len: int | None = None
@@ -122,13 +128,21 @@ class _ProbeSet:
         return tuple(r for r in self.wanted if r in self.groups)
 
     def num_groups(self, reference: str) -> int | None:
-        """Number of distinct groups of a reference (e.g. classes of ``"y"``), or None."""
+        """Number of distinct groups of a reference (e.g. classes of ``"y"``), or None.
+
+        Returns:
+            The count, or None when the reference has no group ids (not drawn, or absent).
+        """
         groups = self.groups.get(reference)
         return None if groups is None else int(groups.unique().numel())
 
     # -------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Indices, source and group ids: tensors, strings and ints only (``weights_only``)."""
+        """Indices, source and group ids: tensors, strings and ints only (``weights_only``).
+
+        Returns:
+            ``{"probe_indices", "probe_source", "probe_dataset_len", "probe_groups"}``.
+        """
         return {
             "probe_indices": self.indices,
             "probe_source": self.source,
@@ -151,7 +165,7 @@ class _ProbeSet:
         Raises:
             ValueError: if the dataset has fewer than 2 samples, or given extractors fail.
             TypeError: for an iterable-style dataset.
-        """
+        """  # noqa: DOC502 (raised by the loader lookup and the draw helpers; the monitor's contract)
         dataset = map_dataset(loader, self.owner)
         n_data = len(dataset)
         if self.indices is not None and (self.source != source or self.dataset_len != n_data):
@@ -193,7 +207,7 @@ class _ProbeSet:
         if "y" in self.wanted:
             targets = self._targets(batches)
             if targets is not None:
-                groups["y"], what = target_groups(targets, self.n_clusters, self.seed)
+                groups["y"], what = target_groups(targets, self.num_clusters, self.seed)
                 rank_zero_info(f"{self.owner}: DSMI(Z;Y) groups the probe targets as {what}.")
         if "x" in self.wanted:
             inputs = torch.cat([self.input_fn(b).detach().cpu().flatten(1) for b in batches])
@@ -205,8 +219,8 @@ class _ProbeSet:
                     category=UserWarning,
                 )
             else:
-                k = min(self.n_clusters, inputs.shape[0] - 1)
-                groups["x"] = cluster_reference(inputs.double(), n_clusters=k, seed=self.seed)
+                k = min(self.num_clusters, inputs.shape[0] - 1)
+                groups["x"] = cluster_reference(inputs.double(), num_clusters=k, seed=self.seed)
         return groups
 
     def _targets(self, batches: list[Any]) -> Tensor | None:

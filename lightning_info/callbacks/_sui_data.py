@@ -170,7 +170,7 @@ class ScoringData:
         Raises:
             ValueError: for an unusable dataset, targets or model output (naming the argument).
             TypeError: if the extractors return something else than tensors.
-        """
+        """  # noqa: DOC502 (the ValueErrors come from the helpers it calls; its contract)
         if dataset is None:
             return output_fn  # the trainer's loader is not known yet: checked again when scoring
         batch = self._two_samples(dataset, collate_fn)
@@ -199,7 +199,11 @@ class ScoringData:
 
 
 def _fit_val_loader(trainer: Any) -> DataLoader | None:
-    """The fit's validation loader before validation has run (Lightning sets it up lazily)."""
+    """The fit's validation loader before validation has run (Lightning sets it up lazily).
+
+    Returns:
+        The first validation loader, or None without a validation loop.
+    """
     try:
         source = trainer.fit_loop.epoch_loop.val_loop._data_source
         return first_loader(source.dataloader()) if source.is_defined() else None
@@ -215,7 +219,14 @@ def _device_of(model: nn.Module) -> torch.device:
 def _resolve_output_fn(
     model: nn.Module, x: Tensor, output_fn: Extractor | None
 ) -> Extractor | None:
-    """The given ``output_fn``; else None for a tensor output, or the default picker (noticed)."""
+    """The given ``output_fn``; else None for a tensor output, or the default picker (noticed).
+
+    Returns:
+        ``output_fn``, None, or :func:`~lightning_info.utilities.batch.default_output_fn`.
+
+    Raises:
+        ValueError: if the model's output is neither a tensor nor holds one the picker finds.
+    """
     if output_fn is not None:
         return output_fn
     with torch.no_grad(), _eval_mode(model):

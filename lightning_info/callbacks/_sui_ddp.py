@@ -58,9 +58,9 @@ def gather_features(model: nn.Module, trainer: Any, x: Tensor, jac_kw: dict[str,
 
 
 def distributed_kernels(
-    model: nn.Module, trainer: Any, x: Tensor, x_val: Tensor | None, kernel: str, jac_kw: dict
+    model: nn.Module, trainer: Any, x: Tensor, x_val: Tensor | None, ntk: str, jac_kw: dict
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Gather the sharded features on every rank; only rank 0 forms the kernels.
+    """Gather the sharded features on every rank; only rank 0 forms the NTKs (``ntk``: which).
 
     Returns:
         ``(theta, theta_val)`` on rank 0, ``(None, None)`` elsewhere.
@@ -69,8 +69,8 @@ def distributed_kernels(
     phi_val = None if x_val is None else gather_features(model, trainer, x_val, jac_kw)
     if not trainer.is_global_zero:
         return None, None
-    theta = kernel_from_features(phi, kernel=kernel)
-    theta_val = None if phi_val is None else kernel_from_features(phi_val, phi, kernel=kernel)
+    theta = kernel_from_features(phi, ntk=ntk)
+    theta_val = None if phi_val is None else kernel_from_features(phi_val, phi, ntk=ntk)
     return theta, theta_val
 
 

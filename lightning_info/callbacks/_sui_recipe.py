@@ -1,4 +1,4 @@
-"""The training recipe that smooth unique information replays, read once from a run.
+r"""The training recipe that smooth unique information replays, read once from a run.
 
 A frozen :class:`TrainingRecipe` (optimizer, learning rate, weight decay, momentum, steps taken)
 is read either from a live ``Trainer`` (the callback, at fit start and fit end) or from a saved
@@ -7,8 +7,8 @@ the learning rate and horizon of the linearized gradient descent (``docs/sui.md`
 
 * plain SGD: its learning rate for the optimizer steps taken since the linearization point's
   snapshot (``global_step`` minus the snapshot's step);
-* SGD with momentum :math:`\\beta`: the heavy-ball equivalent learning rate
-  :math:`lr/(1-\\beta)` for the same steps;
+* SGD with momentum :math:`\beta`: the heavy-ball equivalent learning rate
+  :math:`lr/(1-\beta)` for the same steps;
 * adaptive optimizers (Adam, AdamW, RMSprop, ...): their steps are not gradient-descent steps,
   so the converged solution (``num_steps=None``) is scored.
 

@@ -31,7 +31,7 @@ class SUIScores(UniqueInformation):
             output ``output > 0.5``, the MSE-on-0/1 convention of the engine).
         recipe: the training recipe that was replayed.
         linearize_at: ``"init"`` or ``"final"``: the linearization point.
-        kernel: ``"full"`` or ``"trace"``: the NTK used.
+        ntk: ``"full"`` or ``"trace"``: the NTK used.
         num_heldout: held-out samples behind functional SI.
         projection_dim: projection dimension of the Jacobians, or None.
         noise_scale: smoothing noise scale σ.
@@ -42,18 +42,18 @@ class SUIScores(UniqueInformation):
     predicted: Tensor
     recipe: TrainingRecipe | None = None
     linearize_at: str = "init"
-    kernel: str = "full"
+    ntk: str = "full"
     num_heldout: int = 0
     projection_dim: int | None = None
     noise_scale: float = 1.0
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The replayed run as a flat dict (learning rate, steps, weight decay, kernel, ...)."""
+        """The replayed run as a flat dict (learning rate, steps, weight decay, ntk, ...)."""
         plan, recipe = self.plan, self.recipe or TrainingRecipe()
         out: dict[str, Any] = {
             "linearize_at": self.linearize_at,
-            "kernel": self.kernel,
+            "ntk": self.ntk,
             "num_samples": len(self),
             "num_heldout": self.num_heldout,
             "projection_dim": self.projection_dim,

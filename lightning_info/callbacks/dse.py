@@ -126,7 +126,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
             t, solver, dtype, seed, ...) of every quantity. Default
             ``DiffusionSpectralEntropy(sigma="median")``.
         mi_metric: template :class:`DiffusionSpectralMutualInformation` for the DSMI options
-            ``n_repeats`` and ``n_clusters`` (bins / clusters of continuous or vector
+            ``num_repeats`` and ``num_clusters`` (bins / clusters of continuous or vector
             references); its kernel options must equal ``metric``'s. Default: the defaults.
         stage: ``"validate"`` (default) or ``"train"``: which dataset the probe is drawn from.
         max_samples: probe size cap, >= 2, or None for the whole dataset. Default 1000. DSE grows
@@ -171,13 +171,10 @@ class DiffusionSpectralEntropyMonitor(Callback):
         log_histogram: bool = True,
         log_key_prefix: str = "info/",
     ) -> None:
+        """Validate the options (documented in the class docstring); nothing is read yet."""
         super().__init__()
         self.layers = _check_layers(layers)
-        if isinstance(quantities, str):
-            quantities = [quantities]
-        self.quantities = tuple(_check_choice(q, "quantities", QUANTITIES) for q in quantities)
-        if not self.quantities:
-            raise ValueError(f"`quantities` must hold at least one of {QUANTITIES}; got ().")
+        self.quantities = _check_quantities(quantities)
         self.metric, self.mi_metric = _check_templates(metric, mi_metric)
         self.stage = _check_choice(stage, "stage", ("validate", "train"))
         self.max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
@@ -187,9 +184,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
         self.input_fn = input_fn if input_fn is not None else default_input_fn
         self.target_fn = target_fn if target_fn is not None else default_target_fn
         self.log_histogram = bool(log_histogram)
-        if not isinstance(log_key_prefix, str):
-            raise TypeError(f"`log_key_prefix` must be a string; got {log_key_prefix!r}.")
-        self.log_key_prefix = log_key_prefix
+        self.log_key_prefix = _check_prefix(log_key_prefix)
         self._probe = _ProbeSet(
             owner=type(self).__name__,
             max_samples=self.max_samples,
@@ -199,7 +194,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
             target_fn=self.target_fn,
             target_fn_given=target_fn is not None,
             references=tuple(REFERENCE_OF[q] for q in self.quantities if q in REFERENCE_OF),
-            n_clusters=self.mi_metric.n_clusters,
+            num_clusters=self.mi_metric.num_clusters,
         )
         # resolved at setup / train start; the probe is restored from checkpoints
         self._layer_keys: dict[str, str] = {}  # logged layer name -> layer spec
@@ -217,7 +212,11 @@ class DiffusionSpectralEntropyMonitor(Callback):
         return tuple(q for q in self.quantities if q not in REFERENCE_OF or REFERENCE_OF[q] in refs)
 
     def keys_for(self, layer: str) -> list[str]:
-        """The keys logged for one layer name, in ``quantities`` order."""
+        """The keys logged for one layer name, in ``quantities`` order.
+
+        Returns:
+            ``["{prefix}{quantity}/{layer}", ...]`` for the active quantities.
+        """
         return [f"{self.log_key_prefix}{q}/{layer}" for q in self.active_quantities]
 
     @property
@@ -241,7 +240,11 @@ class DiffusionSpectralEntropyMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """Probe indices, their source, cached reference groups and the last evaluated epoch."""
+        """Probe indices, their source, cached reference groups and the last evaluated epoch.
+
+        Returns:
+            The probe's state (tensors, strings, ints) and ``"last_epoch_done"``.
+        """
         return {**self._probe.state_dict(), "last_epoch_done": self._last_epoch_done}
 
     @override
@@ -251,6 +254,11 @@ class DiffusionSpectralEntropyMonitor(Callback):
         self._last_epoch_done = int(state_dict.get("last_epoch_done", -1))
 
     def __getstate__(self) -> dict[str, Any]:
+        """Pickle (e.g. for spawned DDP workers) without the cached probe batches.
+
+        Returns:
+            A copy of ``__dict__`` whose probe has no chunks (rebuilt at train start).
+        """
         state = self.__dict__.copy()
         probe = _ProbeSet.__new__(_ProbeSet)  # cached probe batches are rebuilt at train start
         probe.__dict__.update(self._probe.__dict__, chunks=[])
@@ -347,7 +355,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
         names = tuple(f"dsmi_{r}" for r in self._probe.references)
         options = self.metric.options()
         self._metrics = {
-            key: _DiffusionProfile(names, n_repeats=self.mi_metric.n_repeats, **options).to(
+            key: _DiffusionProfile(names, num_repeats=self.mi_metric.num_repeats, **options).to(
                 pl_module.device
             )
             for key in self._layer_keys
@@ -375,7 +383,11 @@ class DiffusionSpectralEntropyMonitor(Callback):
                 self._log(trainer, pl_module, key, profile)
 
     def _forward_probe(self, pl_module: pl.LightningModule) -> dict[str, bool]:
-        """Run the probe through the model, feed each layer's metric; ``{layer: non-finite}``."""
+        """Run the probe through the model and feed each layer's metric.
+
+        Returns:
+            ``{layer: whether its activations held NaN/inf}`` (such a layer is not fed).
+        """
         targets = {
             key: (pl_module.get_submodule(_parse_layer(spec).module_name), _parse_layer(spec).side)
             for key, spec in self._layer_keys.items()
@@ -462,6 +474,15 @@ class DiffusionSpectralEntropyMonitor(Callback):
 
 
 def _check_layers(layers: str | Sequence[str] | None) -> list[str] | None:
+    """The layer names as a list (None: the penultimate features).
+
+    Returns:
+        ``[name, ...]`` or None.
+
+    Raises:
+        TypeError: if a name is not a string.
+        ValueError: for an empty list.
+    """
     if layers is None:
         return None
     layers = [layers] if isinstance(layers, str) else list(layers)
@@ -471,6 +492,37 @@ def _check_layers(layers: str | Sequence[str] | None) -> list[str] | None:
     if not layers:
         raise ValueError("`layers` must name at least one layer, or be None; got [].")
     return layers
+
+
+def _check_quantities(quantities: str | Sequence[str]) -> tuple[str, ...]:
+    """The quantities to log, a non-empty subset of :data:`QUANTITIES` in the given order.
+
+    Returns:
+        The quantities as a tuple.
+
+    Raises:
+        ValueError: for an unknown quantity or none at all.
+    """
+    if isinstance(quantities, str):
+        quantities = [quantities]
+    checked = tuple(_check_choice(q, "quantities", QUANTITIES) for q in quantities)
+    if not checked:
+        raise ValueError(f"`quantities` must hold at least one of {QUANTITIES}; got ().")
+    return checked
+
+
+def _check_prefix(log_key_prefix: Any) -> str:
+    """The prefix of every logged key.
+
+    Returns:
+        ``log_key_prefix``.
+
+    Raises:
+        TypeError: if it is not a string.
+    """
+    if not isinstance(log_key_prefix, str):
+        raise TypeError(f"`log_key_prefix` must be a string; got {log_key_prefix!r}.")
+    return log_key_prefix
 
 
 def _check_templates(
@@ -494,7 +546,7 @@ def _check_templates(
         raise ValueError(
             "`mi_metric`'s kernel options must equal `metric`'s (DSE and DSMI of a layer share one "
             f"kernel): got {kernel} and {expected}. Set them on `metric`; `mi_metric` carries "
-            "`n_repeats` and `n_clusters`."
+            "`num_repeats` and `num_clusters`."
         )
     return metric, mi_metric
 
@@ -504,7 +556,11 @@ def _available(module: nn.Module) -> list[str]:
 
 
 def _at_train_epoch_end(trainer: pl.Trainer) -> bool:
-    """Whether the current validation run is the one at the end of a training epoch."""
+    """Whether the current validation run is the one at the end of a training epoch.
+
+    Returns:
+        True at the epoch-end validation (also when the loop state cannot be read).
+    """
     try:
         epoch_loop = trainer.fit_loop.epoch_loop
         progress = epoch_loop.batch_progress

@@ -32,7 +32,7 @@ from lightning_info.callbacks._sui_ddp import (
 )
 from lightning_info.callbacks._sui_recipe import AUTO, Horizon, TrainingRecipe, model_notes
 from lightning_info.callbacks._sui_results import SUIScores, parameters_set_to
-from lightning_info.functional.gd_plan import DEFAULT_MAX_EXACT_COST
+from lightning_info.functional.gd_plan import DEFAULT_MAX_REPLAY_COST
 from lightning_info.functional.jacobian import empirical_ntk, model_outputs
 from lightning_info.functional.sui import UniqueInformation, unique_information_with_plan
 from lightning_info.reporting import (
@@ -81,7 +81,7 @@ class SmoothUniqueInformation(Callback):
     **Samples**: the training dataset (or ``dataset=``) through a sequential loader with the
     same ``collate_fn``, a seeded subset of at most ``max_samples``, in dataset order; F-SI
     averages over at most ``max_heldout`` validation samples (NaN-free None without them).
-    ``kernel="auto"`` uses the full NK x NK kernel when N·K <= ``full_kernel_max`` (or K = 1),
+    ``ntk="auto"`` uses the full NK x NK kernel when N·K <= ``full_ntk_max`` (or K = 1),
     else the trace kernel.
 
     **Distributed**: each rank computes the Jacobian features of its shard, rank 0 solves, every
@@ -105,9 +105,10 @@ class SmoothUniqueInformation(Callback):
         num_steps: GD steps: ``"auto"`` (default, the rule above), an int, or ``"converged"``
             / None for the converged solution.
         noise_scale: σ of the smoothing noise (only rescales the scores).
-        kernel: ``"auto"``, ``"full"`` or ``"trace"``.
-        method: ``"auto"`` (exact finite horizon when its estimated cost is at most
-            ``exact_max_cost`` flops, else the ridge equivalent), ``"exact"`` or ``"ridge"``.
+        ntk: which NTK, ``"auto"``, ``"full"`` or ``"trace"``.
+        method: ``"auto"`` (the finite horizon replayed exactly when its estimated cost is at
+            most ``replay_max_cost`` flops, else the ridge equivalent), ``"replay"`` or
+            ``"ridge"``.
         params: which parameters to linearize (None = all trainable; a prefix or list of names).
         projection_dim: random-projection dimension of the Jacobians (None = exact kernel).
         chunk_size: samples per Jacobian ``vmap`` call.
@@ -118,8 +119,8 @@ class SmoothUniqueInformation(Callback):
         output_fn: maps the model's output to the (B, K) tensor to score (default: the output
             itself, a tuple's first element, or a dict's ``logits``, with a notice).
         batch_size: batch size of the scoring pass.
-        full_kernel_max: largest N·K for which ``kernel="auto"`` uses the full kernel.
-        exact_max_cost: flop budget of the exact finite-horizon solve under ``method="auto"``.
+        full_ntk_max: largest N·K for which ``ntk="auto"`` uses the full NTK.
+        replay_max_cost: flop budget of the finite-horizon replay under ``method="auto"``.
         seed: seed of the subsets and the projection (identical on every rank).
         dirpath: directory of the score file (default: ``trainer.log_dir``).
         filename: name of the score file.
@@ -144,7 +145,7 @@ class SmoothUniqueInformation(Callback):
         ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         ...     default_root_dir=__import__("tempfile").mkdtemp())
         >>> trainer.fit(model, make_loader(x, y, batch_size=10))
-        >>> len(sui.scores_), sui.scores_.settings["num_steps"], sui.scores_.settings["kernel"]
+        >>> len(sui.scores_), sui.scores_.settings["num_steps"], sui.scores_.settings["ntk"]
         (40, 8, 'full')
     """
 
@@ -160,8 +161,8 @@ class SmoothUniqueInformation(Callback):
         weight_decay: float | None = None,
         num_steps: Horizon = AUTO,
         noise_scale: float = 1.0,
-        kernel: Literal["auto", "full", "trace"] | str = "auto",
-        method: Literal["auto", "exact", "ridge"] | str = "auto",
+        ntk: Literal["auto", "full", "trace"] | str = "auto",
+        method: Literal["auto", "replay", "ridge"] | str = "auto",
         params: str | Sequence[str] | None = None,
         projection_dim: int | None = None,
         chunk_size: int | None = None,
@@ -170,8 +171,8 @@ class SmoothUniqueInformation(Callback):
         target_fn: Callable[[Any], Tensor] | None = None,
         output_fn: Callable[[Any], Tensor] | None = None,
         batch_size: int = 256,
-        full_kernel_max: int = 2000,
-        exact_max_cost: float = DEFAULT_MAX_EXACT_COST,
+        full_ntk_max: int = 2000,
+        replay_max_cost: float = DEFAULT_MAX_REPLAY_COST,
         seed: int = 0,
         dirpath: str | os.PathLike[str] | None = None,
         filename: str = "sui_scores.csv",
@@ -179,38 +180,17 @@ class SmoothUniqueInformation(Callback):
         image_shape: Sequence[int] | None = None,
         progress: bool = False,
     ) -> None:
+        """Validate the options (documented in the class docstring); nothing is read yet."""
         super().__init__()
         self.linearize_at = _check_choice(linearize_at, "linearize_at", ("init", "final"))
-        self.learning_rate = (
-            None if learning_rate is None else _check_positive(learning_rate, "learning_rate")
-        )
-        self.weight_decay = (
-            None
-            if weight_decay is None
-            else _check_positive(weight_decay, "weight_decay", allow_zero=True)
-        )
-        self.num_steps = _check_horizon(num_steps)
+        self._set_replay(learning_rate, weight_decay, num_steps, method, replay_max_cost)
+        self._set_linearization(ntk, full_ntk_max, params, projection_dim, chunk_size)
+        self._set_reports(dirpath, filename, top_k, image_shape, progress)
         self.noise_scale = _check_positive(noise_scale, "noise_scale")
-        self.kernel = _check_choice(kernel, "kernel", ("auto", "full", "trace"))
-        self.method = _check_choice(method, "method", ("auto", "exact", "ridge"))
-        self.params = params
-        self.projection_dim = _check_int(
-            projection_dim, "projection_dim", minimum=1, allow_none=True
-        )
-        self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
         self.loss = _check_choice(loss, "loss", ("auto", "mse", "cross_entropy"))
         self.output_fn = output_fn
         self.batch_size = int(_check_int(batch_size, "batch_size", minimum=1))
-        self.full_kernel_max = int(_check_int(full_kernel_max, "full_kernel_max", minimum=1))
-        self.exact_max_cost = _check_positive(exact_max_cost, "exact_max_cost")
         self.seed = int(_check_int(seed, "seed"))
-        self.dirpath = dirpath
-        if not isinstance(filename, str) or not filename or os.sep in filename:
-            raise ValueError(f"`filename` must be a plain file name; got {filename!r}.")
-        self.filename = filename
-        self.top_k = int(_check_int(top_k, "top_k", minimum=0))
-        self.image_shape = _check_image_shape(image_shape)
-        self.progress = bool(progress)
         self.data = ScoringData(
             dataset=dataset,
             val_dataset=val_dataset,
@@ -221,14 +201,70 @@ class SmoothUniqueInformation(Callback):
             input_fn=input_fn or default_input_fn,
             target_fn=target_fn or default_target_fn,
         )
+        self._init_fit_state()
 
+    def _set_replay(
+        self,
+        learning_rate: float | None,
+        weight_decay: float | None,
+        num_steps: Horizon,
+        method: str,
+        replay_max_cost: float,
+    ) -> None:
+        """The training run to replay: recipe overrides, horizon, method and its flop budget."""
+        self.learning_rate = (
+            None if learning_rate is None else _check_positive(learning_rate, "learning_rate")
+        )
+        self.weight_decay = (
+            None
+            if weight_decay is None
+            else _check_positive(weight_decay, "weight_decay", allow_zero=True)
+        )
+        self.num_steps = _check_horizon(num_steps)
+        self.method = _check_choice(method, "method", ("auto", "replay", "ridge"))
+        self.replay_max_cost = _check_positive(replay_max_cost, "replay_max_cost")
+
+    def _set_linearization(
+        self,
+        ntk: str,
+        full_ntk_max: int,
+        params: str | Sequence[str] | None,
+        projection_dim: int | None,
+        chunk_size: int | None,
+    ) -> None:
+        """Which NTK, of which parameters, and how the Jacobians are computed."""
+        self.ntk = _check_choice(ntk, "ntk", ("auto", "full", "trace"))
+        self.full_ntk_max = int(_check_int(full_ntk_max, "full_ntk_max", minimum=1))
+        self.params = params
+        self.projection_dim = _check_int(
+            projection_dim, "projection_dim", minimum=1, allow_none=True
+        )
+        self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
+
+    def _set_reports(
+        self,
+        dirpath: str | os.PathLike[str] | None,
+        filename: str,
+        top_k: int,
+        image_shape: Sequence[int] | None,
+        progress: bool,
+    ) -> None:
+        """Where the score file goes and what the summaries show."""
+        self.dirpath = dirpath
+        self.filename = _check_filename(filename)
+        self.top_k = int(_check_int(top_k, "top_k", minimum=0))
+        self.image_shape = _check_image_shape(image_shape)
+        self.progress = bool(progress)
+
+    def _init_fit_state(self) -> None:
+        """The state filled by the hooks: the snapshot, the recipe, the scores."""
         self.scores_: SUIScores | None = None
         self.csv_path_: Path | None = None
         self._init_params: dict[str, Tensor] | None = None
         self._init_step = 0
         self._restored = False
         self._recipe = TrainingRecipe()
-        self._output_fn = output_fn
+        self._output_fn = self.output_fn
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------------------ state
@@ -260,7 +296,11 @@ class SmoothUniqueInformation(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """The initial-weight snapshot and its step, so that a resumed run keeps them."""
+        """The initial-weight snapshot and its step, so that a resumed run keeps them.
+
+        Returns:
+            ``{"init_params": {name: tensor} or None, "init_step": int}``.
+        """
         return {"init_params": self._init_params, "init_step": self._init_step}
 
     @override
@@ -366,7 +406,7 @@ class SmoothUniqueInformation(Callback):
         Raises:
             ValueError: no dataset to score, or a training recipe without a learning rate.
             RuntimeError: under DDP, when scoring failed on rank 0.
-        """
+        """  # noqa: DOC502 (the DDP error is raised by solve_on_rank_zero; part of the contract)
         train_ds, collate = self.data.train_source(trainer, dataset)
         if train_ds is None:
             raise ValueError(
@@ -381,7 +421,7 @@ class SmoothUniqueInformation(Callback):
         init, linearize_at = self._linearization_point(init_state)
         predicted = self._predictions(pl_module, x)
         with parameters_set_to(pl_module, init):
-            info, kernel = self._solve(pl_module, trainer, x, y, x_val, recipe)
+            info, ntk = self._solve(pl_module, trainer, x, y, x_val, recipe)
         self.scores_ = SUIScores(
             **{f.name: getattr(info, f.name) for f in dataclasses.fields(UniqueInformation)},
             indices=positions.long(),
@@ -389,7 +429,7 @@ class SmoothUniqueInformation(Callback):
             predicted=predicted,
             recipe=recipe,
             linearize_at=linearize_at,
-            kernel=kernel,
+            ntk=ntk,
             num_heldout=0 if x_val is None else int(x_val.shape[0]),
             projection_dim=self.projection_dim,
             noise_scale=self.noise_scale,
@@ -442,15 +482,19 @@ class SmoothUniqueInformation(Callback):
         x_val: Tensor | None,
         recipe: TrainingRecipe,
     ) -> tuple[UniqueInformation, str]:
-        """Kernels at the current (linearization) parameters, the plan, the engine."""
+        """Kernels at the current (linearization) parameters, the plan, the engine.
+
+        Returns:
+            ``(scores, ntk)``: the engine's result (the same on every rank) and the NTK used.
+        """
         device = next(pl_module.parameters()).device
         f0 = model_outputs(
             pl_module, x.to(device), chunk_size=self.batch_size, output_fn=self._output_fn
         )
         n, k = f0.shape
-        kernel = self.kernel
-        if kernel == "auto":
-            kernel = "full" if n * k <= self.full_kernel_max or k == 1 else "trace"
+        ntk = self.ntk
+        if ntk == "auto":
+            ntk = "full" if n * k <= self.full_ntk_max or k == 1 else "trace"
         lr, wd, steps = recipe.replay(
             learning_rate=self.learning_rate,
             weight_decay=self.weight_decay,
@@ -458,7 +502,7 @@ class SmoothUniqueInformation(Callback):
         )
         rank_zero_info(
             f"SmoothUniqueInformation: scoring {n} samples ({0 if x_val is None else len(x_val)} "
-            f"held-out), lr={lr:g}, steps={steps}, wd={wd:g}, kernel={kernel}."
+            f"held-out), lr={lr:g}, steps={steps}, wd={wd:g}, ntk={ntk}."
         )
         jac_kw = dict(
             params=self.params,
@@ -468,17 +512,15 @@ class SmoothUniqueInformation(Callback):
             output_fn=self._output_fn,
         )
         if is_distributed(trainer):
-            theta, theta_val = distributed_kernels(pl_module, trainer, x, x_val, kernel, jac_kw)
+            theta, theta_val = distributed_kernels(pl_module, trainer, x, x_val, ntk, jac_kw)
             return solve_on_rank_zero(
                 trainer, lambda: self._engine(theta, theta_val, f0, y.to(device), lr, wd, steps)
-            ), kernel
-        theta = empirical_ntk(pl_module, x.to(device), kernel=kernel, **jac_kw)
+            ), ntk
+        theta = empirical_ntk(pl_module, x.to(device), ntk=ntk, **jac_kw)
         theta_val = None
         if x_val is not None:
-            theta_val = empirical_ntk(
-                pl_module, x_val.to(device), x.to(device), kernel=kernel, **jac_kw
-            )
-        return self._engine(theta, theta_val, f0, y.to(device), lr, wd, steps), kernel
+            theta_val = empirical_ntk(pl_module, x_val.to(device), x.to(device), ntk=ntk, **jac_kw)
+        return self._engine(theta, theta_val, f0, y.to(device), lr, wd, steps), ntk
 
     def _engine(
         self,
@@ -490,7 +532,11 @@ class SmoothUniqueInformation(Callback):
         wd: float,
         steps: int | None,
     ) -> UniqueInformation:
-        """The planned solve; the plan's notes (rescale, jitter) are warned about once."""
+        """The planned solve; the plan's notes (rescale, jitter) are warned about once.
+
+        Returns:
+            The :class:`UniqueInformation` with its plan.
+        """
         info = unique_information_with_plan(
             theta,
             theta_val,
@@ -500,7 +546,7 @@ class SmoothUniqueInformation(Callback):
             num_steps=steps,
             weight_decay=wd,
             method=self.method,
-            max_exact_cost=self.exact_max_cost,
+            max_replay_cost=self.replay_max_cost,
             noise_scale=self.noise_scale,
         )
         for kind, message in info.plan.notes:
@@ -539,12 +585,30 @@ class SmoothUniqueInformation(Callback):
 
 
 def _check_horizon(num_steps: Any) -> Horizon:
-    """``"auto"`` (also the old spelling ``"trainer"``), ``"converged"`` / None, or an int >= 1."""
+    """``"auto"`` (also the old spelling ``"trainer"``), ``"converged"`` / None, or an int >= 1.
+
+    Returns:
+        ``AUTO``, None (converged) or the number of steps.
+    """
     if num_steps in ("auto", "trainer"):
         return AUTO
     if num_steps is None or num_steps == "converged":
         return None
     return _check_int(num_steps, "num_steps", minimum=1)
+
+
+def _check_filename(filename: Any) -> str:
+    """A plain file name (no directory part).
+
+    Returns:
+        ``filename``.
+
+    Raises:
+        ValueError: for an empty name, a non-string or a path with a separator.
+    """
+    if not isinstance(filename, str) or not filename or os.sep in filename:
+        raise ValueError(f"`filename` must be a plain file name; got {filename!r}.")
+    return filename
 
 
 def _check_image_shape(image_shape: Sequence[int] | None) -> tuple[int, ...] | None:

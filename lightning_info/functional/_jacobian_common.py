@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-NTKKernel = Literal["full", "trace"]
+NTKKind = Literal["full", "trace"]
 ProjectionType = Literal["gaussian", "rademacher"]
 ParamSelection = str | Sequence[str] | None
 OutputFn = Callable[[Any], Tensor]

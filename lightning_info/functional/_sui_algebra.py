@@ -30,7 +30,7 @@ def _diag_blocks(mat: Tensor, n_samples: int, kb: int) -> Tensor:
 def _infinite(
     theta: Tensor, theta_star: Tensor | None, r: Tensor, lam: float, kb: int
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    r"""t = ∞ block-inverse closed forms (docs/sui.md §5), vectorized over samples.
+    r"""The t = ∞ block-inverse closed forms (docs/sui.md §5), vectorized over samples.
 
     Args:
         theta: (n, n) kernel :math:`\Theta` (n = N Kb).
@@ -79,7 +79,7 @@ _FEATURE_CHUNK_BYTES = 256 * 2**20
 def _features(
     phi: Tensor, phi_star: Tensor | None, r: Tensor, lam: float, kb: int
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    r"""t = ∞ closed forms in feature space (Woodbury), A = ΦΦᵀ + λI, cost linear in N.
+    r"""The t = ∞ closed forms in feature space (Woodbury), A = ΦΦᵀ + λI, cost linear in N.
 
     With :math:`C = \Phi^\top\Phi + \lambda I_d` and :math:`Z = C^{-1}\Phi^\top`:
     :math:`F r = (r - \Phi Z r)/\lambda`, :math:`F_{BB} = (I - \Phi_B Z_B)/\lambda`,

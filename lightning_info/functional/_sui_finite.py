@@ -1,4 +1,6 @@
-r"""Exact finite-horizon leave-one-out of linearized gradient descent, for all samples at once.
+r"""The finite horizon replayed exactly (SUI ``method="replay"``): leave-one-out of linearized GD.
+
+Every sample's leave-one-out run is recovered at once, without retraining.
 
 Harutyunyan et al., ICLR 2021 (arXiv:2101.06640), §3-4; the derivation is in ``docs/sui.md``
 §6.1. Notation: :math:`A = \Theta + \lambda I` (``n = N K_b`` rows), step :math:`\eta = lr/N` for
@@ -193,7 +195,7 @@ class _Eigenbasis:
         return self.delta_bar[None] + self.eta_prime * pinned, u_b
 
 
-def _finite_exact(
+def _finite_replay(
     theta: Tensor,
     theta_star: Tensor | None,
     r: Tensor,
@@ -203,7 +205,7 @@ def _finite_exact(
     t: int,
     evals_and_vectors: tuple[Tensor, Tensor],
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    r"""Exact finite-t leave-one-out scores of every sample (see the module docstring).
+    r"""Finite-t leave-one-out scores of every sample, replayed exactly (see the module docstring).
 
     Args:
         theta: (n, n) kernel :math:`\Theta`.

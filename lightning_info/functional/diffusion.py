@@ -63,6 +63,9 @@ def _mul_scaled_(t: Tensor, factor: float, exp2: int = 0) -> Tensor:
         t: floating tensor, changed in place.
         factor: finite float > 0.
         exp2: extra binary exponent (an integer; it may be far outside float64's range).
+
+    Returns:
+        ``t`` itself.
     """
     finfo = torch.finfo(t.dtype)
     mantissa, e = math.frexp(factor)  # factor = mantissa * 2**e, 0.5 <= mantissa < 1
@@ -93,10 +96,13 @@ def _mul_scaled_(t: Tensor, factor: float, exp2: int = 0) -> Tensor:
 def _scaled_centred_rows(x: Tensor) -> tuple[Tensor, int]:
     """Centred rows of ``x`` divided by a power of two, and that power's exponent.
 
-    Returns ``(y, e)`` with ``x - mean(x) = 2**e * y`` up to the rounding of the centring, and the
-    largest ``|y|`` in [0.5, 1) (``e = 0`` for constant data). ``x`` is first scaled so that its
-    largest entry is ~1 (the mean of float32 values near 3e38 would overflow), then centred, then
-    scaled again; power-of-two scalings are exact. A new tensor of ``x``'s dtype.
+    ``x`` is first scaled so that its largest entry is ~1 (the mean of float32 values near 3e38
+    would overflow), then centred, then scaled again; power-of-two scalings are exact.
+
+    Returns:
+        ``(y, e)`` with ``x - mean(x) = 2**e * y`` up to the rounding of the centring, and the
+        largest ``|y|`` in [0.5, 1) (``e = 0`` for constant data); ``y`` is a new tensor of
+        ``x``'s dtype.
     """
     exponent = 0
     x = x.clone()
@@ -151,7 +157,11 @@ _REFINE_CHUNK = 1 << 22
 
 
 def _refine_tolerance(sq_norms: Tensor) -> float:
-    """Squared distances at or below this are within the expansion's round-off (0 if none)."""
+    """Squared distances at or below this are within the expansion's round-off.
+
+    Returns:
+        ``_REFINE_ULPS`` ulps of ``2 max_i |x_i|^2`` (0 for no rows).
+    """
     biggest = float(sq_norms.amax()) if sq_norms.numel() else 0.0
     return 2.0 * biggest * _REFINE_ULPS * torch.finfo(sq_norms.dtype).eps
 
@@ -204,7 +214,7 @@ def _check_sigma(value: Any, name: str = "sigma") -> float | str:
     Raises:
         TypeError: if ``value`` is neither a number nor a string.
         ValueError: if it is a string other than the rules, or a number out of range.
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     if isinstance(value, str):  # Bandwidth members are strings too
         if str(value) not in _BANDWIDTH_RULES:
             raise ValueError(
@@ -216,14 +226,23 @@ def _check_sigma(value: Any, name: str = "sigma") -> float | str:
 
 
 def _offdiag_median(d2: Tensor) -> float:
-    """Median of the off-diagonal entries of a square matrix (the lower middle value)."""
+    """Median of the off-diagonal entries of a square matrix (the lower middle value).
+
+    Returns:
+        The median as a Python float.
+    """
     n = d2.shape[0]
     off = d2.flatten()[1:].view(n - 1, n + 1)[:, :-1]  # row i: the entries after (i, i)
     return float(off.median())
 
 
 def _median_sq_width(d2: Tensor) -> float:
-    """``sigma**2`` of the ``"median"`` rule from squared distances (0 if all rows coincide)."""
+    """``sigma**2`` of the ``"median"`` rule from squared distances.
+
+    Returns:
+        The median off-diagonal squared distance (over a seeded subset of 4096 rows above that;
+        the median of the distinct pairs when most coincide; 0 if all rows coincide).
+    """
     n = d2.shape[0]
     if n > _MEDIAN_MAX_ROWS:
         gen = torch.Generator().manual_seed(0)  # a fixed subset: sigma is a function of the data
@@ -237,7 +256,12 @@ def _median_sq_width(d2: Tensor) -> float:
 
 
 def _knn_inv_widths(d2: Tensor) -> Tensor:
-    """``1 / sigma_i`` of the ``"knn"`` rule from squared distances, (N,) (all ones if d2 = 0)."""
+    """``1 / sigma_i`` of the ``"knn"`` rule from squared distances.
+
+    Returns:
+        (N,) inverse widths (points with >= k duplicates borrow a typical width; all ones if
+        every distance is 0).
+    """
     n = d2.shape[0]
     k = min(_KNN_NEIGHBORS, n - 1)
     s2 = torch.kthvalue(d2, k + 1, dim=1).values  # k+1: the point itself is at distance 0
@@ -257,6 +281,9 @@ def _affinity_from_sq_dists(d2: Tensor, exponent: int, sigma: float | str) -> Te
     A fixed ``sigma`` is applied together with the distance scale (``_mul_scaled_``), so neither
     over/underflows in float32 on its own; the rules derive the width from ``d2`` itself, in the
     same units, so the scale cancels exactly.
+
+    Returns:
+        ``d2``, overwritten with the affinity.
     """
     if not isinstance(sigma, str):
         return _mul_scaled_(d2, 0.5 / sigma**2, 2 * exponent).neg_().exp_()
@@ -272,6 +299,9 @@ def _gaussian_affinity(x: Tensor, sigma: float | str) -> Tensor:
 
     ``exp(-d^2 / (2 sigma^2))`` for a fixed ``sigma``; see :class:`Bandwidth` for the rules.
     Duplicate rows always get affinity 1 and never NaN, whatever ``sigma`` and the data's scale.
+
+    Returns:
+        (N, N) affinity in ``x``'s dtype.
     """
     d2, exponent = _scaled_sq_dists(x)
     return _affinity_from_sq_dists(d2, exponent, sigma)
@@ -282,6 +312,9 @@ def _resolve_width(x: Tensor, sigma: float | str) -> float:
 
     Used where the kernel is applied without forming it (the Lanczos solver). The ``"knn"`` rule
     has one width per point and no global equivalent.
+
+    Returns:
+        The width in the units of ``x`` (1.0 when all rows coincide).
 
     Raises:
         ValueError: for ``sigma="knn"``.
@@ -304,22 +337,27 @@ def _resolve_width(x: Tensor, sigma: float | str) -> float:
     return math.ldexp(math.sqrt(width_sq), exponent)
 
 
-def _diffusion_kernel(x: Tensor, sigma: float | str) -> tuple[Tensor, Tensor]:
-    """Symmetric diffusion kernel and the degree vector of a validated float tensor.
+def _diffusion_kernel(x: Tensor, sigma: float | str) -> Tensor:
+    """Symmetric diffusion kernel of a validated float tensor.
 
     Returns:
-        ``(K, d)``: ``K = d^{-1/2}[:, None] * G * d^{-1/2}[None, :]`` (N, N) and ``d = G.sum(1)`` (N,).
+        ``K = d^{-1/2}[:, None] * G * d^{-1/2}[None, :]`` (N, N), with ``d = G.sum(1)``.
     """
     g = _gaussian_affinity(x, sigma)
-    d = g.sum(dim=1)
-    d_inv_sqrt = d.rsqrt()
+    d_inv_sqrt = g.sum(dim=1).rsqrt()
     # K_ij = G_ij * (s_i s_j): the outer product is exactly symmetric, so K is too.
-    kernel = g.mul_(torch.outer(d_inv_sqrt, d_inv_sqrt))  # same spectrum as D^-1 G
-    return kernel, d
+    return g.mul_(torch.outer(d_inv_sqrt, d_inv_sqrt))  # same spectrum as D^-1 G
 
 
 def _validate_embeddings(embeddings: Any, name: str = "embeddings") -> Tensor:
-    """Validate an (N, D) array of finite numbers and return it as a floating tensor."""
+    """Validate an (N, D) array of finite numbers and return it as a floating tensor.
+
+    Returns:
+        The tensor (integers become float64).
+
+    Raises:
+        ValueError: if it is not 2-D, holds NaN/inf or has fewer than 2 rows.
+    """
     x = _as_tensor(embeddings, name)
     _check_ndim(x, name, (2,), "2-D (N, D)")
     if not x.is_floating_point():
@@ -368,7 +406,7 @@ def gaussian_affinity(
         >>> g = gaussian_affinity(x, sigma=5.0)
         >>> round(g[0, 1].item(), 4)  # exp(-25 / 50)
         0.6065
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     sigma = _check_sigma(sigma)
     work_dtype = _resolve_dtype(dtype, torch.float64)
     x = _validate_embeddings(embeddings).to(work_dtype)
@@ -422,8 +460,8 @@ def diffusion_kernel(
         >>> k = diffusion_kernel(x, sigma=1.0)
         >>> round(torch.linalg.eigvalsh(k).max().item(), 4)
         1.0
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     sigma = _check_sigma(sigma)
     work_dtype = _resolve_dtype(dtype, torch.float64)
     x = _validate_embeddings(embeddings).to(work_dtype)
-    return _diffusion_kernel(x, sigma)[0]
+    return _diffusion_kernel(x, sigma)

@@ -72,6 +72,9 @@ def _dse_update(embeddings: Any, name: str = "embeddings") -> Tensor:
 
     Checks: array of numbers, 2-D (N, D), all finite. Integer input becomes float64.
     The sample count is not checked here (a batch may hold a single row).
+
+    Returns:
+        The (N, D) floating tensor.
     """
     x = _as_tensor(embeddings, name)
     _check_ndim(x, name, (2,), "2-D (N, D)")
@@ -87,7 +90,15 @@ def _check_num_samples(x: Tensor, name: str = "embeddings") -> None:
 
 
 def _check_t(t: Any) -> float:
-    """Return the diffusion time as float after checking it is a finite number >= 1."""
+    """Return the diffusion time as float after checking it is a finite number >= 1.
+
+    Returns:
+        ``float(t)``.
+
+    Raises:
+        TypeError: if ``t`` is not a number (bools are rejected).
+        ValueError: if it is not finite or < 1.
+    """
     if isinstance(t, bool) or (not isinstance(t, (int, float)) and not hasattr(t, "__float__")):
         raise TypeError(f"`t` must be a number >= 1; got {type(t).__name__} {t!r}.")
     value = float(t)
@@ -97,20 +108,30 @@ def _check_t(t: Any) -> float:
 
 
 def _check_dse_options(
-    sigma: Any, t: Any, dtype: Any, solver: Any, num_probes: Any, num_steps: Any, seed: Any
+    sigma: Any,
+    t: Any,
+    dtype: Any,
+    solver: Any,
+    num_lanczos_probes: Any,
+    num_lanczos_steps: Any,
+    seed: Any,
 ) -> tuple[float, float, torch.dtype, str, int, int, int]:
     sigma = _check_sigma(sigma)
     t = _check_t(t)
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
     solver = _check_choice(solver, "solver", _SOLVERS)
-    num_probes = _check_int(num_probes, "num_probes", minimum=1)
-    num_steps = _check_int(num_steps, "num_steps", minimum=1)
+    num_lanczos_probes = _check_int(num_lanczos_probes, "num_lanczos_probes", minimum=1)
+    num_lanczos_steps = _check_int(num_lanczos_steps, "num_lanczos_steps", minimum=1)
     seed = _check_int(seed, "seed")
-    return sigma, t, work_dtype, solver, num_probes, num_steps, seed
+    return sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
 
 
 def _subsample_indices(n: int, max_samples: int | None, seed: int) -> Tensor | None:
-    """Indices of a seeded uniform subsample of size ``max_samples`` (None if no subsampling)."""
+    """Indices of a seeded uniform subsample of size ``max_samples``.
+
+    Returns:
+        (max_samples,) int64 indices, or None when N <= ``max_samples`` (no subsampling).
+    """
     if max_samples is None or n <= max_samples:
         return None
     generator = torch.Generator().manual_seed(seed)
@@ -121,7 +142,11 @@ def _subsample_indices(n: int, max_samples: int | None, seed: int) -> Tensor | N
 # pure cores
 # --------------------------------------------------------------------------------------------
 def _spectral_entropy_bits(eigvals: Tensor, t: float) -> Tensor:
-    r"""Entropy in bits of :math:`p_i = |\lambda_i|^t / \sum_j |\lambda_j|^t` (0 log 0 := 0), float64."""
+    r"""Entropy in bits of :math:`p_i = |\lambda_i|^t / \sum_j |\lambda_j|^t` (0 log 0 := 0).
+
+    Returns:
+        0-dim float64 tensor.
+    """
     a = eigvals.to(torch.float64).abs().pow(t)
     p = a / a.sum()
     return torch.special.entr(p).sum() / _LN2
@@ -137,6 +162,9 @@ def _exact_eigvals(x: Tensor, sigma: float | str, dtype: torch.dtype) -> Tensor:
     absolute eigenvalue error then scales with :math:`\lambda_2` instead of 1, which keeps float32
     accurate on nearly rank-one kernels. The computed eigenvalue closest to 0 is replaced by the
     exact 1 (see :func:`_affinity_eigvals`).
+
+    Returns:
+        (N,) float64 eigenvalues.
     """
     return _affinity_eigvals(_gaussian_affinity(x.to(_build_dtype(x)), sigma)[None], dtype)[0]
 
@@ -152,6 +180,9 @@ def _affinity_eigvals(g: Tensor, dtype: torch.dtype) -> Tensor:
     product of :math:`d^{-1/2}`, so K is exactly symmetric), exact in-place deflation of the
     Perron pair, one batched ``eigvalsh`` in ``dtype``, the eigenvalue closest to 0 replaced by
     the exact 1. Used for single kernels (:func:`_exact_eigvals`) and DSMI's subsets alike.
+
+    Returns:
+        (B, n) float64 eigenvalues.
     """
     d = g.sum(dim=-1)
     s = d.rsqrt()
@@ -166,7 +197,11 @@ def _affinity_eigvals(g: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _uses_lanczos(solver: str, n: int) -> bool:
-    """Whether a validated ``solver`` choice runs stochastic Lanczos on ``n`` rows."""
+    """Whether a validated ``solver`` choice runs stochastic Lanczos on ``n`` rows.
+
+    Returns:
+        True for ``"lanczos"`` from 1024 rows on and for ``"auto"`` above 4096 rows.
+    """
     return (solver == "lanczos" and n >= _LANCZOS_MIN_N) or (
         solver == "auto" and n > _AUTO_EXACT_MAX_N
     )
@@ -179,11 +214,15 @@ def _dse_compute(
     t: float = 1,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
     seed: int = 0,
 ) -> Tensor:
-    """DSE in bits of an already validated floating (N, D) tensor, N >= 2 (0-dim float64)."""
+    """DSE in bits of an already validated floating (N, D) tensor, N >= 2.
+
+    Returns:
+        0-dim float64 tensor (the Lanczos solver returns the working dtype).
+    """
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
     solver = _check_choice(solver, "solver", _SOLVERS)
     n = x.shape[0]
@@ -196,8 +235,8 @@ def _dse_compute(
             x,
             sigma=_resolve_width(x, sigma),
             t=t,
-            num_probes=num_probes,
-            num_steps=num_steps,
+            num_lanczos_probes=num_lanczos_probes,
+            num_lanczos_steps=num_lanczos_steps,
             seed=seed,
             dtype=work_dtype,
         )
@@ -210,18 +249,18 @@ def _dsmi_compute(
     *,
     sigma: float | str = 10.0,
     t: float = 1,
-    n_repeats: int = 5,
+    num_repeats: int = 5,
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
     affinity: Tensor | None = None,
 ) -> Tensor:
     r"""DSMI in bits of a validated (N, D) float tensor and (N,) group ids (0-dim float64).
 
     For each group c with :math:`n_c` members: :math:`S_D(Z \mid B=c)` on the members and
-    :math:`\mathbb{E}[S_D(Z^*_c)]` as the mean DSE of ``n_repeats`` uniform random subsets of size
+    :math:`\mathbb{E}[S_D(Z^*_c)]` as the mean DSE of ``num_repeats`` uniform random subsets of size
     :math:`n_c` drawn (without replacement) from all N rows by one local generator seeded with
     ``seed``. Groups of one sample contribute 0; a group holding every sample contributes 0 exactly
     (its random subsets are the whole set).
@@ -229,17 +268,25 @@ def _dsmi_compute(
     ``affinity``: the (N, N) Gaussian affinity of ``x`` at ``sigma``, when the caller already
     has it (see :func:`_information_profile`); it is only read. Without it, it is computed here
     (exact solver) or not formed at all (Lanczos).
+
+    Returns:
+        0-dim float64 tensor, bits.
     """
     n = x.shape[0]
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     generator = torch.Generator().manual_seed(seed)
     inverse = inverse.to(x.device)
     options = dict(
-        sigma=sigma, t=t, dtype=dtype, solver=solver, num_probes=num_probes, num_steps=num_steps
+        sigma=sigma,
+        t=t,
+        dtype=dtype,
+        solver=solver,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
     )
     # When N rows are solved exactly, so is every subset: the affinity of a subset is the
     # sub-block of the affinity of all rows, so the pairwise distances are computed once and the
-    # n_repeats equal-size random subsets of a group share one batched eigensolve.
+    # num_repeats equal-size random subsets of a group share one batched eigensolve.
     shared = not _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), n)
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
     if shared and affinity is None:
@@ -264,13 +311,26 @@ def _dsmi_compute(
         sub_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         members = (inverse == group).nonzero().flatten()
         h_cond = entropies([members], [sub_seed])[0]
-        subsets, seeds = [], []
-        for _ in range(n_repeats):
-            subsets.append(torch.randperm(n, generator=generator)[:n_c].to(x.device))
-            seeds.append(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        subsets, seeds = _random_subsets(n, n_c, num_repeats, generator, x.device)
         h_star = entropies(subsets, seeds).sum()
-        mi = mi + (n_c / n) * (h_star / n_repeats - h_cond)
+        mi = mi + (n_c / n) * (h_star / num_repeats - h_cond)
     return mi
+
+
+def _random_subsets(
+    n: int, size: int, num_repeats: int, generator: torch.Generator, device: torch.device
+) -> tuple[list[Tensor], list[int]]:
+    r"""The subsets :math:`Z^*_c` of one group: uniform, without replacement, from all N rows.
+
+    Returns:
+        ``(subsets, seeds)``: ``num_repeats`` (size,) index tensors on ``device`` and a seed
+        for each (its Lanczos probes), drawn alternately from ``generator``.
+    """
+    subsets, seeds = [], []
+    for _ in range(num_repeats):
+        subsets.append(torch.randperm(n, generator=generator)[:size].to(device))
+        seeds.append(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    return subsets, seeds
 
 
 @dataclass
@@ -298,12 +358,12 @@ def _information_profile(
     *,
     sigma: float | str = 10.0,
     t: float = 1,
-    n_repeats: int = 5,
+    num_repeats: int = 5,
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
 ) -> _Profile:
     """DSE and the DSMI with each grouping of one validated (N, D) tensor, sharing the work.
 
@@ -316,12 +376,17 @@ def _information_profile(
         A :class:`_Profile`.
     """
     options = dict(
-        sigma=sigma, t=t, dtype=dtype, solver=solver, num_probes=num_probes, num_steps=num_steps
+        sigma=sigma,
+        t=t,
+        dtype=dtype,
+        solver=solver,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
     )
     if _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), x.shape[0]):
         dse = _dse_compute(x, seed=seed, **options)
         mi = {
-            k: _dsmi_compute(x, g, n_repeats=n_repeats, seed=seed, **options)
+            k: _dsmi_compute(x, g, num_repeats=num_repeats, seed=seed, **options)
             for k, g in groups.items()
         }
         return _Profile(dse, mi, None, None)
@@ -329,7 +394,7 @@ def _information_profile(
     median_affinity = _offdiag_median(affinity)
     eigvals = _affinity_eigvals(affinity.clone()[None], _resolve_dtype(dtype, _DEFAULT_DTYPE))[0]
     mi = {
-        k: _dsmi_compute(x, g, n_repeats=n_repeats, seed=seed, affinity=affinity, **options)
+        k: _dsmi_compute(x, g, num_repeats=num_repeats, seed=seed, affinity=affinity, **options)
         for k, g in groups.items()
     }
     return _Profile(_spectral_entropy_bits(eigvals, t), mi, eigvals, median_affinity)
@@ -339,7 +404,11 @@ def _information_profile(
 # reference (B) handling
 # --------------------------------------------------------------------------------------------
 def _infer_discrete(y: Tensor) -> bool:
-    """The ``discrete=None`` rule for a 1-D reference (see the DSMI docstring)."""
+    """The ``discrete=None`` rule for a 1-D reference (see the DSMI docstring).
+
+    Returns:
+        True for integer/bool dtypes, or whole-number floats with at most 100 distinct values.
+    """
     if not y.is_floating_point():
         return True
     if not bool((y == y.round()).all()):
@@ -347,11 +416,14 @@ def _infer_discrete(y: Tensor) -> bool:
     return int(torch.unique(y).numel()) <= _MAX_INFERRED_CLASSES
 
 
-def _bin_scalar(y: Tensor, n_bins: int) -> Tensor:
-    """Min-max scale to [0, 1] and cut into ``n_bins`` equal-width bins -> ids 0..n_bins-1.
+def _bin_scalar(y: Tensor, num_bins: int) -> Tensor:
+    """Min-max scale to [0, 1] and cut into ``num_bins`` equal-width bins -> ids 0..num_bins-1.
 
-    Same as the reference's ``np.digitize(scaled, np.linspace(0, 1, n_bins + 1)[:-1]) - 1``
+    Same as the reference's ``np.digitize(scaled, np.linspace(0, 1, num_bins + 1)[:-1]) - 1``
     (left-closed bins; the maximum falls into the last bin).
+
+    Returns:
+        (N,) int64 bin ids (all 0, with a warning, for a constant reference).
     """
     y = y.to(torch.float64)
     lo, hi = y.min(), y.max()
@@ -364,20 +436,20 @@ def _bin_scalar(y: Tensor, n_bins: int) -> Tensor:
         )
         return torch.zeros(y.shape, dtype=torch.long, device=y.device)
     scaled = (y - lo) / (hi - lo)
-    edges = torch.arange(n_bins, dtype=torch.float64, device=y.device) * (1.0 / n_bins)
+    edges = torch.arange(num_bins, dtype=torch.float64, device=y.device) * (1.0 / num_bins)
     return torch.bucketize(scaled, edges, right=True) - 1
 
 
 def cluster_reference(
-    reference: Any, *, n_clusters: int = 10, seed: int = 0, n_neighbors: int = 10
+    reference: Any, *, num_clusters: int = 10, seed: int = 0, num_neighbors: int = 10
 ) -> Tensor:
     r"""Cluster reference vectors (e.g. flattened inputs) into groups for DSMI.
 
     Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. III: a vector-valued :math:`B` (such as the input
     images for :math:`I(Z;X)`) is discretised by spectral clustering before the conditional DSEs
-    are taken. As the reference, this runs ``sklearn.cluster.SpectralClustering(n_clusters,
-    affinity="nearest_neighbors", n_neighbors=n_neighbors, assign_labels="cluster_qr",
-    random_state=seed)`` on float64 CPU copies of the vectors; ``n_neighbors`` is capped at
+    are taken. As the reference, this runs ``sklearn.cluster.SpectralClustering(n_clusters=num_clusters,
+    affinity="nearest_neighbors", n_neighbors=num_neighbors, assign_labels="cluster_qr",
+    random_state=seed)`` on float64 CPU copies of the vectors; ``num_neighbors`` is capped at
     N - 1 for small N. Compute it once and pass the result as ``clusters=`` to
     :func:`diffusion_spectral_mutual_information` at every epoch.
 
@@ -387,47 +459,47 @@ def cluster_reference(
 
     Args:
         reference: (N,) or (N, D') tensor or numpy array of finite numbers, N >= 2.
-        n_clusters: number of groups k, 2 <= k < N. Default 10 (the reference's).
+        num_clusters: number of groups k, 2 <= k < N. Default 10 (the reference's).
         seed: ``random_state`` of the clustering (no global RNG is touched).
-        n_neighbors: neighbours of the kNN affinity graph, >= 1 (capped at N - 1). Default 10.
+        num_neighbors: neighbours of the kNN affinity graph, >= 1 (capped at N - 1). Default 10.
 
     Returns:
-        (N,) ``torch.long`` tensor of group ids in ``[0, n_clusters)`` on the reference's device.
+        (N,) ``torch.long`` tensor of group ids in ``[0, num_clusters)`` on the reference's device.
 
     Raises:
         TypeError: if ``reference`` is not array-like numbers or an integer option is not an int.
         ValueError: if ``reference`` is not 1-D/2-D, has fewer than 2 rows or non-finite values,
-            or ``n_clusters`` is outside ``[2, N - 1]``.
+            or ``num_clusters`` is outside ``[2, N - 1]``.
 
     Example:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> b = torch.cat([torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g) + 20])
-        >>> c = cluster_reference(b, n_clusters=2)
+        >>> c = cluster_reference(b, num_clusters=2)
         >>> (c[:20] == c[0]).all().item(), (c[20:] == c[20]).all().item(), (c[0] != c[20]).item()
         (True, True, True)
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     y = _as_tensor(reference, "reference")
     _check_ndim(y, "reference", (1, 2), "1-D (N,) or 2-D (N, D')")
     _check_finite(y, "reference")
     n = y.shape[0]
     if n < 2:
         raise ValueError(f"`reference` must have at least 2 samples (rows); got {n}.")
-    n_clusters = _check_int(n_clusters, "n_clusters", minimum=2)
-    if n_clusters >= n:
+    num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
+    if num_clusters >= n:
         raise ValueError(
-            f"`n_clusters` must be < the number of samples ({n}) for spectral clustering; "
-            f"got {n_clusters}."
+            f"`num_clusters` must be < the number of samples ({n}) for spectral clustering; "
+            f"got {num_clusters}."
         )
     seed = _check_int(seed, "seed")
-    n_neighbors = _check_int(n_neighbors, "n_neighbors", minimum=1)
+    num_neighbors = _check_int(num_neighbors, "num_neighbors", minimum=1)
     from sklearn.cluster import SpectralClustering
 
     data = y.detach().to("cpu", torch.float64).reshape(n, -1).numpy()
     model = SpectralClustering(
-        n_clusters=n_clusters,
+        n_clusters=num_clusters,
         affinity="nearest_neighbors",
-        n_neighbors=min(n_neighbors, n - 1),
+        n_neighbors=min(num_neighbors, n - 1),
         assign_labels="cluster_qr",
         random_state=seed,
     )
@@ -437,6 +509,20 @@ def cluster_reference(
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
         labels = model.fit(data).labels_
     return torch.as_tensor(labels, dtype=torch.long, device=y.device)
+
+
+def _check_discrete(discrete: Any) -> bool | None:
+    """The ``discrete`` option: None (infer), True or False.
+
+    Returns:
+        ``discrete``.
+
+    Raises:
+        TypeError: for any other value.
+    """
+    if discrete is not None and not isinstance(discrete, bool):
+        raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")
+    return discrete
 
 
 def _validate_clusters(clusters: Any, n: int) -> Tensor:
@@ -457,17 +543,21 @@ def _reference_labels(
     n: int,
     *,
     discrete: bool | None,
-    n_clusters: int,
+    num_clusters: int,
     seed: int,
     clusters: Any = None,
 ) -> Tensor:
     """Turn the DSMI/CSMI ``reference`` (or given ``clusters``) into (N,) long group ids.
 
-    Raises the errors documented in :func:`diffusion_spectral_mutual_information`.
+    Returns:
+        (N,) int64 group ids.
+
+    Raises:
+        ValueError: (and TypeError, from the checks) as documented in
+            :func:`diffusion_spectral_mutual_information`.
     """
-    if discrete is not None and not isinstance(discrete, bool):
-        raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")
-    n_clusters = _check_int(n_clusters, "n_clusters", minimum=2)
+    _check_discrete(discrete)
+    num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
     if clusters is not None:
         return _validate_clusters(clusters, n)
     if reference is None:
@@ -487,12 +577,12 @@ def _reference_labels(
             raise ValueError(
                 f"`discrete=True` needs a 1-D reference of class labels; got shape {tuple(y.shape)}."
             )
-        return cluster_reference(y, n_clusters=n_clusters, seed=seed)
+        return cluster_reference(y, num_clusters=num_clusters, seed=seed)
     if discrete is None:
         discrete = _infer_discrete(y)
     if discrete:
         return torch.unique(y, return_inverse=True)[1].to(torch.long)
-    return _bin_scalar(y, n_clusters)
+    return _bin_scalar(y, num_clusters)
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,8 +597,8 @@ def diffusion_spectral_entropy(
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
 ) -> Tensor:
     r"""Compute the diffusion spectral entropy (DSE) of a set of embeddings, in bits.
 
@@ -564,8 +654,8 @@ def diffusion_spectral_entropy(
             ``"lanczos"`` (stochastic Lanczos quadrature, approximate; below N = 1024, where it
             is unreliable on nearly rank-deficient kernels and exact costs under a second, the
             exact spectrum is used) or ``"auto"`` (exact for N <= 4096, Lanczos above). Also accepts :class:`~lightning_info.utilities.enums.EigenSolver`.
-        num_probes: Lanczos only: number of random probe vectors, >= 1.
-        num_steps: Lanczos only: Lanczos iterations per probe, >= 1.
+        num_lanczos_probes: Lanczos only: number of random probe vectors, >= 1.
+        num_lanczos_steps: Lanczos only: Lanczos iterations per probe, >= 1.
 
     Returns:
         0-dim float64 tensor on the input's device: the entropy in bits, in ``[0, log2 N]``.
@@ -576,8 +666,8 @@ def diffusion_spectral_entropy(
         ValueError: if ``embeddings`` is not 2-D, has fewer than 2 rows or NaN/inf values;
             ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows), an unknown rule, or
             ``"knn"`` with the Lanczos solver; ``t < 1``; ``max_samples < 2``;
-            ``num_probes``/``num_steps`` < 1; an unknown ``solver``; a ``dtype`` other than
-            float32/float64.
+            ``num_lanczos_probes``/``num_lanczos_steps`` < 1; an unknown ``solver``; a ``dtype``
+            other than float32/float64.
 
     Example:
         >>> import torch
@@ -586,11 +676,11 @@ def diffusion_spectral_entropy(
         >>> z = centers.repeat_interleave(25, dim=0) + 0.01 * torch.randn(100, 8, generator=g)
         >>> round(diffusion_spectral_entropy(z).item(), 3)  # log2(4): four tight clusters
         2.0
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     x = _dse_update(embeddings)
     _check_num_samples(x)
-    sigma, t, work_dtype, solver, num_probes, num_steps, seed = _check_dse_options(
-        sigma, t, dtype, solver, num_probes, num_steps, seed
+    sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed = _check_dse_options(
+        sigma, t, dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
     )
     max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
     idx = _subsample_indices(x.shape[0], max_samples, seed)
@@ -602,8 +692,8 @@ def diffusion_spectral_entropy(
         t=t,
         dtype=work_dtype,
         solver=solver,
-        num_probes=num_probes,
-        num_steps=num_steps,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
         seed=seed,
     )
 
@@ -615,22 +705,22 @@ def diffusion_spectral_mutual_information(
     sigma: float | str = 10.0,
     t: float = 1,
     discrete: bool | None = None,
-    n_clusters: int = 10,
-    n_repeats: int = 5,
+    num_clusters: int = 10,
+    num_repeats: int = 5,
     seed: int = 0,
     clusters: Any = None,
     max_samples: int | None = None,
     dtype: torch.dtype | str | None = None,
     solver: str | EigenSolver = "exact",
-    num_probes: int = 16,
-    num_steps: int = 32,
+    num_lanczos_probes: int = 16,
+    num_lanczos_steps: int = 32,
 ) -> Tensor:
     r"""Compute the diffusion spectral mutual information (DSMI) between embeddings and a reference.
 
     Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. III: :math:`I_D(Z;B) = S_D(Z) - S_D(Z \mid B)`
     with :math:`S_D(Z \mid B) = \sum_c p(c)\, S_D(Z \mid B = c)`, where, as in the authors'
     reference, :math:`S_D(Z)` is estimated at each group's own size :math:`n_c` (DSE grows with
-    sample size) by averaging over ``n_repeats`` random subsets :math:`Z^*_c` of all N rows:
+    sample size) by averaging over ``num_repeats`` random subsets :math:`Z^*_c` of all N rows:
 
     .. math::
 
@@ -639,9 +729,9 @@ def diffusion_spectral_mutual_information(
     ``reference`` (:math:`B`) is turned into groups as follows (``clusters`` overrides it):
 
     * 2-D (N, D') with D' > 1 (e.g. flattened inputs): :func:`cluster_reference` into
-      ``n_clusters`` groups (spectral clustering, as the reference). Cache it with ``clusters=``.
+      ``num_clusters`` groups (spectral clustering, as the reference). Cache it with ``clusters=``.
     * 1-D (N,) or (N, 1), discrete: each distinct value is a class.
-    * 1-D, continuous: min-max scaled to [0, 1] and cut into ``n_clusters`` equal-width bins
+    * 1-D, continuous: min-max scaled to [0, 1] and cut into ``num_clusters`` equal-width bins
       (as the reference; outlier-sensitive). A constant reference warns and gives 0.
     * ``discrete=None`` (default) infers *discrete* if the dtype is integer or bool, **or** if
       the values are floats that are all whole numbers with at most 100 distinct values (so
@@ -664,9 +754,9 @@ def diffusion_spectral_mutual_information(
             and used for every group and random subset.
         t: diffusion time, >= 1. Default 1.
         discrete: whether a 1-D reference holds class labels (None: infer, see above).
-        n_clusters: number of bins (scalar reference) or spectral clusters (vector reference),
+        num_clusters: number of bins (scalar reference) or spectral clusters (vector reference),
             >= 2. Default 10.
-        n_repeats: random subsets per group for :math:`\mathbb{E}[S_D(Z^*_c)]`, >= 1. Default 5.
+        num_repeats: random subsets per group for :math:`\mathbb{E}[S_D(Z^*_c)]`, >= 1. Default 5.
         seed: seed of the local generator (subsets, subsampling) and of the clustering.
         clusters: optional precomputed (N,) integer group ids (e.g. from
             :func:`cluster_reference`); when given, ``reference`` is not used.
@@ -675,8 +765,8 @@ def diffusion_spectral_mutual_information(
         dtype: eigensolve precision, ``torch.float64`` (default) or ``torch.float32``.
         solver: ``"exact"`` (default), ``"lanczos"`` or ``"auto"``, as in
             :func:`diffusion_spectral_entropy` (applied to every group-size DSE).
-        num_probes: Lanczos only, >= 1.
-        num_steps: Lanczos only, >= 1.
+        num_lanczos_probes: Lanczos only, >= 1.
+        num_lanczos_steps: Lanczos only, >= 1.
 
     Returns:
         0-dim float64 tensor on the embeddings' device: mutual information in bits, at most
@@ -687,8 +777,8 @@ def diffusion_spectral_mutual_information(
         ValueError: if ``embeddings`` is not 2-D or has fewer than 2 rows; NaN/inf in
             ``embeddings`` or ``reference``; ``reference``/``clusters`` of the wrong rank or a
             different length; ``discrete=True`` with a vector reference; ``reference`` None
-            without ``clusters``; ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows); ``t < 1``; ``n_clusters < 2`` (or > N when
-            clustering); ``n_repeats < 1``; ``max_samples < 2``; unknown ``solver``; bad ``dtype``.
+            without ``clusters``; ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows); ``t < 1``; ``num_clusters < 2`` (or > N when
+            clustering); ``num_repeats < 1``; ``max_samples < 2``; unknown ``solver``; bad ``dtype``.
 
     Example:
         >>> import torch
@@ -697,19 +787,19 @@ def diffusion_spectral_mutual_information(
         >>> z = 100.0 * torch.eye(4, 8)[y] + 0.01 * torch.randn(100, 8, generator=g)
         >>> round(diffusion_spectral_mutual_information(z, y).item(), 2)  # log2(4) - 0
         2.0
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     x = _dse_update(embeddings)
     _check_num_samples(x)
-    sigma, t, work_dtype, solver, num_probes, num_steps, seed = _check_dse_options(
-        sigma, t, dtype, solver, num_probes, num_steps, seed
+    sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed = _check_dse_options(
+        sigma, t, dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
     )
-    n_repeats = _check_int(n_repeats, "n_repeats", minimum=1)
+    num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
     max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
     labels = _reference_labels(
         reference,
         x.shape[0],
         discrete=discrete,
-        n_clusters=n_clusters,
+        num_clusters=num_clusters,
         seed=seed,
         clusters=clusters,
     )
@@ -721,10 +811,10 @@ def diffusion_spectral_mutual_information(
         labels,
         sigma=sigma,
         t=t,
-        n_repeats=n_repeats,
+        num_repeats=num_repeats,
         seed=seed,
         dtype=work_dtype,
         solver=solver,
-        num_probes=num_probes,
-        num_steps=num_steps,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
     )

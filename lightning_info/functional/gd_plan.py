@@ -12,9 +12,10 @@ the closed forms; :func:`plan_gradient_descent` takes all of them, so the
    often runs at the edge of stability, beyond that limit for the linearized model; then the
    learning rate is lowered to 0.9 of the limit and the steps raised to keep the optimization
    time :math:`lr \cdot t`, with a note.
-2. **Finite-horizon method.** ``method="auto"`` replays the ``t`` steps exactly when the
-   estimated cost (flops of the eigendecomposition and the Volterra solve) is at most
-   ``max_exact_cost``, else uses the ridge equivalent of early stopping (``docs/sui.md`` §6).
+2. **Finite-horizon method.** ``method="auto"`` replays the ``t`` steps exactly
+   (``"replay"``) when the estimated cost (flops of the eigendecomposition and the Volterra
+   solve) is at most ``max_replay_cost``, else uses the ridge equivalent of early stopping
+   (``"ridge"``, ``docs/sui.md`` §6).
 3. **Singular kernels** (:func:`solve_planned`). The converged solution (``num_steps=None``)
    without weight decay is unique only for a positive definite kernel; for a singular one a
    ridge of :math:`10^{-8}\lambda_{\max}/N` is added, with a note.
@@ -36,8 +37,9 @@ from lightning_info.utilities.exceptions import NotPositiveDefiniteError
 
 __all__ = ["GradientDescentPlan", "kernel_lambda_max", "plan_gradient_descent"]
 
-#: ``plan_gradient_descent(method="auto")`` replays exactly up to this many flops.
-DEFAULT_MAX_EXACT_COST = 2e10
+#: ``plan_gradient_descent(method="auto")`` replays the finite horizon exactly up to this many
+#: flops.
+DEFAULT_MAX_REPLAY_COST = 2e10
 #: Above this many kernel rows, lambda_max comes from power iteration instead of ``eigvalsh``.
 _EIGVALSH_MAX_ROWS = 6000
 #: A learning rate at or beyond this fraction of the stability limit is rescaled ...
@@ -58,8 +60,8 @@ class GradientDescentPlan:
         learning_rate: lr of the mean loss actually replayed.
         num_steps: steps t actually replayed, or None for the converged solution.
         weight_decay: wd actually used (the given one, or the singular-kernel ridge).
-        method: ``"exact"`` (the finite horizon replayed exactly), ``"ridge"`` (its ridge equivalent) or
-            ``"converged"`` (``num_steps`` is None).
+        method: ``"replay"`` (the finite horizon replayed exactly), ``"ridge"`` (its ridge
+            equivalent) or ``"converged"`` (``num_steps`` is None).
         lambda_max: :math:`\lambda_{\max}(A)` of the kernel the plan was made for.
         learning_rate_given: the learning rate asked for.
         num_steps_given: the steps asked for.
@@ -119,7 +121,7 @@ def plan_gradient_descent(
     num_steps: int | None,
     weight_decay: float = 0.0,
     method: str = "auto",
-    max_exact_cost: float = DEFAULT_MAX_EXACT_COST,
+    max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
     rows_per_sample: int = 1,
     right_hand_sides: int = 1,
 ) -> GradientDescentPlan:
@@ -128,8 +130,8 @@ def plan_gradient_descent(
     With :math:`lr_{\max} = 2N/\lambda_{\max}(A)`: a learning rate
     :math:`lr \ge 0.95\, lr_{\max}` is replaced by :math:`0.9\, lr_{\max}` and the steps by
     :math:`\lceil t \cdot lr / lr' \rceil` (the same optimization time :math:`lr\,t`).
-    ``method="auto"`` chooses ``"exact"`` when
-    :math:`n^3 + t N n K_b^2 + N t^2 K_b^2 R \le` ``max_exact_cost`` (n = N K_b kernel rows,
+    ``method="auto"`` chooses ``"replay"`` when
+    :math:`n^3 + t N n K_b^2 + N t^2 K_b^2 R \le` ``max_replay_cost`` (n = N K_b kernel rows,
     R right-hand sides), else ``"ridge"``.
 
     Args:
@@ -138,8 +140,8 @@ def plan_gradient_descent(
         learning_rate: lr of the mean loss, > 0.
         num_steps: t >= 1, or None for the converged solution.
         weight_decay: wd >= 0.
-        method: ``"auto"``, ``"exact"`` or ``"ridge"``.
-        max_exact_cost: flop budget of ``"exact"`` under ``"auto"``.
+        method: ``"auto"``, ``"replay"`` or ``"ridge"``.
+        max_replay_cost: flop budget of ``"replay"`` under ``"auto"``.
         rows_per_sample: kernel rows per sample :math:`K_b` (K for the full kernel, 1 for trace).
         right_hand_sides: R (1 for the full kernel, K for the trace kernel).
 
@@ -152,12 +154,12 @@ def plan_gradient_descent(
     Example:
         >>> plan = plan_gradient_descent(10.0, 100, learning_rate=50.0, num_steps=100)
         >>> round(plan.learning_rate, 3), plan.num_steps, plan.rescaled, plan.method
-        (18.0, 278, True, 'exact')
-    """
+        (18.0, 278, True, 'replay')
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     lr = _check_positive(learning_rate, "learning_rate")
     steps = _check_int(num_steps, "num_steps", minimum=1, allow_none=True)
     wd = _check_positive(weight_decay, "weight_decay", allow_zero=True)
-    method = _check_choice(method, "method", ("auto", "exact", "ridge"))
+    method = _check_choice(method, "method", ("auto", "replay", "ridge"))
     notes: list[tuple[str, str]] = []
     lr_max = 2.0 * num_samples / max(lambda_max, 1e-300)
     new_lr, new_steps = lr, steps
@@ -177,7 +179,7 @@ def plan_gradient_descent(
         chosen = "converged"
     elif method == "auto":
         cost = _replay_cost(num_samples, new_steps, rows_per_sample, right_hand_sides)
-        chosen = "exact" if cost <= max_exact_cost else "ridge"
+        chosen = "replay" if cost <= max_replay_cost else "ridge"
     else:
         chosen = method
     return GradientDescentPlan(
@@ -193,7 +195,11 @@ def plan_gradient_descent(
 
 
 def _replay_cost(n_samples: int, steps: int, kb: int, rhs: int) -> float:
-    """Estimated flops of the exact finite-horizon solve (eigh + Volterra systems)."""
+    """Estimated flops of the finite-horizon replay (eigh + Volterra systems).
+
+    Returns:
+        :math:`n^3 + t N n K_b^2 + N t^2 K_b^2 R` with n = N K_b.
+    """
     nk = n_samples * kb
     return float(nk**3 + steps * n_samples * nk * kb**2 + n_samples * steps**2 * kb**2 * rhs)
 

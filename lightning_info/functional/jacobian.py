@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from lightning_info.functional._jacobian_common import (
     _DEFAULT_BUDGET,
-    NTKKernel,
+    NTKKind,
     OutputFn,
     ParamSelection,
     ProjectionType,
@@ -387,7 +387,7 @@ def _pair_kernel(ja: _KernelChunk, jb: _KernelChunk, kernel: str) -> Tensor:
 
 
 def kernel_from_features(
-    features: Tensor, other: Tensor | None = None, *, kernel: NTKKernel = "full"
+    features: Tensor, other: Tensor | None = None, *, ntk: NTKKind = "full"
 ) -> Tensor:
     r"""Compute the NTK block between (projected) Jacobian features, accumulated in float64.
 
@@ -401,22 +401,22 @@ def kernel_from_features(
     Args:
         features: (N, K, d) features, e.g. from :func:`jacobian_features`.
         other: (M, K, d) features of the second argument, or None for ``features``.
-        kernel: ``"full"`` (N K x M K, sample-major) or ``"trace"`` (N x M).
+        ntk: which NTK, ``"full"`` (N K x M K, sample-major) or ``"trace"`` (N x M).
 
     Returns:
         The float64 kernel.
 
     Raises:
-        ValueError: for an unknown ``kernel``.
+        ValueError: for an unknown ``ntk``.
 
     Example:
         >>> phi = torch.eye(3).reshape(3, 1, 3)
         >>> kernel_from_features(phi).tolist()
         [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
-    """
-    kernel = _check_choice(kernel, "kernel", ("full", "trace"))
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
+    ntk = _check_choice(ntk, "ntk", ("full", "trace"))
     first = _DenseChunk(features)
-    return _pair_kernel(first, first if other is None else _DenseChunk(other), kernel)
+    return _pair_kernel(first, first if other is None else _DenseChunk(other), ntk)
 
 
 def _streamed_kernel(
@@ -460,7 +460,7 @@ def empirical_ntk(
     x2: Tensor | None = None,
     *,
     params: ParamSelection = None,
-    kernel: NTKKernel = "full",
+    ntk: NTKKind = "full",
     chunk_size: int | None = None,
     projection_dim: int | None = None,
     projection: ProjectionType = "gaussian",
@@ -499,7 +499,7 @@ def empirical_ntk(
         x1: (N1, ...) inputs.
         x2: (N2, ...) inputs, or None for ``x1`` (symmetric fast path).
         params: parameter selection (see :func:`per_sample_jacobians`).
-        kernel: ``"full"`` (N1 K x N2 K, sample-major) or ``"trace"`` (N1 x N2).
+        ntk: which NTK, ``"full"`` (N1 K x N2 K, sample-major) or ``"trace"`` (N1 x N2).
         chunk_size: samples per vmap call.
         projection_dim: if given, use the projected Jacobians of :func:`jacobian_features`.
         projection: ``"gaussian"`` or ``"rademacher"``.
@@ -535,7 +535,7 @@ def empirical_ntk(
     x1 = _check_inputs(x1, "x1")
     symmetric = x2 is None
     x2 = x1 if x2 is None else _check_inputs(x2, "x2")
-    kernel = _check_choice(kernel, "kernel", ("full", "trace"))
+    ntk = _check_choice(ntk, "ntk", ("full", "trace"))
     budget = _check_budget(memory_budget_bytes)
     lin = _linearize(
         model,
@@ -551,7 +551,7 @@ def empirical_ntk(
     )
     needed = lin.per_sample_bytes() * (x1.shape[0] if symmetric else x1.shape[0] + x2.shape[0])
     if needed > budget:
-        return _streamed_kernel(lin, x1, x2, kernel, symmetric)
+        return _streamed_kernel(lin, x1, x2, ntk, symmetric)
     j1 = lin.kernel_inputs(x1)
     j2 = j1 if symmetric else lin.kernel_inputs(x2)
-    return _pair_kernel(j1, j2, kernel)
+    return _pair_kernel(j1, j2, ntk)

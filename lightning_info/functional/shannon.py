@@ -28,6 +28,9 @@ def _binned_cells(x: Tensor, num_bins: int) -> Tensor:
     """(N,) long id of each sample's joint histogram cell after per-dimension min-max binning.
 
     With D = 0 dimensions every sample lies in the one empty cell (id 0).
+
+    Returns:
+        (N,) int64 cell ids, 0..(number of occupied cells - 1).
     """
     if x.shape[1] == 0:  # torch.unique(dim=0) rejects an (N, 0) tensor
         return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -41,7 +44,11 @@ def _binned_cells(x: Tensor, num_bins: int) -> Tensor:
 
 
 def _plugin_entropy_bits(cells: Tensor) -> Tensor:
-    """Plug-in entropy in bits of the empirical distribution of integer ids (float64, 0-dim)."""
+    """Plug-in entropy in bits of the empirical distribution of integer ids.
+
+    Returns:
+        0-dim float64 tensor, bits.
+    """
     counts = torch.unique(cells, return_counts=True)[1].to(torch.float64)
     p = counts / counts.sum()
     return torch.special.entr(p).sum() / _LN2
@@ -84,7 +91,7 @@ def classic_shannon_entropy(embeddings: Any, *, num_bins: int = 2) -> Tensor:
         >>> z = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
         >>> round(classic_shannon_entropy(z).item(), 4)  # four distinct cells
         2.0
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     x = _dse_update(embeddings)
     _check_num_samples(x)
     num_bins = _check_int(num_bins, "num_bins", minimum=2)
@@ -97,7 +104,7 @@ def classic_shannon_mutual_information(
     *,
     num_bins: int = 2,
     discrete: bool | None = None,
-    n_clusters: int = 10,
+    num_clusters: int = 10,
     seed: int = 0,
     clusters: Any = None,
 ) -> Tensor:
@@ -123,7 +130,7 @@ def classic_shannon_mutual_information(
             given.
         num_bins: equal-width bins per embedding dimension, >= 2. Default 2.
         discrete: whether a 1-D reference holds class labels (None: infer as for DSMI).
-        n_clusters: bins (scalar reference) or spectral clusters (vector reference), >= 2.
+        num_clusters: bins (scalar reference) or spectral clusters (vector reference), >= 2.
         seed: ``random_state`` of the clustering of a vector reference.
         clusters: optional precomputed (N,) integer group ids; overrides ``reference``.
 
@@ -135,7 +142,7 @@ def classic_shannon_mutual_information(
         TypeError: on non-numeric inputs, float ``clusters`` or options of the wrong type.
         ValueError: as :func:`classic_shannon_entropy`, plus NaN/inf or wrong rank or length
             of ``reference``/``clusters``, ``discrete=True`` with a vector reference, and
-            ``n_clusters < 2``.
+            ``num_clusters < 2``.
 
     Example:
         >>> import torch
@@ -143,7 +150,7 @@ def classic_shannon_mutual_information(
         >>> y = torch.tensor([0, 0, 1, 1])
         >>> round(classic_shannon_mutual_information(z, y).item(), 4)  # the bin is the label
         1.0
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     x = _dse_update(embeddings)
     _check_num_samples(x)
     num_bins = _check_int(num_bins, "num_bins", minimum=2)
@@ -151,7 +158,7 @@ def classic_shannon_mutual_information(
         reference,
         x.shape[0],
         discrete=discrete,
-        n_clusters=n_clusters,
+        num_clusters=num_clusters,
         seed=seed,
         clusters=clusters,
     ).to(x.device)

@@ -37,8 +37,9 @@ Scores, with :math:`\delta_i = \mathrm{pad}_i(a^{(-i)}_t) - a_t` (:math:`\Delta 
         \lVert \Theta(x^*_m, S)\, \delta_i \rVert^2 .
 Layout: this module validates inputs and chooses the path; the closed forms live in
 :mod:`~lightning_info.functional._sui_algebra` (t = ∞, kernel and feature space) and
-:mod:`~lightning_info.functional._sui_finite` (exact finite t); how a training run is replayed
-(stability, method, singular kernels) is decided by :mod:`~lightning_info.functional.gd_plan`.
+:mod:`~lightning_info.functional._sui_finite` (the finite t replayed exactly); how a training
+run is replayed (stability, method, singular kernels) is decided by
+:mod:`~lightning_info.functional.gd_plan`.
 """
 
 from __future__ import annotations
@@ -54,15 +55,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_info.functional._sui_algebra import _features, _infinite
-from lightning_info.functional._sui_finite import _finite_exact
+from lightning_info.functional._sui_finite import _finite_replay
 from lightning_info.functional.gd_plan import (
-    DEFAULT_MAX_EXACT_COST,
+    DEFAULT_MAX_REPLAY_COST,
     GradientDescentPlan,
     kernel_lambda_max,
     plan_gradient_descent,
     solve_planned,
 )
 from lightning_info.functional.jacobian import (
+    NTKKind,
     ParamSelection,
     ProjectionType,
     _check_outputs,
@@ -89,30 +91,29 @@ __all__ = [
     "unique_information_with_plan",
 ]
 
-SUIMethod = Literal["exact", "ridge"]
-SUIKernel = Literal["full", "trace"]
-SUISolver = Literal["auto", "kernel", "features"]
+SUIMethod = Literal["replay", "ridge"]
+SUISpace = Literal["auto", "kernel", "features"]
 
-_METHODS = ("exact", "ridge")
-_KERNELS = ("full", "trace")
-_SOLVERS = ("auto", "kernel", "features")
+_METHODS = ("replay", "ridge")
+_NTKS = ("full", "trace")
+_SPACES = ("auto", "kernel", "features")
 _DEFAULT_BUDGET = 2**30
 
 
 @dataclass(frozen=True)
 class UniqueInformation:
-    """Per-sample smooth unique information, every field in input order.
+    r"""Per-sample smooth unique information, every field in input order.
 
     Attributes:
-        weight_si: (N,) weight SI :math:`\\lVert\\Delta w\\rVert^2 / (2\\sigma^2)`, nats; higher =
+        weight_si: (N,) weight SI :math:`\lVert\Delta w\rVert^2 / (2\sigma^2)`, nats; higher =
             more informative about the weights.
-        functional_si: (N,) functional SI :math:`\\mathrm{mean}_x \\lVert\\Delta f(x)\\rVert^2 /
-            (2\\sigma^2)` over the held-out inputs, nats; higher = more informative about the
+        functional_si: (N,) functional SI :math:`\mathrm{mean}_x \lVert\Delta f(x)\rVert^2 /
+            (2\sigma^2)` over the held-out inputs, nats; higher = more informative about the
             function. ``None`` when no held-out inputs/kernel were given.
-        weight_change_sq: (N,) raw :math:`\\lVert\\Delta w\\rVert^2` (the authors' ``weights-plain``).
-        function_change_sq: (N,) raw :math:`\\mathrm{mean}_x \\sum_k \\Delta f_k(x)^2` (the
+        weight_change_sq: (N,) raw :math:`\lVert\Delta w\rVert^2` (the authors' ``weights-plain``).
+        function_change_sq: (N,) raw :math:`\mathrm{mean}_x \sum_k \Delta f_k(x)^2` (the
             authors' ``predictions``), or ``None`` without held-out inputs.
-        self_prediction_change: (N, K) :math:`f_{S\\setminus i}(x_i) - f_S(x_i)`, the leave-one-out
+        self_prediction_change: (N, K) :math:`f_{S\setminus i}(x_i) - f_S(x_i)`, the leave-one-out
             change of the sample's own prediction (raw outputs).
         plan: the gradient-descent run that was replayed (:func:`smooth_unique_information`, the
             callback), or None for the kernel/feature engines, which replay what they are given.
@@ -126,7 +127,11 @@ class UniqueInformation:
     plan: GradientDescentPlan | None = None
 
     def __len__(self) -> int:
-        """Number of scored samples."""
+        """Number of scored samples.
+
+        Returns:
+            N.
+        """
         return int(self.weight_si.numel())
 
 
@@ -134,7 +139,15 @@ class UniqueInformation:
 # validation
 # ----------------------------------------------------------------------------------------------
 def _prepare_targets(targets: Tensor, num_samples: int, num_outputs: int) -> Tensor:
-    """Return (N, K) float64 targets from float targets or integer class labels."""
+    """Return (N, K) float64 targets from float targets or integer class labels.
+
+    Returns:
+        The targets; labels become one-hot rows (K > 1) or a 0/1 column (K = 1).
+
+    Raises:
+        ValueError: for a scalar, another length, float targets of another shape, or labels
+            out of range.
+    """
     targets = _as_tensor(targets, "targets")
     if targets.ndim == 0:
         raise ValueError(
@@ -173,6 +186,14 @@ def _prepare_targets(targets: Tensor, num_samples: int, num_outputs: int) -> Ten
 
 
 def _check_kernel(ntk: Tensor, name: str, rows: int, cols: int, hint: str) -> Tensor:
+    """A finite floating (rows, cols) kernel.
+
+    Returns:
+        The kernel in float64.
+
+    Raises:
+        ValueError: for another shape or NaN/inf entries.
+    """
     ntk = _as_tensor(ntk, name, allow_int=False)
     _check_ndim(ntk, name, (2,), hint)
     if tuple(ntk.shape) != (rows, cols):
@@ -227,7 +248,7 @@ class _Problem:
         )
 
     @property
-    def n_samples(self) -> int:
+    def num_samples(self) -> int:
         """N."""
         return self.f0.shape[0]
 
@@ -238,36 +259,51 @@ class _Problem:
 
     @property
     def ridge(self) -> float:
-        """:math:`\\lambda = N\\,\\mathrm{wd}`."""
-        return self.n_samples * self.weight_decay
+        r""":math:`\lambda = N\,\mathrm{wd}`."""
+        return self.num_samples * self.weight_decay
 
     @property
     def closed_form_ridge(self) -> float:
-        """The ridge of the t = ∞ closed forms: :math:`\\lambda`, plus :math:`c/(\\eta t)` (ridge)."""
+        r"""The ridge of the t = ∞ closed forms: :math:`\lambda`, plus :math:`c/(\eta t)` (ridge)."""
         if self.num_steps is None:
             return self.ridge
-        return self.ridge + self.ridge_c / ((self.learning_rate / self.n_samples) * self.num_steps)
+        return self.ridge + self.ridge_c / (
+            (self.learning_rate / self.num_samples) * self.num_steps
+        )
 
     def residuals(self, trace: bool) -> tuple[Tensor, int]:
-        """``(r, Kb)``: (N, K) residuals sharing a trace kernel, or the (N K, 1) column."""
+        """The residuals :math:`r = f_0 - Y` in the engines' layout.
+
+        Returns:
+            ``(r, Kb)``: (N, K) residuals sharing a trace kernel (Kb = 1), or the (N K, 1)
+            column of the full kernel (Kb = K).
+        """
         if trace:
             return self.f0 - self.targets, 1
         return (self.f0 - self.targets).reshape(-1, 1), self.num_outputs
 
     def finish(self, w_sq: Tensor, f_sq: Tensor | None, self_change: Tensor) -> UniqueInformation:
-        """Scale the raw numerators into scores (nats)."""
+        """Scale the raw numerators into scores (nats).
+
+        Returns:
+            The :class:`UniqueInformation` (without a plan).
+        """
         denom = 2.0 * self.noise_scale**2
         return UniqueInformation(
             weight_si=w_sq / denom,
             functional_si=None if f_sq is None else f_sq / denom,
             weight_change_sq=w_sq,
             function_change_sq=f_sq,
-            self_prediction_change=self_change.reshape(self.n_samples, self.num_outputs),
+            self_prediction_change=self_change.reshape(self.num_samples, self.num_outputs),
         )
 
 
 def _check_stable(lam_max: float, lr: float, n: int, what: str) -> None:
-    """Raise unless GD with η = lr/N is stable: η λ_max(A) < 2."""
+    """Check that GD with η = lr/N is stable: η λ_max(A) < 2.
+
+    Raises:
+        ValueError: otherwise, with the largest stable learning rate.
+    """
     eta = lr / n
     if eta * lam_max >= 2.0:
         raise ValueError(
@@ -278,23 +314,11 @@ def _check_stable(lam_max: float, lr: float, n: int, what: str) -> None:
 
 
 def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
-    """Deterministic power-iteration estimate (a lower bound) of λ_max of a symmetric PSD matrix."""
-    v = torch.ones(a.shape[0], dtype=a.dtype, device=a.device)
-    v = v + torch.linspace(0, 1, a.shape[0], dtype=a.dtype, device=a.device)
-    v = v / v.norm()
-    lam = 0.0
-    for _ in range(iters):
-        w = a @ v
-        lam = float(v @ w)
-        norm = w.norm()
-        if norm == 0:
-            return 0.0
-        v = w / norm
-    return lam
+    """Deterministic power-iteration estimate (a lower bound) of λ_max of a symmetric PSD matrix.
 
-
-def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
-    """Deterministic power-iteration estimate (a lower bound) of λ_max of a symmetric PSD matrix."""
+    Returns:
+        The Rayleigh quotient after ``iters`` steps (0.0 for a zero matrix).
+    """
     v = torch.ones(a.shape[0], dtype=a.dtype, device=a.device)
     v = v + torch.linspace(0, 1, a.shape[0], dtype=a.dtype, device=a.device)
     v = v / v.norm()
@@ -310,8 +334,15 @@ def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
 
 
 def _kernels(ntk: Any, heldout_ntk: Any, problem: _Problem) -> tuple[Tensor, Tensor | None, bool]:
-    """Validated float64 kernels (a trace kernel divided by K) and whether it is a trace kernel."""
-    n_samples, num_outputs = problem.n_samples, problem.num_outputs
+    """Validated float64 kernels (a trace kernel divided by K) and whether it is a trace kernel.
+
+    Returns:
+        ``(theta, theta_star or None, trace)``.
+
+    Raises:
+        ValueError: for wrong shapes, NaN/inf, or an asymmetric ``ntk``.
+    """
+    n_samples, num_outputs = problem.num_samples, problem.num_outputs
     ntk_t = _as_tensor(ntk, "ntk", allow_int=False)
     trace = num_outputs > 1 and tuple(ntk_t.shape) == (n_samples, n_samples)
     kb = 1 if trace else num_outputs
@@ -345,7 +376,7 @@ def unique_information_from_kernels(
     num_steps: int | None = None,
     weight_decay: float = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "exact",
+    method: SUIMethod = "replay",
     ridge_c: float = 0.5,
 ) -> UniqueInformation:
     r"""Compute per-sample weight SI and functional SI from precomputed NTKs (no model).
@@ -358,20 +389,20 @@ def unique_information_from_kernels(
         \mathrm{SI}_i = \frac{\delta_i^\top \Theta \delta_i}{2\sigma^2}, \qquad
         \text{F-SI}_i = \frac{\lVert \Theta(X^*, S)\,\delta_i \rVert^2}{2\sigma^2 M}.
 
-    Methods:
+    How each horizon is solved:
 
     * ``num_steps=None`` (t = ∞): block-inverse closed forms (one float64 Cholesky of A, batched
       K x K solves over samples; docs/sui.md §5). Exact.
-    * ``method="exact"``, finite t: one eigendecomposition of A, then every leave-one-out run is
-      recovered exactly from a K-dimensional lower-triangular Toeplitz (Volterra) system in the
-      "pinning" forces :math:`c_s` that keep block :math:`B_i` at zero, solved for all samples at
-      once by a power-series (FFT, Newton) inverse: O((NK)^3 + t N^2 K^3 + N t log t K^3), no
+    * ``method="replay"``, finite t: the t steps replayed exactly. One eigendecomposition of A,
+      then every leave-one-out run is recovered exactly from a K-dimensional lower-triangular
+      Toeplitz (Volterra) system in the "pinning" forces :math:`c_s` that keep block
+      :math:`B_i` at zero, solved for all samples at once by a power-series (FFT, Newton) inverse: O((NK)^3 + t N^2 K^3 + N t log t K^3), no
       per-sample matrix power or eigendecomposition. Agrees with per-sample retraining to about
       1e-11 relative in float64 (checked up to t = 50000).
     * ``method="ridge"``, finite t: the t = ∞ formulas with :math:`\lambda_\mathrm{eff} = N\,
       \mathrm{wd} + c/(\eta t)` (``c = ridge_c``), the ridge equivalent of early stopping
-      (docs/sui.md §6.2). An approximation: Spearman 0.97-0.999 with the exact scores on small toy
-      problems (Pearson >= 0.99); magnitudes differ.
+      (docs/sui.md §6.2). An approximation: Spearman 0.97-0.999 with the replayed scores on small
+      toy problems (Pearson >= 0.99); magnitudes differ.
 
     Kernel shapes decide the kernel kind. ``ntk`` of shape (N K, N K) is the full sample-major
     kernel; shape (N, N) with K > 1 is the **trace** kernel of
@@ -388,7 +419,7 @@ def unique_information_from_kernels(
         num_steps: number of GD steps t >= 1, or None for t = ∞.
         weight_decay: wd >= 0 of the mean loss (pull toward :math:`w_0`).
         noise_scale: σ > 0 of the isotropic smoothing noise (weights and outputs).
-        method: ``"exact"`` or ``"ridge"`` (only matters for finite ``num_steps``).
+        method: ``"replay"`` or ``"ridge"`` (only matters for finite ``num_steps``).
         ridge_c: constant c of the ridge approximation, > 0 (docs/sui.md §6.2: 0.5-1).
 
     Returns:
@@ -411,7 +442,7 @@ def unique_information_from_kernels(
         ...     learning_rate=0.1, weight_decay=0.1)
         >>> [round(x, 4) for x in out.weight_si.tolist()][:3]
         [0.3634, 0.0138, 0.0044]
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     problem = _Problem.build(
         init_outputs,
         targets,
@@ -427,17 +458,24 @@ def unique_information_from_kernels(
     n, lr, t = theta.shape[0], problem.learning_rate, problem.num_steps
     a_mat = theta + problem.ridge * torch.eye(n, dtype=theta.dtype, device=theta.device)
     if t is None or problem.method == "ridge":
-        _check_stable(_power_lambda_max(a_mat), lr, problem.n_samples, "power-iteration estimate")
+        _check_stable(_power_lambda_max(a_mat), lr, problem.num_samples, "power-iteration estimate")
         out = _infinite(theta, theta_star, r, problem.closed_form_ridge, kb)
     else:
         evals, u = torch.linalg.eigh(a_mat)
-        _check_stable(float(evals.max()), lr, problem.n_samples, "exact eigenvalue")
-        out = _finite_exact(theta, theta_star, r, problem.ridge, kb, lr, t, (evals, u))
+        _check_stable(float(evals.max()), lr, problem.num_samples, "exact eigenvalue")
+        out = _finite_replay(theta, theta_star, r, problem.ridge, kb, lr, t, (evals, u))
     return problem.finish(*out)
 
 
 def _features_of(x: Any, name: str, rows: int | None, num_outputs: int) -> Tensor:
-    """Validated (rows, K, d) float64 features ((N, d) is accepted for K = 1)."""
+    """Validated (rows, K, d) float64 features ((N, d) is accepted for K = 1).
+
+    Returns:
+        The (rows, K, d) float64 features.
+
+    Raises:
+        ValueError: for another shape or NaN/inf entries.
+    """
     x = _as_tensor(x, name, allow_int=False)
     if x.ndim == 2 and num_outputs == 1:
         x = x[:, None, :]
@@ -451,7 +489,11 @@ def _features_of(x: Any, name: str, rows: int | None, num_outputs: int) -> Tenso
 
 
 def _feature_rows(phi3: Tensor, trace: bool) -> Tensor:
-    """(N, K, d) features as kernel rows: (N K, d), or (N, K d) / sqrt(K) for the trace kernel."""
+    """(N, K, d) features as kernel rows.
+
+    Returns:
+        (N K, d) rows for the full kernel, or (N, K d) / sqrt(K) for the trace kernel.
+    """
     if trace:
         return phi3.reshape(phi3.shape[0], -1) * (1.0 / math.sqrt(phi3.shape[1]))
     return phi3.reshape(-1, phi3.shape[2])
@@ -467,9 +509,9 @@ def unique_information_from_features(
     num_steps: int | None = None,
     weight_decay: float = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "exact",
+    method: SUIMethod = "replay",
     ridge_c: float = 0.5,
-    kernel: SUIKernel = "full",
+    ntk: NTKKind = "full",
 ) -> UniqueInformation:
     r"""Compute SI / F-SI from (projected) Jacobian features, in d-space (Woodbury), linear in N.
 
@@ -483,7 +525,7 @@ def unique_information_from_features(
         \Delta f(X^*) = \Phi^* Z_{B_i} v_i, \quad v_i = F_{B_i B_i}^{-1} (F r)_{B_i},
 
     so the cost is O(N K d^2 + d^3). Needs λ > 0: t = ∞ with ``weight_decay > 0``, or
-    ``method="ridge"`` with a finite ``num_steps``. With ``kernel="trace"`` the features are
+    ``method="ridge"`` with a finite ``num_steps``. With ``ntk="trace"`` the features are
     concatenated over outputs and scaled by :math:`1/\sqrt{K}`, which realises
     :math:`(\Theta_\mathrm{trace}/K) \otimes I_K`.
 
@@ -497,17 +539,18 @@ def unique_information_from_features(
         num_steps: t >= 1, or None for t = ∞.
         weight_decay: wd >= 0.
         noise_scale: σ > 0.
-        method: ``"exact"`` (t = ∞ only here) or ``"ridge"``.
+        method: ``"replay"`` (t = ∞ only here) or ``"ridge"``.
         ridge_c: c of the ridge approximation.
-        kernel: ``"full"`` or ``"trace"``.
+        ntk: which NTK the features realise, ``"full"`` or ``"trace"``.
 
     Returns:
         :class:`UniqueInformation` (float64, nats, higher = more informative).
 
     Raises:
-        ValueError: mismatched shapes, non-finite values, λ = 0 (t = ∞ with ``weight_decay=0``),
-            ``method="exact"`` with a finite ``num_steps`` (use the kernel path or ``"ridge"``),
-            or a learning rate too large for GD to converge.
+        ValueError: mismatched shapes, non-finite values, ``method="replay"`` with a finite
+            ``num_steps`` (use the kernel path or ``"ridge"``), or a learning rate too large for
+            GD to converge.
+        NotPositiveDefiniteError: (a ``ValueError``) if λ = 0 (t = ∞ with ``weight_decay=0``).
         TypeError: non-numeric inputs.
 
     Example:
@@ -519,7 +562,7 @@ def unique_information_from_features(
         ...     learning_rate=0.1, weight_decay=0.1)
         >>> [round(x, 4) for x in out.weight_si.tolist()][:3]
         [0.3634, 0.0138, 0.0044]
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     problem = _Problem.build(
         init_outputs,
         targets,
@@ -530,8 +573,8 @@ def unique_information_from_features(
         method=method,
         ridge_c=ridge_c,
     )
-    kernel = _check_choice(kernel, "kernel", _KERNELS)
-    phi3 = _features_of(features, "features", problem.n_samples, problem.num_outputs)
+    ntk = _check_choice(ntk, "ntk", _NTKS)
+    phi3 = _features_of(features, "features", problem.num_samples, problem.num_outputs)
     phi_star3 = None
     if heldout_features is not None:
         phi_star3 = _features_of(heldout_features, "heldout_features", None, problem.num_outputs)
@@ -540,18 +583,18 @@ def unique_information_from_features(
                 f"`heldout_features` must have d = {phi3.shape[2]} like `features`; "
                 f"got {phi_star3.shape[2]}."
             )
-    if problem.num_steps is not None and problem.method == "exact":
+    if problem.num_steps is not None and problem.method == "replay":
         raise ValueError(
-            "`method='exact'` with a finite `num_steps` is not available in feature space; use "
+            "`method='replay'` with a finite `num_steps` is not available in feature space; use "
             "`method='ridge'`, or the kernel path (`unique_information_from_kernels`)."
         )
-    trace = kernel == "trace" and problem.num_outputs > 1
+    trace = ntk == "trace" and problem.num_outputs > 1
     r, kb = problem.residuals(trace)
     phi = _feature_rows(phi3, trace)
     phi_star = None if phi_star3 is None else _feature_rows(phi_star3, trace)
     gram_max = float(torch.linalg.eigvalsh(phi.T @ phi).max())
     _check_stable(
-        gram_max + problem.ridge, problem.learning_rate, problem.n_samples, "exact eigenvalue"
+        gram_max + problem.ridge, problem.learning_rate, problem.num_samples, "exact eigenvalue"
     )
     if problem.closed_form_ridge <= 0:
         raise NotPositiveDefiniteError(0.0)
@@ -568,13 +611,13 @@ def smooth_unique_information(
     num_steps: int | None = None,
     weight_decay: float = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "exact",
+    method: SUIMethod = "replay",
     ridge_c: float = 0.5,
-    kernel: SUIKernel = "full",
+    ntk: NTKKind = "full",
     params: ParamSelection = None,
     projection_dim: int | None = None,
     projection: ProjectionType = "gaussian",
-    solver: SUISolver = "auto",
+    space: SUISpace = "auto",
     chunk_size: int | None = None,
     seed: int = 0,
     memory_budget_bytes: int = _DEFAULT_BUDGET,
@@ -601,11 +644,13 @@ def smooth_unique_information(
     result's ``plan``.
 
     The model is evaluated in eval mode; outputs must be (B,) or (B, K) raw outputs (MSE on
-    logits: integer labels become one-hot for K > 1, 0/1 for K = 1). ``solver="auto"`` uses the
-    feature-space path (:func:`unique_information_from_features`, linear in N) when
-    ``projection_dim`` is set, N K > ``projection_dim`` and the method does not need the exact
-    finite-t solve; otherwise it builds the NTKs (:func:`~lightning_info.functional.jacobian.
-    empirical_ntk`) and calls :func:`unique_information_from_kernels`.
+    logits: integer labels become one-hot for K > 1, 0/1 for K = 1). ``space`` says where the
+    algebra runs: ``"features"``, the d-dimensional feature space
+    (:func:`unique_information_from_features`, linear in N), or ``"kernel"``, the N·K sample
+    space. ``"auto"`` uses the feature space when ``projection_dim`` is set, N K >
+    ``projection_dim`` and the method does not need the finite-t replay; otherwise it builds
+    the NTKs (:func:`~lightning_info.functional.jacobian.empirical_ntk`) and calls
+    :func:`unique_information_from_kernels`.
 
     Args:
         model: network at the linearization point (initial or pretrained weights).
@@ -616,13 +661,14 @@ def smooth_unique_information(
         num_steps: GD steps t >= 1, or None for t = ∞ (converged).
         weight_decay: wd >= 0, L2 pull toward :math:`w_0`.
         noise_scale: σ > 0 of the smoothing noise.
-        method: ``"exact"`` or ``"ridge"`` (finite t only).
+        method: ``"replay"`` or ``"ridge"`` (finite t only).
         ridge_c: c of the ridge approximation.
-        kernel: ``"full"`` (N K x N K) or ``"trace"`` (N x N shared by the K outputs).
+        ntk: which NTK, ``"full"`` (N K x N K) or ``"trace"`` (N x N shared by the K outputs).
         params: which parameters to linearize (None = all trainable; a prefix or list of names).
         projection_dim: random-projection dimension d of the Jacobians, or None (exact kernel).
         projection: ``"gaussian"`` or ``"rademacher"``.
-        solver: ``"auto"``, ``"kernel"`` or ``"features"``.
+        space: ``"auto"``, ``"kernel"`` (N·K sample space) or ``"features"`` (d-dimensional
+            feature space).
         chunk_size: samples per Jacobian vmap call.
         seed: seed of the projection.
         memory_budget_bytes: bound on stored Jacobians / projection blocks.
@@ -647,23 +693,12 @@ def smooth_unique_information(
         ...                                 learning_rate=0.5, weight_decay=0.01)
         >>> out.weight_si.shape, out.functional_si.shape
         (torch.Size([8]), torch.Size([8]))
-    """
-    kernel = _check_choice(kernel, "kernel", _KERNELS)
-    solver = _check_choice(solver, "solver", _SOLVERS)
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
+    ntk = _check_choice(ntk, "ntk", _NTKS)
+    space = _check_choice(space, "space", _SPACES)
     method = _check_choice(method, "method", _METHODS)
     tgt = _check_model_inputs(train_inputs, train_targets, heldout_inputs)
-    f0 = model_outputs(model, train_inputs, chunk_size=chunk_size, output_fn=output_fn)
-    n_samples = train_inputs.shape[0]
-    _check_outputs(f0, n_samples)
-    _check_finite(f0, "model outputs")
-    num_outputs = f0.shape[1]
-    use_features = solver == "features" or (
-        solver == "auto"
-        and projection_dim is not None
-        and n_samples * num_outputs > int(projection_dim)
-        and (num_steps is None or method == "ridge")
-        and (weight_decay > 0 or num_steps is not None)
-    )
+    f0 = _initial_outputs(model, train_inputs, chunk_size, output_fn)
     jac_kw = dict(
         params=params,
         projection_dim=projection_dim,
@@ -681,23 +716,54 @@ def smooth_unique_information(
         noise_scale=noise_scale,
         ridge_c=ridge_c,
     )
-    if use_features:
-        info = _replay_in_feature_space(
-            model, train_inputs, heldout_inputs, f0, tgt, kernel, jac_kw, options
-        )
+    if _in_feature_space(space, projection_dim, f0.numel(), options):
+        replay = _replay_in_feature_space
     else:
-        theta = empirical_ntk(model, train_inputs, kernel=kernel, **jac_kw)
-        theta_star = None
-        if heldout_inputs is not None:
-            theta_star = empirical_ntk(model, heldout_inputs, train_inputs, kernel=kernel, **jac_kw)
-        info = unique_information_with_plan(theta, theta_star, f0, tgt, **options)
+        replay = _replay_in_kernel_space
+    info = replay(model, train_inputs, heldout_inputs, f0, tgt, ntk, jac_kw, options)
     for _, note in info.plan.notes:
         warnings.warn(f"smooth_unique_information: {note}", UserWarning, stacklevel=2)
     return info
 
 
+def _initial_outputs(
+    model: nn.Module, x: Tensor, chunk_size: int | None, output_fn: Callable[[Any], Tensor] | None
+) -> Tensor:
+    """The model's outputs :math:`f_0` on the training inputs, checked (shape, finite).
+
+    Returns:
+        (N, K) outputs.
+    """
+    f0 = model_outputs(model, x, chunk_size=chunk_size, output_fn=output_fn)
+    _check_outputs(f0, x.shape[0])
+    _check_finite(f0, "model outputs")
+    return f0
+
+
+def _in_feature_space(
+    space: str, projection_dim: int | None, num_rows: int, options: dict[str, Any]
+) -> bool:
+    """Whether ``space`` (``"auto"``: see :func:`smooth_unique_information`) picks feature space.
+
+    Returns:
+        True for ``"features"``; for ``"auto"``, when there are more kernel rows (N K) than
+        projected features, the method needs no finite-t replay and λ > 0.
+    """
+    num_steps, weight_decay = options["num_steps"], options["weight_decay"]
+    return space == "features" or (
+        space == "auto"
+        and projection_dim is not None
+        and num_rows > int(projection_dim)
+        and (num_steps is None or options["method"] == "ridge")
+        and (weight_decay > 0 or num_steps is not None)
+    )
+
+
 def _check_model_inputs(train_inputs: Any, train_targets: Any, heldout_inputs: Any) -> Tensor:
-    """Type, length and finiteness checks of the model-level inputs; returns the targets.
+    """Type, length and finiteness checks of the model-level inputs.
+
+    Returns:
+        The targets as a tensor.
 
     Raises:
         TypeError: non-tensor inputs.
@@ -725,8 +791,12 @@ def _check_model_inputs(train_inputs: Any, train_targets: Any, heldout_inputs: A
 
 
 def _engine_method(plan: GradientDescentPlan) -> str:
-    """The engines' ``method`` for a plan (irrelevant for the converged solution)."""
-    return "ridge" if plan.method == "ridge" else "exact"
+    """The engines' ``method`` for a plan (irrelevant for the converged solution).
+
+    Returns:
+        ``"ridge"`` or ``"replay"``.
+    """
+    return "ridge" if plan.method == "ridge" else "replay"
 
 
 def _replay(
@@ -734,9 +804,13 @@ def _replay(
     solve: Callable[[GradientDescentPlan], UniqueInformation],
     shape: tuple[int, int, bool],
     options: dict[str, Any],
-    max_exact_cost: float = DEFAULT_MAX_EXACT_COST,
+    max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
 ) -> UniqueInformation:
-    """Plan the replay for a kernel with ``lambda_max`` = λ_max(Θ), solve, attach the plan."""
+    """Plan the replay for a kernel with ``lambda_max`` = λ_max(Θ), solve, attach the plan.
+
+    Returns:
+        ``solve``'s :class:`UniqueInformation` with the plan it was given (after a jitter retry).
+    """
     n, k, trace = shape
     wd = options["weight_decay"]
     plan = plan_gradient_descent(
@@ -746,7 +820,7 @@ def _replay(
         num_steps=options["num_steps"],
         weight_decay=wd,
         method=options["method"],
-        max_exact_cost=max_exact_cost,
+        max_replay_cost=max_replay_cost,
         rows_per_sample=1 if trace else k,
         right_hand_sides=k if trace else 1,
     )
@@ -763,8 +837,8 @@ def unique_information_with_plan(
     learning_rate: float,
     num_steps: int | None = None,
     weight_decay: float = 0.0,
-    method: Literal["auto", "exact", "ridge"] = "auto",
-    max_exact_cost: float = DEFAULT_MAX_EXACT_COST,
+    method: Literal["auto", "replay", "ridge"] = "auto",
+    max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
     noise_scale: float = 1.0,
     ridge_c: float = 0.5,
 ) -> UniqueInformation:
@@ -773,8 +847,8 @@ def unique_information_with_plan(
     :func:`unique_information_from_kernels` replays exactly the run it is given and rejects an
     unstable learning rate; this function first plans the run (a learning rate beyond the
     linearized stability limit lowered to 0.9 of it with the steps raised to keep the
-    optimization time; ``method="auto"``: the exact finite horizon within ``max_exact_cost``
-    flops, else the ridge equivalent; a tiny ridge for a singular kernel at t = ∞), then solves.
+    optimization time; ``method="auto"``: the finite horizon replayed exactly within
+    ``max_replay_cost`` flops, else the ridge equivalent; a tiny ridge for a singular kernel at t = ∞), then solves.
     Used by :func:`smooth_unique_information` and the
     :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback.
 
@@ -786,8 +860,8 @@ def unique_information_with_plan(
         learning_rate: lr of the run, > 0.
         num_steps: its steps, or None for the converged solution.
         weight_decay: its weight decay, >= 0.
-        method: ``"auto"``, ``"exact"`` or ``"ridge"``.
-        max_exact_cost: flop budget of the exact finite horizon under ``"auto"``.
+        method: ``"auto"``, ``"replay"`` or ``"ridge"``.
+        max_replay_cost: flop budget of the finite-horizon replay under ``"auto"``.
         noise_scale: σ > 0.
         ridge_c: c of the ridge approximation.
 
@@ -806,7 +880,7 @@ def unique_information_with_plan(
         ...     torch.tensor([0, 1, 0, 1, 1, 0]), learning_rate=100.0, num_steps=10)
         >>> out.plan.rescaled, out.plan.num_steps > 10
         (True, True)
-    """
+    """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
     n, k = f0.shape[0], (1 if f0.ndim == 1 else f0.shape[1])
     trace = k > 1 and tuple(ntk.shape) == (n, n)
@@ -832,7 +906,29 @@ def unique_information_with_plan(
             ridge_c=ridge_c,
         )
 
-    return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), options, max_exact_cost)
+    return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), options, max_replay_cost)
+
+
+def _replay_in_kernel_space(
+    model: nn.Module,
+    x: Tensor,
+    x_star: Tensor | None,
+    f0: Tensor,
+    targets: Tensor,
+    ntk: str,
+    jac_kw: dict,
+    options: dict[str, Any],
+) -> UniqueInformation:
+    """The NTKs of the training (and held-out) inputs, then the planned kernel-space solve.
+
+    Returns:
+        :class:`UniqueInformation` with its plan.
+    """
+    theta = empirical_ntk(model, x, ntk=ntk, **jac_kw)
+    theta_star = None
+    if x_star is not None:
+        theta_star = empirical_ntk(model, x_star, x, ntk=ntk, **jac_kw)
+    return unique_information_with_plan(theta, theta_star, f0, targets, **options)
 
 
 def _replay_in_feature_space(
@@ -841,15 +937,19 @@ def _replay_in_feature_space(
     x_star: Tensor | None,
     f0: Tensor,
     targets: Tensor,
-    kernel: str,
+    ntk: str,
     jac_kw: dict,
     options: dict[str, Any],
 ) -> UniqueInformation:
-    """Projected Jacobian features, λ_max of their kernel, the planned feature-space solve."""
+    """Projected Jacobian features, λ_max of their kernel, the planned feature-space solve.
+
+    Returns:
+        :class:`UniqueInformation` with its plan.
+    """
     phi = jacobian_features(model, x, **jac_kw)
     phi_star = None if x_star is None else jacobian_features(model, x_star, **jac_kw)
     n, k = f0.shape
-    trace = kernel == "trace" and k > 1
+    trace = ntk == "trace" and k > 1
     rows = _feature_rows(phi.double(), trace)
 
     def solve(plan: GradientDescentPlan) -> UniqueInformation:
@@ -862,7 +962,7 @@ def _replay_in_feature_space(
             num_steps=plan.num_steps,
             weight_decay=plan.weight_decay,
             method=_engine_method(plan),
-            kernel=kernel,
+            ntk=ntk,
             noise_scale=options["noise_scale"],
             ridge_c=options["ridge_c"],
         )

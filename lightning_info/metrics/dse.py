@@ -25,6 +25,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from lightning_info.functional.diffusion import _resolve_dtype
 from lightning_info.functional.dse import (
+    _check_discrete,
     _check_dse_options,
     _check_num_samples,
     _dse_compute,
@@ -44,7 +45,15 @@ __all__ = ["DiffusionSpectralEntropy", "DiffusionSpectralMutualInformation"]
 
 
 def _check_index(index: Any, n: int) -> Tensor:
-    """Validate an (n,) integer ``index`` tensor and return it as int64 on the CPU-agnostic device."""
+    """Validate an (n,) integer ``index`` tensor and return it as int64 (on its device).
+
+    Returns:
+        The (n,) int64 positions.
+
+    Raises:
+        TypeError: for non-numeric or floating-point positions.
+        ValueError: for a tensor that is not 1-D or has another length than the embeddings.
+    """
     idx = _as_tensor(index, "index")
     _check_ndim(idx, "index", (1,), "1-D (N,) integer sample positions")
     if idx.is_floating_point():
@@ -74,22 +83,22 @@ class _DiffusionMetricBase(Metric):
         max_samples: int | None,
         seed: int,
         solver: EigenSolver | str,
-        num_probes: int,
-        num_steps: int,
+        num_lanczos_probes: int,
+        num_lanczos_steps: int,
         dtype: torch.dtype | str | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        sigma, t, _, solver, num_probes, num_steps, seed = _check_dse_options(
-            sigma, t, dtype, solver, num_probes, num_steps, seed
+        sigma, t, _, solver, num_lanczos_probes, num_lanczos_steps, seed = _check_dse_options(
+            sigma, t, dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
         )
         self.sigma = sigma
         self.t = t
         self.max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
         self.seed = seed
         self.solver = solver
-        self.num_probes = num_probes
-        self.num_steps = num_steps
+        self.num_lanczos_probes = num_lanczos_probes
+        self.num_lanczos_steps = num_lanczos_steps
         self.work_dtype = dtype  # validated above; None means the functional default (float64)
         self.add_state("embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("index", default=[], dist_reduce_fx="cat")
@@ -105,7 +114,15 @@ class _DiffusionMetricBase(Metric):
         return x.shape[0]
 
     def _gathered(self, *extra: list[Tensor]) -> tuple[Tensor, ...]:
-        """Concatenated (and, with ``index``, sorted and de-duplicated) states, then subsampled."""
+        """Concatenated (and, with ``index``, sorted and de-duplicated) states.
+
+        Returns:
+            ``(embeddings, *extra)`` in canonical order, checked finite with N >= 2.
+
+        Raises:
+            ValueError: if ``index`` was given to some ``update`` calls only, or (from the
+                checks) for non-finite embeddings or fewer than 2 samples.
+        """
         x = dim_zero_cat(self.embeddings)
         others = [dim_zero_cat(e) for e in extra]
         index = dim_zero_cat(self.index) if len(self.index) else None
@@ -133,15 +150,20 @@ class _DiffusionMetricBase(Metric):
         return (x[idx.to(x.device)], *(o[idx.to(o.device)] for o in others))
 
     def options(self) -> dict[str, Any]:
-        """The numerical options this metric was built with (``__init__`` keywords)."""
+        """The numerical options this metric was built with (``__init__`` keywords).
+
+        Returns:
+            ``{sigma, t, max_samples, seed, solver, num_lanczos_probes, num_lanczos_steps,
+            dtype}``, e.g. to build another metric with the same kernel.
+        """
         return dict(
             sigma=self.sigma,
             t=self.t,
             max_samples=self.max_samples,
             seed=self.seed,
             solver=self.solver,
-            num_probes=self.num_probes,
-            num_steps=self.num_steps,
+            num_lanczos_probes=self.num_lanczos_probes,
+            num_lanczos_steps=self.num_lanczos_steps,
             dtype=self.work_dtype,
         )
 
@@ -151,8 +173,8 @@ class _DiffusionMetricBase(Metric):
             t=self.t,
             dtype=self.work_dtype,
             solver=self.solver,
-            num_probes=self.num_probes,
-            num_steps=self.num_steps,
+            num_lanczos_probes=self.num_lanczos_probes,
+            num_lanczos_steps=self.num_lanczos_steps,
             seed=self.seed,
         )
 
@@ -184,8 +206,8 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
             Default 2048.
         seed: seed of the local generator (subsample, Lanczos probes); never the global RNG.
         solver: ``"exact"``, ``"lanczos"`` or ``"auto"`` (an :class:`EigenSolver` also works).
-        num_probes: Lanczos probes, >= 1.
-        num_steps: Lanczos steps, >= 1.
+        num_lanczos_probes: Lanczos probes, >= 1.
+        num_lanczos_steps: Lanczos steps, >= 1.
         dtype: eigensolve precision (None = float64, or float32).
         **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ``process_group``, ...).
 
@@ -218,19 +240,20 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         max_samples: int | None = 2048,
         seed: int = 0,
         solver: EigenSolver | str = "exact",
-        num_probes: int = 16,
-        num_steps: int = 32,
+        num_lanczos_probes: int = 16,
+        num_lanczos_steps: int = 32,
         dtype: torch.dtype | str | None = None,
         **kwargs: Any,
     ) -> None:
+        """Validate the options (documented in the class docstring)."""
         super().__init__(
             sigma=sigma,
             t=t,
             max_samples=max_samples,
             seed=seed,
             solver=solver,
-            num_probes=num_probes,
-            num_steps=num_steps,
+            num_lanczos_probes=num_lanczos_probes,
+            num_lanczos_steps=num_lanczos_steps,
             dtype=dtype,
             **kwargs,
         )
@@ -247,7 +270,11 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         self._store(embeddings, index)
 
     def compute(self) -> Tensor:
-        """DSE in bits of all accumulated embeddings (0-dim float64)."""
+        """DSE in bits of all accumulated embeddings.
+
+        Returns:
+            0-dim float64 tensor, in ``[0, log2 N]``.
+        """
         (x,) = self._subsample(*self._gathered())
         if self.solver == "exact":
             # the exact path of ``_dse_compute``, keeping the spectrum for :meth:`spectrum`
@@ -284,7 +311,7 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
 
     Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. III: :math:`I_D(Z;B) = S_D(Z) - S_D(Z \mid B)`,
     estimated as the authors do, with :math:`S_D(Z)` taken at each group's size by averaging
-    ``n_repeats`` random subsets :math:`Z^*_c`:
+    ``num_repeats`` random subsets :math:`Z^*_c`:
 
     .. math::
 
@@ -302,13 +329,13 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
             :class:`DiffusionSpectralEntropy`).
         t: diffusion time, >= 1. Default 1.
         discrete: whether a 1-D reference holds class labels (None: infer, see the functional).
-        n_clusters: bins / spectral clusters for a non-discrete reference, >= 2. Default 10.
-        n_repeats: random subsets per group, >= 1. Default 5.
+        num_clusters: bins / spectral clusters for a non-discrete reference, >= 2. Default 10.
+        num_repeats: random subsets per group, >= 1. Default 5.
         max_samples: cap on the number of samples (seeded subsample, after grouping). Default 2048.
         seed: seed of the local generator and of the clustering.
         solver: ``"exact"``, ``"lanczos"`` or ``"auto"``.
-        num_probes: Lanczos probes, >= 1.
-        num_steps: Lanczos steps, >= 1.
+        num_lanczos_probes: Lanczos probes, >= 1.
+        num_lanczos_steps: Lanczos steps, >= 1.
         dtype: eigensolve precision (None = float64, or float32).
         **kwargs: torchmetrics ``Metric`` options.
 
@@ -342,32 +369,31 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         sigma: float | str = 10.0,
         t: float = 1,
         discrete: bool | None = None,
-        n_clusters: int = 10,
-        n_repeats: int = 5,
+        num_clusters: int = 10,
+        num_repeats: int = 5,
         max_samples: int | None = 2048,
         seed: int = 0,
         solver: EigenSolver | str = "exact",
-        num_probes: int = 16,
-        num_steps: int = 32,
+        num_lanczos_probes: int = 16,
+        num_lanczos_steps: int = 32,
         dtype: torch.dtype | str | None = None,
         **kwargs: Any,
     ) -> None:
+        """Validate the options (documented in the class docstring)."""
         super().__init__(
             sigma=sigma,
             t=t,
             max_samples=max_samples,
             seed=seed,
             solver=solver,
-            num_probes=num_probes,
-            num_steps=num_steps,
+            num_lanczos_probes=num_lanczos_probes,
+            num_lanczos_steps=num_lanczos_steps,
             dtype=dtype,
             **kwargs,
         )
-        if discrete is not None and not isinstance(discrete, bool):
-            raise TypeError(f"`discrete` must be None, True or False; got {discrete!r}.")
-        self.discrete = discrete
-        self.n_clusters = _check_int(n_clusters, "n_clusters", minimum=2)
-        self.n_repeats = _check_int(n_repeats, "n_repeats", minimum=1)
+        self.discrete = _check_discrete(discrete)
+        self.num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
+        self.num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
         self.add_state("reference", default=[], dist_reduce_fx="cat")
 
     def update(self, embeddings: Tensor, reference: Tensor, *, index: Tensor | None = None) -> None:
@@ -396,14 +422,18 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         self.reference.append(ref.detach())
 
     def compute(self) -> Tensor:
-        """DSMI in bits between all accumulated embeddings and references (0-dim float64)."""
+        """DSMI in bits between all accumulated embeddings and references.
+
+        Returns:
+            0-dim float64 tensor.
+        """
         x, ref = self._gathered(self.reference)
         labels = _reference_labels(
-            ref, x.shape[0], discrete=self.discrete, n_clusters=self.n_clusters, seed=self.seed
+            ref, x.shape[0], discrete=self.discrete, num_clusters=self.num_clusters, seed=self.seed
         )
         x, labels = self._subsample(x, labels)
         options = self._options()
-        return _dsmi_compute(x, labels, n_repeats=self.n_repeats, **options)
+        return _dsmi_compute(x, labels, num_repeats=self.num_repeats, **options)
 
 
 class _DiffusionProfile(_DiffusionMetricBase):
@@ -418,19 +448,20 @@ class _DiffusionProfile(_DiffusionMetricBase):
 
     Args:
         group_names: names of the R groupings, in the column order of ``update``'s ``groups``.
-        n_repeats: DSMI random subsets per group, >= 1.
+        num_repeats: DSMI random subsets per group, >= 1.
         **options: every option of :class:`DiffusionSpectralEntropy` (sigma, t, max_samples,
-            seed, solver, num_probes, num_steps, dtype; e.g. ``template.options()``).
+            seed, solver, num_lanczos_probes, num_lanczos_steps, dtype; e.g.
+            ``template.options()``).
     """
 
     groups: list[Tensor]
 
     def __init__(
-        self, group_names: tuple[str, ...] = (), *, n_repeats: int = 5, **options: Any
+        self, group_names: tuple[str, ...] = (), *, num_repeats: int = 5, **options: Any
     ) -> None:
         super().__init__(**options)
         self.group_names = tuple(group_names)
-        self.n_repeats = _check_int(n_repeats, "n_repeats", minimum=1)
+        self.num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
         self.add_state("groups", default=[], dist_reduce_fx="cat")
 
     def update(self, embeddings: Tensor, groups: Tensor, *, index: Tensor | None = None) -> None:
@@ -439,8 +470,12 @@ class _DiffusionProfile(_DiffusionMetricBase):
         self.groups.append(groups.reshape(n, len(self.group_names)).to(torch.long))
 
     def compute(self) -> _Profile:
-        """The profile of all accumulated samples (DSE, a DSMI per grouping, the spectrum)."""
+        """The profile of all accumulated samples (DSE, a DSMI per grouping, the spectrum).
+
+        Returns:
+            The :class:`~lightning_info.functional.dse._Profile`.
+        """
         x, groups = self._subsample(*self._gathered(self.groups))
         named = {name: groups[:, j] for j, name in enumerate(self.group_names)}
         options = self._options()
-        return _information_profile(x, named, n_repeats=self.n_repeats, **options)
+        return _information_profile(x, named, num_repeats=self.num_repeats, **options)

@@ -18,6 +18,9 @@ from torch import Tensor
 def _as_tensor(value: Any, name: str, *, allow_int: bool = True) -> Tensor:
     """Return ``value`` as a tensor (numpy arrays and lists are converted; no copy for tensors).
 
+    Returns:
+        The tensor (``value`` itself if it is one).
+
     Raises:
         TypeError: if ``value`` is not array-like or has a non-numeric dtype.
     """
@@ -48,7 +51,11 @@ def _as_tensor(value: Any, name: str, *, allow_int: bool = True) -> Tensor:
 
 
 def _check_ndim(tensor: Tensor, name: str, ndims: Iterable[int], shape_hint: str) -> None:
-    """Raise ``ValueError`` unless ``tensor.ndim`` is one of ``ndims``."""
+    """Check that ``tensor.ndim`` is one of ``ndims``.
+
+    Raises:
+        ValueError: naming ``name`` and the expected ``shape_hint``, otherwise.
+    """
     ndims = tuple(ndims)
     if tensor.ndim not in ndims:
         raise ValueError(
@@ -58,14 +65,26 @@ def _check_ndim(tensor: Tensor, name: str, ndims: Iterable[int], shape_hint: str
 
 
 def _check_finite(tensor: Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values."""
+    """Check that a floating ``tensor`` holds no NaN or infinite value.
+
+    Raises:
+        ValueError: naming ``name`` and the number of non-finite values, otherwise.
+    """
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"`{name}` contains {n_bad} NaN or infinite value(s); all must be finite.")
 
 
 def _check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    """Return ``value`` as float after checking it is a finite number > 0 (or >= 0)."""
+    """Return ``value`` as float after checking it is a finite number > 0 (or >= 0).
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        TypeError: if ``value`` is not a real number (bools are rejected).
+        ValueError: if it is not finite, or not > 0 (>= 0 with ``allow_zero``).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"`{name}` must be a number; got {type(value).__name__}.")
     value = float(value)
@@ -79,7 +98,15 @@ def _check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float
 def _check_int(
     value: Any, name: str, *, minimum: int | None = None, allow_none: bool = False
 ) -> int | None:
-    """Return ``value`` as int after checking its type and lower bound."""
+    """Return ``value`` as int after checking its type and lower bound.
+
+    Returns:
+        ``int(value)``, or None for None with ``allow_none``.
+
+    Raises:
+        TypeError: if ``value`` is not an integer (bools are rejected).
+        ValueError: if it is below ``minimum``.
+    """
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -91,7 +118,14 @@ def _check_int(
 
 
 def _check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
-    """Return ``value`` (a string or str-Enum) after checking it is one of ``choices``."""
+    """Return ``value`` (a string or str-Enum) after checking it is one of ``choices``.
+
+    Returns:
+        The choice as a plain string.
+
+    Raises:
+        ValueError: if ``value`` is not one of ``choices``.
+    """
     choices = tuple(choices)
     raw = getattr(value, "value", value)
     if raw not in choices:
@@ -100,23 +134,17 @@ def _check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
     return str(raw)
 
 
-def _check_same_length(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
-    """Raise ``ValueError`` unless ``a`` and ``b`` have the same first dimension."""
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"`{name_a}` and `{name_b}` must have the same number of samples; "
-            f"got {a.shape[0]} and {b.shape[0]}."
-        )
-
-
 def _check_bandwidth(value: Any, name: str = "sigma") -> float:
     """Return a Gaussian bandwidth after checking that ``1 / (2 sigma^2)`` is a finite number > 0.
 
+    Returns:
+        ``sigma`` as float.
+
     Raises:
-        TypeError: if ``value`` is not a number.
+        TypeError: if ``value`` is not a number (from ``_check_positive``).
         ValueError: if ``value`` is not > 0, or so small or large that ``sigma**2`` under- or
             overflows in float64.
-    """
+    """  # noqa: DOC502 (the TypeError of the shared check is part of this contract)
     sigma = _check_positive(value, name)
     sq = sigma * sigma
     if sq == 0.0 or not np.isfinite(sq) or not np.isfinite(0.5 / sq):

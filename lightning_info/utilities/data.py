@@ -111,6 +111,9 @@ def corrupt_labels(
     the labels of the chosen samples among themselves (with ``fraction=1`` this is the DSE paper's
     "wronglabel" experiment); ``is_corrupted`` marks the samples whose label actually changed.
 
+    Returns:
+        ``(new_targets, is_corrupted)``: the (N,) labels after corruption and an (N,) bool mask.
+
     Raises:
         ValueError: if ``fraction`` is not in ``[0, 1]`` or ``mode`` is unknown.
 
@@ -139,7 +142,11 @@ def corrupt_labels(
 def make_loader(
     inputs: Tensor, targets: Tensor, *, batch_size: int = 64, shuffle: bool = False, seed: int = 0
 ) -> DataLoader:
-    """A ``DataLoader`` over ``(inputs, targets)`` tuples with a seeded shuffle."""
+    """A ``DataLoader`` over ``(inputs, targets)`` tuples with a seeded shuffle.
+
+    Returns:
+        The loader (``shuffle=True`` draws its order from a generator seeded with ``seed``).
+    """
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         TensorDataset(inputs, targets), batch_size=batch_size, shuffle=shuffle, generator=gen

@@ -15,7 +15,8 @@ class EigenSolver(str, Enum):
     * ``EXACT`` (``"exact"``): all N eigenvalues with ``torch.linalg.eigvalsh``; O(N^3) time,
       O(N^2) memory. Matches the reference implementation to round-off.
     * ``LANCZOS`` (``"lanczos"``): stochastic Lanczos quadrature estimate of
-      ``tr(f(K))``; an approximation whose error falls with ``num_probes`` and ``num_steps``.
+      ``tr(f(K))``; an approximation whose error falls with ``num_lanczos_probes`` and
+      ``num_lanczos_steps``.
     * ``AUTO`` (``"auto"``): ``EXACT`` up to a sample count threshold, ``LANCZOS`` above it.
     """
 
@@ -76,4 +77,5 @@ class Bandwidth(str, Enum):
     KNN = "knn"
 
     def __str__(self) -> str:
+        """Return the string value (``"median"`` or ``"knn"``), as used in messages and logs."""
         return self.value

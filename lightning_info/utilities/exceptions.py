@@ -6,15 +6,15 @@ __all__ = ["NotPositiveDefiniteError"]
 
 
 class NotPositiveDefiniteError(ValueError):
-    """A kernel that must be positive definite is not (numerically).
+    r"""A kernel that must be positive definite is not (numerically).
 
-    Raised by the smooth-unique-information closed forms when :math:`A = \\Theta + \\lambda I` has
+    Raised by the smooth-unique-information closed forms when :math:`A = \Theta + \lambda I` has
     no Cholesky factor: with ``lam == 0`` the kernel is singular (the converged leave-one-out
     solutions are not unique), with ``lam > 0`` it has negative eigenvalues beyond round-off.
     A ``ValueError``, so ``except ValueError`` keeps working.
 
     Args:
-        lam: the ridge :math:`\\lambda` that was added to the kernel.
+        lam: the ridge :math:`\lambda` that was added to the kernel.
 
     Example:
         >>> isinstance(NotPositiveDefiniteError(0.0), ValueError)

@@ -71,7 +71,7 @@ def main(out_dir: str) -> None:
         model.eval()
         with torch.no_grad():
             z = model.net[:-1](x)
-        clusters = cluster_reference(x, n_clusters=10, seed=0)
+        clusters = cluster_reference(x, num_clusters=10, seed=0)
         result["functional"] = {
             "info/dse/penultimate": diffusion_spectral_entropy(z, sigma=SIGMA).item(),
             "info/dsmi_y/penultimate": diffusion_spectral_mutual_information(

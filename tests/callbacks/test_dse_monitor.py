@@ -130,7 +130,7 @@ def test_values_equal_functional_on_independent_activations(tmp_path, digits):
     with torch.no_grad():
         out_2 = model.net[:3](x)  # output of net.2 (second Linear)
         penult = model.net[:4](x)  # input of net.4 (after the ReLU)
-    clusters = cluster_reference(x, n_clusters=10, seed=0)
+    clusters = cluster_reference(x, num_clusters=10, seed=0)
     for name, z in [("net.2", out_2), ("net.4:input", penult)]:
         logged = trainer.callback_metrics
         expected = {

@@ -108,7 +108,7 @@ def test_zero_argument_monitor_on_regression_and_one_hot_targets(tmp_path, digit
     idx, z = _probe_activations(model, monitor, xv)
     ref = yv[idx]
     if kind == "vector":  # clustered like DSMI(Z;X): 10 spectral clusters
-        groups = cluster_reference(ref.double(), n_clusters=10, seed=0)
+        groups = cluster_reference(ref.double(), num_clusters=10, seed=0)
     elif kind == "scalar":  # 10 equal-width bins of the min-max scaled values
         scaled = (ref - ref.min()) / (ref.max() - ref.min())
         groups = torch.clamp((scaled * 10).floor().long(), max=9)

@@ -77,7 +77,7 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
     (x, y), (xv, _) = digits
     model = _model()
     init_copy = copy.deepcopy(model)  # independent snapshot of the initial weights
-    sui = SmoothUniqueInformation(max_samples=60, kernel="full", progress=False)
+    sui = SmoothUniqueInformation(max_samples=60, ntk="full", progress=False)
     trainer = _trainer(tmp_path, [sui])
     trainer.fit(model, *_loaders(digits))
     scores = sui.scores_
@@ -109,7 +109,7 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
         learning_rate=LR,
         num_steps=st["num_steps"],
         method=st["method"],
-        kernel="full",
+        ntk="full",
     )
     torch.testing.assert_close(scores.weight_si, ref.weight_si, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(scores.functional_si, ref.functional_si, rtol=1e-6, atol=1e-12)
@@ -124,7 +124,7 @@ def test_linearize_at_final_matches_engine_on_trained_weights_with_momentum(digi
     (x, y), (xv, _) = digits
     model = _model(optimizer="sgd_momentum")
     sui = SmoothUniqueInformation(
-        linearize_at="final", max_samples=None, kernel="trace", method="ridge", progress=False
+        linearize_at="final", max_samples=None, ntk="trace", method="ridge", progress=False
     )
     trainer = _trainer(tmp_path, [sui], max_epochs=1)
     with pytest.warns(UserWarning, match="momentum=0.9"):
@@ -138,7 +138,7 @@ def test_linearize_at_final_matches_engine_on_trained_weights_with_momentum(digi
         learning_rate=LR / (1 - 0.9),
         num_steps=trainer.global_step,
         method="ridge",
-        kernel="trace",
+        ntk="trace",
     )
     assert torch.equal(sui.scores_.indices, torch.arange(N_TRAIN))
     torch.testing.assert_close(sui.scores_.weight_si, ref.weight_si, rtol=1e-6, atol=1e-12)

@@ -60,7 +60,7 @@ def test_ddp_scores_identical_on_ranks_and_equal_single_process(tmp_path):
         learning_rate=st["learning_rate"],
         num_steps=st["num_steps"],
         method=st["method"],
-        kernel="full",
+        ntk="full",
     )
     torch.testing.assert_close(r0["weight_si"], ref.weight_si, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(r0["functional_si"], ref.functional_si, rtol=1e-6, atol=1e-12)

@@ -256,8 +256,8 @@ GOOD = np.random.default_rng(0).normal(size=(10, 3))
         (GOOD, {"dtype": "double64"}, ValueError, "`dtype`"),
         (GOOD, {"max_samples": 1}, ValueError, "`max_samples` must be >= 2"),
         (GOOD, {"seed": 1.5}, TypeError, "`seed` must be an integer"),
-        (GOOD, {"num_probes": 0}, ValueError, "`num_probes` must be >= 1"),
-        (GOOD, {"num_steps": 0}, ValueError, "`num_steps` must be >= 1"),
+        (GOOD, {"num_lanczos_probes": 0}, ValueError, "`num_lanczos_probes` must be >= 1"),
+        (GOOD, {"num_lanczos_steps": 0}, ValueError, "`num_lanczos_steps` must be >= 1"),
         ("not an array", {}, TypeError, "`embeddings` must be a torch.Tensor"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -275,8 +275,8 @@ def test_dse_errors(x, kwargs, err, match):
         (np.ones((10, 2, 2)), {}, ValueError, "`reference` must be 1-D"),
         (np.ones((10, 3)), {"discrete": True}, ValueError, "`discrete=True` needs a 1-D"),
         (np.arange(10), {"discrete": "yes"}, TypeError, "`discrete` must be None, True or False"),
-        (np.arange(10), {"n_clusters": 1}, ValueError, "`n_clusters` must be >= 2"),
-        (np.arange(10), {"n_repeats": 0}, ValueError, "`n_repeats` must be >= 1"),
+        (np.arange(10), {"num_clusters": 1}, ValueError, "`num_clusters` must be >= 2"),
+        (np.arange(10), {"num_repeats": 0}, ValueError, "`num_repeats` must be >= 1"),
         (np.arange(10), {"t": 0}, ValueError, "`t`"),
         (np.arange(10), {"sigma": 0.0}, ValueError, "`sigma`"),
         (np.arange(10), {"solver": "svd"}, ValueError, "`solver` must be one of"),
@@ -287,9 +287,9 @@ def test_dse_errors(x, kwargs, err, match):
         (None, {"clusters": np.zeros((10, 2), dtype=int)}, ValueError, "`clusters` must be 1-D"),
         (
             np.random.default_rng(0).normal(size=(10, 3)),
-            {"n_clusters": 11},
+            {"num_clusters": 11},
             ValueError,
-            r"`n_clusters` must be < the number of samples \(10\) for spectral clustering; got 11",
+            r"`num_clusters` must be < the number of samples \(10\) for spectral clustering; got 11",
         ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -361,7 +361,7 @@ def test_dsmi_agrees_in_distribution_with_reference():
     ref = [ref_dsmi(x, y, seed=s) for s in range(5)]
     spread = max(np.std(ours), np.std(ref), 1e-3)
     assert abs(np.mean(ours) - np.mean(ref)) < 4 * spread / math.sqrt(5) + 1e-3, (ours, ref)
-    # the conditional part is deterministic: with n_repeats -> the same subsets (whole groups)
+    # the conditional part is deterministic: with num_repeats -> the same subsets (whole groups)
     # only the random A* term differs, so the seed spread is small
     assert np.std(ours) < 0.05
 
@@ -369,12 +369,12 @@ def test_dsmi_agrees_in_distribution_with_reference():
 def test_dsmi_compute_matches_public_on_labels():
     x, y = _blobs(3, 20, 8, 0.5, 2.0)
     xt = torch.from_numpy(x)
-    expected = dsmi(xt, y, seed=3, n_repeats=2).item()
-    got = _dsmi_compute(xt, torch.from_numpy(y), sigma=10.0, t=1, n_repeats=2, seed=3).item()
+    expected = dsmi(xt, y, seed=3, num_repeats=2).item()
+    got = _dsmi_compute(xt, torch.from_numpy(y), sigma=10.0, t=1, num_repeats=2, seed=3).item()
     assert got == expected
 
 
-def _dsmi_by_public_dse(x, labels, *, sigma, t, n_repeats, seed):
+def _dsmi_by_public_dse(x, labels, *, sigma, t, num_repeats, seed):
     """The DSMI subset protocol written with one public DSE call per subset (no shared
     distances, no batching): same generator draws as ``_dsmi_compute``."""
     n = x.shape[0]
@@ -388,11 +388,11 @@ def _dsmi_by_public_dse(x, labels, *, sigma, t, n_repeats, seed):
         torch.randint(0, 2**31 - 1, (1,), generator=gen)
         h_cond = dse(x[members], sigma=sigma, t=t).item()
         h_star = 0.0
-        for _ in range(n_repeats):
+        for _ in range(num_repeats):
             idx = torch.randperm(n, generator=gen)[:n_c]
             torch.randint(0, 2**31 - 1, (1,), generator=gen)
             h_star += dse(x[idx], sigma=sigma, t=t).item()
-        mi += n_c / n * (h_star / n_repeats - h_cond)
+        mi += n_c / n * (h_star / num_repeats - h_cond)
     return mi
 
 
@@ -405,8 +405,8 @@ def test_dsmi_shared_affinity_batched_path_matches_per_subset_dse(dtype):
     labels[3] = 9  # a singleton group contributes 0
     x[:40] += 2.0 * labels[:40, None]  # some dependence on the labels
     for sigma, t in ((1.0, 1), (3.0, 2.5)):
-        expected = _dsmi_by_public_dse(x, labels, sigma=sigma, t=t, n_repeats=3, seed=11)
-        got = _dsmi_compute(x, labels, sigma=sigma, t=t, n_repeats=3, seed=11, dtype=dtype)
+        expected = _dsmi_by_public_dse(x, labels, sigma=sigma, t=t, num_repeats=3, seed=11)
+        got = _dsmi_compute(x, labels, sigma=sigma, t=t, num_repeats=3, seed=11, dtype=dtype)
         tol = 1e-10 if dtype is None else 1e-4
         assert abs(got.item() - expected) < tol, (got.item(), expected)
 
@@ -421,14 +421,14 @@ def test_discrete_inference_rules():
     assert dsmi(x, y.astype(np.float32)).item() == as_int
     assert dsmi(x, y.astype(np.float64), discrete=None).item() == as_int
     assert dsmi(x, (y == 0)).item() == dsmi(x, (y == 0).astype(int)).item()
-    # the same labels forced continuous are binned into n_clusters bins (3 values -> 3 bins here)
+    # the same labels forced continuous are binned into num_clusters bins (3 values -> 3 bins here)
     binned = torch.from_numpy(ref_bin_scalar(y, 10))
     assert dsmi(x, y, discrete=False).item() == dsmi(x, None, clusters=binned).item()
     # non-whole floats are binned ...
     s = np.random.default_rng(0).normal(size=60)
-    expected = dsmi(x, None, clusters=torch.from_numpy(ref_bin_scalar(s, 4)), n_clusters=4).item()
-    assert dsmi(x, s, n_clusters=4).item() == expected
-    assert dsmi(x, s[:, None], n_clusters=4).item() == expected  # (N, 1) is a scalar too
+    expected = dsmi(x, None, clusters=torch.from_numpy(ref_bin_scalar(s, 4)), num_clusters=4).item()
+    assert dsmi(x, s, num_clusters=4).item() == expected
+    assert dsmi(x, s[:, None], num_clusters=4).item() == expected  # (N, 1) is a scalar too
     # ... unless declared discrete: every distinct value is then its own class (all singletons)
     assert dsmi(x, s, discrete=True).item() == 0.0
     # whole-number floats with more than 100 distinct values are binned
@@ -456,25 +456,25 @@ def test_vector_reference_clusters_and_reuse():
     rng = np.random.default_rng(0)
     b, groups = _blobs(3, 25, 5, 0.3, 10.0, seed=6)
     x = np.c_[b, rng.normal(size=(75, 3))]
-    c = cluster_reference(b, n_clusters=3)
+    c = cluster_reference(b, num_clusters=3)
     assert c.dtype == torch.long
     assert c.shape == (75,)
     assert adjusted_rand_score(groups, c.numpy()) == 1.0
-    inside = dsmi(x, b, n_clusters=3).item()
-    assert dsmi(x, b, n_clusters=3, clusters=c).item() == inside
+    inside = dsmi(x, b, num_clusters=3).item()
+    assert dsmi(x, b, num_clusters=3, clusters=c).item() == inside
     assert dsmi(x, None, clusters=c).item() == inside
     assert inside == pytest.approx(dsmi(x, groups).item(), abs=1e-12)
 
 
 def test_cluster_reference_small_n_and_1d():
     b = np.array([0.0, 0.1, 0.2, 10.0, 10.1])
-    c = cluster_reference(b, n_clusters=2)  # n_neighbors=10 capped at N - 1
+    c = cluster_reference(b, num_clusters=2)  # num_neighbors=10 capped at N - 1
     assert adjusted_rand_score([0, 0, 0, 1, 1], c.numpy()) == 1.0
     with pytest.raises(ValueError, match="at least 2 samples"):
         cluster_reference(np.ones((1, 3)))
     for k in (5, 6):  # k = N used to fail inside scipy's eigensolver (found by fuzzing)
-        with pytest.raises(ValueError, match="`n_clusters` must be < the number of samples"):
-            cluster_reference(b, n_clusters=k)
+        with pytest.raises(ValueError, match="`num_clusters` must be < the number of samples"):
+            cluster_reference(b, num_clusters=k)
 
 
 @pytest.mark.parametrize("sigma", [2.0, "median", "knn"])

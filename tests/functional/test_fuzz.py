@@ -194,7 +194,12 @@ def test_dse_exact_options_fuzz(x, t):
 def test_dse_lanczos_fuzz(x, sigma):
     """The stochastic solver on generic full-rank data (degenerate data: see the test_bug_dse_lanczos_* tests)."""
     value, exc = _call(
-        diffusion_spectral_entropy, x, sigma=sigma, solver="lanczos", num_probes=4, num_steps=8
+        diffusion_spectral_entropy,
+        x,
+        sigma=sigma,
+        solver="lanczos",
+        num_lanczos_probes=4,
+        num_lanczos_steps=8,
     )
     assert exc is None, exc
     h = _finite_scalar(value)
@@ -239,16 +244,16 @@ _REF_BAD = {"short", "nan", "3d", "0d", "str"}
 )
 def test_mutual_information_fuzz(x, ref_kind, seed, classic):
     n = x.shape[0]
-    if ref_kind == "vector" and n == 2:  # n_clusters == N: see test_bug_cluster_reference_k_eq_n
+    if ref_kind == "vector" and n == 2:  # num_clusters == N: see test_bug_cluster_reference_k_eq_n
         return
     reference = _make_reference(ref_kind, n, seed)
     if classic:
         value, exc = _call(
-            classic_shannon_mutual_information, x, reference, n_clusters=2, seed=seed
+            classic_shannon_mutual_information, x, reference, num_clusters=2, seed=seed
         )
     else:
         value, exc = _call(
-            diffusion_spectral_mutual_information, x, reference, n_clusters=2, n_repeats=2
+            diffusion_spectral_mutual_information, x, reference, num_clusters=2, num_repeats=2
         )
     if not _valid_2d(x):
         _assert_names(exc, "embeddings")
@@ -257,7 +262,7 @@ def test_mutual_information_fuzz(x, ref_kind, seed, classic):
         _assert_names(exc, "reference")
         return
     if ref_kind == "vector" and n < 2:
-        _assert_names(exc, "n_clusters", "reference", "embeddings")
+        _assert_names(exc, "num_clusters", "reference", "embeddings")
         return
     assert exc is None, exc
     mi = _finite_scalar(value)
@@ -347,7 +352,7 @@ def sui_case(draw):
     else:
         targets = torch.from_numpy(rng.standard_normal((n, k)))
     num_steps = draw(st.sampled_from([None, 1, 7, 30]))
-    method = draw(st.sampled_from(["exact", "ridge"]))
+    method = draw(st.sampled_from(["replay", "ridge"]))
     wd = draw(st.sampled_from([0.0, 1e-3, 0.1]))
     frac = draw(st.sampled_from([0.05, 0.5, 0.9, 1.5, 4.0]))
     ntk_dtype = draw(st.sampled_from([torch.float64, torch.float32]))
@@ -454,7 +459,7 @@ def test_unique_information_bad_arguments(bad, n):
         "num_steps": 5,
         "weight_decay": 0.0,
         "noise_scale": 1.0,
-        "method": "exact",
+        "method": "replay",
         "ridge_c": 0.5,
     }
     name = {
@@ -546,8 +551,8 @@ def test_unique_information_bad_arguments(bad, n):
             ("t", 0.5),
             ("t", float("inf")),
             ("solver", "qr"),
-            ("num_probes", 0),
-            ("num_steps", 1.5),
+            ("num_lanczos_probes", 0),
+            ("num_lanczos_steps", 1.5),
             ("seed", "x"),
             ("max_samples", 1),
             ("dtype", torch.int64),
@@ -607,7 +612,7 @@ def test_bug_dse_lanczos_two_clusters():
     for probes, steps in [(4, 8), (16, 32), (64, 32)]:
         h = float(
             diffusion_spectral_entropy(
-                x, sigma=10.0, solver="lanczos", num_probes=probes, num_steps=steps
+                x, sigma=10.0, solver="lanczos", num_lanczos_probes=probes, num_lanczos_steps=steps
             )
         )
         assert -0.5 <= h <= math.log2(10) + 0.5, (probes, steps, h)
@@ -661,7 +666,7 @@ def test_bug_cluster_reference_k_eq_n(fn):
         "dsmi": diffusion_spectral_mutual_information,
         "classic": classic_shannon_mutual_information,
     }[fn]
-    _assert_finite_or_named(func, ["n_clusters", "reference"], _X10[:3], ref, n_clusters=3)
+    _assert_finite_or_named(func, ["num_clusters", "reference"], _X10[:3], ref, num_clusters=3)
 
 
 def test_bug_classic_entropy_zero_dims():
@@ -756,7 +761,7 @@ def test_precomputed_clusters(n, kind, seed, classic):
         "one_group": np.zeros(n, dtype=np.int64),
     }[kind]
     fn = classic_shannon_mutual_information if classic else diffusion_spectral_mutual_information
-    kwargs = {} if classic else {"n_repeats": 2}
+    kwargs = {} if classic else {"num_repeats": 2}
     value, exc = _call(fn, x, None, clusters=clusters, **kwargs)
     if kind in ("float", "short", "2d"):
         _assert_names(exc, "clusters")

@@ -59,9 +59,9 @@ def test_stable_learning_rate_is_kept_and_unstable_one_rescaled_to_the_same_time
 
 def test_auto_method_follows_the_cost_model():
     cheap = plan_gradient_descent(10.0, 50, learning_rate=1.0, num_steps=10, method="auto")
-    assert cheap.method == "exact"
+    assert cheap.method == "replay"
     dear = plan_gradient_descent(
-        10.0, 50, learning_rate=1.0, num_steps=10, method="auto", max_exact_cost=1e3
+        10.0, 50, learning_rate=1.0, num_steps=10, method="auto", max_replay_cost=1e3
     )
     assert dear.method == "ridge"
     forced = plan_gradient_descent(10.0, 50, learning_rate=1.0, num_steps=10, method="ridge")
@@ -109,7 +109,7 @@ def test_functional_and_callback_plan_replay_the_same_unstable_run():
     from lightning_info.callbacks import SmoothUniqueInformation
     from lightning_info.callbacks._sui_recipe import TrainingRecipe
 
-    sui = SmoothUniqueInformation(linearize_at="final", method="exact", max_samples=None)
+    sui = SmoothUniqueInformation(linearize_at="final", method="replay", max_samples=None)
     recipe = TrainingRecipe(optimizer="SGD", learning_rate=lr, steps_taken=30)
     with pytest.warns(UserWarning, match="exceeds the stability limit"):
         scores = sui.score(model, torch.utils.data.TensorDataset(x, y), recipe=recipe, write=False)

@@ -100,7 +100,7 @@ def test_ntk_full_and_trace_equal_explicit_products(data):
     j1, j2 = _loop_jacobian(model, x), _loop_jacobian(model, x2)
     full = empirical_ntk(model, x, x2)
     torch.testing.assert_close(full, j1.reshape(-1, j1.shape[2]) @ j2.reshape(-1, j2.shape[2]).T)
-    trace = empirical_ntk(model, x, x2, kernel="trace")
+    trace = empirical_ntk(model, x, x2, ntk="trace")
     expected = sum(j1[:, k] @ j2[:, k].T for k in range(3))
     torch.testing.assert_close(trace, expected)
 
@@ -114,17 +114,17 @@ def test_ntk_symmetric_psd_and_x2_none_matches_x2_equal_x1(data):
     torch.testing.assert_close(ntk, empirical_ntk(model, x, x))
 
 
-@pytest.mark.parametrize("kernel", ["full", "trace"])
+@pytest.mark.parametrize("ntk", ["full", "trace"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["x2=None", "x2"])
-def test_streaming_blocks_equal_in_memory(data, kernel, symmetric):
+def test_streaming_blocks_equal_in_memory(data, ntk, symmetric):
     x, x2 = data
     model = _mlp()
     other = None if symmetric else x2
-    ref = empirical_ntk(model, x, other, kernel=kernel)
+    ref = empirical_ntk(model, x, other, ntk=ntk)
     # a budget of 3 samples' Jacobians forces the block-by-block streaming path
     per_sample = 2 * sum(p.numel() for p in model.parameters()) * 8
     streamed = empirical_ntk(
-        model, x, other, kernel=kernel, chunk_size=2, memory_budget_bytes=3 * per_sample
+        model, x, other, ntk=ntk, chunk_size=2, memory_budget_bytes=3 * per_sample
     )
     torch.testing.assert_close(streamed, ref, rtol=1e-12, atol=1e-12)
 
@@ -226,8 +226,8 @@ def test_unsupported_outputs_raise(data):
 def test_invalid_options_raise(data):
     x, _ = data
     model = _mlp()
-    with pytest.raises(ValueError, match="kernel"):
-        empirical_ntk(model, x, kernel="diag")
+    with pytest.raises(ValueError, match="ntk"):
+        empirical_ntk(model, x, ntk="diag")
     with pytest.raises(ValueError, match="chunk_size"):
         per_sample_jacobians(model, x, chunk_size=0)
     with pytest.raises(ValueError, match="memory_budget_bytes"):
@@ -298,22 +298,22 @@ def _models():
 
 
 @pytest.mark.parametrize("name", ["mixed", "tied", "reused", "scalar-output"])
-@pytest.mark.parametrize("kernel", ["full", "trace"])
-def test_structured_ntk_equals_explicit_autograd_products(name, kernel):
+@pytest.mark.parametrize("ntk", ["full", "trace"])
+def test_structured_ntk_equals_explicit_autograd_products(name, ntk):
     model, dim = _models()[name]
     gen = torch.Generator().manual_seed(0)
     x1 = torch.randn(6, dim, generator=gen, dtype=torch.float64)
     x2 = torch.randn(4, dim, generator=gen, dtype=torch.float64)
     j1, j2 = _loop_jacobian(model, x1), _loop_jacobian(model, x2)
     k = j1.shape[1]
-    if kernel == "full":
+    if ntk == "full":
         expected = j1.reshape(6 * k, -1) @ j2.reshape(4 * k, -1).T
     else:
         expected = sum(j1[:, c] @ j2[:, c].T for c in range(k))
-    got = empirical_ntk(model, x1, x2, kernel=kernel, form="structured")
+    got = empirical_ntk(model, x1, x2, ntk=ntk, form="structured")
     torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
-    sym = empirical_ntk(model, x1, kernel=kernel, form="structured", chunk_size=4)
-    expected_sym = empirical_ntk(model, x1, kernel=kernel, form="explicit")
+    sym = empirical_ntk(model, x1, ntk=ntk, form="structured", chunk_size=4)
+    expected_sym = empirical_ntk(model, x1, ntk=ntk, form="explicit")
     torch.testing.assert_close(sym, expected_sym, rtol=1e-11, atol=1e-12)
 
 
@@ -372,17 +372,17 @@ def test_structured_path_never_forms_linear_jacobians(monkeypatch):
 
     model = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 10)).double()
     x = torch.randn(12, 30, dtype=torch.float64)
-    reference = empirical_ntk(model, x, kernel="trace", form="explicit")
+    reference = empirical_ntk(model, x, ntk="trace", form="explicit")
     ref_feats = jacobian_features(model, x, projection_dim=8, form="explicit")
 
     def forbidden(self, x):
         raise AssertionError("explicit Jacobian formed")
 
     monkeypatch.setattr(jac_mod._ExplicitLinearization, "_explicit_jacobian", forbidden)
-    torch.testing.assert_close(empirical_ntk(model, x, kernel="trace"), reference)
+    torch.testing.assert_close(empirical_ntk(model, x, ntk="trace"), reference)
     torch.testing.assert_close(jacobian_features(model, x, projection_dim=8), ref_feats)
     with pytest.raises(AssertionError, match="explicit Jacobian formed"):
-        empirical_ntk(model, x, kernel="trace", form="explicit")
+        empirical_ntk(model, x, ntk="trace", form="explicit")
 
 
 def test_structured_option_type_checked(data):
@@ -457,7 +457,7 @@ def test_output_fn_gives_the_plain_model_jacobians_and_kernels(wrapper, form):
     expected = j1.reshape(-1, p) @ j2.reshape(-1, p).T
     torch.testing.assert_close(full, expected, rtol=1e-11, atol=1e-12)
     torch.testing.assert_close(full, empirical_ntk(plain, x1, x2, form=form), rtol=0, atol=0)
-    trace = empirical_ntk(wrapped, x1, kernel="trace", form=form, output_fn=output_fn)
+    trace = empirical_ntk(wrapped, x1, ntk="trace", form=form, output_fn=output_fn)
     expected_trace = sum(j1[:, c] @ j1[:, c].T for c in range(j1.shape[1]))
     torch.testing.assert_close(trace, expected_trace, rtol=1e-11, atol=1e-12)
     # streaming blocks (a budget of a few samples) and projected features J R

@@ -161,7 +161,9 @@ CASES = [
 def test_dse_lanczos_matches_exact(kind, sigma):
     x = _data(kind, 400)
     exact = _exact_dse(x, sigma)
-    est = _dse_lanczos(torch.from_numpy(x), sigma=sigma, num_probes=16, num_steps=24, seed=0)
+    est = _dse_lanczos(
+        torch.from_numpy(x), sigma=sigma, num_lanczos_probes=16, num_lanczos_steps=24, seed=0
+    )
     assert est.shape == ()
     assert est.dtype == torch.float64
     assert est.item() == pytest.approx(exact, abs=0.03)
@@ -170,7 +172,9 @@ def test_dse_lanczos_matches_exact(kind, sigma):
 def test_dse_lanczos_t2_matches_exact():
     x = _data("manifold", 500)
     exact = _exact_dse(x, 2.0, t=2)
-    est = _dse_lanczos(torch.from_numpy(x), sigma=2.0, t=2, num_probes=16, num_steps=24, seed=0)
+    est = _dse_lanczos(
+        torch.from_numpy(x), sigma=2.0, t=2, num_lanczos_probes=16, num_lanczos_steps=24, seed=0
+    )
     assert est.item() == pytest.approx(exact, abs=0.05)
 
 
@@ -184,8 +188,8 @@ def test_dse_lanczos_error_falls_with_probes():
             _dse_lanczos(
                 x,
                 sigma=1.0,
-                num_probes=probes,
-                num_steps=16,
+                num_lanczos_probes=probes,
+                num_lanczos_steps=16,
                 seed=s,
                 num_deflate=0,
                 estimator="exact_z",
@@ -349,3 +353,9 @@ def test_dse_lanczos_very_low_rank_data_matches_exact(rank, sigma):
     for seed in range(3):
         est = float(diffusion_spectral_entropy(x, sigma=sigma, solver="lanczos", seed=seed))
         assert est == pytest.approx(exact, abs=0.01), (seed, est, exact)
+
+
+def test_dse_lanczos_rejects_unknown_estimator():
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="`estimator` must be one of"):
+        _dse_lanczos(x, sigma=1.0, estimator="ratio")

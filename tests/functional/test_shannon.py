@@ -74,10 +74,10 @@ def test_csmi_reference_handling_shared_with_dsmi():
     x = rng.normal(size=(90, 4))
     s = rng.normal(size=90)
     binned = torch.from_numpy(ref_bin_scalar(s, 5))
-    assert csmi(x, s, n_clusters=5).item() == csmi(x, None, clusters=binned).item()
+    assert csmi(x, s, num_clusters=5).item() == csmi(x, None, clusters=binned).item()
     vectors = np.repeat(np.eye(3, 4) * 30, 30, axis=0) + rng.normal(size=(90, 4))
     groups = np.repeat(np.arange(3), 30)
-    assert csmi(x, vectors, n_clusters=3).item() == pytest.approx(ref_csmi(x, groups), abs=1e-12)
+    assert csmi(x, vectors, num_clusters=3).item() == pytest.approx(ref_csmi(x, groups), abs=1e-12)
 
 
 @pytest.mark.parametrize(

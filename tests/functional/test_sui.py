@@ -108,7 +108,7 @@ def test_trace_kernel_equals_brute_force_when_kernel_is_kronecker(t):
     assert _rel(out.self_prediction_change, ref["self_change"]) < 1e-8
     if t is None:
         feats = unique_information_from_features(
-            jac, jac_star, f0, labels, learning_rate=lr, weight_decay=wd, kernel="trace"
+            jac, jac_star, f0, labels, learning_rate=lr, weight_decay=wd, ntk="trace"
         )
         # trace features: concatenation over outputs / sqrt(K) gives (Θ_trace / K) ⊗ I_K
         assert _rel(feats.weight_change_sq, ref["w_sq"]) < 1e-8
@@ -116,7 +116,7 @@ def test_trace_kernel_equals_brute_force_when_kernel_is_kronecker(t):
 
 @pytest.mark.parametrize(
     ("k", "t", "method"),
-    [(1, None, "exact"), (3, None, "exact"), (1, 20, "ridge"), (3, 20, "ridge")],
+    [(1, None, "replay"), (3, None, "replay"), (1, 20, "ridge"), (3, 20, "ridge")],
 )
 def test_feature_space_path_equals_kernel_path(k, t, method):
     n = 10
@@ -131,20 +131,20 @@ def test_feature_space_path_equals_kernel_path(k, t, method):
         assert _rel(getattr(b, field), getattr(a, field)) < 1e-9
 
 
-@pytest.mark.parametrize("kernel", ["full", "trace"])
-def test_feature_space_path_in_sample_chunks_equals_kernel_path(monkeypatch, kernel):
+@pytest.mark.parametrize("ntk", ["full", "trace"])
+def test_feature_space_path_in_sample_chunks_equals_kernel_path(monkeypatch, ntk):
     from lightning_info.functional import _sui_algebra as sui_algebra
 
     n, k = 11, 3
     jac, jac_star, f0, y = _problem(n, k, 9, 4, seed=5)
     theta, theta_star = _kernels(jac, jac_star)
-    if kernel == "trace":  # (Θ_trace / K) ⊗ I_K, given to the kernel path in its trace form
+    if ntk == "trace":  # (Θ_trace / K) ⊗ I_K, given to the kernel path in its trace form
         theta = sum(jac[:, c] @ jac[:, c].T for c in range(k))
         theta_star = sum(jac_star[:, c] @ jac[:, c].T for c in range(k))
     kw = dict(learning_rate=_stable_lr(theta, n, 0.05), weight_decay=0.05)
     a = unique_information_from_kernels(theta, theta_star, f0, y, **kw)
     monkeypatch.setattr(sui_algebra, "_FEATURE_CHUNK_BYTES", 1)  # one sample per chunk
-    b = unique_information_from_features(jac, jac_star, f0, y, kernel=kernel, **kw)
+    b = unique_information_from_features(jac, jac_star, f0, y, ntk=ntk, **kw)
     for field in ("weight_change_sq", "function_change_sq", "self_prediction_change"):
         assert _rel(getattr(b, field), getattr(a, field)) < 1e-9
 
@@ -219,14 +219,14 @@ def _mlp(k):
     return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, k)).double()
 
 
-@pytest.mark.parametrize("kernel", ["full", "trace"])
-def test_model_level_matches_brute_force_on_explicit_jacobians(kernel):
+@pytest.mark.parametrize("ntk", ["full", "trace"])
+def test_model_level_matches_brute_force_on_explicit_jacobians(ntk):
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(9, 4, generator=gen, dtype=F64)
     x_star = torch.randn(4, 4, generator=gen, dtype=F64)
     labels = torch.tensor([0, 1, 2, 1, 0, 2, 2, 1, 0])
     model = _mlp(3)
-    kw = dict(learning_rate=0.5, num_steps=15, weight_decay=0.01, kernel=kernel, params="2.")
+    kw = dict(learning_rate=0.5, num_steps=15, weight_decay=0.01, ntk=ntk, params="2.")
     out = smooth_unique_information(model, x, labels, x_star, **kw)
     jac = per_sample_jacobians(model, x, params="2.")
     jac_star = per_sample_jacobians(model, x_star, params="2.")
@@ -306,7 +306,7 @@ def test_error_not_positive_definite_at_t_inf(small):
     unique_information_from_kernels(theta, theta_star, f0, y, learning_rate=0.1, weight_decay=0.1)
 
 
-@pytest.mark.parametrize(("t", "method"), [(None, "exact"), (10, "exact"), (10, "ridge")])
+@pytest.mark.parametrize(("t", "method"), [(None, "replay"), (10, "replay"), (10, "ridge")])
 def test_error_learning_rate_too_large(small, t, method):
     theta, theta_star, f0, y = small
     lam_max = float(torch.linalg.eigvalsh(theta).max()) + 6 * 0.1
@@ -354,7 +354,7 @@ def test_errors_shapes_and_values(small):
     with pytest.raises(ValueError, match="method"):
         unique_information_from_kernels(theta, None, f0, y, method="fast", **kw)
     jac, _, _, _ = _problem(6, 1, 4, 3)
-    with pytest.raises(ValueError, match="method='exact'"):
+    with pytest.raises(ValueError, match="method='replay'"):
         unique_information_from_features(jac, None, f0, y, num_steps=10, **kw)
     with pytest.raises(ValueError, match="weight_decay > 0"):
         unique_information_from_features(jac, None, f0, y, learning_rate=0.1)

@@ -55,10 +55,10 @@ def test_dse_subsampling_matches_functional():
 @pytest.mark.parametrize("batches", [1, 4], ids=lambda b: f"{b}batches")
 def test_dsmi_batched_equals_functional(batches):
     z, y = _data()
-    metric = DiffusionSpectralMutualInformation(sigma=3.0, n_repeats=3, seed=1)
+    metric = DiffusionSpectralMutualInformation(sigma=3.0, num_repeats=3, seed=1)
     for zc, yc in zip(z.tensor_split(batches), y.tensor_split(batches)):
         metric.update(zc, yc)
-    expected = diffusion_spectral_mutual_information(z, y, sigma=3.0, n_repeats=3, seed=1)
+    expected = diffusion_spectral_mutual_information(z, y, sigma=3.0, num_repeats=3, seed=1)
     torch.testing.assert_close(metric.compute(), expected, rtol=0, atol=1e-12)
     assert expected.item() > 0.1  # the labels are informative here, so the check has teeth
 
@@ -68,7 +68,7 @@ def test_index_gives_canonical_order_and_drops_duplicates():
     z, y = _data(n=60)
     perm = torch.randperm(60, generator=torch.Generator().manual_seed(5))
     dse_m = DiffusionSpectralEntropy(sigma=3.0, max_samples=40, seed=2)
-    mi_m = DiffusionSpectralMutualInformation(sigma=3.0, n_repeats=2, max_samples=40, seed=2)
+    mi_m = DiffusionSpectralMutualInformation(sigma=3.0, num_repeats=2, max_samples=40, seed=2)
     for part in perm.tensor_split(3):
         dse_m.update(z[part], index=part)
         mi_m.update(z[part], y[part], index=part)
@@ -83,7 +83,9 @@ def test_index_gives_canonical_order_and_drops_duplicates():
     )
     torch.testing.assert_close(
         mi_m.compute(),
-        diffusion_spectral_mutual_information(z, y, sigma=3.0, n_repeats=2, max_samples=40, seed=2),
+        diffusion_spectral_mutual_information(
+            z, y, sigma=3.0, num_repeats=2, max_samples=40, seed=2
+        ),
         rtol=0,
         atol=1e-12,
     )
@@ -93,9 +95,9 @@ def test_without_index_order_matters_for_dsmi():
     """Documented: without ``index`` the concatenation order is used (subsets depend on it)."""
     z, y = _data(n=60)
     perm = torch.randperm(60, generator=torch.Generator().manual_seed(5))
-    m = DiffusionSpectralMutualInformation(sigma=3.0, n_repeats=1, seed=0)
+    m = DiffusionSpectralMutualInformation(sigma=3.0, num_repeats=1, seed=0)
     m.update(z[perm], y[perm])
-    in_order = diffusion_spectral_mutual_information(z, y, sigma=3.0, n_repeats=1, seed=0)
+    in_order = diffusion_spectral_mutual_information(z, y, sigma=3.0, num_repeats=1, seed=0)
     assert abs(m.compute().item() - in_order.item()) > 1e-9
 
 
@@ -124,7 +126,7 @@ def test_clone_is_independent_and_keeps_options():
 
 def test_pickle_roundtrip_with_state():
     z, y = _data()
-    metric = DiffusionSpectralMutualInformation(sigma=3.0, n_repeats=2)
+    metric = DiffusionSpectralMutualInformation(sigma=3.0, num_repeats=2)
     metric.update(z, y)
     restored = pickle.loads(pickle.dumps(metric))
     torch.testing.assert_close(restored.compute(), metric.compute(), rtol=0, atol=0)
@@ -169,8 +171,8 @@ def test_errors_name_the_argument():
         DiffusionSpectralEntropy(sigma=0.0)
     with pytest.raises(ValueError, match="max_samples"):
         DiffusionSpectralEntropy(max_samples=1)
-    with pytest.raises(ValueError, match="n_repeats"):
-        DiffusionSpectralMutualInformation(n_repeats=0)
+    with pytest.raises(ValueError, match="num_repeats"):
+        DiffusionSpectralMutualInformation(num_repeats=0)
     with pytest.raises(TypeError, match="discrete"):
         DiffusionSpectralMutualInformation(discrete="yes")
     with pytest.raises(ValueError, match="index"):
