@@ -38,8 +38,8 @@ def kernels(dataset: str, model: str, seed: int) -> dict[str, torch.Tensor]:
     data = M.load_split(dataset)
     net = M.build_net(model, data, seed)
     out = {
-        "theta": empirical_ntk(net, data.x_train, kernel="trace"),
-        "theta_val": empirical_ntk(net, data.x_val, data.x_train, kernel="trace"),
+        "theta": empirical_ntk(net, data.x_train, ntk="trace"),
+        "theta_val": empirical_ntk(net, data.x_val, data.x_train, ntk="trace"),
         "f0": model_outputs(net, data.x_train).double(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

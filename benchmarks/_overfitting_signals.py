@@ -72,7 +72,7 @@ def _dse_and_dsmis(
         )
     }
     for name, labels in groups.items():
-        out[name] = float(_dsmi_compute(x, labels, sigma=sigma, n_repeats=5, seed=seed))
+        out[name] = float(_dsmi_compute(x, labels, sigma=sigma, num_repeats=5, seed=seed))
     return out
 
 
@@ -92,7 +92,7 @@ def run_signals(artifact: dict, val_inputs: torch.Tensor) -> dict[str, torch.Ten
         plan[n] = tuple(dict.fromkeys(plan.get(n, ()) + bws))
     for n, bws in plan.items():
         y = labels[:n]
-        x_clusters = cluster_reference(val_inputs[:n].double(), n_clusters=10, seed=0)
+        x_clusters = cluster_reference(val_inputs[:n].double(), num_clusters=10, seed=0)
         for e in range(n_epochs):
             z = feats[e, :n].double()
             out.setdefault(f"rankme/{n}", []).append(rankme(z))

@@ -205,6 +205,12 @@ class OverfittingEarlyStopping(EarlyStopping):
         verbose: bool = False,
         log_rank_zero_only: bool = False,
     ) -> None:
+        """Validate the options and build the rule (the arguments are in the class docstring).
+
+        Raises:
+            TypeError: if ``monitor`` is not a string or ``score_monitor`` neither a string nor None.
+            ValueError: on an invalid ``score_mode``, ``patience``, ``info_drop`` or ``info_patience``.
+        """
         if not isinstance(monitor, str) or not (
             score_monitor is None or isinstance(score_monitor, str)
         ):
@@ -252,7 +258,11 @@ class OverfittingEarlyStopping(EarlyStopping):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """EarlyStopping's state, the rule's and the best weights (tensors: ``weights_only``)."""
+        """EarlyStopping's state, the rule's and the best weights (tensors: ``weights_only``).
+
+        Returns:
+            The state dictionary.
+        """
         return {
             **super().state_dict(),
             "rule": self.rule.state_dict(),
