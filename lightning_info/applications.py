@@ -78,7 +78,13 @@ def suspicious_samples(
 
     Harutyunyan et al. (2021, arXiv:2101.06640, §6) observe that mislabeled and corrupted samples
     carry the most unique information: the rest of the data does not predict them, so leaving
-    one out changes the trained weights or function the most. The ranking is simply
+    one out changes the trained weights or function the most. ``by="loo_error"`` ranks by the
+    same leave-one-out runs seen from the sample itself: :math:`\lVert f_{S\setminus i}(x_i) -
+    y_i\rVert^2`, how badly the run trained without the sample predicts its label (an exact
+    N-fold cross-validation of the linearized network, no extra training). On flipped labels it
+    is the strongest ranking we measured (``benchmarks/RESULTS.md``, mislabel section): with
+    the callback's defaults it beats the training loss, cleanlab's cross-validated label quality
+    and TracIn, before and after the network has memorized the flipped labels. The ranking is
 
     .. math::
 
@@ -89,7 +95,8 @@ def suspicious_samples(
     Args:
         scores: (N,) scores (higher = more informative), or an object with a ``by`` attribute.
         k: return only the top ``k`` (default: all N).
-        by: field of a score container to rank by (``"weight_si"`` or ``"functional_si"``).
+        by: field of a score container to rank by: ``"weight_si"`` (default),
+            ``"functional_si"`` or ``"loo_error"``.
         indices: (N,) dataset indices of the scores (default: the container's ``indices`` or
             ``0..N-1``).
 

@@ -68,6 +68,28 @@ def _horizon_arg(text: str) -> int | str:
     return value
 
 
+def _weight_decay_arg(text: str) -> float | str:
+    """``--weight-decay``: ``auto``, ``loo``, ``optimizer`` or a number >= 0.
+
+    Returns:
+        The parsed value.
+
+    Raises:
+        ArgumentTypeError: for anything else.
+    """
+    if text in ("auto", "loo", "optimizer"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto', 'loo', 'optimizer' or a number >= 0; got {text!r}"
+        )
+    return value
+
+
 def _json_arg(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -289,9 +311,11 @@ def _add_score_replay_arguments(score: argparse.ArgumentParser) -> None:
     )
     score.add_argument(
         "--weight-decay",
-        type=float,
-        default=None,
-        help="weight decay (default: from the checkpoint's optimizer, else 0)",
+        type=_weight_decay_arg,
+        default="auto",
+        help="weight decay of the replayed run: 'auto' (default, as the callback: chosen by "
+        "leave-one-out cross-validation for a converged replay, the checkpoint's optimizer's for "
+        "an SGD horizon), 'loo', 'optimizer', or a number",
     )
 
 

@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_info.callbacks._sui_recipe import AUTO, Horizon, TrainingRecipe
+from lightning_info.callbacks._sui_recipe import AUTO, Horizon, TrainingRecipe, WeightDecay
 from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
 from lightning_info.functional.jacobian import model_outputs
 from lightning_info.utilities.batch import default_output_fn
@@ -201,7 +201,7 @@ def score_checkpoint(
     max_samples: int | None = 1000,
     learning_rate: float | None = None,
     num_steps: Horizon = AUTO,
-    weight_decay: float | None = None,
+    weight_decay: WeightDecay = AUTO,
     out: str | os.PathLike[str] = "sui_report",
     trust_checkpoint: bool = False,
 ) -> CheckpointScores:
@@ -224,7 +224,9 @@ def score_checkpoint(
             checkpoint: SGD replays its steps since the snapshot, adaptive optimizers score the
             converged solution), an int, or ``"converged"`` / None (t = ∞). The same values as
             the callback's ``num_steps`` and the command line's ``--num-steps``.
-        weight_decay: default: the checkpoint's first optimizer group, else 0.
+        weight_decay: ``"auto"`` (default, the callback's rule: chosen by leave-one-out
+            cross-validation for a converged replay, the checkpoint's optimizer's for an SGD
+            horizon), ``"loo"``, ``"optimizer"``, or a number.
         out: output folder.
         trust_checkpoint: unpickle arbitrary objects from the checkpoint (``torch.load`` with
             ``weights_only=False``). Default False: only tensors and primitive containers are

@@ -46,13 +46,14 @@ def brute_force_loo(jac, jac_star, f0, y, *, lr, t, wd, convention="principal"):
         convention: "principal" (lam = N wd for every run) or "exact" (lam = n wd).
 
     Returns:
-        dict with w_sq (N,), f_sq (N,) or None, self_change (N, K).
+        dict with w_sq (N,), f_sq (N,) or None, self_change (N, K), and loo_residual (N, K): the
+        prediction of the run without sample i at x_i minus y_i.
     """
     n, k, p = jac.shape
     flat = jac.reshape(n * k, p)
     resid = (f0 - y).reshape(n * k)
     d_full = _train(flat, resid, lr, n, n * wd, t)
-    w_sq, f_sq, self_change = [], [], []
+    w_sq, f_sq, self_change, loo = [], [], [], []
     for i in range(n):
         keep = [j for j in range(n) if j != i]
         rows = [j * k + c for j in keep for c in range(k)]
@@ -61,6 +62,7 @@ def brute_force_loo(jac, jac_star, f0, y, *, lr, t, wd, convention="principal"):
         dw = d_loo - d_full
         w_sq.append(float(dw @ dw))
         self_change.append(jac[i] @ dw)
+        loo.append(f0[i] + jac[i] @ d_loo - y[i])
         if jac_star is not None:
             df = jac_star @ dw  # (M, K)
             f_sq.append(float((df**2).sum(1).mean()))
@@ -68,4 +70,5 @@ def brute_force_loo(jac, jac_star, f0, y, *, lr, t, wd, convention="principal"):
         "w_sq": torch.tensor(w_sq, dtype=torch.float64),
         "f_sq": torch.tensor(f_sq, dtype=torch.float64) if jac_star is not None else None,
         "self_change": torch.stack(self_change),
+        "loo_residual": torch.stack(loo),
     }

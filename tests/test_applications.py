@@ -133,3 +133,18 @@ def test_iterative_schedule_last_round_removes_only_what_is_needed():
     keep = summarize_dataset(score_fn, keep_fraction=0.5, num_samples=20, step_fraction=0.2)
     assert sizes == [20, 16, 12]  # remove ceil(0.2*20)=4, ceil(0.2*16)=4, then only 2
     assert keep.numel() == 10
+
+
+def test_suspicious_samples_by_leave_one_out_error():
+    from lightning_info.functional import unique_information_from_kernels
+
+    g = torch.Generator().manual_seed(0)
+    jac = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    y = (jac[:, 0] > 0).long()
+    y[3] = 1 - y[3]  # one flipped label: the rest of the data predicts it worst
+    out = unique_information_from_kernels(
+        jac @ jac.T, None, torch.zeros(12), y, learning_rate=0.1, weight_decay=0.05
+    )
+    errors = out.loo_residual.square().sum(1)
+    ranked = suspicious_samples(out, by="loo_error")
+    assert ranked.tolist() == torch.argsort(errors, descending=True, stable=True).tolist()

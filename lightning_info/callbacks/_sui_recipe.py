@@ -27,7 +27,16 @@ from torch import nn
 
 from lightning_info.callbacks._sui_data import uses_augmentation
 
-__all__ = ["AUTO", "CONVERGED", "Horizon", "TrainingRecipe", "model_notes"]
+__all__ = [
+    "AUTO",
+    "CONVERGED",
+    "LOO",
+    "OPTIMIZER",
+    "Horizon",
+    "TrainingRecipe",
+    "WeightDecay",
+    "model_notes",
+]
 
 #: ``num_steps`` sentinel: read the horizon from the training run (the default).
 AUTO = "auto"
@@ -35,6 +44,12 @@ AUTO = "auto"
 CONVERGED = "converged"
 #: A horizon request: a step count, ``"auto"``, or ``"converged"`` / None.
 Horizon = int | Literal["auto", "converged"] | None
+#: ``weight_decay`` sentinel: the training run's optimizer's weight decay.
+OPTIMIZER = "optimizer"
+#: ``weight_decay`` sentinel: chosen by leave-one-out cross-validation of the converged run.
+LOO = "loo"
+#: A weight-decay request: a number, ``"auto"``, ``"loo"``, ``"optimizer"`` (None: the optimizer's).
+WeightDecay = float | Literal["auto", "loo", "optimizer"] | None
 
 
 @dataclass(frozen=True)
@@ -138,19 +153,22 @@ class TrainingRecipe:
         self,
         *,
         learning_rate: float | None = None,
-        weight_decay: float | None = None,
+        weight_decay: WeightDecay = AUTO,
         num_steps: Horizon = AUTO,
-    ) -> tuple[float, float, int | None]:
+    ) -> tuple[float, float | str, int | None]:
         """The learning rate, weight decay and horizon of the linearized run (module docstring).
 
         Args:
             learning_rate: overrides the recipe's (then no momentum correction is applied).
-            weight_decay: overrides the recipe's.
+            weight_decay: a number (overrides the recipe's), ``"optimizer"`` (the recipe's),
+                ``"loo"`` (chosen by leave-one-out cross-validation of the converged run,
+                :func:`~lightning_info.functional.loo_weight_decay`) or ``"auto"``: ``"loo"``
+                when the replayed run is the converged one, else ``"optimizer"``.
             num_steps: an int, ``"auto"`` (the rule above), or ``"converged"`` / None (t = ∞).
 
         Returns:
             ``(learning_rate, weight_decay, num_steps)``; ``num_steps`` None = converged, and at
-            least 1 otherwise.
+            least 1 otherwise; ``weight_decay`` a number or ``"loo"``.
 
         Raises:
             ValueError: when no learning rate is known, or an unknown horizon is given.
@@ -163,8 +181,19 @@ class TrainingRecipe:
             )
         if learning_rate is None and 0.0 < self.momentum < 1.0:
             lr = lr / (1.0 - self.momentum)  # heavy ball: the long-time dynamics of GD at lr/(1-β)
-        wd = self.weight_decay if weight_decay is None else float(weight_decay)
-        return float(lr), wd, self._horizon(num_steps)
+        steps = self._horizon(num_steps)
+        if weight_decay is None or weight_decay == OPTIMIZER:
+            return float(lr), self.weight_decay, steps
+        if weight_decay == AUTO:
+            return float(lr), (LOO if steps is None else self.weight_decay), steps
+        if weight_decay == LOO:
+            return float(lr), LOO, steps
+        if isinstance(weight_decay, (str, bool)):
+            raise ValueError(
+                f"`weight_decay` must be a number >= 0, 'auto', 'loo' or 'optimizer'; got "
+                f"{weight_decay!r}."
+            )
+        return float(lr), float(weight_decay), steps
 
     def _horizon(self, num_steps: Horizon) -> int | None:
         if num_steps is None or num_steps == CONVERGED:

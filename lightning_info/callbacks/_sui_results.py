@@ -93,6 +93,7 @@ class SUIScores(UniqueInformation):
             "function_change_sq": nan
             if self.function_change_sq is None
             else self.function_change_sq,
+            "loo_error": self.loo_error,
             "weight_si_rank": rank_descending(self.weight_si),
             "functional_si_rank": rank_descending(torch.nan_to_num(fsi, nan=-1.0)),
         }

@@ -30,7 +30,15 @@ from lightning_info.callbacks._sui_ddp import (
     is_distributed,
     solve_on_rank_zero,
 )
-from lightning_info.callbacks._sui_recipe import AUTO, Horizon, TrainingRecipe, model_notes
+from lightning_info.callbacks._sui_recipe import (
+    AUTO,
+    LOO,
+    OPTIMIZER,
+    Horizon,
+    TrainingRecipe,
+    WeightDecay,
+    model_notes,
+)
 from lightning_info.callbacks._sui_results import SUIScores, parameters_set_to
 from lightning_info.functional.gd_plan import DEFAULT_MAX_REPLAY_COST
 from lightning_info.functional.jacobian import empirical_ntk, model_outputs
@@ -101,7 +109,9 @@ class SmoothUniqueInformation(Callback):
         max_samples: cap on the number of scored training samples (seeded subset); None = all.
         max_heldout: cap on the number of held-out samples for F-SI; None = all.
         learning_rate: lr of the closed-form GD (default: read from the optimizer).
-        weight_decay: weight decay (default: read from the optimizer).
+        weight_decay: ``"auto"`` (default: for a converged replay, i.e. Adam and other adaptive
+            optimizers, chosen by leave-one-out cross-validation of the linearized run; for a
+            replayed SGD horizon, the optimizer's), ``"loo"``, ``"optimizer"``, or a number.
         num_steps: GD steps: ``"auto"`` (default, the rule above), an int, or ``"converged"``
             / None for the converged solution.
         noise_scale: σ of the smoothing noise (only rescales the scores).
@@ -158,7 +168,7 @@ class SmoothUniqueInformation(Callback):
         max_samples: int | None = 1000,
         max_heldout: int | None = 500,
         learning_rate: float | None = None,
-        weight_decay: float | None = None,
+        weight_decay: WeightDecay = AUTO,
         num_steps: Horizon = AUTO,
         noise_scale: float = 1.0,
         ntk: Literal["auto", "full", "trace"] | str = "auto",
@@ -206,7 +216,7 @@ class SmoothUniqueInformation(Callback):
     def _set_replay(
         self,
         learning_rate: float | None,
-        weight_decay: float | None,
+        weight_decay: WeightDecay,
         num_steps: Horizon,
         method: str,
         replay_max_cost: float,
@@ -215,11 +225,7 @@ class SmoothUniqueInformation(Callback):
         self.learning_rate = (
             None if learning_rate is None else _check_positive(learning_rate, "learning_rate")
         )
-        self.weight_decay = (
-            None
-            if weight_decay is None
-            else _check_positive(weight_decay, "weight_decay", allow_zero=True)
-        )
+        self.weight_decay = _check_weight_decay(weight_decay)
         self.num_steps = _check_horizon(num_steps)
         self.method = _check_choice(method, "method", ("auto", "replay", "ridge"))
         self.replay_max_cost = _check_positive(replay_max_cost, "replay_max_cost")
@@ -502,7 +508,7 @@ class SmoothUniqueInformation(Callback):
         )
         rank_zero_info(
             f"SmoothUniqueInformation: scoring {n} samples ({0 if x_val is None else len(x_val)} "
-            f"held-out), lr={lr:g}, steps={steps}, wd={wd:g}, ntk={ntk}."
+            f"held-out), lr={lr:g}, steps={steps}, wd={wd}, ntk={ntk}."
         )
         jac_kw = dict(
             params=self.params,
@@ -529,7 +535,7 @@ class SmoothUniqueInformation(Callback):
         f0: Tensor,
         y: Tensor,
         lr: float,
-        wd: float,
+        wd: float | str,
         steps: int | None,
     ) -> UniqueInformation:
         """The planned solve; the plan's notes (rescale, jitter) are warned about once.
@@ -582,6 +588,26 @@ class SmoothUniqueInformation(Callback):
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_warn(f"SmoothUniqueInformation: {message}", category=UserWarning)
+
+
+def _check_weight_decay(weight_decay: Any) -> WeightDecay:
+    """``"auto"``, ``"loo"``, ``"optimizer"`` (None: the same), or a number >= 0.
+
+    Returns:
+        The validated value.
+
+    Raises:
+        ValueError: for another string or a negative number.
+    """
+    if weight_decay is None or weight_decay == OPTIMIZER:
+        return OPTIMIZER
+    if weight_decay in (AUTO, LOO):
+        return weight_decay
+    if isinstance(weight_decay, str):
+        raise ValueError(
+            f"`weight_decay` must be a number >= 0, 'auto', 'loo' or 'optimizer'; got {weight_decay!r}."
+        )
+    return _check_positive(weight_decay, "weight_decay", allow_zero=True)
 
 
 def _check_horizon(num_steps: Any) -> Horizon:

@@ -22,6 +22,7 @@ from lightning_info.functional.shannon import (
 from lightning_info.functional.sui import (
     NotPositiveDefiniteError,
     UniqueInformation,
+    loo_weight_decay,
     smooth_unique_information,
     unique_information_from_features,
     unique_information_from_kernels,
@@ -42,6 +43,7 @@ __all__: list[str] = [
     "gaussian_affinity",
     "jacobian_features",
     "kernel_from_features",
+    "loo_weight_decay",
     "model_outputs",
     "per_sample_jacobians",
     "plan_gradient_descent",

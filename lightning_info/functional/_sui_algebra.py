@@ -40,8 +40,9 @@ def _infinite(
         kb: rows per sample block.
 
     Returns:
-        ``(w_sq, f_sq, self_change)``: (N,) :math:`\lVert\Delta w\rVert^2`, (N,) mean held-out
-        :math:`\lVert\Delta f\rVert^2` (or None), (N, Kb, R) own-prediction changes.
+        ``(w_sq, f_sq, self_change, fitted)``: (N,) :math:`\lVert\Delta w\rVert^2`, (N,) mean held-out
+        :math:`\lVert\Delta f\rVert^2` (or None), (N, Kb, R) own-prediction changes and the
+        (n, R) residuals :math:`f_S(x) - y` of the trained run (:math:`\lambda\alpha`).
 
     Raises:
         NotPositiveDefiniteError: if :math:`A` has no (well-conditioned) Cholesky factor.
@@ -62,14 +63,14 @@ def _infinite(
         fcols = f.view(n, n_samples, kb)
         f2_bb = torch.einsum("rik,ril->ikl", fcols, fcols)
         w_sq = w_sq - lam * torch.einsum("ikr,ikl,ilr->i", v, f2_bb, v)
-    self_change = v - lam * alpha_b  # Δf(x_i) = v_i − λ α_B
+    self_change = v - lam * alpha_b  # Δf(x_i) = v_i − λ α_B; f_S(x_i) − y_i = λ α_B
     f_sq = None
     if theta_star is not None:  # Δf(X*) = G[:, B] v_i with G = Θ* F
         m = theta_star.shape[0] // kb
         g = (theta_star @ f).view(-1, n_samples, kb)
         h_bb = torch.einsum("mik,mil->ikl", g, g)
         f_sq = torch.einsum("ikr,ikl,ilr->i", v, h_bb, v) / m
-    return w_sq.clamp_min(0), f_sq, self_change
+    return w_sq.clamp_min(0), f_sq, self_change, lam * alpha
 
 
 #: Bound on the per-chunk (samples, d, R) temporaries of the feature-space closed forms.
@@ -94,7 +95,7 @@ def _features(
         kb: rows per sample block.
 
     Returns:
-        ``(w_sq, f_sq, self_change)`` as in :func:`_infinite`.
+        ``(w_sq, f_sq, self_change, fitted)`` as in :func:`_infinite`.
 
     Raises:
         NotPositiveDefiniteError: if :math:`\Phi^\top\Phi + \lambda I` has no Cholesky factor.
@@ -129,4 +130,4 @@ def _features(
         v_parts.append(v)
     w_sq = torch.cat(w_parts)
     f_sq = None if star is None else torch.cat(f_parts) / (phi_star.shape[0] // kb)
-    return w_sq, f_sq, torch.cat(v_parts) - lam * alpha_b
+    return w_sq, f_sq, torch.cat(v_parts) - lam * alpha_b, lam * alpha

@@ -123,6 +123,7 @@ class _Eigenbasis:
         theta_eig: (n,) eigenvalues of :math:`\Theta` (:math:`\lambda - \lambda_\mathrm{ridge}`).
         g_star: (M Kb, n) :math:`\Theta_* U`, or None without held-out data.
         eta_prime: :math:`\eta'`.
+        fitted: (n, R) residuals :math:`f_t(X) - Y = r + \Theta a_t` of the full run.
     """
 
     u_blocks: Tensor
@@ -133,6 +134,7 @@ class _Eigenbasis:
     theta_eig: Tensor
     g_star: Tensor | None
     eta_prime: float
+    fitted: Tensor
 
     @staticmethod
     def build(
@@ -169,6 +171,7 @@ class _Eigenbasis:
             theta_eig=evals - ridge,
             g_star=None if theta_star is None else theta_star @ u,
             eta_prime=eta_prime,
+            fitted=r + u @ ((evals - ridge)[:, None] * a_full),
         )
 
     def delta(self, first: int, last: int) -> tuple[Tensor, Tensor]:
@@ -218,8 +221,9 @@ def _finite_replay(
         evals_and_vectors: ``eigh`` of :math:`A = \Theta + \lambda I`.
 
     Returns:
-        ``(w_sq, f_sq, self_change)``: (N,) :math:`\lVert\Delta w\rVert^2`, (N,) mean held-out
-        :math:`\lVert\Delta f\rVert^2` (or None), (N, Kb, R) own-prediction changes.
+        ``(w_sq, f_sq, self_change, fitted)``: (N,) :math:`\lVert\Delta w\rVert^2`, (N,) mean
+        held-out :math:`\lVert\Delta f\rVert^2` (or None), (N, Kb, R) own-prediction changes,
+        (n, R) residuals of the trained run.
     """
     evals, u = evals_and_vectors
     n = theta.shape[0]
@@ -243,4 +247,4 @@ def _finite_replay(
             f_sq[i0:i1] = (
                 torch.einsum("mj,ijr->imr", basis.g_star, delta_hat).pow(2).sum((1, 2)) / m
             )
-    return w_sq.clamp_min(0), f_sq, self_change
+    return w_sq.clamp_min(0), f_sq, self_change, basis.fitted

@@ -60,8 +60,12 @@ def test_recipe_from_trainer_and_from_checkpoint_replay_alike(
     for recipe in (live, saved):
         lr, wd, steps = recipe.replay()
         assert lr == pytest.approx(expected_lr)
-        assert wd == pytest.approx(1e-3)
         assert steps == expected_steps
+        # "auto": leave-one-out smoothing for a converged replay, the optimizer's for a horizon
+        assert wd == ("loo" if expected_steps is None else pytest.approx(1e-3))
+        assert recipe.replay(weight_decay="optimizer")[1] == pytest.approx(1e-3)
+        assert recipe.replay(weight_decay=0.5)[1] == 0.5
+        assert recipe.replay(weight_decay="loo", num_steps=3)[1] == "loo"
         assert recipe.replay(num_steps="converged")[2] is None
         assert recipe.replay(num_steps=None)[2] is None
         assert recipe.replay(num_steps=4, learning_rate=0.3)[::2] == (0.3, 4)  # no momentum fix
@@ -72,6 +76,8 @@ def test_recipe_without_learning_rate_says_what_to_pass():
         TrainingRecipe().replay()
     with pytest.raises(ValueError, match="'auto' or 'converged'"):
         TrainingRecipe(learning_rate=0.1).replay(num_steps="soon")
+    with pytest.raises(ValueError, match="'auto', 'loo' or 'optimizer'"):
+        TrainingRecipe(learning_rate=0.1).replay(weight_decay="lots")
 
 
 class _TupleNet(pl.LightningModule):

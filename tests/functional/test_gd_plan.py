@@ -115,3 +115,61 @@ def test_functional_and_callback_plan_replay_the_same_unstable_run():
         scores = sui.score(model, torch.utils.data.TensorDataset(x, y), recipe=recipe, write=False)
     assert scores.plan == out.plan
     torch.testing.assert_close(scores.weight_si, out.weight_si, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("k", [1, 3], ids=["K1", "K3-full"])
+def test_loo_weight_decay_equals_brute_force_refits(k):
+    # for every candidate ridge, refit kernel ridge without each sample and predict it: the
+    # candidate with the smallest mean squared error must be the one chosen
+    from lightning_info.functional import loo_weight_decay
+    from lightning_info.functional.sui import LOO_GRID
+
+    g = torch.Generator().manual_seed(3)
+    n, p = 14, 9
+    jac = torch.randn(n * k, p, generator=g, dtype=torch.float64)
+    theta = jac @ jac.T
+    f0 = torch.randn(n, k, generator=g, dtype=torch.float64)
+    y = torch.randint(0, max(2, k), (n,), generator=g)
+    target = y.double()[:, None] if k == 1 else torch.nn.functional.one_hot(y, k).double()
+    r = (f0 - target).reshape(-1)
+    mean_eig = float(torch.linalg.eigvalsh(theta).clamp_min(0).mean())
+    errors = []
+    for kappa in LOO_GRID:
+        lam = kappa * mean_eig
+        err = 0.0
+        for i in range(n):
+            keep = [j for j in range(n * k) if j // k != i]
+            rows = list(range(i * k, (i + 1) * k))
+            coef = torch.linalg.solve(theta[keep][:, keep] + lam * torch.eye(len(keep)), r[keep])
+            pred_residual = r[rows] - theta[rows][:, keep] @ coef  # f_loo(x_i) - y_i
+            err += float(pred_residual.square().sum())
+        errors.append(err / n)
+    best = LOO_GRID[int(torch.tensor(errors).argmin())]
+    assert loo_weight_decay(theta, f0, y) == pytest.approx(best * mean_eig / n, rel=1e-12)
+
+
+def test_loo_weight_decay_in_the_plan_and_the_callback():
+    from lightning_info.callbacks import SmoothUniqueInformation
+    from lightning_info.callbacks._sui_recipe import TrainingRecipe
+    from lightning_info.functional import loo_weight_decay
+
+    ds = load_dataset("digits")
+    x, y = ds.inputs[:60], ds.targets[:60]
+    torch.manual_seed(0)
+    model = MLPClassifier(64, 10, hidden=(8,))
+    theta = empirical_ntk(model, x)
+    f0 = model(x).detach()
+    wd = loo_weight_decay(theta, f0, y)
+    out = unique_information_with_plan(theta, None, f0, y, learning_rate=1e-3, weight_decay="loo")
+    assert out.plan.weight_decay == pytest.approx(wd, rel=1e-12)
+    with pytest.raises(ValueError, match="converged"):
+        unique_information_with_plan(
+            theta, None, f0, y, learning_rate=1e-3, num_steps=5, weight_decay="loo"
+        )
+    # the callback's default for an Adam run (converged replay) is this leave-one-out choice
+    sui = SmoothUniqueInformation(linearize_at="final", max_samples=None)
+    recipe = TrainingRecipe(optimizer="Adam", learning_rate=1e-3, steps_taken=40)
+    scores = sui.score(model, torch.utils.data.TensorDataset(x, y), recipe=recipe, write=False)
+    assert scores.plan.num_steps is None
+    assert scores.plan.weight_decay == pytest.approx(wd, rel=1e-10)
+    torch.testing.assert_close(scores.weight_si, out.weight_si, rtol=1e-9, atol=0)

@@ -67,6 +67,10 @@ def test_kernel_scores_equal_brute_force_loo(case):
     assert _rel(out.weight_change_sq, ref["w_sq"]) < 1e-8
     assert _rel(out.function_change_sq, ref["f_sq"]) < 1e-8
     assert _rel(out.self_prediction_change, ref["self_change"]) < 1e-8
+    assert _rel(out.loo_residual, ref["loo_residual"]) < 1e-8
+    torch.testing.assert_close(
+        out.loo_error, ref["loo_residual"].square().sum(1), rtol=1e-7, atol=0
+    )
     torch.testing.assert_close(out.weight_si, ref["w_sq"] / (2 * 0.5**2), rtol=1e-8, atol=0)
     torch.testing.assert_close(out.functional_si, ref["f_sq"] / (2 * 0.5**2), rtol=1e-8, atol=0)
 
@@ -81,6 +85,7 @@ def test_long_horizon_exact_matches_brute_force():
     )
     assert _rel(out.weight_change_sq, ref["w_sq"]) < 1e-8
     assert _rel(out.function_change_sq, ref["f_sq"]) < 1e-8
+    assert _rel(out.loo_residual, ref["loo_residual"]) < 1e-8
 
 
 @pytest.mark.parametrize("t", [None, 30], ids=["tinf", "t30"])
@@ -127,7 +132,12 @@ def test_feature_space_path_equals_kernel_path(k, t, method):
     )
     a = unique_information_from_kernels(theta, theta_star, f0, y, **kw)
     b = unique_information_from_features(jac, jac_star, f0, y, **kw)
-    for field in ("weight_change_sq", "function_change_sq", "self_prediction_change"):
+    for field in (
+        "weight_change_sq",
+        "function_change_sq",
+        "self_prediction_change",
+        "loo_residual",
+    ):
         assert _rel(getattr(b, field), getattr(a, field)) < 1e-9
 
 
@@ -145,7 +155,12 @@ def test_feature_space_path_in_sample_chunks_equals_kernel_path(monkeypatch, ntk
     a = unique_information_from_kernels(theta, theta_star, f0, y, **kw)
     monkeypatch.setattr(sui_algebra, "_FEATURE_CHUNK_BYTES", 1)  # one sample per chunk
     b = unique_information_from_features(jac, jac_star, f0, y, ntk=ntk, **kw)
-    for field in ("weight_change_sq", "function_change_sq", "self_prediction_change"):
+    for field in (
+        "weight_change_sq",
+        "function_change_sq",
+        "self_prediction_change",
+        "loo_residual",
+    ):
         assert _rel(getattr(b, field), getattr(a, field)) < 1e-9
 
 
