@@ -99,14 +99,15 @@ def run_signals(artifact: dict, val_inputs: torch.Tensor) -> dict[str, torch.Ten
             out.setdefault(f"knn_acc/{n}", []).append(knn_accuracy(z, y))
             out.setdefault(f"median_dist/{n}", []).append(float(torch.pdist(z).median()))
             z_clusters = torch.as_tensor(
-                KMeans(n_clusters=10, n_init=3, random_state=0).fit(z.numpy()).labels_
+                KMeans(n_clusters=10, n_init=1, random_state=0).fit(z.numpy()).labels_
             )
             for bw in bws:
                 sigma = BANDWIDTHS[bw]
                 zz = torch.nn.functional.normalize(z, dim=1) if bw in ON_SPHERE else z
-                vals = _dse_and_dsmis(
-                    zz, {"dsmi_y": y, "dsmi_x": x_clusters, "dsmi_z": z_clusters}, sigma
-                )
+                groups = {"dsmi_y": y}
+                if bw == "median":  # the inputs' and the features' own clusters: one width
+                    groups.update(dsmi_x=x_clusters, dsmi_z=z_clusters)
+                vals = _dse_and_dsmis(zz, groups, sigma)
                 for q, v in vals.items():
                     out.setdefault(f"{q}/{bw}/{n}", []).append(v)
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}

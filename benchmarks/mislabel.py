@@ -939,6 +939,101 @@ def _quiet(threads: int) -> Iterator[None]:
                 logging.getLogger(n).setLevel(level)
 
 
+# ----------------------------------------------------------------------------------------------
+# rescore: the SUI callback's score() for recorded cells, without retraining
+# ----------------------------------------------------------------------------------------------
+#: name -> SmoothUniqueInformation kwargs on top of SUI_BASE (the callback's defaults otherwise)
+RESCORE_VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},  # the callback's current defaults
+    "optimizer_wd": {"weight_decay": "optimizer"},  # the previous default (check: == 'default')
+}
+
+
+def rescore_cell(data: Data, cell: dict[str, Any], variant: str) -> tuple[SUIScores, float]:
+    """The callback's ``score()`` for one recorded cell, as ``on_fit_end`` would run it.
+
+    With ``linearize_at="init"`` the scores depend on the run only through the initial weights
+    (rebuilt from the seed), the noisy labels (from the seed and p) and the recipe (optimizer,
+    learning rate, momentum, steps = the regime's epochs, full batch): the callback's own scoring
+    path with a recipe instead of a trainer. ``variant="optimizer_wd"`` reproduces the column
+    scored during training (``sui_*_default``), which checks the path.
+    """
+    from lightning_info.callbacks._sui_recipe import TrainingRecipe
+
+    recipe = RECIPES[(cell["dataset"], cell["model"], cell["optimizer"])]
+    y_noisy, _ = corrupt_labels(
+        data.y_train, fraction=cell["noise"], num_classes=NUM_CLASSES, seed=cell["seed"]
+    )
+    net = build_net(cell["model"], data, cell["seed"])
+    module = LitClassifier(net, cell["optimizer"], recipe.lr)
+    training = TrainingRecipe(
+        optimizer="Adam" if cell["optimizer"] == "adam" else "SGD",
+        learning_rate=recipe.lr,
+        momentum=MOMENTUM if cell["optimizer"] == "sgdm" else 0.0,
+        steps_taken=recipe.epochs(cell["regime"]),
+        num_optimizers=1,
+        num_param_groups=1,
+    )
+    sui = SmoothUniqueInformation(**SUI_BASE, **RESCORE_VARIANTS[variant])
+    t0 = time.perf_counter()
+    scores = sui.score(
+        module,
+        TensorDataset(data.x_train, y_noisy),
+        TensorDataset(data.x_val, data.y_val),
+        init_state=state_of(module),
+        recipe=training,
+        write=False,
+    )
+    return scores, time.perf_counter() - t0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    """Score every recorded cell with the SUI callback variants; results and per-sample scores."""
+    out = Path(args.out) if args.out else OUT_DEFAULT
+    path = out / RESULTS
+    done = {(cell_key(r), r["method"]) for r in read_results(path) if "error" not in r}
+    rows = [r for r in read_results(path) if r["method"] == "loss" and "error" not in r]
+    data_cache: dict[str, Data] = {}
+    for row in rows:
+        cell = {
+            k: row[k]
+            for k in ("dataset", "model", "optimizer", "noise", "seed", "regime", "epochs", "lr")
+        }
+        data = data_cache.setdefault(cell["dataset"], load_split(cell["dataset"]))
+        for variant in args.variants:
+            names = {f"sui_{f}_{variant}": f for f in ("weight", "functional", "looerr")}
+            if all((cell_key(cell), m) in done for m in names):
+                continue
+            scores, seconds = rescore_cell(data, cell, variant)
+            flipped = corrupt_labels(
+                data.y_train, fraction=cell["noise"], num_classes=NUM_CLASSES, seed=cell["seed"]
+            )[1]
+            values = {
+                f"sui_weight_{variant}": scores.weight_si,
+                f"sui_functional_{variant}": scores.functional_si,
+                f"sui_looerr_{variant}": scores.loo_error,
+            }
+            per_sample = {}
+            for method, v in values.items():
+                v = v.double().numpy()
+                per_sample[method] = v
+                rec = {
+                    **cell, "method": method, "auroc": auroc(v, flipped.numpy()),
+                    "prec_at_k": precision_at_k(v, flipped.numpy()), "seconds": seconds,
+                    "n_train": int(data.x_train.shape[0]), "n_flipped": int(flipped.sum()),
+                    "settings": dict(scores.settings), "rescored": True,
+                }  # fmt: skip
+                append_result(path, _jsonable(rec))
+            y_noisy = corrupt_labels(
+                data.y_train, fraction=cell["noise"], num_classes=NUM_CLASSES, seed=cell["seed"]
+            )[0]
+            _save_scores(out, cell, per_sample, flipped, y_noisy)
+            log(
+                f"rescored {cell_key(cell)} {variant}: weight AUROC {auroc(per_sample[f'sui_weight_{variant}'], flipped.numpy()):.3f}, loo AUROC {auroc(per_sample[f'sui_looerr_{variant}'], flipped.numpy()):.3f} ({seconds:.1f}s)"
+            )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     out = Path(args.out) if args.out else (OUT_QUICK if quick else OUT_DEFAULT)
@@ -1259,6 +1354,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="digits/MLP/Adam, p=0.3, seed 0, few epochs"
     )
     run.add_argument("--threads", type=int, default=1)
+    res = sub.add_parser("rescore", help="the SUI callback's score() for every recorded cell")
+    res.add_argument("--out", default=None)
+    res.add_argument(
+        "--variants", nargs="+", default=["defaults"], choices=sorted(RESCORE_VARIANTS)
+    )
     rep = sub.add_parser("report", help="markdown tables of <out>/results.jsonl")
     rep.add_argument("--out", default=None)
     pil = sub.add_parser("pilot", help="evidence to pick the regimes' epoch counts")
@@ -1283,6 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": cmd_report,
         "pilot": cmd_pilot,
         "check-prefix": cmd_check_prefix,
+        "rescore": cmd_rescore,
     }
     with _quiet(getattr(args, "threads", 1) or 1):
         return commands[args.command](args)

@@ -339,6 +339,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     summary = run_demo(cfg)
     print("\n" + summary["table"])
+    print("\n" + "\n".join(summary["notes"]))
     print(f"\nFinished in {summary['seconds']:.0f} s. Report files:")
     for path in summary["files"]:
         print(f"  {path}")

