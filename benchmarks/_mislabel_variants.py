@@ -73,7 +73,9 @@ def loo_residuals(theta_k: torch.Tensor, residuals: torch.Tensor, lam: float) ->
     return alpha / (u.square() @ inv)[:, None]
 
 
-def variants(cell: dict, kern: dict[str, torch.Tensor], y_noisy: np.ndarray) -> dict[str, np.ndarray]:
+def variants(
+    cell: dict, kern: dict[str, torch.Tensor], y_noisy: np.ndarray
+) -> dict[str, np.ndarray]:
     """Weight and functional SI of each variant, (N,) arrays in training order."""
     theta, theta_val, f0 = kern["theta"], kern["theta_val"], kern["f0"]
     n, k = f0.shape
@@ -84,7 +86,9 @@ def variants(cell: dict, kern: dict[str, torch.Tensor], y_noisy: np.ndarray) -> 
     out: dict[str, np.ndarray] = {}
 
     def run(name: str, **kw) -> None:
-        info = unique_information_from_kernels(theta, theta_val, f0, y, learning_rate=recipe.lr, **kw)
+        info = unique_information_from_kernels(
+            theta, theta_val, f0, y, learning_rate=recipe.lr, **kw
+        )
         out[f"sui_weight_{name}"] = info.weight_si.numpy()
         out[f"sui_functional_{name}"] = info.functional_si.numpy()
         out[f"sui_self_{name}"] = info.self_prediction_change.square().sum(1).numpy()
@@ -141,12 +145,18 @@ def table(rows: list[dict], methods: list[str] | None = None) -> str:
     """AUROC (prec@k) means over seeds: rows = methods, columns = (dataset, model, opt, p, regime)."""
     import collections
 
-    cells = sorted({(r["dataset"], r["model"], r["optimizer"], r["noise"], r["regime"]) for r in rows})
+    cells = sorted(
+        {(r["dataset"], r["model"], r["optimizer"], r["noise"], r["regime"]) for r in rows}
+    )
     acc = collections.defaultdict(list)
     for r in rows:
-        acc[(r["method"], (r["dataset"], r["model"], r["optimizer"], r["noise"], r["regime"]))].append(r)
+        acc[
+            (r["method"], (r["dataset"], r["model"], r["optimizer"], r["noise"], r["regime"]))
+        ].append(r)
     methods = methods or sorted({r["method"] for r in rows})
-    head = "| method | " + " | ".join(f"{d} {m} {o} p={p:g} {g[:3]}" for d, m, o, p, g in cells) + " |"
+    head = (
+        "| method | " + " | ".join(f"{d} {m} {o} p={p:g} {g[:3]}" for d, m, o, p, g in cells) + " |"
+    )
     lines = [head, "|" + "---|" * (len(cells) + 1)]
     for method in methods:
         vals = []
@@ -166,6 +176,11 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     result = evaluate()
     print(table(result))
-    kappas = sorted({(r["dataset"], r["model"], r["optimizer"], r["noise"], r["regime"], r["loo_kappa"]) for r in result})
+    kappas = sorted(
+        {
+            (r["dataset"], r["model"], r["optimizer"], r["noise"], r["regime"], r["loo_kappa"])
+            for r in result
+        }
+    )
     print("\nLOO-selected kappa per cell:", *kappas[:40], sep="\n")
     _ = math
