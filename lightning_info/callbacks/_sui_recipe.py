@@ -26,6 +26,7 @@ from typing import Any, Literal
 from torch import nn
 
 from lightning_info.callbacks._sui_data import uses_augmentation
+from lightning_info.utilities.checks import _check_int, _check_positive
 
 __all__ = [
     "AUTO",
@@ -35,6 +36,8 @@ __all__ = [
     "Horizon",
     "TrainingRecipe",
     "WeightDecay",
+    "check_horizon",
+    "check_weight_decay",
     "model_notes",
 ]
 
@@ -253,6 +256,39 @@ class TrainingRecipe:
                 )
             )
         return notes
+
+
+def check_weight_decay(weight_decay: Any) -> WeightDecay:
+    """``"auto"``, ``"loo"``, ``"optimizer"`` (None: the same), or a number >= 0.
+
+    Returns:
+        The validated value.
+
+    Raises:
+        ValueError: for another string or a negative number.
+    """
+    if weight_decay is None or weight_decay == OPTIMIZER:
+        return OPTIMIZER
+    if weight_decay in (AUTO, LOO):
+        return weight_decay
+    if isinstance(weight_decay, str):
+        raise ValueError(
+            f"`weight_decay` must be a number >= 0, 'auto', 'loo' or 'optimizer'; got {weight_decay!r}."
+        )
+    return _check_positive(weight_decay, "weight_decay", allow_zero=True)
+
+
+def check_horizon(num_steps: Any) -> Horizon:
+    """``"auto"`` (also the old spelling ``"trainer"``), ``"converged"`` / None, or an int >= 1.
+
+    Returns:
+        ``AUTO``, None (converged) or the number of steps.
+    """
+    if num_steps in ("auto", "trainer"):
+        return AUTO
+    if num_steps is None or num_steps == "converged":
+        return None
+    return _check_int(num_steps, "num_steps", minimum=1)
 
 
 def model_notes(pl_module: nn.Module, loss: str, dataset: Any) -> list[tuple[str, str]]:

@@ -5,7 +5,8 @@ Information*, ICLR 2021, arXiv:2101.06640. This module is state plus hooks; each
 home: the training recipe (:mod:`~lightning_info.callbacks._sui_recipe`), the samples
 (:mod:`~lightning_info.callbacks._sui_data`), the linearization and kernels
 (:mod:`lightning_info.functional.jacobian`), the replayed run
-(:mod:`lightning_info.functional.gd_plan`), the solver (:mod:`lightning_info.functional.sui`),
+(:mod:`lightning_info.functional.gd_plan`), the solve (:mod:`~lightning_info.callbacks._sui_solve`,
+:mod:`lightning_info.functional.sui`),
 DDP (:mod:`~lightning_info.callbacks._sui_ddp`) and the reports (:mod:`lightning_info.reporting`).
 """
 
@@ -19,37 +20,39 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_info.callbacks._sui_data import ScoringData, label_vector, uses_augmentation
-from lightning_info.callbacks._sui_ddp import (
-    distributed_kernels,
-    is_distributed,
-    solve_on_rank_zero,
-)
 from lightning_info.callbacks._sui_recipe import (
     AUTO,
-    LOO,
-    OPTIMIZER,
     Horizon,
     TrainingRecipe,
     WeightDecay,
+    check_horizon,
+    check_weight_decay,
     model_notes,
 )
 from lightning_info.callbacks._sui_results import SUIScores, parameters_set_to
+from lightning_info.callbacks._sui_solve import SolveOptions, solve
 from lightning_info.functional.gd_plan import DEFAULT_MAX_REPLAY_COST
-from lightning_info.functional.jacobian import empirical_ntk, model_outputs
-from lightning_info.functional.sui import UniqueInformation, unique_information_with_plan
+from lightning_info.functional.jacobian import model_outputs
+from lightning_info.functional.sui import UniqueInformation
 from lightning_info.reporting import (
     tensorboard_writers,
     write_csv_atomic,
     write_sui_summaries,
 )
 from lightning_info.utilities.batch import default_input_fn, default_target_fn
-from lightning_info.utilities.checks import _check_choice, _check_int, _check_positive
+from lightning_info.utilities.checks import (
+    _check_choice,
+    _check_filename,
+    _check_image_shape,
+    _check_int,
+    _check_positive,
+)
 from lightning_info.utilities.compat import Callback
 from lightning_info.utilities.rng import preserved_global_rng
 
@@ -225,8 +228,8 @@ class SmoothUniqueInformation(Callback):
         self.learning_rate = (
             None if learning_rate is None else _check_positive(learning_rate, "learning_rate")
         )
-        self.weight_decay = _check_weight_decay(weight_decay)
-        self.num_steps = _check_horizon(num_steps)
+        self.weight_decay = check_weight_decay(weight_decay)
+        self.num_steps = check_horizon(num_steps)
         self.method = _check_choice(method, "method", ("auto", "replay", "ridge"))
         self.replay_max_cost = _check_positive(replay_max_cost, "replay_max_cost")
 
@@ -427,7 +430,10 @@ class SmoothUniqueInformation(Callback):
         init, linearize_at = self._linearization_point(init_state)
         predicted = self._predictions(pl_module, x)
         with parameters_set_to(pl_module, init):
-            info, ntk = self._solve(pl_module, trainer, x, y, x_val, recipe)
+            info, ntk = solve(
+                pl_module, trainer, (x, y, x_val), recipe, self._options(), self._output_fn,
+                self._warn_once,
+            )  # fmt: skip
         self.scores_ = SUIScores(
             **{f.name: getattr(info, f.name) for f in dataclasses.fields(UniqueInformation)},
             indices=positions.long(),
@@ -443,6 +449,23 @@ class SmoothUniqueInformation(Callback):
         if write:
             self._write(trainer, x)
         return self.scores_
+
+    def _options(self) -> SolveOptions:
+        return SolveOptions(
+            ntk=self.ntk,
+            full_ntk_max=self.full_ntk_max,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            num_steps=self.num_steps,
+            method=self.method,
+            replay_max_cost=self.replay_max_cost,
+            noise_scale=self.noise_scale,
+            params=self.params,
+            projection_dim=self.projection_dim,
+            chunk_size=self.chunk_size,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
 
     def _fit_recipe(self, trainer: pl.Trainer | None) -> TrainingRecipe:
         if trainer is None:
@@ -479,86 +502,6 @@ class SmoothUniqueInformation(Callback):
             ).cpu()
         return (out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0.5)).long()
 
-    def _solve(
-        self,
-        pl_module: nn.Module,
-        trainer: pl.Trainer | None,
-        x: Tensor,
-        y: Tensor,
-        x_val: Tensor | None,
-        recipe: TrainingRecipe,
-    ) -> tuple[UniqueInformation, str]:
-        """Kernels at the current (linearization) parameters, the plan, the engine.
-
-        Returns:
-            ``(scores, ntk)``: the engine's result (the same on every rank) and the NTK used.
-        """
-        device = next(pl_module.parameters()).device
-        f0 = model_outputs(
-            pl_module, x.to(device), chunk_size=self.batch_size, output_fn=self._output_fn
-        )
-        n, k = f0.shape
-        ntk = self.ntk
-        if ntk == "auto":
-            ntk = "full" if n * k <= self.full_ntk_max or k == 1 else "trace"
-        lr, wd, steps = recipe.replay(
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            num_steps=self.num_steps,
-        )
-        rank_zero_info(
-            f"SmoothUniqueInformation: scoring {n} samples ({0 if x_val is None else len(x_val)} "
-            f"held-out), lr={lr:g}, steps={steps}, wd={wd}, ntk={ntk}."
-        )
-        jac_kw = dict(
-            params=self.params,
-            projection_dim=self.projection_dim,
-            seed=self.seed,
-            chunk_size=self.chunk_size,
-            output_fn=self._output_fn,
-        )
-        if is_distributed(trainer):
-            theta, theta_val = distributed_kernels(pl_module, trainer, x, x_val, ntk, jac_kw)
-            return solve_on_rank_zero(
-                trainer, lambda: self._engine(theta, theta_val, f0, y.to(device), lr, wd, steps)
-            ), ntk
-        theta = empirical_ntk(pl_module, x.to(device), ntk=ntk, **jac_kw)
-        theta_val = None
-        if x_val is not None:
-            theta_val = empirical_ntk(pl_module, x_val.to(device), x.to(device), ntk=ntk, **jac_kw)
-        return self._engine(theta, theta_val, f0, y.to(device), lr, wd, steps), ntk
-
-    def _engine(
-        self,
-        theta: Tensor,
-        theta_val: Tensor | None,
-        f0: Tensor,
-        y: Tensor,
-        lr: float,
-        wd: float | str,
-        steps: int | None,
-    ) -> UniqueInformation:
-        """The planned solve; the plan's notes (rescale, jitter) are warned about once.
-
-        Returns:
-            The :class:`UniqueInformation` with its plan.
-        """
-        info = unique_information_with_plan(
-            theta,
-            theta_val,
-            f0,
-            y,
-            learning_rate=lr,
-            num_steps=steps,
-            weight_decay=wd,
-            method=self.method,
-            max_replay_cost=self.replay_max_cost,
-            noise_scale=self.noise_scale,
-        )
-        for kind, message in info.plan.notes:
-            self._warn_once(kind, message)
-        return info
-
     # ------------------------------------------------------------------------------ reports
     def _write(self, trainer: pl.Trainer | None, x: Tensor) -> None:
         out_dir = self._output_dir(trainer)  # on every rank: `trainer.log_dir` is a collective
@@ -588,59 +531,3 @@ class SmoothUniqueInformation(Callback):
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_warn(f"SmoothUniqueInformation: {message}", category=UserWarning)
-
-
-def _check_weight_decay(weight_decay: Any) -> WeightDecay:
-    """``"auto"``, ``"loo"``, ``"optimizer"`` (None: the same), or a number >= 0.
-
-    Returns:
-        The validated value.
-
-    Raises:
-        ValueError: for another string or a negative number.
-    """
-    if weight_decay is None or weight_decay == OPTIMIZER:
-        return OPTIMIZER
-    if weight_decay in (AUTO, LOO):
-        return weight_decay
-    if isinstance(weight_decay, str):
-        raise ValueError(
-            f"`weight_decay` must be a number >= 0, 'auto', 'loo' or 'optimizer'; got {weight_decay!r}."
-        )
-    return _check_positive(weight_decay, "weight_decay", allow_zero=True)
-
-
-def _check_horizon(num_steps: Any) -> Horizon:
-    """``"auto"`` (also the old spelling ``"trainer"``), ``"converged"`` / None, or an int >= 1.
-
-    Returns:
-        ``AUTO``, None (converged) or the number of steps.
-    """
-    if num_steps in ("auto", "trainer"):
-        return AUTO
-    if num_steps is None or num_steps == "converged":
-        return None
-    return _check_int(num_steps, "num_steps", minimum=1)
-
-
-def _check_filename(filename: Any) -> str:
-    """A plain file name (no directory part).
-
-    Returns:
-        ``filename``.
-
-    Raises:
-        ValueError: for an empty name, a non-string or a path with a separator.
-    """
-    if not isinstance(filename, str) or not filename or os.sep in filename:
-        raise ValueError(f"`filename` must be a plain file name; got {filename!r}.")
-    return filename
-
-
-def _check_image_shape(image_shape: Sequence[int] | None) -> tuple[int, ...] | None:
-    if image_shape is None:
-        return None
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) not in (2, 3):
-        raise ValueError(f"`image_shape` must be (H, W) or (C, H, W); got {shape!r}.")
-    return shape

@@ -7,7 +7,8 @@ check itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -153,3 +154,34 @@ def _check_bandwidth(value: Any, name: str = "sigma") -> float:
             f"positive float64; got {sigma}."
         )
     return sigma
+
+
+def _check_filename(filename: Any) -> str:
+    """A plain file name (no directory part).
+
+    Returns:
+        ``filename``.
+
+    Raises:
+        ValueError: for an empty name, a non-string or a path with a separator.
+    """
+    if not isinstance(filename, str) or not filename or os.sep in filename:
+        raise ValueError(f"`filename` must be a plain file name; got {filename!r}.")
+    return filename
+
+
+def _check_image_shape(image_shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """None, or an image shape (H, W) / (C, H, W) as a tuple of ints.
+
+    Returns:
+        The shape, or None.
+
+    Raises:
+        ValueError: for another number of dimensions.
+    """
+    if image_shape is None:
+        return None
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"`image_shape` must be (H, W) or (C, H, W); got {shape!r}.")
+    return shape

@@ -312,12 +312,12 @@ def test_score_outside_fit_needs_settings_and_state_key_pickle(digits):
 
 
 def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, monkeypatch):
-    import lightning_info.callbacks.sui as sui_module
+    import lightning_info.callbacks._sui_solve as solve_module
 
     def boom(*args, **kwargs):
         raise ValueError("engine exploded")
 
-    monkeypatch.setattr(sui_module, "unique_information_with_plan", boom)
+    monkeypatch.setattr(solve_module, "unique_information_with_plan", boom)
     sui = SmoothUniqueInformation(max_samples=20, progress=False)
     trainer = _trainer(tmp_path, [sui], max_epochs=1, limit_train_batches=1)
     with pytest.warns(UserWarning, match="scoring at fit end failed.*engine exploded"):
