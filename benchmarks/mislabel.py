@@ -1166,7 +1166,7 @@ def report(rows: list[dict[str, Any]]) -> str:
         }
         for d, p, reg in cols:
             rs = [r for r in grp if (r["dataset"], float(r["noise"]), r["regime"]) == (d, p, reg)]
-            per_seed = {int(r["seed"]): r for r in rs}
+            per_seed = {int(r["seed"]): r for r in rs if "flipped_fit" in r}  # training rows
             facts["seeds"].append(",".join(str(s) for s in sorted(per_seed)))
             facts["epochs"].append("/".join(str(e) for e in sorted({r["epochs"] for r in rs})))
             ff = [r["flipped_fit"] for r in per_seed.values()]
