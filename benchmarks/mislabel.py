@@ -83,7 +83,8 @@ In the memorize regime the validation accuracy drops to roughly 1 - p (e.g. digi
   weights (``num_steps=None``), which does not depend on the epoch count, so both regimes get
   the same scores.
 
-Methods whose optional package (cleanlab, traker) does not import are skipped with a message.
+Methods whose optional package (cleanlab, traker: ``pip install -e '.[bench]'``) does not import
+are skipped with a message.
 To add a method: ``@register("name")`` on a ``function(ctx: Context) -> np.ndarray``, or
 ``register_sui_variant("name", **callback_kwargs)`` for a SUI callback variant (attached to the
 same run; columns ``sui_weight_name`` / ``sui_functional_name``); then ``run --methods ...``.
