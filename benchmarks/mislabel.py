@@ -581,10 +581,11 @@ def register_sui_variant(name: str, **kwargs: Any) -> None:
 
     SCORERS[f"sui_weight_{name}"] = make("weight_si")
     SCORERS[f"sui_functional_{name}"] = make("functional_si")
+    SCORERS[f"sui_looerr_{name}"] = make("loo_error")
 
 
 def sui_variant_of(method: str) -> str | None:
-    for prefix in ("sui_weight_", "sui_functional_"):
+    for prefix in ("sui_weight_", "sui_functional_", "sui_looerr_"):
         if method.startswith(prefix) and method[len(prefix) :] in SUI_VARIANTS:
             return method[len(prefix) :]
     return None
@@ -699,6 +700,8 @@ def score_trak(ctx: Context) -> np.ndarray:
 
 
 register_sui_variant("default")
+# the other linearization point (the network at fit end), for the default's justification
+register_sui_variant("final", linearize_at="final")
 
 DEFAULT_METHODS = (
     "loss",
@@ -708,6 +711,7 @@ DEFAULT_METHODS = (
     "trak",
     "sui_weight_default",
     "sui_functional_default",
+    "sui_looerr_default",
 )
 QUICK_METHODS = ("loss", "grad_norm", "tracin", "sui_weight_default", "sui_functional_default")
 OPTIONAL_PACKAGE = {"cleanlab": "cleanlab", "trak": "trak"}
