@@ -12,7 +12,7 @@ restores the best epoch's weights. Both curves, the stop / kept epochs and the v
 of the weights each run ends with are printed; the curves are plotted to
 ``<out>/dse_early_stopping.png``.
 
-    python examples/dse_early_stopping.py            # ~1-3 min on 2 CPU cores
+    python examples/dse_early_stopping.py            # ~10-30 s on 2 CPU cores
     python examples/dse_early_stopping.py --quick    # seconds: smaller training set, fewer epochs
 """
 
