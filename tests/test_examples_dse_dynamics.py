@@ -61,32 +61,45 @@ def test_structure_and_ranges(module, quick):
     for curve in curves.values():
         assert sorted(curve) == list(range(epochs + 1))  # 0 = init, then every epoch
         for row in curve.values():
-            assert set(row) == set(module.KEYS)
+            assert set(row) == set(module.ALL_KEYS)
             assert all(math.isfinite(v) for v in row.values())
-            assert 0.0 <= row["dse"] <= math.log2(n_probe)
-            for q in ("dsmi_y", "dsmi_x"):  # small negative DSMI values are possible
-                assert -0.05 <= row[q] <= math.log2(n_probe)
+            for suffix in ("", "_default"):  # sigma = 10, the monitor's default width
+                assert 0.0 <= row[f"dse{suffix}"] <= math.log2(n_probe)
+                for q in ("dsmi_y", "dsmi_x"):  # small negative DSMI values are possible
+                    assert -0.05 <= row[f"{q}{suffix}"] <= math.log2(n_probe)
             assert 0.0 <= row["train_acc"] <= 1.0
             assert 0.0 <= row["heldout_acc"] <= 1.0
     assert (out_dir / "dse_training_dynamics.png").stat().st_size > 10_000
     assert result["png"] == out_dir / "dse_training_dynamics.png"
 
 
-def test_printed_table_matches_curves(module, quick):
-    result, out, _ = quick
-    curves = result["curves"]
+def _table_rows(text: str) -> dict[int, list[list[str]]]:
     rows = {}
-    for line in out.splitlines():
+    for line in text.splitlines():
         m = re.match(r"^\s*(\d+) \|(.*)\|(.*)$", line)
         if m:
             rows[int(m.group(1))] = [m.group(2).split(), m.group(3).split()]
-    assert sorted(rows) == list(range(result["epochs"] + 1))
-    for epoch, (clean_cells, perm_cells) in rows.items():
-        for name, cells in (("clean", clean_cells), ("permuted", perm_cells)):
-            assert len(cells) == len(module.KEYS)
-            for key, cell in zip(module.KEYS, cells):
-                value = curves[name][epoch][key]
-                assert float(cell) == pytest.approx(value, abs=6e-4, rel=6e-3), (name, epoch, key)
+    return rows
+
+
+def test_printed_table_matches_curves(module, quick):
+    """Two tables: sigma = 10 (with the accuracies and |z|), then the monitor's default width."""
+    result, out, _ = quick
+    curves = result["curves"]
+    fixed_part, default_part = out.split(f"\nsigma = {module.DEFAULT_SIGMA} (the monitor's default")
+    for text, keys in ((fixed_part, module.KEYS), (default_part, module.DEFAULT_KEYS)):
+        rows = _table_rows(text)
+        assert sorted(rows) == list(range(result["epochs"] + 1))
+        for epoch, (clean_cells, perm_cells) in rows.items():
+            for name, cells in (("clean", clean_cells), ("permuted", perm_cells)):
+                assert len(cells) == len(keys)
+                for key, cell in zip(keys, cells):
+                    value = curves[name][epoch][key]
+                    assert float(cell) == pytest.approx(value, abs=6e-4, rel=6e-3), (
+                        name,
+                        epoch,
+                        key,
+                    )
     for name in ("clean", "permuted"):
         final = curves[name][result["epochs"]]
         assert f"{name}: DSE(Z) {curves[name][0]['dse']:.3f} -> {final['dse']:.3f}" in out
@@ -121,9 +134,10 @@ def test_permuted_labels_are_a_permutation(module, quick):
     assert torch.equal(clean.probe_y, perm.probe_y)  # the held-out labels stay true
 
 
-def test_monitor_matches_functional_recomputation(quick):
-    """The last values the monitor logged equal the functional API on the final weights: the same
-    path computes epoch 0, so the init row and the monitored rows are comparable."""
+def test_monitor_matches_functional_recomputation(module, quick):
+    """The last values both monitors logged equal the functional API on the final weights at their
+    widths (sigma = 10 under ``info_fixed10/``, the default under ``info/``): the same path
+    computes epoch 0, so the init row and the monitored rows are comparable."""
     result, _, _ = quick
     for name, rec in result["recorders"].items():
         final = result["curves"][name][result["epochs"]]
@@ -131,13 +145,32 @@ def test_monitor_matches_functional_recomputation(quick):
         with torch.no_grad():
             z = rec.model.net[:-1](rec.probe_x)
         clusters = cluster_reference(rec.probe_x, num_clusters=10, seed=0)
-        expected = {
-            "dse": diffusion_spectral_entropy(z, sigma=10.0).item(),
-            "dsmi_y": diffusion_spectral_mutual_information(z, rec.probe_y, sigma=10.0).item(),
-            "dsmi_x": diffusion_spectral_mutual_information(z, clusters, sigma=10.0).item(),
-        }
-        for key, value in expected.items():
-            assert final[key] == pytest.approx(value, abs=1e-4), (name, key)
+        for suffix, sigma in (("", 10.0), ("_default", module.DEFAULT_SIGMA)):
+            expected = {
+                "dse": diffusion_spectral_entropy(z, sigma=sigma).item(),
+                "dsmi_y": diffusion_spectral_mutual_information(z, rec.probe_y, sigma=sigma).item(),
+                "dsmi_x": diffusion_spectral_mutual_information(z, clusters, sigma=sigma).item(),
+            }
+            for key, value in expected.items():
+                assert final[key + suffix] == pytest.approx(value, abs=1e-4), (name, key, suffix)
+
+
+def test_default_width_is_scale_free_at_init(module, quick):
+    """At the default width the epoch-0 values do not change when the features are rescaled (at
+    sigma = 10 they do): the init row recomputed on 10x features."""
+    result, _, _ = quick
+    rec = result["recorders"]["clean"]
+    torch.manual_seed(0)  # the script's initial weights
+    model = module.MLPClassifier(784, 10, hidden=(256, 128), lr=1e-3)
+    with torch.no_grad():
+        model.net[-3].weight.mul_(10.0)  # last hidden layer x 10: penultimate features x 10
+        model.net[-3].bias.mul_(10.0)
+    model.eval()
+    values = module.initial_values(model, rec.probe_x, rec.probe_y, rec.clusters)
+    init = result["curves"]["clean"][0]
+    for q in module.QUANTITIES:
+        assert values[f"{q}_default"] == pytest.approx(init[f"{q}_default"], abs=1e-6), q
+    assert values["dse"] > init["dse"] + 1.0  # sigma = 10 follows the scale
 
 
 def test_paper_claims_hold_in_quick_mode(quick):
@@ -185,6 +218,12 @@ def test_baselines_in_quick_mode(quick):
         assert abs(value) < 0.1
         assert f"{name} {value:.3f}" in out
     assert result["shuffled_baseline"]["clean"] < result["curves"]["clean"][last]["dsmi_y"] - 0.5
+    # the same at the monitor's default width, where the clean run keeps its label information
+    for name, value in result["shuffled_baseline_default"].items():
+        assert abs(value) < 0.1
+        assert f"{name} {value:.3f}" in out
+    clean_default = result["curves"]["clean"][last]["dsmi_y_default"]
+    assert result["shuffled_baseline_default"]["clean"] < clean_default - 0.5
     # 300 probe images over 10 roughly balanced classes: H(Y) a little below log2 10
     assert 3.2 < result["label_entropy"] <= math.log2(10)
     assert 0.0 < result["cluster_label_mi"] < result["label_entropy"]

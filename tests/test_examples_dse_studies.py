@@ -178,6 +178,36 @@ def test_dse_initialization_quick(init_module, init_quick):
     assert f"saved {png}" in printed
 
 
+def test_dse_initialization_quick_default_width(init_module, init_quick):
+    """The same runs at the monitor's default width (``DEFAULT_SIGMA``): a width derived from the
+    features, so the 100x feature scale between the two init stds leaves DSE at init unchanged."""
+    out, _, printed = init_quick
+    runs, epochs = out["runs"], out["epochs"]
+    log2n = math.log2(out["n_probe"])
+    assert f"DSE at sigma = {init_module.DEFAULT_SIGMA}" in printed
+    for r in runs:
+        assert len(r["dse_default"]) == epochs + 1
+        assert all(0.0 <= v <= log2n for v in r["dse_default"])
+        assert f"{r['dse_default'][-1]:>9.3f} |" in printed
+    by_key = {(r["std"], r["seed"]): r for r in runs}
+    for (std, seed), r in by_key.items():
+        if std == 0.01:
+            other = by_key[(0.1, seed)]["dse_default"][0]
+            assert other == pytest.approx(r["dse_default"][0], abs=1e-6)
+            assert r["dse_default"][0] > 1.0  # not the near-0 value sigma = 10 gives here
+    groups = {"all": runs} | {
+        f"std {s:g}": [r for r in runs if r["std"] == s] for s in init_module.INIT_STDS
+    }
+    assert set(out["correlations_default"]) == set(groups)
+    for name, members in groups.items():
+        for e in out["early_epochs"]:
+            expected = _spearman(
+                [r["dse_default"][e] for r in members], [r["final_acc"] for r in members]
+            )
+            rho = out["correlations_default"][name][e][0]
+            assert (math.isnan(rho) and math.isnan(expected)) or rho == pytest.approx(expected)
+
+
 def test_dse_predict_accuracy_quick(predict_quick):
     out, out_dir, printed = predict_quick
     png = out_dir / "dse_predict_accuracy.png"
@@ -218,3 +248,25 @@ def test_dse_predict_accuracy_quick(predict_quick):
     # The finding on this small family: DSMI(Z;Y) ranks the models like their test accuracy.
     assert out["spearman"]["dsmi"][0] > 0.5
     assert f"saved {png}" in printed
+
+
+def test_dse_predict_accuracy_quick_default_width(predict_module, predict_quick):
+    """Both quantities also at the monitor's default width, each with its Spearman rho printed."""
+    out, _, printed = predict_quick
+    rows = out["rows"]
+    log2n = math.log2(out["n_probe"])
+    assert set(out["spearman"]) == set(predict_module.MEASURES)
+    acc = [r["test_acc"] for r in rows]
+    for r in rows:
+        assert 0.0 <= r["dse_default"] <= log2n
+        assert abs(r["dsmi_default"]) <= log2n
+        assert f"{r['dsmi_default']:>8.3f} {r['dse_default']:>8.3f}" in printed
+        assert r["dse_default"] != pytest.approx(r["dse"], abs=1e-3)  # two different widths
+    for key in ("dsmi_default", "dse_default"):
+        rho, _ = out["spearman"][key]
+        assert rho == pytest.approx(_spearman([r[key] for r in rows], acc))
+        label = predict_module.MEASURES[key][2].split()[0]
+        sigma = predict_module.DEFAULT_SIGMA
+        assert (
+            f"Spearman rho of {label} (sigma = {sigma}) with test accuracy: {rho:+.3f}" in printed
+        )
