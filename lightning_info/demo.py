@@ -419,7 +419,9 @@ def _plot_curves(runs: list[RunResult], path: Path) -> Path:
     for ax, (key, title) in zip(axes, panels):
         for z, run in enumerate(runs):  # later runs underneath: the stopped run is a prefix
             xs, ys = run.curves.series(key)
-            ax.plot(xs, ys, marker="o", ms=3, lw=2.5 - 0.7 * z, label=run.name, zorder=len(runs) - z)
+            ax.plot(
+                xs, ys, marker="o", ms=3, lw=2.5 - 0.7 * z, label=run.name, zorder=len(runs) - z
+            )
             color = ax.lines[-1].get_color()
             if run.stopped_epoch is not None and xs:
                 ax.axvline(run.stopped_epoch, ls="--", lw=1, color=color)
