@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 
 from lightning_info.functional.diffusion import _gaussian_affinity
 from lightning_info.functional.dse import (
@@ -98,9 +97,8 @@ def run_signals(artifact: dict, val_inputs: torch.Tensor) -> dict[str, torch.Ten
             out.setdefault(f"rankme/{n}", []).append(rankme(z))
             out.setdefault(f"knn_acc/{n}", []).append(knn_accuracy(z, y))
             out.setdefault(f"median_dist/{n}", []).append(float(torch.pdist(z).median()))
-            z_clusters = torch.as_tensor(
-                KMeans(n_clusters=10, n_init=1, random_state=0).fit(z.numpy()).labels_
-            )
+            # the monitor's dsmi_z grouping: k-means (one seeded init) of the float32 features
+            z_clusters = cluster_reference(z, num_clusters=10, seed=0, method="kmeans")
             for bw in bws:
                 sigma = BANDWIDTHS[bw]
                 zz = torch.nn.functional.normalize(z, dim=1) if bw in ON_SPHERE else z

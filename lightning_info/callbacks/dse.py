@@ -41,6 +41,8 @@ __all__ = ["DiffusionSpectralEntropyMonitor"]
 
 #: The quantities the monitor can compute, and the key segment each is logged under.
 QUANTITIES: tuple[str, ...] = ("dse", "dsmi_y", "dsmi_x")
+#: Every quantity the monitor can log: the defaults plus the label-free ``"dsmi_z"``.
+ALL_QUANTITIES: tuple[str, ...] = (*QUANTITIES, "dsmi_z")
 #: Logged name of the default layer (the input of the last ``nn.Linear``).
 PENULTIMATE = "penultimate"
 #: The monitor's default kernel width (a data-derived rule; the functional default stays 10).
@@ -97,6 +99,9 @@ class DiffusionSpectralEntropyMonitor(Callback):
     * ``{prefix}dsmi_y/<layer>``: DSMI with the targets in bits (higher = more label information).
       Use ``EarlyStopping(monitor=..., mode="max")`` or :class:`OverfittingEarlyStopping`.
     * ``{prefix}dsmi_x/<layer>``: DSMI with the clustered inputs in bits.
+    * ``{prefix}dsmi_z/<layer>`` (only when asked for in ``quantities``): DSMI with k-means
+      clusters of the layer's own probe features, in bits. It needs no labels at all: the signal
+      of :class:`OverfittingEarlyStopping`'s label-free mode.
     * With a ``TensorBoardLogger`` of either Lightning package (and ``log_histogram``): the
       eigenvalues of the diffusion operator as histogram ``{prefix}spectrum/<layer>`` per
       evaluation (other loggers: skipped quietly).
@@ -121,7 +126,8 @@ class DiffusionSpectralEntropyMonitor(Callback):
         layers: submodule name(s) (``pl_module.get_submodule`` paths such as ``"net.2"``; append
             ``":input"`` to read a module's input instead of its output), or None for the input of
             the last ``nn.Linear``.
-        quantities: which of ``"dse"``, ``"dsmi_y"``, ``"dsmi_x"`` to compute. Default all three.
+        quantities: which of ``"dse"``, ``"dsmi_y"``, ``"dsmi_x"``, ``"dsmi_z"`` to compute.
+            Default the first three.
         metric: template :class:`DiffusionSpectralEntropy` carrying the numerical options (sigma,
             t, solver, dtype, seed, ...) of every quantity. Default
             ``DiffusionSpectralEntropy(sigma="median")``.
@@ -355,9 +361,12 @@ class DiffusionSpectralEntropyMonitor(Callback):
         names = tuple(f"dsmi_{r}" for r in self._probe.references)
         options = self.metric.options()
         self._metrics = {
-            key: _DiffusionProfile(names, num_repeats=self.mi_metric.num_repeats, **options).to(
-                pl_module.device
-            )
+            key: _DiffusionProfile(
+                names,
+                num_repeats=self.mi_metric.num_repeats,
+                self_clusters=self.mi_metric.num_clusters if "dsmi_z" in self.quantities else None,
+                **options,
+            ).to(pl_module.device)
             for key in self._layer_keys
         }
 
@@ -495,7 +504,7 @@ def _check_layers(layers: str | Sequence[str] | None) -> list[str] | None:
 
 
 def _check_quantities(quantities: str | Sequence[str]) -> tuple[str, ...]:
-    """The quantities to log, a non-empty subset of :data:`QUANTITIES` in the given order.
+    """The quantities to log, a non-empty subset of :data:`ALL_QUANTITIES` in the given order.
 
     Returns:
         The quantities as a tuple.
@@ -505,9 +514,9 @@ def _check_quantities(quantities: str | Sequence[str]) -> tuple[str, ...]:
     """
     if isinstance(quantities, str):
         quantities = [quantities]
-    checked = tuple(_check_choice(q, "quantities", QUANTITIES) for q in quantities)
+    checked = tuple(_check_choice(q, "quantities", ALL_QUANTITIES) for q in quantities)
     if not checked:
-        raise ValueError(f"`quantities` must hold at least one of {QUANTITIES}; got ().")
+        raise ValueError(f"`quantities` must hold at least one of {ALL_QUANTITIES}; got ().")
     return checked
 
 

@@ -441,17 +441,28 @@ def _bin_scalar(y: Tensor, num_bins: int) -> Tensor:
 
 
 def cluster_reference(
-    reference: Any, *, num_clusters: int = 10, seed: int = 0, num_neighbors: int = 10
+    reference: Any,
+    *,
+    num_clusters: int = 10,
+    seed: int = 0,
+    num_neighbors: int = 10,
+    method: str = "spectral",
 ) -> Tensor:
     r"""Cluster reference vectors (e.g. flattened inputs) into groups for DSMI.
 
     Liao, Liu et al. 2023 (arXiv 2312.04823), Sec. III: a vector-valued :math:`B` (such as the input
     images for :math:`I(Z;X)`) is discretised by spectral clustering before the conditional DSEs
-    are taken. As the reference, this runs ``sklearn.cluster.SpectralClustering(n_clusters=num_clusters,
-    affinity="nearest_neighbors", n_neighbors=num_neighbors, assign_labels="cluster_qr",
-    random_state=seed)`` on float64 CPU copies of the vectors; ``num_neighbors`` is capped at
-    N - 1 for small N. Compute it once and pass the result as ``clusters=`` to
-    :func:`diffusion_spectral_mutual_information` at every epoch.
+    are taken. As the reference, ``method="spectral"`` runs
+    ``sklearn.cluster.SpectralClustering(n_clusters=num_clusters, affinity="nearest_neighbors",
+    n_neighbors=num_neighbors, assign_labels="cluster_qr", random_state=seed)`` on float64 CPU
+    copies of the vectors; ``num_neighbors`` is capped at N - 1 for small N. Compute it once and
+    pass the result as ``clusters=`` to :func:`diffusion_spectral_mutual_information` at every
+    epoch.
+
+    ``method="kmeans"`` runs ``sklearn.cluster.KMeans(n_clusters=num_clusters, n_init=1,
+    random_state=seed)`` on float32 CPU copies: cheap enough to group a layer's own features at
+    every evaluation, which gives the label-free DSMI(Z; k-means(Z)) of the monitor's ``dsmi_z``
+    (``docs/dse.md``).
 
     .. math::
 
@@ -462,6 +473,7 @@ def cluster_reference(
         num_clusters: number of groups k, 2 <= k < N. Default 10 (the reference's).
         seed: ``random_state`` of the clustering (no global RNG is touched).
         num_neighbors: neighbours of the kNN affinity graph, >= 1 (capped at N - 1). Default 10.
+        method: ``"spectral"`` (default, the reference's) or ``"kmeans"``.
 
     Returns:
         (N,) ``torch.long`` tensor of group ids in ``[0, num_clusters)`` on the reference's device.
@@ -469,7 +481,7 @@ def cluster_reference(
     Raises:
         TypeError: if ``reference`` is not array-like numbers or an integer option is not an int.
         ValueError: if ``reference`` is not 1-D/2-D, has fewer than 2 rows or non-finite values,
-            or ``num_clusters`` is outside ``[2, N - 1]``.
+            or ``num_clusters`` is outside ``[2, N - 1]``, or ``method`` is unknown.
 
     Example:
         >>> import torch
@@ -486,20 +498,37 @@ def cluster_reference(
     if n < 2:
         raise ValueError(f"`reference` must have at least 2 samples (rows); got {n}.")
     num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
+    method = _check_choice(method, "method", ("spectral", "kmeans"))
     if num_clusters >= n:
+        what = "spectral clustering" if method == "spectral" else "k-means"
         raise ValueError(
-            f"`num_clusters` must be < the number of samples ({n}) for spectral clustering; "
-            f"got {num_clusters}."
+            f"`num_clusters` must be < the number of samples ({n}) for {what}; got {num_clusters}."
         )
     seed = _check_int(seed, "seed")
     num_neighbors = _check_int(num_neighbors, "num_neighbors", minimum=1)
+    if method == "kmeans":
+        labels = _kmeans_labels(
+            y.detach().to("cpu", torch.float32).reshape(n, -1), num_clusters, seed
+        )
+    else:
+        labels = _spectral_labels(
+            y.detach().to("cpu", torch.float64).reshape(n, -1), num_clusters, seed, num_neighbors
+        )
+    return torch.as_tensor(labels, dtype=torch.long, device=y.device)
+
+
+def _spectral_labels(data: Tensor, num_clusters: int, seed: int, num_neighbors: int) -> Any:
+    """Spectral clustering of (N, D) rows on a kNN graph (the DSE reference's grouping).
+
+    Returns:
+        (N,) numpy labels.
+    """
     from sklearn.cluster import SpectralClustering
 
-    data = y.detach().to("cpu", torch.float64).reshape(n, -1).numpy()
     model = SpectralClustering(
         n_clusters=num_clusters,
         affinity="nearest_neighbors",
-        n_neighbors=min(num_neighbors, n - 1),
+        n_neighbors=min(num_neighbors, data.shape[0] - 1),
         assign_labels="cluster_qr",
         random_state=seed,
     )
@@ -507,8 +536,18 @@ def cluster_reference(
         # "Graph is not fully connected" is expected for well separated groups; the embedding
         # is still valid for clustering.
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        labels = model.fit(data).labels_
-    return torch.as_tensor(labels, dtype=torch.long, device=y.device)
+        return model.fit(data.numpy()).labels_
+
+
+def _kmeans_labels(data: Tensor, num_clusters: int, seed: int) -> Any:
+    """k-means (one seeded initialization) of (N, D) rows.
+
+    Returns:
+        (N,) numpy labels.
+    """
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit(data.numpy()).labels_
 
 
 def _check_discrete(discrete: Any) -> bool | None:

@@ -37,6 +37,7 @@ from lightning_info.functional.dse import (
     _reference_labels,
     _spectral_entropy_bits,
     _subsample_indices,
+    cluster_reference,
 )
 from lightning_info.utilities.checks import _as_tensor, _check_finite, _check_int, _check_ndim
 from lightning_info.utilities.enums import EigenSolver
@@ -449,6 +450,9 @@ class _DiffusionProfile(_DiffusionMetricBase):
     Args:
         group_names: names of the R groupings, in the column order of ``update``'s ``groups``.
         num_repeats: DSMI random subsets per group, >= 1.
+        self_clusters: if given, also the DSMI with ``self_clusters`` k-means clusters of the
+            embeddings themselves (the label-free ``dsmi_z``; seeded with ``seed``), under the
+            name ``"dsmi_z"``.
         **options: every option of :class:`DiffusionSpectralEntropy` (sigma, t, max_samples,
             seed, solver, num_lanczos_probes, num_lanczos_steps, dtype; e.g.
             ``template.options()``).
@@ -457,11 +461,17 @@ class _DiffusionProfile(_DiffusionMetricBase):
     groups: list[Tensor]
 
     def __init__(
-        self, group_names: tuple[str, ...] = (), *, num_repeats: int = 5, **options: Any
+        self,
+        group_names: tuple[str, ...] = (),
+        *,
+        num_repeats: int = 5,
+        self_clusters: int | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(**options)
         self.group_names = tuple(group_names)
         self.num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
+        self.self_clusters = _check_int(self_clusters, "self_clusters", minimum=2, allow_none=True)
         self.add_state("groups", default=[], dist_reduce_fx="cat")
 
     def update(self, embeddings: Tensor, groups: Tensor, *, index: Tensor | None = None) -> None:
@@ -477,5 +487,12 @@ class _DiffusionProfile(_DiffusionMetricBase):
         """
         x, groups = self._subsample(*self._gathered(self.groups))
         named = {name: groups[:, j] for j, name in enumerate(self.group_names)}
+        if self.self_clusters is not None:  # one group (DSMI 0) when 2 samples cannot be split
+            k = min(self.self_clusters, x.shape[0] - 1)
+            named["dsmi_z"] = (
+                cluster_reference(x, num_clusters=k, seed=self.seed, method="kmeans")
+                if k >= 2
+                else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            )
         options = self._options()
         return _information_profile(x, named, num_repeats=self.num_repeats, **options)

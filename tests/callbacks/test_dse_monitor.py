@@ -149,6 +149,31 @@ def test_values_equal_functional_on_independent_activations(tmp_path, digits):
     )
 
 
+def test_label_free_dsmi_z_equals_dsmi_with_kmeans_of_the_features(tmp_path, digits):
+    from sklearn.cluster import KMeans
+
+    monitor = _monitor(
+        quantities=("dse", "dsmi_z"), metric=DiffusionSpectralEntropy(sigma="median")
+    )
+    model = _model()
+    trainer = _trainer(tmp_path, [monitor], epochs=1)
+    trainer.fit(model, *_loaders(digits))
+    logged = trainer.callback_metrics
+    assert "info/dsmi_y/penultimate" not in logged  # only what was asked for
+    _, _, xva, _ = digits
+    x = xva[monitor.state_dict()["probe_indices"]]
+    model.eval()
+    with torch.no_grad():
+        z = model.net[:4](x)
+    # the reference: scikit-learn's k-means on the features, then DSMI with those groups
+    groups = KMeans(n_clusters=10, n_init=1, random_state=0).fit(z.float().numpy()).labels_
+    expected = diffusion_spectral_mutual_information(
+        z, None, sigma="median", clusters=torch.as_tensor(groups)
+    )
+    assert float(logged["info/dsmi_z/penultimate"]) == pytest.approx(expected.item(), abs=1e-5)
+    assert expected.item() > 0.1  # trained features have cluster structure worth measuring
+
+
 def test_sanity_check_skipped_and_one_pass_per_epoch(tmp_path, digits):
     calls = []
 

@@ -477,6 +477,20 @@ def test_cluster_reference_small_n_and_1d():
             cluster_reference(b, num_clusters=k)
 
 
+def test_cluster_reference_kmeans_finds_separated_groups_and_checks_its_options():
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.tensor([[0.0, 0.0], [30.0, 0.0], [0.0, 30.0]])
+    groups = torch.arange(3).repeat_interleave(20)
+    x = centres[groups] + torch.randn(60, 2, generator=gen)
+    c = cluster_reference(x, num_clusters=3, method="kmeans")
+    assert c.dtype == torch.long and c.shape == (60,)
+    assert adjusted_rand_score(groups.numpy(), c.numpy()) == 1.0
+    with pytest.raises(ValueError, match="`method`"):
+        cluster_reference(x, method="agglomerative")
+    with pytest.raises(ValueError, match="for k-means"):
+        cluster_reference(x[:5], num_clusters=5, method="kmeans")
+
+
 @pytest.mark.parametrize("sigma", [2.0, "median", "knn"])
 def test_information_profile_shares_one_affinity_and_keeps_values(monkeypatch, sigma):
     from lightning_info.functional import dse as dse_mod
