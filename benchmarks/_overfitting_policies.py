@@ -56,17 +56,21 @@ def early_stopping(
 
 def stop_rule(
     score: np.ndarray | None,
-    info: np.ndarray,
+    info: np.ndarray | None,
     *,
-    patience: int = 5,
-    info_drop: float | None = 0.2,
-    info_patience: int = 2,
+    n_epochs: int | None = None,
+    **options: float | int | None,
 ) -> Outcome:
-    """``OverfittingEarlyStopping``'s rule (score: higher = better, or None), best restore."""
-    rule = StopRule(patience=patience, info_drop=info_drop, info_patience=info_patience)
-    n_epochs = len(info) - 1
+    """``OverfittingEarlyStopping``'s rule (score: higher = better, or None; info: DSMI, or None
+    for the rule without its information terms), restoring the epoch the rule keeps."""
+    rule = StopRule(**options)
+    n_epochs = n_epochs if n_epochs is not None else len(info if info is not None else score) - 1
     for e in range(1, n_epochs + 1):
-        stop, _ = rule.update(e, None if score is None else float(score[e]), float(info[e]))
+        stop, _ = rule.update(
+            e,
+            None if score is None else float(score[e]),
+            None if info is None else float(info[e]),
+        )
         if stop:
             return Outcome(e, rule.best_epoch if rule.best_epoch is not None else e)
     return Outcome(n_epochs, rule.best_epoch if rule.best_epoch is not None else n_epochs)
@@ -133,6 +137,9 @@ POLICIES = {
     "no stopping": lambda run: no_stop(len(_curve(run, "test_acc")) - 1),
     "EarlyStopping(val_loss) + restore": lambda run: early_stopping(_curve(run, "val_loss"), "min"),
     "EarlyStopping(val_acc) + restore": lambda run: early_stopping(_curve(run, "val_acc"), "max"),
+    "EarlyStopping(val_acc, patience=10) + restore": lambda run: early_stopping(
+        _curve(run, "val_acc"), "max", patience=10
+    ),
     "EarlyStopping(DSMI(Z;Y), sigma=10) + restore": lambda run: early_stopping(
         _sig(run, "dsmi_y/fixed10"), "max"
     ),
@@ -145,14 +152,18 @@ POLICIES = {
     "OverfittingEarlyStopping() (ours)": lambda run: stop_rule(
         _curve(run, "val_acc"), _sig(run, DSMI_DEFAULT)
     ),
-    "ours without the DSMI term (ablation)": lambda run: stop_rule(
-        _curve(run, "val_acc"), _sig(run, DSMI_DEFAULT), info_drop=None
+    "ours without the DSMI terms (ablation)": lambda run: stop_rule(_curve(run, "val_acc"), None),
+    "ours, DSMI(Z;Y) only (score_monitor=None)": lambda run: stop_rule(
+        None, _sig(run, DSMI_DEFAULT)
     ),
-    "ours, label-free (score_monitor=None, dsmi_z)": lambda run: stop_rule(
+    "ours, label-free (OverfittingEarlyStopping.label_free(): dsmi_z)": lambda run: stop_rule(
         None, _sig(run, LABEL_FREE)
     ),
     "EarlyStopping(RankMe) + restore (label-free)": lambda run: early_stopping(
         _sig(run, "rankme"), "max"
+    ),
+    "our information-only rule on RankMe (label-free)": lambda run: stop_rule(
+        None, _sig(run, "rankme")
     ),
     "EarlyStopping(DSE, median) + restore (label-free)": lambda run: early_stopping(
         _sig(run, "dse/median"), "max"

@@ -1,9 +1,11 @@
 """OverfittingEarlyStopping: the rule on written curves, and real digits runs with its callback.
 
-The rule's expectations are derived here from its documented definition (best = first maximum of
-the score; stop after ``patience`` evaluations without a new best, or after ``info_patience``
-evaluations below ``(1 - info_drop)`` times the running maximum of DSMI), never from its output.
-The callback's restore is checked against the weights recorded at every epoch of the same run.
+The rule's expectations are derived here from its documented definition, never from its output:
+with a score, best = first maximum of the score, stop after ``patience`` evaluations with neither a
+new best score nor a new DSMI maximum, or after ``info_patience`` evaluations below
+``(1 - info_drop)`` times the running maximum of DSMI; without a score, the kept epoch is the last
+one within ``info_tolerance`` of the running maximum and only the DSMI drop stops. The callback's
+restore is checked against the weights recorded at every epoch of the same run.
 """
 
 from __future__ import annotations
@@ -23,20 +25,25 @@ from lightning_info.models import MLPClassifier
 from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loader, train_val_split
 
 
-def _reference(scores, infos, patience, info_drop, info_patience):
-    """The documented rule, written out: (stop index or None, best index)."""
-    best, best_i, wait, top, low = -math.inf, None, 0, -math.inf, 0
+def _reference(scores, infos, patience, info_drop, info_patience, info_tolerance=0.05):
+    """The documented rule, written out: (stop index or None, kept index)."""
+    best, kept, wait, top, low = -math.inf, None, 0, -math.inf, 0
     for i, (s, info) in enumerate(zip(scores, infos)):
-        value = s if s is not None else info
-        if value > best:
-            best, best_i, wait = value, i, 0
-        else:
-            wait += 1
+        new_top = info > top
         top = max(top, info)
         low = low + 1 if (info_drop is not None and info < (1 - info_drop) * top) else 0
-        if (info_drop is not None and low >= info_patience) or wait >= patience:
-            return i, best_i
-    return None, best_i
+        if s is not None:  # a validation score picks the epoch; DSMI growth is progress too
+            if s > best:
+                best, kept = s, i
+            wait = 0 if (kept == i or new_top) else wait + 1
+            if (info_drop is not None and low >= info_patience) or wait >= patience:
+                return i, kept
+        else:  # information only: the end of the plateau, and only the drop stops
+            if info >= (1 - info_tolerance) * top:
+                kept = i
+            if info_drop is not None and low >= info_patience:
+                return i, kept
+    return None, kept
 
 
 def _replay(rule, scores, infos):
@@ -63,6 +70,11 @@ CURVES = {
         [0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.7, 0.71, 0.72, 0.73, 0.74, 0.75],
         [1.0, 1.1, 0.8, 0.85, 1.0, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1],
     ),
+    # a slow start on very noisy labels: accuracy flat for 8 evaluations while DSMI grows
+    "slow start": (
+        [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3, 0.5, 0.55, 0.5, 0.4, 0.3, 0.25, 0.2],
+        [0.70, 0.71, 0.73, 0.75, 0.78, 0.8, 0.83, 0.86, 0.95, 1.0, 0.98, 0.9, 0.8, 0.75, 0.7, 0.6],
+    ),
 }
 
 
@@ -88,6 +100,17 @@ def test_rule_follows_its_definition(name, options):
         [None] * len(infos), infos, rule.patience, rule.info_drop, rule.info_patience
     )
     assert _replay(label_free, [None] * len(infos), infos) == expected
+
+
+def test_growing_information_is_progress_and_information_only_keeps_the_plateau_end():
+    scores, infos = CURVES["slow start"]
+    stop, kept = _replay(StopRule(), scores, infos)
+    assert kept == 10  # the accuracy peak, reached because DSMI growth kept the run going
+    plain = StopRule(info_drop=None)
+    assert _replay(plain, [0.1] * 8, infos[:8])[0] is None  # DSMI still rising: no stop
+    stop, kept = _replay(StopRule(), [None] * len(infos), infos)
+    assert kept == 10  # last evaluation within 5 % of the DSMI maximum (0.98 >= 0.95)
+    assert stop == 14  # the second evaluation below 0.8 x 1.0 (0.75, then 0.7)
 
 
 def test_rule_stops_memorizing_runs_early_and_keeps_the_best_epoch():
@@ -212,7 +235,9 @@ def test_label_free_mode_and_resume_state(tmp_path):
     _, model, recorder = _fit(tmp_path, stopper, permute=False, epochs=3)
     key = "info/dsmi_y/penultimate"
     seen = {e: recorder.logged[e][key] for e in recorder.logged}
-    assert stopper.best_epoch == max(seen, key=lambda e: (seen[e], -e))
+    # information only: the last epoch within info_tolerance of the running maximum
+    kept = [e for e in sorted(seen) if seen[e] >= 0.95 * max(seen[j] for j in seen if j <= e)]
+    assert stopper.best_epoch == kept[-1]
     state = stopper.state_dict()
     assert set(state["best_state"]) == set(model.state_dict())
     torch.save(state, tmp_path / "state.pt")

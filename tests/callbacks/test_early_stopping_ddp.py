@@ -29,11 +29,11 @@ def _rule(rows):
     """The documented rule on [(val_acc, dsmi), ...]: (stop index or None, best index)."""
     best, best_i, wait, top, low = -math.inf, None, 0, -math.inf, 0
     for i, (acc, dsmi) in enumerate(rows):
-        if acc > best:
-            best, best_i, wait = acc, i, 0
-        else:
-            wait += 1
+        new_top = dsmi > top
         top = max(top, dsmi)
+        if acc > best:
+            best, best_i = acc, i
+        wait = 0 if (best_i == i or new_top) else wait + 1  # a new DSMI maximum is progress
         low = low + 1 if dsmi < (1 - INFO_DROP) * top else 0
         if low >= INFO_PATIENCE or wait >= PATIENCE:
             return i, best_i
