@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightning_info.callbacks.dse import DEFAULT_MAX_SAMPLES
 from lightning_info.callbacks.early_stopping import StopRule
 
 
@@ -119,9 +120,14 @@ def regret(test_acc: np.ndarray, outcome: Outcome) -> float:
 # accuracy and loss, train loss) and "signals" (the monitor's signals and the probes', see
 # _overfitting_signals.py), arrays indexed by epoch
 # ------------------------------------------------------------------------------------------
-def _sig(run: dict, key: str) -> np.ndarray:
-    n = 1000 if f"{key}/1000" in run["signals"] else 360
-    return run["signals"][f"{key}/{n}"].numpy()
+def _sig(run: dict, key: str, n: int = DEFAULT_MAX_SAMPLES) -> np.ndarray:
+    """A signal at probe size ``n`` (the monitor's default), or at the size closest to it that
+    was computed (digits: its 360 validation samples; the fixed width: 1,000 only)."""
+    sizes = [int(k.rsplit("/", 1)[1]) for k in run["signals"] if k.rsplit("/", 1)[0] == key]
+    if not sizes:
+        raise KeyError(key)
+    size = min(sizes, key=lambda m: (abs(m - n), -m))
+    return run["signals"][f"{key}/{size}"].numpy()
 
 
 def _curve(run: dict, key: str) -> np.ndarray:
@@ -140,6 +146,9 @@ POLICIES = {
     "EarlyStopping(val_acc, patience=10) + restore": lambda run: early_stopping(
         _curve(run, "val_acc"), "max", patience=10
     ),
+    "ours with patience=5": lambda run: stop_rule(
+        _curve(run, "val_acc"), _sig(run, DSMI_DEFAULT), patience=5
+    ),
     "EarlyStopping(DSMI(Z;Y), sigma=10) + restore": lambda run: early_stopping(
         _sig(run, "dsmi_y/fixed10"), "max"
     ),
@@ -152,7 +161,9 @@ POLICIES = {
     "OverfittingEarlyStopping() (ours)": lambda run: stop_rule(
         _curve(run, "val_acc"), _sig(run, DSMI_DEFAULT)
     ),
-    "ours without the DSMI terms (ablation)": lambda run: stop_rule(_curve(run, "val_acc"), None),
+    "ours without the DSMI terms (ablation: = EarlyStopping(val_acc, patience=10) + restore)": (
+        lambda run: stop_rule(_curve(run, "val_acc"), None)
+    ),
     "ours, DSMI(Z;Y) only (score_monitor=None)": lambda run: stop_rule(
         None, _sig(run, DSMI_DEFAULT)
     ),

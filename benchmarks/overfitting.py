@@ -470,20 +470,21 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-SIGNALS = {  # table rows: name -> (signal key or curve, where it comes from)
+SIGNALS = {  # table rows: name -> signal key (probe size after "@"; MNIST has 500 and 1,000,
+    # digits its 360 validation samples) or curve
     "val_acc": "curve:val_acc",
     "-val_loss": "curve:val_loss",
-    "10-NN probe accuracy (held-out)": "knn_acc",
-    "RankMe": "rankme",
-    "DSE, sigma=10": "dse/fixed10",
-    "DSE, median": "dse/median",
-    "DSMI(Z;Y), sigma=10": "dsmi_y/fixed10",
-    "DSMI(Z;Y), median": "dsmi_y/median",
-    "DSMI(Z;Y), sphere": "dsmi_y/sphere",
-    "DSMI(Z;Y), knn (N=500)": "dsmi_y/knn",
-    "DSMI(Z;Y), median (N=500)": "dsmi_y/median@500",
-    "DSMI(Z;X), median": "dsmi_x/median",
-    "DSMI(Z;kmeans Z), median": "dsmi_z/median",
+    "10-NN probe accuracy (held-out, needs labels)": "knn_acc@500",
+    "RankMe (label-free)": "rankme@500",
+    "DSE, sigma=10, N=1000": "dse/fixed10@1000",
+    "DSE, median, N=500": "dse/median@500",
+    "DSMI(Z;Y), sigma=10, N=1000 (previous default)": "dsmi_y/fixed10@1000",
+    "DSMI(Z;Y), median, N=1000": "dsmi_y/median@1000",
+    "DSMI(Z;Y), knn, N=500": "dsmi_y/knn@500",
+    "**DSMI(Z;Y), median, N=500 (monitor default)**": "dsmi_y/median@500",
+    "DSMI(Z;X), median, N=500 (label-free)": "dsmi_x/median@500",
+    "DSMI(Z;k-means Z), median, N=500 (dsmi_z, label-free)": "dsmi_z/median@500",
+    "DSMI(Z;k-means Z), median, N=1000": "dsmi_z/median@1000",
 }
 
 
@@ -493,10 +494,8 @@ def _series(run: dict, key: str) -> np.ndarray:
     if key.startswith("curve:"):
         values = run["curves"][key[6:]].numpy()
         return -values if key.endswith("loss") else values
-    if "@" in key:
-        name, n = key.split("@")
-        return run["signals"][f"{name}/{min(int(n), run['n_val'])}"].numpy()
-    return _sig(run, key)
+    name, _, n = key.partition("@")
+    return _sig(run, name, int(n)) if n else _sig(run, name)
 
 
 def signal_table(runs: list[dict]) -> str:

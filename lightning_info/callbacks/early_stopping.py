@@ -83,7 +83,7 @@ class StopRule:
         (True, 1, 'memorization')
     """
 
-    patience: int = 5
+    patience: int = 10
     info_drop: float | None = 0.2
     info_patience: int = 2
     info_tolerance: float = 0.05
@@ -238,7 +238,7 @@ class OverfittingEarlyStopping(EarlyStopping):
     Example:
         >>> stopper = OverfittingEarlyStopping()
         >>> stopper.monitor, stopper.rule.patience
-        ('info/dsmi_y/penultimate', 5)
+        ('info/dsmi_y/penultimate', 10)
     """
 
     def __init__(
@@ -247,7 +247,7 @@ class OverfittingEarlyStopping(EarlyStopping):
         *,
         score_monitor: str | None = "auto",
         score_mode: str = "max",
-        patience: int = 5,
+        patience: int = 10,
         info_drop: float | None = 0.2,
         info_patience: int = 2,
         info_tolerance: float = 0.05,

@@ -21,7 +21,7 @@ import pytest
 
 SCRIPT = Path(__file__).with_name("_ddp_early_stopping_script.py")
 MAX_EPOCHS = 30  # as in the script
-PATIENCE, INFO_DROP, INFO_PATIENCE = 5, 0.2, 2  # OverfittingEarlyStopping defaults
+PATIENCE, INFO_DROP, INFO_PATIENCE = 10, 0.2, 2  # OverfittingEarlyStopping defaults
 KEY = "info/dsmi_y/penultimate"
 
 
