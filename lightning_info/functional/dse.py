@@ -341,8 +341,8 @@ class _Profile:
         dse: 0-dim float64, bits.
         dsmi: ``{name: 0-dim float64}``, bits, one per grouping.
         eigvals: (N,) eigenvalues of the diffusion operator (exact solver), else None.
-        median_affinity: median off-diagonal entry of the Gaussian affinity (exact solver), else
-            None: with a fixed ``sigma`` the median distance is
+        median_affinity: median off-diagonal entry of the Gaussian affinity (exact solver and a
+            fixed ``sigma``), else None: with a fixed ``sigma`` the median distance is
             ``sigma * sqrt(-2 log(median_affinity))``, the feature scale in units of ``sigma``.
     """
 
@@ -391,7 +391,8 @@ def _information_profile(
         }
         return _Profile(dse, mi, None, None)
     affinity = _gaussian_affinity(x.to(_build_dtype(x)), sigma)
-    median_affinity = _offdiag_median(affinity)
+    # the feature scale in units of a fixed sigma (a width rule sets it by construction)
+    median_affinity = None if isinstance(sigma, str) else _offdiag_median(affinity)
     eigvals = _affinity_eigvals(affinity.clone()[None], _resolve_dtype(dtype, _DEFAULT_DTYPE))[0]
     mi = {
         k: _dsmi_compute(x, g, num_repeats=num_repeats, seed=seed, affinity=affinity, **options)
