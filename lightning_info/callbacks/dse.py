@@ -49,6 +49,9 @@ PENULTIMATE = "penultimate"
 DEFAULT_SIGMA = "median"
 #: The monitor's default probe size (``max_samples``), chosen by ``benchmarks/overfitting.py``.
 DEFAULT_MAX_SAMPLES = 500
+#: The monitor's eigensolver precision: float32 differs from float64 by < 1e-6 bits on the
+#: overfitting benchmark's features (N = 500) and is 13-20 % cheaper per evaluation.
+DEFAULT_DTYPE = torch.float32
 #: A fixed ``sigma`` outside ``[_SCALE_LOW, _SCALE_HIGH]`` times the median feature distance
 #: makes the kernel nearly constant (DSE near 0) or nearly diagonal (DSE near log2 N): warned.
 _SCALE_LOW, _SCALE_HIGH = 0.2, 5.0
@@ -132,7 +135,8 @@ class DiffusionSpectralEntropyMonitor(Callback):
             Default the first three.
         metric: template :class:`DiffusionSpectralEntropy` carrying the numerical options (sigma,
             t, solver, dtype, seed, ...) of every quantity. Default
-            ``DiffusionSpectralEntropy(sigma="median")``.
+            ``DiffusionSpectralEntropy(sigma="median", dtype=torch.float32)`` (float32
+            eigensolves: < 1e-6 bits from float64 on the benchmark's features, and cheaper).
         mi_metric: template :class:`DiffusionSpectralMutualInformation` for the DSMI options
             ``num_repeats`` and ``num_clusters`` (bins / clusters of continuous or vector
             references); its kernel options must equal ``metric``'s. Default: the defaults.
@@ -550,7 +554,8 @@ def _check_templates(
             "`mi_metric` must be a DiffusionSpectralMutualInformation; got "
             f"{type(mi_metric).__name__}."
         )
-    metric = metric if metric is not None else DiffusionSpectralEntropy(sigma=DEFAULT_SIGMA)
+    if metric is None:
+        metric = DiffusionSpectralEntropy(sigma=DEFAULT_SIGMA, dtype=DEFAULT_DTYPE)
     if mi_metric is None:
         return metric, DiffusionSpectralMutualInformation(**metric.options())
     kernel = {k: v for k, v in mi_metric.options().items() if k != "seed"}
