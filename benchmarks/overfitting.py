@@ -1,9 +1,12 @@
 """Benchmark: information curves that track generalization, and overfitting stops (issue 13).
 
-Part 1 (this file's ``train`` subcommand): a training harness. For many seeded training runs with
-label noise it saves, for every epoch, the held-out representations and the accuracy/loss curves,
-so that stopping policies and signals (DSE/DSMI, validation loss, ...) can be evaluated offline
-without retraining. Part 2 (``analyze``) is left for the signal/policy analysis.
+Part 1 (``train``): a training harness. For many seeded training runs with label noise it saves,
+for every epoch, the held-out representations and the accuracy/loss curves, so that stopping
+policies and signals (DSE/DSMI, validation loss, ...) can be evaluated offline without retraining.
+Part 2 (``analyze``): every signal of every run at every epoch (``_overfitting_signals.py``,
+cached in ``{out}/signals``), each signal's agreement with test accuracy, and every stopping policy
+replayed on the recorded curves (``_overfitting_policies.py``; ``OverfittingEarlyStopping`` through
+its own ``StopRule``), printed side by side. Results: ``benchmarks/RESULTS.md`` section 8.
 
 Setup
 -----
@@ -72,6 +75,7 @@ Usage::
     python benchmarks/overfitting.py train --jobs 2                    # the full sweep (72 runs)
     python benchmarks/overfitting.py train --datasets mnist --recipes cnn_sgdm --noise 0.8 --seeds 0
     python benchmarks/overfitting.py summary                           # one line per artifact
+    python benchmarks/overfitting.py analyze                           # the tables (signals cached)
 
 Existing artifacts are skipped, so the sweep is resumable.
 """
