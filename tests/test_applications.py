@@ -27,6 +27,16 @@ def test_suspicious_samples_matches_sorted_reference():
     ]
 
 
+def test_suspicious_samples_auto_ranks_by_loo_error_when_the_container_has_it():
+    weight = torch.tensor([3.0, 1.0, 2.0])
+    loo = torch.tensor([0.1, 0.9, 0.5])
+    with_loo = SimpleNamespace(weight_si=weight, loo_error=loo, indices=torch.tensor([7, 8, 9]))
+    assert suspicious_samples(with_loo).tolist() == [8, 9, 7]  # by loo_error
+    assert suspicious_samples(with_loo, by="weight_si").tolist() == [7, 9, 8]
+    without = SimpleNamespace(weight_si=weight, indices=torch.tensor([7, 8, 9]))
+    assert suspicious_samples(without).tolist() == [7, 9, 8]  # falls back to weight SI
+
+
 def test_suspicious_samples_errors():
     with pytest.raises(ValueError, match="NaN"):
         suspicious_samples(torch.tensor([1.0, float("nan")]))
