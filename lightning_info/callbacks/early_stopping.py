@@ -202,9 +202,15 @@ class OverfittingEarlyStopping(EarlyStopping):
     ``num_classes`` needed). At the first evaluation it warns if ``monitor`` is not logged
     (naming the keys that are), and reports which validation metric it uses.
 
-    Measured in ``benchmarks/overfitting.py`` (``benchmarks/RESULTS.md``: 72 runs on MNIST and
-    digits, two recipes, label noise 0-100 %), against ``EarlyStopping`` + best-checkpoint
-    restore on the same runs; the defaults come from there.
+    Measured in ``benchmarks/overfitting.py`` (``benchmarks/RESULTS.md`` section 8: 60 runs on
+    MNIST and digits, an MLP with Adam and a CNN with SGD + momentum, 0-80 % flipped labels),
+    against ``EarlyStopping`` + best-checkpoint restore on the same runs: mean test-accuracy
+    regret 0.37 pp (MNIST) and 0.86 pp (digits) against 0.36 / 5.46 pp for
+    ``EarlyStopping("val_acc", patience=5)`` and 0.37 / 2.69 pp at ``patience=10``. The DSMI
+    progress term is what closes the gap: very noisy runs sit at chance validation accuracy for
+    several epochs while their DSMI already grows. The defaults come from there (``patience=5``
+    gives 0.36 / 1.01 pp). The label-free mode: 1.24 / 2.81 pp (``EarlyStopping`` on RankMe:
+    20.2 / 49.5 pp).
 
     Args:
         monitor: key of held-out DSMI(Z;Y). Default ``"info/dsmi_y/penultimate"``.
