@@ -483,7 +483,8 @@ def test_cluster_reference_kmeans_finds_separated_groups_and_checks_its_options(
     groups = torch.arange(3).repeat_interleave(20)
     x = centres[groups] + torch.randn(60, 2, generator=gen)
     c = cluster_reference(x, num_clusters=3, method="kmeans")
-    assert c.dtype == torch.long and c.shape == (60,)
+    assert c.dtype == torch.long
+    assert c.shape == (60,)
     assert adjusted_rand_score(groups.numpy(), c.numpy()) == 1.0
     with pytest.raises(ValueError, match="`method`"):
         cluster_reference(x, method="agglomerative")
