@@ -5,7 +5,8 @@ Usage::
     python benchmarks/mislabel.py run [--datasets digits mnist] [--models mlp cnn]
         [--optimizers adam sgdm] [--noise 0.05 0.1 0.3 0.5] [--seeds 0 1 2]
         [--regimes moderate memorize] [--methods ...] [--out DIR] [--quick] [--threads 1]
-    python benchmarks/mislabel.py report [--out DIR]
+    python benchmarks/mislabel.py rescore [--variants defaults optimizer_wd] [--out DIR]
+    python benchmarks/mislabel.py report [--out DIR] [--summary [METHOD]]
     python benchmarks/mislabel.py pilot [--datasets ...] [--max-epochs N] ...  # regime evidence
     python benchmarks/mislabel.py check-prefix  # SUI scored mid-fit == SUI at a fit's end
 
@@ -78,10 +79,22 @@ In the memorize regime the validation accuracy drops to roughly 1 - p (e.g. digi
   regime's weights), ``TRAKer(task="image_classification")`` with a ``BasicProjector`` (normal,
   dimension 512), float32 on CPU (traker 0.3.2; ``load_from_save_dir=False`` crashes in 0.3.2,
   so each call uses a fresh temporary directory).
-* ``sui_weight_default`` / ``sui_functional_default``: the callback's weight SI / functional
-  SI. Note: with Adam the callback scores the converged linearized solution at the initial
-  weights (``num_steps=None``), which does not depend on the epoch count, so both regimes get
-  the same scores.
+* ``sui_weight_default`` / ``sui_functional_default`` / ``sui_looerr_default``: the callback's
+  weight SI / functional SI / leave-one-out error of the linearized run (``SUIScores.loo_error``,
+  the ranking ``suspicious_samples()`` uses), with the defaults of the library version that
+  trained the cell (recorded in each line's ``settings``). With Adam the callback scores the
+  converged linearized solution at the initial weights (``num_steps=None``), which does not
+  depend on the epoch count, so both regimes get the same scores.
+* ``sui_*_final``: the same callback with ``linearize_at="final"`` (the regime's weights).
+* ``rescore`` adds ``sui_*_<variant>`` columns without retraining: with ``linearize_at="init"``
+  the scores depend on the run only through the seeded initial weights, the noisy labels and
+  the recipe, so ``rescore_cell`` calls the callback's own ``score()`` with the recipe instead of
+  a trainer. ``defaults`` = the current defaults (the columns RESULTS section 9 reports);
+  ``optimizer_wd`` = ``weight_decay="optimizer"``, the previous default, which reproduces the
+  ``sui_*_default`` columns of cells trained before the change (a check of the path).
+  ``_mislabel_variants.py`` evaluates further closed-form variants (fixed ridges, leave-one-out
+  ridge, rank combinations with the loss) on cached initialization kernels; it is the
+  exploration behind the ``weight_decay="auto"`` default.
 
 Methods whose optional package (cleanlab, traker: ``pip install -e '.[bench]'``) does not import
 are skipped with a message.
@@ -123,7 +136,15 @@ cleanlab                    0.995 (0.94)  0.965 (0.84)
 trak                        0.995 (0.95)  0.898 (0.73)
 sui_weight_default          0.890 (0.72)  0.890 (0.72)
 sui_functional_default      0.870 (0.71)  0.870 (0.71)
+sui_weight_defaults         0.988 (0.92)  0.988 (0.92)
+sui_functional_defaults     0.980 (0.89)  0.980 (0.89)
+sui_looerr_defaults         0.998 (0.97)  0.998 (0.97)
+sui_looerr_final            0.997 (0.96)  0.550 (0.36)
 ==========================  ============  ============
+
+(``sui_*_default``: trained with the previous ``weight_decay="optimizer"`` default;
+``sui_*_defaults``: ``rescore`` at the current defaults; ``sui_looerr_final``: linearized at the
+regime's weights.)
 
 (flipped fitted 0.03 / 1.00, validation accuracy 0.92 / 0.76, training 1.1 s / 19 s.)
 """
@@ -1192,9 +1213,59 @@ def report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+PEERS = ("loss", "grad_norm", "tracin", "cleanlab", "trak")
+
+
+def summary(rows: list[dict[str, Any]], sui: str = "sui_looerr_defaults") -> str:
+    """Issue 15's criteria per (dataset, model, optimizer, p, regime), means over seeds.
+
+    ``sui`` against the best peer (by mean AUROC; precision at k of the best peer by that
+    metric), its margin over the training loss, and its wall seconds against cleanlab's.
+    """
+    rows = [r for r in rows if "error" not in r]
+    acc: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        acc[(r["dataset"], r["model"], r["optimizer"], float(r["noise"]), r["regime"])][
+            r["method"]
+        ].append(r)
+
+    def mean(rs: list[dict], key: str) -> float:
+        return float(np.mean([r[key] for r in rs]))
+
+    head = (
+        f"| dataset | model | optimizer | p | regime | seeds | {sui} AUROC | best peer AUROC "
+        "| SUI - best peer | SUI - loss | SUI prec@k | best peer prec@k | SUI s | cleanlab s |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    order = {"moderate": 0, "memorize": 1}
+    for cell in sorted(acc, key=lambda c: (c[0], c[1], c[2], c[3], order.get(c[4], 2))):
+        if sui not in acc[cell]:
+            continue
+        seed_set = {r["seed"] for r in acc[cell][sui]}  # compare on the same runs only
+        methods = {m: [r for r in rs if r["seed"] in seed_set] for m, rs in acc[cell].items()}
+        if not all(len({r["seed"] for r in methods.get(m, [])}) == len(seed_set) for m in PEERS):
+            continue
+        peers = {m: methods[m] for m in PEERS if m in methods}
+        best_a = max(peers, key=lambda m: mean(peers[m], "auroc"))
+        best_q = max(peers, key=lambda m: mean(peers[m], "prec_at_k"))
+        a, q = mean(methods[sui], "auroc"), mean(methods[sui], "prec_at_k")
+        seeds = ",".join(str(r["seed"]) for r in sorted(methods[sui], key=lambda r: r["seed"]))
+        lines.append(
+            f"| {cell[0]} | {cell[1]} | {cell[2]} | {cell[3]:g} | {cell[4]} | {seeds} "
+            f"| {a:.3f} | {mean(peers[best_a], 'auroc'):.3f} ({best_a}) "
+            f"| {a - mean(peers[best_a], 'auroc'):+.3f} | {a - mean(methods['loss'], 'auroc'):+.3f} "
+            f"| {q:.2f} | {mean(peers[best_q], 'prec_at_k'):.2f} ({best_q}) "
+            f"| {mean(methods[sui], 'seconds'):.1f} | {mean(methods['cleanlab'], 'seconds'):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else OUT_DEFAULT
     rows = read_results(out / RESULTS)
+    if args.summary:
+        log(summary(rows, args.summary))
+        return 0
     log(report(rows))
     errors = [r for r in rows if "error" in r]
     if errors:
@@ -1366,6 +1437,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep = sub.add_parser("report", help="markdown tables of <out>/results.jsonl")
     rep.add_argument("--out", default=None)
+    rep.add_argument(
+        "--summary",
+        nargs="?",
+        const="sui_looerr_defaults",
+        default=None,
+        metavar="METHOD",
+        help="issue 15's criteria table for METHOD (default sui_looerr_defaults) vs the peers",
+    )
     pil = sub.add_parser("pilot", help="evidence to pick the regimes' epoch counts")
     pil.add_argument("--datasets", nargs="+", default=["digits"], choices=DATASETS)
     pil.add_argument("--models", nargs="+", default=["mlp"], choices=MODELS)
