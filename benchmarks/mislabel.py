@@ -972,6 +972,7 @@ def _quiet(threads: int) -> Iterator[None]:
 RESCORE_VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},  # the callback's current defaults
     "optimizer_wd": {"weight_decay": "optimizer"},  # the previous default (check: == 'default')
+    "converged": {"num_steps": "converged"},  # SGD too: the converged run, LOO weight decay
 }
 
 
@@ -1018,7 +1019,11 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else OUT_DEFAULT
     path = out / RESULTS
     done = {(cell_key(r), r["method"]) for r in read_results(path) if "error" not in r}
-    rows = [r for r in read_results(path) if r["method"] == "loss" and "error" not in r]
+    rows = [
+        r
+        for r in read_results(path)
+        if r["method"] == "loss" and "error" not in r and r["optimizer"] in args.optimizers
+    ]
     data_cache: dict[str, Data] = {}
     for row in rows:
         cell = {
@@ -1435,6 +1440,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument(
         "--variants", nargs="+", default=["defaults"], choices=sorted(RESCORE_VARIANTS)
     )
+    res.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     rep = sub.add_parser("report", help="markdown tables of <out>/results.jsonl")
     rep.add_argument("--out", default=None)
     rep.add_argument(

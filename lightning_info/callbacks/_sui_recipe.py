@@ -7,10 +7,12 @@ the learning rate and horizon of the linearized gradient descent (``docs/sui.md`
 
 * plain SGD: its learning rate for the optimizer steps taken since the linearization point's
   snapshot (``global_step`` minus the snapshot's step);
-* SGD with momentum :math:`\beta`: the heavy-ball equivalent learning rate
-  :math:`lr/(1-\beta)` for the same steps;
-* adaptive optimizers (Adam, AdamW, RMSprop, ...): their steps are not gradient-descent steps,
-  so the converged solution (``num_steps=None``) is scored.
+* SGD with momentum and adaptive optimizers (Adam, AdamW, RMSprop, ...): their steps are not
+  gradient-descent steps, so the converged solution (``num_steps=None``) is scored, with the
+  weight decay chosen by leave-one-out cross-validation. Replaying a momentum run as GD at the
+  heavy-ball rate :math:`lr/(1-\beta)` for its steps (still what an explicit ``num_steps=``
+  gets) ranked flipped labels worse in every cell of ``benchmarks/mislabel.py`` (digits MLP,
+  50 % flipped, memorized: leave-one-out AUROC 0.953 replayed, 0.995 converged).
 
 The same rule applies to both linearization points and both entry points, so the callback and
 ``lightning-info score`` score the same run identically.
@@ -85,6 +87,11 @@ class TrainingRecipe:
     def adaptive(self) -> bool:
         """Whether the optimizer is adaptive (anything but SGD): no gradient-descent horizon."""
         return self.optimizer is not None and self.optimizer != "SGD"
+
+    @property
+    def plain_gradient_descent(self) -> bool:
+        """Whether the steps are plain gradient-descent steps (SGD without momentum)."""
+        return not self.adaptive and self.momentum == 0 and not self.nesterov
 
     @staticmethod
     def from_trainer(trainer: Any, snapshot_step: int = 0) -> TrainingRecipe:
@@ -202,8 +209,8 @@ class TrainingRecipe:
         if num_steps is None or num_steps == CONVERGED:
             return None
         if num_steps == AUTO or num_steps == "trainer":  # "trainer": the 0.1 spelling of "auto"
-            if self.adaptive:
-                return None  # adaptive steps are not GD steps: the converged solution
+            if not self.plain_gradient_descent:
+                return None  # momentum / adaptive steps are not GD steps: the converged solution
             return max(1, self.steps_taken)
         if isinstance(num_steps, bool) or not isinstance(num_steps, int):
             raise ValueError(
@@ -234,9 +241,10 @@ class TrainingRecipe:
                 (
                     "momentum",
                     f"SGD uses momentum={self.momentum:g}; the closed form assumes plain gradient "
-                    "descent, so it replays GD with the heavy-ball effective learning rate "
-                    f"lr/(1-momentum) = {lr / max(1e-12, 1 - self.momentum):g} unless "
-                    "`learning_rate=` is given. Scores are still computed.",
+                    "descent, so unless `num_steps=` is given the converged linearized solution "
+                    "(num_steps=None) is scored; with `num_steps=`, GD at the heavy-ball effective "
+                    f"learning rate lr/(1-momentum) = {lr / max(1e-12, 1 - self.momentum):g} "
+                    "unless `learning_rate=` is given. Scores are still computed.",
                 )
             )
         if self.num_optimizers > 1 or self.num_param_groups > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import pickle
 import warnings
 from pathlib import Path
@@ -120,16 +121,25 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
 
 
 def test_linearize_at_final_matches_engine_on_trained_weights_with_momentum(digits, tmp_path):
-    """Final weights; SGD momentum 0.9 is replayed as GD with the heavy-ball lr / (1 - 0.9)."""
+    """Final weights; with `num_steps=`, SGD momentum 0.9 is replayed as GD with the heavy-ball
+    lr / (1 - 0.9) for those steps (by default momentum runs are scored at convergence)."""
     (x, y), (xv, _) = digits
     model = _model(optimizer="sgd_momentum")
+    steps = math.ceil(N_TRAIN / 16)  # one epoch of _loaders' batches
     sui = SmoothUniqueInformation(
-        linearize_at="final", max_samples=None, ntk="trace", method="ridge", progress=False
+        linearize_at="final",
+        max_samples=None,
+        ntk="trace",
+        method="ridge",
+        num_steps=steps,
+        progress=False,
     )
     trainer = _trainer(tmp_path, [sui], max_epochs=1)
     with pytest.warns(UserWarning, match="momentum=0.9"):
         trainer.fit(model, *_loaders(digits))
+    assert trainer.global_step == steps
     assert sui.scores_.settings["learning_rate"] == pytest.approx(LR / (1 - 0.9))
+    assert sui.scores_.settings["num_steps"] == steps
     ref = smooth_unique_information(
         model,
         x,

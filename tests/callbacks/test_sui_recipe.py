@@ -44,7 +44,7 @@ def _fit(tmp_path, model, digits, callbacks, epochs=2):
 
 @pytest.mark.parametrize(
     ("optimizer", "expected_lr", "expected_steps"),
-    [("sgd", 0.05, 6), ("sgd_momentum", 0.05 / (1 - 0.9), 6), ("adam", 0.05, None)],
+    [("sgd", 0.05, 6), ("sgd_momentum", 0.05 / (1 - 0.9), None), ("adam", 0.05, None)],
 )
 def test_recipe_from_trainer_and_from_checkpoint_replay_alike(
     tmp_path, digits, optimizer, expected_lr, expected_steps
@@ -57,6 +57,7 @@ def test_recipe_from_trainer_and_from_checkpoint_replay_alike(
     saved = TrainingRecipe.from_checkpoint(load_checkpoint(tmp_path / "last.ckpt"))
     assert live.steps_taken == saved.steps_taken == 6  # 3 batches x 2 epochs
     assert live.adaptive == saved.adaptive == (optimizer == "adam")
+    assert live.plain_gradient_descent == saved.plain_gradient_descent == (optimizer == "sgd")
     for recipe in (live, saved):
         lr, wd, steps = recipe.replay()
         assert lr == pytest.approx(expected_lr)
@@ -69,6 +70,7 @@ def test_recipe_from_trainer_and_from_checkpoint_replay_alike(
         assert recipe.replay(num_steps="converged")[2] is None
         assert recipe.replay(num_steps=None)[2] is None
         assert recipe.replay(num_steps=4, learning_rate=0.3)[::2] == (0.3, 4)  # no momentum fix
+        assert recipe.replay(num_steps=4)[::2] == (pytest.approx(expected_lr), 4)  # heavy ball
 
 
 def test_recipe_without_learning_rate_says_what_to_pass():
