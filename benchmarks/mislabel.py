@@ -5,7 +5,8 @@ Usage::
     python benchmarks/mislabel.py run [--datasets digits mnist] [--models mlp cnn]
         [--optimizers adam sgdm] [--noise 0.05 0.1 0.3 0.5] [--seeds 0 1 2]
         [--regimes moderate memorize] [--methods ...] [--out DIR] [--quick] [--threads 1]
-    python benchmarks/mislabel.py rescore [--variants defaults optimizer_wd] [--out DIR]
+    python benchmarks/mislabel.py rescore [--variants defaults optimizer_wd converged]
+        [--optimizers adam sgdm] [--out DIR]
     python benchmarks/mislabel.py report [--out DIR] [--summary [METHOD]]
     python benchmarks/mislabel.py pilot [--datasets ...] [--max-epochs N] ...  # regime evidence
     python benchmarks/mislabel.py check-prefix  # SUI scored mid-fit == SUI at a fit's end
@@ -82,16 +83,19 @@ In the memorize regime the validation accuracy drops to roughly 1 - p (e.g. digi
 * ``sui_weight_default`` / ``sui_functional_default`` / ``sui_looerr_default``: the callback's
   weight SI / functional SI / leave-one-out error of the linearized run (``SUIScores.loo_error``,
   the ranking ``suspicious_samples()`` uses), with the defaults of the library version that
-  trained the cell (recorded in each line's ``settings``). With Adam the callback scores the
-  converged linearized solution at the initial weights (``num_steps=None``), which does not
-  depend on the epoch count, so both regimes get the same scores.
+  trained the cell (recorded in each line's ``settings``). With Adam (and, at the current
+  defaults, SGD + momentum) the callback scores the converged linearized solution at the initial
+  weights (``num_steps=None``), which does not depend on the epoch count, so both regimes get
+  the same scores.
 * ``sui_*_final``: the same callback with ``linearize_at="final"`` (the regime's weights).
 * ``rescore`` adds ``sui_*_<variant>`` columns without retraining: with ``linearize_at="init"``
   the scores depend on the run only through the seeded initial weights, the noisy labels and
   the recipe, so ``rescore_cell`` calls the callback's own ``score()`` with the recipe instead of
   a trainer. ``defaults`` = the current defaults (the columns RESULTS section 9 reports);
   ``optimizer_wd`` = ``weight_decay="optimizer"``, the previous default, which reproduces the
-  ``sui_*_default`` columns of cells trained before the change (a check of the path).
+  ``sui_*_default`` columns of cells trained before the change (a check of the path);
+  ``converged`` = ``num_steps="converged"`` (for SGD + momentum cells, against the heavy-ball
+  replay that was the default before; ``--optimizers sgdm``).
   ``_mislabel_variants.py`` evaluates further closed-form variants (fixed ridges, leave-one-out
   ridge, rank combinations with the loss) on cached initialization kernels; it is the
   exploration behind the ``weight_decay="auto"`` default.
