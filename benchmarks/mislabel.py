@@ -5,7 +5,7 @@ Usage::
     python benchmarks/mislabel.py run [--datasets digits mnist] [--models mlp cnn]
         [--optimizers adam sgdm] [--noise 0.05 0.1 0.3 0.5] [--seeds 0 1 2]
         [--regimes moderate memorize] [--methods ...] [--out DIR] [--quick] [--threads 1]
-    python benchmarks/mislabel.py rescore [--variants defaults optimizer_wd converged]
+    python benchmarks/mislabel.py rescore [--variants defaults optimizer_wd converged replay]
         [--optimizers adam sgdm] [--out DIR]
     python benchmarks/mislabel.py report [--out DIR] [--summary [METHOD]]
     python benchmarks/mislabel.py pilot [--datasets ...] [--max-epochs N] ...  # regime evidence
@@ -94,8 +94,9 @@ In the memorize regime the validation accuracy drops to roughly 1 - p (e.g. digi
   a trainer. ``defaults`` = the current defaults (the columns RESULTS section 9 reports);
   ``optimizer_wd`` = ``weight_decay="optimizer"``, the previous default, which reproduces the
   ``sui_*_default`` columns of cells trained before the change (a check of the path);
-  ``converged`` = ``num_steps="converged"`` (for SGD + momentum cells, against the heavy-ball
-  replay that was the default before; ``--optimizers sgdm``).
+  ``converged`` = ``num_steps="converged"``; ``replay`` = ``num_steps=<the regime's epochs>``:
+  for SGD + momentum cells the heavy-ball replay that was the default before
+  (``--optimizers sgdm``).
   ``_mislabel_variants.py`` evaluates further closed-form variants (fixed ridges, leave-one-out
   ridge, rank combinations with the loss) on cached initialization kernels; it is the
   exploration behind the ``weight_decay="auto"`` default.
@@ -977,6 +978,8 @@ RESCORE_VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},  # the callback's current defaults
     "optimizer_wd": {"weight_decay": "optimizer"},  # the previous default (check: == 'default')
     "converged": {"num_steps": "converged"},  # SGD too: the converged run, LOO weight decay
+    # the previous default for SGD + momentum: GD at the heavy-ball rate for the steps taken
+    "replay": {"num_steps": "steps_taken"},
 }
 
 
@@ -1005,7 +1008,10 @@ def rescore_cell(data: Data, cell: dict[str, Any], variant: str) -> tuple[SUISco
         num_optimizers=1,
         num_param_groups=1,
     )
-    sui = SmoothUniqueInformation(**SUI_BASE, **RESCORE_VARIANTS[variant])
+    kwargs = dict(RESCORE_VARIANTS[variant])
+    if kwargs.get("num_steps") == "steps_taken":
+        kwargs["num_steps"] = training.steps_taken
+    sui = SmoothUniqueInformation(**SUI_BASE, **kwargs)
     t0 = time.perf_counter()
     scores = sui.score(
         module,

@@ -95,3 +95,34 @@ def test_quick_run_scores_resumes_and_reports(bench, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "sui_weight_default" in text
     assert "digits p=0.3 moderate" in text
+
+
+def test_summary_compares_on_the_same_seeds_against_the_best_peer(bench):
+    """Issue 15's criteria table: best peer by mean AUROC over the seeds SUI has, margins."""
+    cell = {"dataset": "digits", "model": "mlp", "optimizer": "adam", "noise": 0.1}
+    values = {  # method: [(seed, auroc, prec_at_k, seconds)]
+        "loss": [(0, 0.90, 0.70, 0.0), (1, 0.80, 0.60, 0.0), (2, 0.10, 0.10, 0.0)],
+        "grad_norm": [(0, 0.85, 0.75, 1.0), (1, 0.85, 0.75, 1.0)],
+        "tracin": [(0, 0.70, 0.50, 1.0), (1, 0.70, 0.50, 1.0)],
+        "cleanlab": [(0, 0.88, 0.80, 30.0), (1, 0.84, 0.70, 50.0)],
+        "trak": [(0, 0.60, 0.40, 2.0), (1, 0.60, 0.40, 2.0)],
+        "sui_looerr_defaults": [(0, 0.95, 0.90, 3.0), (1, 0.93, 0.80, 5.0)],
+    }
+    rows = [
+        {**cell, "regime": "memorize", "seed": s, "method": m, "auroc": a, "prec_at_k": q,
+         "seconds": t}
+        for m, entries in values.items()
+        for s, a, q, t in entries
+    ]  # fmt: skip
+    lines = bench.summary(rows).splitlines()
+    assert len(lines) == 3  # header, rule, one cell
+    fields = [f.strip() for f in lines[2].strip("|").split("|")]
+    # seed 2 (loss only) is ignored, else the loss's mean would be 0.60 and its margin +0.34
+    assert fields[5] == "0,1"
+    assert fields[6] == "0.940"
+    assert fields[7] == "0.860 (cleanlab)"  # (0.88 + 0.84) / 2 beats loss's 0.85
+    assert fields[8] == "+0.080"
+    assert fields[9] == "+0.090"  # against the loss on seeds 0, 1
+    assert fields[10] == "0.85"
+    assert fields[11] == "0.75 (grad_norm)"  # tie with cleanlab: the first in PEERS
+    assert fields[12:] == ["4.0", "40.0"]
