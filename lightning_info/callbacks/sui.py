@@ -94,9 +94,10 @@ class SmoothUniqueInformation(Callback):
     eigendirections (digits, Adam, 50 % flipped: weight-SI AUROC 0.773 with 0, 0.949 with the
     leave-one-out choice; the ``loo_error`` ranking 0.995); for a replayed plain-SGD horizon the
     optimizer's, since the horizon already regularizes (early-stopped GD behaves like ridge).
-    Momentum runs replayed at the heavy-ball rate ranked flipped labels worse than the converged
-    solution (digits MLP, 50 % flipped, memorized: ``loo_error`` AUROC 0.953 against 0.995; a
-    digits CNN at 10 %: precision at k 0.90 against 0.97). Chosen on digits, confirmed on MNIST
+    Momentum runs replayed at the heavy-ball rate never ranked flipped labels better by
+    ``loo_error`` than the converged solution, and worse after memorization (digits MLP, 50 %
+    flipped: AUROC 0.953 against 0.995; a digits CNN at 10 %: precision at k 0.90 against
+    0.97). Chosen on digits, confirmed on MNIST
     (RESULTS section 9). A learning rate beyond the linearized stability limit, and singular
     kernels, are handled by :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`.
     Departures from the closed form's assumptions (non-SGD optimizers, cross-entropy, BatchNorm,
