@@ -307,8 +307,7 @@ def _add_score_replay_arguments(score: argparse.ArgumentParser) -> None:
         help="GD steps of the replayed run: 'auto' (default: as the SmoothUniqueInformation "
         "callback, plain SGD replays the steps taken since the snapshot, SGD with momentum, "
         "Adam and other adaptive optimizers score the converged solution), an integer, or "
-        "'converged' (t = infinity; "
-        "num_steps='converged' or None in Python)",
+        "'converged' (t = infinity; num_steps='converged' or None in Python)",
     )
     score.add_argument(
         "--weight-decay",

@@ -222,8 +222,9 @@ def score_checkpoint(
             heavy-ball rate lr/(1-β)).
         num_steps: GD steps: ``"auto"`` (default: the rule of the callback, read from the
             checkpoint: plain SGD replays its steps since the snapshot, SGD with momentum and
-            adaptive optimizers score the converged solution), an int, or ``"converged"`` / None (t = ∞). The same values as
-            the callback's ``num_steps`` and the command line's ``--num-steps``.
+            adaptive optimizers score the converged solution), an int, or ``"converged"`` /
+            None (t = ∞). The same values as the callback's ``num_steps`` and the command
+            line's ``--num-steps``.
         weight_decay: ``"auto"`` (default, the callback's rule: chosen by leave-one-out
             cross-validation for a converged replay, the checkpoint's optimizer's for an SGD
             horizon), ``"loo"``, ``"optimizer"``, or a number.

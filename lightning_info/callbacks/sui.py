@@ -97,9 +97,9 @@ class SmoothUniqueInformation(Callback):
     Momentum runs replayed at the heavy-ball rate never ranked flipped labels better by
     ``loo_error`` than the converged solution, and worse after memorization (digits MLP, 50 %
     flipped: AUROC 0.953 against 0.995; a digits CNN at 10 %: precision at k 0.90 against
-    0.97). Chosen on digits, confirmed on MNIST
-    (RESULTS section 9). A learning rate beyond the linearized stability limit, and singular
-    kernels, are handled by :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`.
+    0.97). Chosen on digits, confirmed on MNIST (RESULTS section 9). A learning rate beyond the
+    linearized stability limit, and singular kernels, are handled by
+    :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`.
     Departures from the closed form's assumptions (non-SGD optimizers, cross-entropy, BatchNorm,
     augmentation) are warned about once; the scores are still computed, as in the paper.
 
