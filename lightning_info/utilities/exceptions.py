@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NotPositiveDefiniteError"]
+__all__ = ["MemoryBudgetError", "NotPositiveDefiniteError"]
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -37,3 +37,27 @@ class NotPositiveDefiniteError(ValueError):
                 "increase `weight_decay`."
             )
         super().__init__(message)
+
+
+class MemoryBudgetError(MemoryError):
+    """A computation would need more memory than its limit; raised before anything is allocated.
+
+    A ``MemoryError``, so ``except MemoryError`` keeps working. The message names the estimate,
+    the limit and the cheaper option (see :func:`lightning_info.utilities.memory.check_memory`).
+
+    Args:
+        message: the message.
+        estimate_bytes: the estimated peak.
+        limit_bytes: the limit it exceeds.
+
+    Example:
+        >>> err = MemoryBudgetError("too big", estimate_bytes=2e10, limit_bytes=2**33)
+        >>> isinstance(err, MemoryError), err.estimate_bytes > err.limit_bytes
+        (True, True)
+    """
+
+    def __init__(self, message: str, *, estimate_bytes: float, limit_bytes: int) -> None:
+        """Keep the numbers beside the message."""
+        super().__init__(message)
+        self.estimate_bytes = float(estimate_bytes)
+        self.limit_bytes = int(limit_bytes)
