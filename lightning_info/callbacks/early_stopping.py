@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -492,6 +493,14 @@ class OverfittingEarlyStopping(EarlyStopping):
             raise TypeError(f"`prefix` and `layer` must be strings; got {prefix!r}, {layer!r}.")
         return cls(f"{prefix}dsmi_z/{layer}", score_monitor=None, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (e.g. for spawned DDP workers) without the reference to the fitted module.
+
+        Returns:
+            A copy of ``__dict__`` (the module reference is set again at the next ``setup``).
+        """
+        return {**self.__dict__, "_module": None}
+
     @property
     def best_epoch(self) -> int | None:
         """The epoch whose weights are kept (the best one seen)."""
@@ -545,6 +554,7 @@ class OverfittingEarlyStopping(EarlyStopping):
         if stage != TrainerFn.FITTING:
             return
         self._reset_fit_state()
+        self._module = weakref.ref(pl_module)  # the only module the kept weights may go to
         self._check_at_epoch_end = (
             trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
         )
@@ -645,6 +655,7 @@ class OverfittingEarlyStopping(EarlyStopping):
         self._checked_keys = False
         self._restored = False
         self._non_finite: str | None = None
+        self._module: weakref.ReferenceType[pl.LightningModule] | None = None
         self.wait_count = 0
         self.stopped_epoch = 0
         self.best_score = torch.tensor(-math.inf)
@@ -710,6 +721,9 @@ class OverfittingEarlyStopping(EarlyStopping):
         return value if self._score_key[1] == "max" else -value
 
     def _restore(self, pl_module: pl.LightningModule) -> None:
+        """Load the kept weights into ``pl_module``, if they are this module's (of this fit)."""
+        if self._module is None or self._module() is not pl_module:
+            return  # e.g. an exception in another callback's setup, before this fit's setup
         if self.restore_best_weights and self._best_state is not None:
             pl_module.load_state_dict(self._best_state)
             self._restored = True

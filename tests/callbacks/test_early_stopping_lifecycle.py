@@ -8,6 +8,7 @@ the values that run logged, with the documented rule written out here.
 from __future__ import annotations
 
 import math
+import pickle
 import signal
 import warnings
 
@@ -137,6 +138,26 @@ def test_the_same_stopper_on_a_second_fit_starts_afresh(tmp_path):
     assert stopper.best_epoch == _first_best(acc)
     _assert_weights(second, recorder.states[stopper.best_epoch])  # its own weights
     assert any(not torch.equal(v, first_state[k]) for k, v in second.state_dict().items())
+    copy = pickle.loads(pickle.dumps(stopper))  # as for spawned DDP workers
+    assert (copy.best_epoch, copy.rule.history) == (stopper.best_epoch, stopper.rule.history)
+
+
+class _FailingSetup(pl.Callback):
+    def setup(self, trainer, pl_module, stage):
+        raise RuntimeError("setup failed")
+
+
+def test_a_fit_failing_before_its_setup_never_gets_the_previous_fits_weights(tmp_path):
+    stopper = OverfittingEarlyStopping()
+    _fit(tmp_path / "a", stopper, epochs=3)
+    assert stopper.best_epoch is not None  # it holds the first model's kept weights
+    torch.manual_seed(1)
+    second = _net()
+    before = {k: v.clone() for k, v in second.state_dict().items()}
+    trainer = _trainer(tmp_path / "b", [_FailingSetup(), stopper], 3)  # fails before its setup
+    with pytest.raises(RuntimeError, match="setup failed"):
+        trainer.fit(second, *_data(permute=True))
+    _assert_weights(second, before)  # on_exception left the new model alone
 
 
 @pytest.mark.parametrize("same_instance", [True, False], ids=["same-instance", "new-instance"])
