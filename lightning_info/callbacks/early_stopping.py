@@ -114,8 +114,9 @@ class StopRule:
       improved within the last ``patience`` evaluations;
     * **memorization stop** only when asked for (``info_drop`` a number):
       :math:`I_k < (1 - \text{info\_drop})\, M_k` for ``info_patience`` evaluations in a row.
-      It is off by default with a score: on a held-out task it ended runs while their
-      validation accuracy was still rising (``benchmarks/RESULTS.md``).
+      It is off by default with a score: held-out DSMI can fall while the validation metric
+      still rises (on tasks where it does not track learning), and the stop must never end such
+      a run.
 
     **Without a score** (information only, e.g. the label-free ``dsmi_z``):
 
