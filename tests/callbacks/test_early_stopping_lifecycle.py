@@ -266,3 +266,31 @@ def test_sui_at_fit_end_sees_the_restored_weights_in_either_callback_order(tmp_p
     trainer, model, _, _, sui = runs[1]
     again = sui.score(model, trainer=trainer, write=False)
     torch.testing.assert_close(again.weight_si, second.weight_si, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# where it evaluates: once per validation when validation is not once per epoch
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"check_val_every_n_epoch": 2}, [1, 3, 5]),
+        ({"val_check_interval": 0.5}, [0, 0, 1, 1, 2, 2]),
+        ({}, [0, 1, 2]),
+    ],
+    ids=["every-2-epochs", "twice-per-epoch", "every-epoch"],
+)
+def test_one_evaluation_per_validation(tmp_path, schedule, expected):
+    stopper = OverfittingEarlyStopping(patience=50)
+    validations = []
+
+    class Count(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            validations.append((trainer.current_epoch, float(trainer.callback_metrics["val_acc"])))
+
+    torch.manual_seed(0)
+    epochs = max(expected) + 1
+    trainer = _trainer(tmp_path, [Count(), stopper], epochs, **schedule)
+    trainer.fit(_net(), *_data(permute=False))
+    assert [h[0] for h in stopper.rule.history] == expected
+    assert [h[1] for h in stopper.rule.history] == [acc for _, acc in validations]
