@@ -6,9 +6,9 @@ arXiv 2312.04823). ``DiffusionSpectralEntropyMonitor`` with its defaults (kernel
 median pairwise distance of the probe features) logs DSE and DSMI(Z;Y) of the penultimate
 features on a fixed held-out probe after every epoch; a second monitor logs the same at the
 paper's fixed sigma = 10 under the prefix ``info_fixed10/`` for comparison. The zero-argument
-``OverfittingEarlyStopping`` picks the best epoch by the logged ``val_acc``, stops after 5
-evaluations without a new best (or when the default-width DSMI falls 20% below its maximum) and
-restores the best epoch's weights. Both curves, the stop / kept epochs and the validation accuracy
+``OverfittingEarlyStopping`` picks the best epoch by the logged ``val_acc``, stops after 10
+evaluations with neither a new best nor a new maximum of the default-width DSMI, and restores the
+best epoch's weights. Both curves, the stop / kept epochs and the validation accuracy
 of the weights each run ends with are printed; the curves are plotted to
 ``<out>/dse_early_stopping.png``.
 

@@ -19,6 +19,9 @@ This module builds the bases of ``lightning_info``'s callbacks from **both** pac
   see :class:`_SkipInit`).
 * :data:`TENSORBOARD_LOGGER_TYPES`: the ``TensorBoardLogger`` classes of both packages, for
   :func:`lightning_info.reporting.tensorboard_writers`.
+* :func:`callback_state_key`: the key under which a callback's state is saved in a checkpoint,
+  the one access to a protected Lightning method (``Callback._generate_state_key``), with the
+  format it produces as the fallback.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "TENSORBOARD_LOGGER_TYPES",
     "Callback",
     "EarlyStopping",
+    "callback_state_key",
 ]
 
 #: Whether the unified ``lightning`` package is installed (then both packages are supported).
@@ -75,3 +79,24 @@ else:  # pragma: no cover - exercised only without `lightning` installed
         """A ``pytorch_lightning`` EarlyStopping (``lightning`` is not installed)."""
 
     TENSORBOARD_LOGGER_TYPES = (_PLTensorBoardLogger,)
+
+
+def callback_state_key(callback: Any, **kwargs: Any) -> str:
+    """The checkpoint key of a callback's state: its class name and distinguishing options.
+
+    Lightning's callbacks build it with the protected ``Callback._generate_state_key`` (documented
+    in Lightning's callback guide for this purpose); this is the one place that calls it. When a
+    Lightning version lacks it, the same format is produced here (``ClassName{options!r}``), so
+    checkpoints written by either stay readable.
+
+    Args:
+        callback: the callback.
+        **kwargs: the options that distinguish two instances of the class (JSON-like values).
+
+    Returns:
+        The key, e.g. ``"OverfittingEarlyStopping{'monitor': 'info/dsmi_y/penultimate'}"``.
+    """
+    generate = getattr(callback, "_generate_state_key", None)
+    if callable(generate):
+        return str(generate(**kwargs))
+    return f"{type(callback).__qualname__}{kwargs!r}"

@@ -62,6 +62,7 @@ def main(out_dir: str) -> None:
         "world_size": trainer.world_size,
         "history": [list(h) for h in stopper.rule.history],
         "best_epoch": stopper.best_epoch,
+        "reason": None if stopper.stop_reason is None else str(stopper.stop_reason),
         "checksum": float(sum(p.double().sum() for p in model.parameters())),
         "stopped_epoch": stopper.stopped_epoch,
         "current_epoch": trainer.current_epoch,

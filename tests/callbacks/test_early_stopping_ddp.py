@@ -21,21 +21,20 @@ import pytest
 
 SCRIPT = Path(__file__).with_name("_ddp_early_stopping_script.py")
 MAX_EPOCHS = 30  # as in the script
-PATIENCE, INFO_DROP, INFO_PATIENCE = 10, 0.2, 2  # OverfittingEarlyStopping defaults
+PATIENCE = 10  # OverfittingEarlyStopping's default; with a score no memorization stop by default
 KEY = "info/dsmi_y/penultimate"
 
 
 def _rule(rows):
     """The documented rule on [(val_acc, dsmi), ...]: (stop index or None, best index)."""
-    best, best_i, wait, top, low = -math.inf, None, 0, -math.inf, 0
+    best, best_i, wait, top = -math.inf, None, 0, -math.inf
     for i, (acc, dsmi) in enumerate(rows):
         new_top = dsmi > top
         top = max(top, dsmi)
         if acc > best:
             best, best_i = acc, i
         wait = 0 if (best_i == i or new_top) else wait + 1  # a new DSMI maximum is progress
-        low = low + 1 if dsmi < (1 - INFO_DROP) * top else 0
-        if low >= INFO_PATIENCE or wait >= PATIENCE:
+        if wait >= PATIENCE:
             return i, best_i
     return None, best_i
 
@@ -64,6 +63,7 @@ def test_ddp_ranks_stop_together_and_keep_the_same_weights(tmp_path):
     assert r0["best_epoch"] == r1["best_epoch"] <= r0["stopped_epoch"]
     assert r0["checksum"] == r1["checksum"]
     assert r0["history"] == r1["history"]  # rank 0's rule state, broadcast
+    assert r0["reason"] == r1["reason"] == "patience"
     # DSMI is identical on both ranks; val_acc is each rank's own shard's
     epochs = range(r0["stopped_epoch"] + 1)
     assert [r0["rows"][str(e)][KEY] for e in epochs] == [r1["rows"][str(e)][KEY] for e in epochs]

@@ -116,6 +116,7 @@ def test_trainer_with_tensorboard_of_each_package(tmp_path, name):
     trainer.fit(classifier(), datamodule=digits())
 
     assert trainer.early_stopping_callback is callbacks[1]
+    assert [h[0] for h in callbacks[1].rule.history] == [0, 1]  # evaluated at every epoch
     for key in ("info/dse/penultimate", DSMI_KEY):
         assert torch.isfinite(trainer.callback_metrics[key])
     sui = callbacks[2]
