@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -117,8 +118,9 @@ class SmoothUniqueInformation(Callback):
     sample, written atomically; a re-run replaces it); TensorBoard histograms, a top-k table and
     image grids under ``sui/`` (:func:`~lightning_info.reporting.write_sui_summaries`). Nothing is
     logged through ``pl_module.log`` (Lightning forbids it in ``on_fit_end``). A failure at fit
-    end is reported as a warning and leaves ``scores_`` None: a finished training run is never
-    turned into an error; call :meth:`score` to retry (it raises).
+    end is reported as a warning: a failure to score leaves ``scores_`` None (call :meth:`score`
+    to retry; it raises), a failure to write the reports (an unwritable folder) keeps the
+    computed ``scores_``; a finished training run is never turned into an error.
 
     Args:
         linearize_at: ``"init"`` (weights at fit start) or ``"final"`` (weights at fit end).
@@ -284,9 +286,11 @@ class SmoothUniqueInformation(Callback):
         """The state filled by the hooks: the snapshot, the recipe, the scores."""
         self.scores_: SUIScores | None = None
         self.csv_path_: Path | None = None
+        self._scored_inputs: Tensor | None = None
         self._init_params: dict[str, Tensor] | None = None
         self._init_step = 0
         self._restored = False
+        self._snapshot_now = False
         self._recipe = TrainingRecipe()
         self._output_fn = self.output_fn
         self._warned: set[str] = set()
@@ -357,10 +361,13 @@ class SmoothUniqueInformation(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Snapshot the weights, read the training recipe and check the scoring data."""
-        if self.linearize_at == "init" and not self._restored:
+        self._snapshot_now = self.linearize_at == "init" and not self._restored
+        if self._snapshot_now:
             self._init_params = {
                 n: p.detach().to("cpu", copy=True) for n, p in pl_module.named_parameters()
             }
+            # a resumed run's loop state (its global step) is restored only after this hook:
+            # the snapshot's step is read again in `on_train_start`, before the first step
             self._init_step = int(trainer.global_step)
         self._restored = False
         self._recipe = TrainingRecipe.from_trainer(trainer)
@@ -372,7 +379,10 @@ class SmoothUniqueInformation(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Check the trainer's training data (known only once the fit loop has set it up)."""
+        """Record the snapshot's step; check the trainer's training data (known only now)."""
+        if self._snapshot_now:  # resumed: the step of the weights snapshotted at fit start
+            self._init_step = int(trainer.global_step)
+            self._snapshot_now = False
         if self.data.dataset is not None:
             return
         with preserved_global_rng():
@@ -387,10 +397,14 @@ class SmoothUniqueInformation(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Score the training samples and write the reports (a failure only warns)."""
+        """Score the training samples and write the reports (a failure only warns).
+
+        A failure to score leaves ``scores_`` None; a failure to write the reports (an output
+        folder that is not writable, a full disk) keeps the computed ``scores_``.
+        """
         try:
             with preserved_global_rng():  # a later fit/test of the user sees the same stream
-                self.score(pl_module, trainer=trainer)
+                self.score(pl_module, trainer=trainer, write=False)
         except Exception as err:  # the model is trained: report, do not fail the whole run
             rank_zero_warn(
                 f"SmoothUniqueInformation: scoring at fit end failed, `scores_` is None "
@@ -398,6 +412,19 @@ class SmoothUniqueInformation(Callback):
                 category=UserWarning,
             )
             self.scores_ = None
+            return
+        try:
+            self._write(trainer, self._scored_inputs)
+        except Exception as err:  # nothing computed is lost: the scores stay in memory
+            warnings.warn(  # the writing rank's own failure (rank 0 writes)
+                f"SmoothUniqueInformation: writing the reports failed ({type(err).__name__}: "
+                f"{err}); the scores are kept in `scores_` (`scores_.columns()` holds the CSV "
+                "columns). Pass `dirpath=` to write them elsewhere.",
+                UserWarning,
+                stacklevel=2,
+            )
+        finally:
+            self._scored_inputs = None
 
     # ------------------------------------------------------------------------------ scoring
     def score(
@@ -461,6 +488,7 @@ class SmoothUniqueInformation(Callback):
             projection_dim=self.projection_dim,
             noise_scale=self.noise_scale,
         )
+        self._scored_inputs = x
         if write:
             self._write(trainer, x)
         return self.scores_

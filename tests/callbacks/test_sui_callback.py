@@ -338,3 +338,56 @@ def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, m
     (x, y), _ = digits
     with pytest.raises(ValueError, match="engine exploded"):  # an explicit call raises
         sui.score(_model(), TensorDataset(x, y), trainer=trainer, write=False)
+
+
+@pytest.mark.parametrize("case", ["attached_at_resume", "filename_changed"])
+def test_resume_without_restored_snapshot_replays_only_the_steps_since_it(digits, tmp_path, case):
+    """SUI whose state is not in the checkpoint linearizes at the resumed weights and replays
+    only the optimizer steps taken after them (issue 20), not every step since step 0."""
+    (x, y), (xv, _) = digits
+    first = [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)]
+    if case == "filename_changed":
+        first.append(SmoothUniqueInformation(max_samples=None, filename="a.csv"))
+    _trainer(tmp_path, first, max_epochs=1, enable_checkpointing=True).fit(
+        _model(), *_loaders(digits)
+    )
+    ckpt_path = tmp_path / "ckpt" / "last.ckpt"
+    resumed_weights = _model()  # independent copy of the checkpoint's weights
+    resumed_weights.load_state_dict(torch.load(ckpt_path, weights_only=False)["state_dict"])
+
+    sui = SmoothUniqueInformation(max_samples=None, ntk="full", filename="b.csv")
+    trainer = _trainer(tmp_path, [sui], max_epochs=3)
+    trainer.fit(_model(), *_loaders(digits), ckpt_path=str(ckpt_path))
+    steps_per_epoch = math.ceil(N_TRAIN / 16)
+    assert trainer.global_step == 3 * steps_per_epoch
+    st = sui.scores_.settings
+    assert st["num_steps"] == 2 * steps_per_epoch  # the two resumed epochs, not all three
+    ref = smooth_unique_information(
+        resumed_weights,
+        x,
+        y,
+        xv,
+        learning_rate=LR,
+        num_steps=2 * steps_per_epoch,
+        method=st["method"],
+        ntk="full",
+    )
+    torch.testing.assert_close(sui.scores_.weight_si, ref.weight_si, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(sui.scores_.functional_si, ref.functional_si, rtol=1e-6, atol=1e-12)
+
+
+def test_unwritable_output_folder_warns_and_keeps_the_scores(digits, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the output folder should be")  # not writable as a folder
+    sui = SmoothUniqueInformation(max_samples=20, dirpath=blocker / "out")
+    trainer = _trainer(tmp_path, [sui], max_epochs=1)
+    with pytest.warns(UserWarning, match="writing the reports failed.*kept in `scores_`"):
+        trainer.fit(_model(), *_loaders(digits))
+    assert sui.scores_ is not None and len(sui.scores_) == 20
+    assert bool(torch.isfinite(sui.scores_.weight_si).all())
+    assert sui.csv_path_ is None
+    # the same scores as a run that could write them (same seeds, same data order)
+    rows_ok = SmoothUniqueInformation(max_samples=20, dirpath=tmp_path / "ok")
+    _trainer(tmp_path, [rows_ok], max_epochs=1).fit(_model(), *_loaders(digits))
+    torch.testing.assert_close(sui.scores_.weight_si, rows_ok.scores_.weight_si)
+    assert len(_read_csv(tmp_path / "ok" / "sui_scores.csv")) == 20
