@@ -69,12 +69,15 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _umask() -> int:
-    """The process's umask (read from ``/proc`` where possible, so it is never changed)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    """The process's umask (read from ``/proc`` where possible, so it is never changed).
+
+    Returns:
+        The umask bits.
+    """
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)  # elsewhere: the only portable way to read it is to set it back
     os.umask(mask)
     return mask
@@ -137,11 +140,13 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
         >>> write_text_atomic(d / "a.txt", "hello").read_text()
         'hello'
     """
-    with _atomic_destination(path, ".tmp") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with (
+        _atomic_destination(path, ".tmp") as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as handle,
+    ):
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     return Path(path)
 
 
@@ -602,8 +607,9 @@ def write_sui_summaries(
 ) -> None:
     """Write smooth-unique-information summaries to TensorBoard writers.
 
-    Histograms ``{prefix}weight_si`` / ``{prefix}functional_si`` and their ``_log10``, a text
-    table ``{prefix}top_k`` of the ``top_k`` highest weight SI, and, for image inputs ((N, C, H, W)
+    Histograms ``{prefix}weight_si`` / ``{prefix}functional_si`` and their ``_log10``, the
+    recipe behind the scores in words (text ``{prefix}recipe``, from ``scores.describe()`` when
+    it has one), a text table ``{prefix}top_k`` of the ``top_k`` highest weight SI, and, for image inputs ((N, C, H, W)
     with C in 1/3, (N, H, W), or flat with ``image_shape``), the grids
     ``{prefix}most_informative`` / ``{prefix}least_informative``.
 
@@ -624,6 +630,11 @@ def write_sui_summaries(
         values[f"{log_key_prefix}functional_si"] = scores.functional_si
     values.update({f"{tag}_log10": v.clamp_min(1e-300).log10() for tag, v in list(values.items())})
     log_histograms(writers, values, step=step)
+    describe = getattr(scores, "describe", None)
+    if callable(describe):  # the recipe behind the scores, in words
+        text = "\n\n".join(describe())
+        for writer in writers:
+            writer.add_text(f"{log_key_prefix}recipe", text, global_step=step)
     if top_k == 0:
         return
     top = torch.argsort(scores.weight_si, descending=True, stable=True)[:top_k]

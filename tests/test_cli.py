@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import subprocess
@@ -19,6 +18,7 @@ from lightning_info.callbacks import SmoothUniqueInformation
 from lightning_info.cli import build_parser, main
 from lightning_info.demo import auroc
 from lightning_info.models import MLPClassifier
+from lightning_info.reporting import read_csv_rows
 from lightning_info.utilities.data import load_dataset, train_val_split
 
 
@@ -75,7 +75,7 @@ def test_tiny_demo_writes_valid_report(tmp_path, capsys):
     csvs = sorted(report.glob("sui_scores_*.csv"))
     assert len(csvs) == 3
     for path in csvs:
-        rows = list(csv.DictReader(path.open()))
+        rows = read_csv_rows(path)
         assert len(rows) == 60
         assert len({r["index"] for r in rows}) == 60
         assert all(np.isfinite(float(r["weight_si"])) for r in rows)
@@ -123,7 +123,7 @@ def test_score_checkpoint_equals_callback_scores(tmp_path, capsys, optimizer):
     )  # fmt: skip
     assert code == 0
     assert "linearized at the init weights" in capsys.readouterr().out
-    rows = list(csv.DictReader((out / "sui_scores.csv").open()))
+    rows = read_csv_rows(out / "sui_scores.csv")
     assert [int(r["index"]) for r in rows] == sui.scores_.indices.tolist()
     # the CLI reads the snapshot, lr and steps from the checkpoint: the same scores as in fit
     # (held-out set sizes differ: the CLI uses up to 500 held-out samples, so compare weight SI)
@@ -231,7 +231,7 @@ def test_score_imports_user_module_from_cwd_and_reshapes_embedded_images(
         ]
     )  # fmt: skip
     assert code == 0
-    rows = list(csv.DictReader((tmp_path / "scored" / "sui_scores.csv").open()))
+    rows = read_csv_rows(tmp_path / "scored" / "sui_scores.csv")
     assert len(rows) == 40
     assert all(np.isfinite(float(r["weight_si"])) for r in rows)
 

@@ -159,6 +159,7 @@ def test_pngs(tmp_path):
 @pytest.mark.parametrize("kind", ["csv", "png"])
 def test_atomic_rewrite_keeps_mode_and_new_files_respect_umask(tmp_path, kind):
     """Like a plain open(): an existing file keeps its mode; a new one is 0666 minus the umask."""
+
     def write(path):
         if kind == "csv":
             return write_csv_atomic(path, {"a": [1, 2]})
@@ -187,7 +188,8 @@ def test_atomic_write_follows_symlinks(tmp_path):
     link = tmp_path / "latest.csv"
     link.symlink_to(real)
     assert write_csv_atomic(link, {"a": [7]}) == link
-    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert link.is_symlink()
+    assert os.readlink(link) == str(real)
     assert read_csv_rows(real) == [{"a": "7"}]
     # a dangling link: the target is created, the link kept
     dangling = tmp_path / "dangling.csv"

@@ -29,12 +29,15 @@ from typing_extensions import override
 from lightning_info.callbacks._sui_data import ScoringData, label_vector, uses_augmentation
 from lightning_info.callbacks._sui_recipe import (
     AUTO,
+    LOO,
+    OPTIMIZER,
     Horizon,
     TrainingRecipe,
     WeightDecay,
     check_horizon,
     check_weight_decay,
     model_notes,
+    training_loss,
 )
 from lightning_info.callbacks._sui_results import SUIScores, parameters_set_to
 from lightning_info.callbacks._sui_solve import SolveOptions, solve
@@ -101,8 +104,11 @@ class SmoothUniqueInformation(Callback):
     0.97). Chosen on digits, confirmed on MNIST (RESULTS section 9). A learning rate beyond the
     linearized stability limit, and singular kernels, are handled by
     :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`.
-    Departures from the closed form's assumptions (non-SGD optimizers, cross-entropy, BatchNorm,
-    augmentation) are warned about once; the scores are still computed, as in the paper.
+    Departures from the closed form's assumptions (non-SGD optimizers, a cross-entropy loss when
+    detected, BatchNorm, augmentation) are warned about once; the scores are still computed, as
+    in the paper. The recipe used (linearization point, converged or replayed and for how many
+    steps, weight decay and its rule, the MSE assumption) is stated in words in the score file's
+    ``# `` preamble and the TensorBoard text ``sui/recipe`` (:meth:`SUIScores.describe`).
 
     **Samples**: the training dataset (or ``dataset=``) through a sequential loader with the
     same ``collate_fn``, a seeded subset of at most ``max_samples``, in dataset order; F-SI
@@ -142,8 +148,10 @@ class SmoothUniqueInformation(Callback):
         params: which parameters to linearize (None = all trainable; a prefix or list of names).
         projection_dim: random-projection dimension of the Jacobians (None = exact kernel).
         chunk_size: samples per Jacobian ``vmap`` call.
-        loss: ``"auto"`` (detect cross-entropy from ``hparams.loss`` or a loss submodule),
-            ``"mse"`` or ``"cross_entropy"``; only used for the assumption warning.
+        loss: the training loss, for the reports and the assumption warning: ``"auto"``
+            (best-effort: read from ``hparams.loss`` or a loss submodule; a loss computed with
+            ``F.cross_entropy`` in ``training_step`` is not detected), ``"mse"`` or
+            ``"cross_entropy"``. The scores always assume MSE, as the reports say.
         input_fn: extracts the inputs from a batch (default: ``batch[0]`` / common dict keys).
         target_fn: extracts the targets from a batch (default: ``batch[1]`` / common dict keys).
         output_fn: maps the model's output to the (B, K) tensor to score (default: the output
@@ -487,6 +495,10 @@ class SmoothUniqueInformation(Callback):
             num_heldout=0 if x_val is None else int(x_val.shape[0]),
             projection_dim=self.projection_dim,
             noise_scale=self.noise_scale,
+            snapshot_step=self._snapshot_step(trainer, linearize_at, init_state),
+            weight_decay_rule=self._weight_decay_rule(info),
+            horizon_rule=self._horizon_rule(),
+            training_loss=training_loss(pl_module, self.loss),
         )
         self._scored_inputs = x
         if write:
@@ -522,6 +534,24 @@ class SmoothUniqueInformation(Callback):
             )
         return dataclasses.replace(self._recipe, steps_taken=steps)
 
+    def _snapshot_step(
+        self, trainer: pl.Trainer | None, linearize_at: str, init_state: Mapping | None
+    ) -> int | None:
+        if linearize_at == "init":
+            return None if init_state is not None else self._init_step
+        return None if trainer is None else int(trainer.global_step)
+
+    def _weight_decay_rule(self, info: UniqueInformation) -> str:
+        if self.weight_decay not in (AUTO, LOO, OPTIMIZER):
+            return "given"
+        converged = info.plan is not None and info.plan.num_steps is None
+        return "loo" if converged and self.weight_decay in (AUTO, LOO) else "optimizer"
+
+    def _horizon_rule(self) -> str:
+        if self.num_steps == AUTO:
+            return "auto"
+        return "converged" if self.num_steps is None else "given"
+
     def _linearization_point(
         self, init_state: Mapping[str, Tensor] | None
     ) -> tuple[Mapping[str, Tensor] | None, str]:
@@ -550,7 +580,9 @@ class SmoothUniqueInformation(Callback):
         out_dir = self._output_dir(trainer)  # on every rank: `trainer.log_dir` is a collective
         if trainer is not None and not trainer.is_global_zero:
             return
-        self.csv_path_ = write_csv_atomic(out_dir / self.filename, self.scores_.columns())
+        self.csv_path_ = write_csv_atomic(
+            out_dir / self.filename, self.scores_.columns(), preamble=self.scores_.describe()
+        )
         writers = tensorboard_writers(trainer) if trainer is not None else []
         write_sui_summaries(
             writers,

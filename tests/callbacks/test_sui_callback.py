@@ -69,8 +69,8 @@ def _loaders(digits, batch_size: int = 16):
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    with open(path, newline="") as handle:  # the recipe preamble is `# ` comment lines
+        return list(csv.DictReader(line for line in handle if not line.startswith("#")))
 
 
 def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
@@ -243,6 +243,7 @@ def test_loggers(digits, tmp_path, logger_cls):
         assert {"sui/weight_si", "sui/functional_si"} <= set(tags["histograms"])
         assert {"sui/most_informative", "sui/least_informative"} <= set(tags["images"])
         assert any("sui/top_k" in t for t in tags["tensors"])
+        assert any("sui/recipe" in t for t in tags["tensors"])
 
 
 def test_killed_write_leaves_previous_file_or_none(digits, tmp_path, monkeypatch):
@@ -383,7 +384,8 @@ def test_unwritable_output_folder_warns_and_keeps_the_scores(digits, tmp_path):
     trainer = _trainer(tmp_path, [sui], max_epochs=1)
     with pytest.warns(UserWarning, match="writing the reports failed.*kept in `scores_`"):
         trainer.fit(_model(), *_loaders(digits))
-    assert sui.scores_ is not None and len(sui.scores_) == 20
+    assert sui.scores_ is not None
+    assert len(sui.scores_) == 20
     assert bool(torch.isfinite(sui.scores_.weight_si).all())
     assert sui.csv_path_ is None
     # the same scores as a run that could write them (same seeds, same data order)
@@ -391,3 +393,89 @@ def test_unwritable_output_folder_warns_and_keeps_the_scores(digits, tmp_path):
     _trainer(tmp_path, [rows_ok], max_epochs=1).fit(_model(), *_loaders(digits))
     torch.testing.assert_close(sui.scores_.weight_si, rows_ok.scores_.weight_si)
     assert len(_read_csv(tmp_path / "ok" / "sui_scores.csv")) == 20
+
+
+def _preamble(path: Path) -> str:
+    lines = Path(path).read_text().splitlines()
+    comments = [line[2:] for line in lines if line.startswith("# ")]
+    assert lines[len(comments)].startswith("index,")  # the comments come before the header
+    return " ".join(comments)
+
+
+def test_csv_preamble_states_the_replayed_sgd_run(digits, tmp_path):
+    sui = SmoothUniqueInformation(max_samples=30)
+    trainer = _trainer(tmp_path, [sui])
+    trainer.fit(_model(), *_loaders(digits))
+    text = _preamble(tmp_path / "sui_scores.csv")
+    steps = 2 * math.ceil(N_TRAIN / 16)
+    assert f"Replayed: {steps} steps of full-batch gradient descent" in text
+    assert "since the linearization point" in text
+    assert "global step 0" in text
+    assert f"learning rate {LR:g}" in text
+    assert (
+        "Weight decay (L2 pull toward the linearization point): 0, the training optimizer's" in text
+    )
+    assert "mean squared error" in text
+    assert "the training loss is MSE" in text
+    assert "does not depend on how long" not in text  # the replayed horizon follows the run
+
+
+class _FunctionalCrossEntropy(pl.LightningModule):
+    """Adam + `F.cross_entropy` in `training_step`: no `hparams.loss`, no loss submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(64, 8), torch.nn.Tanh(), torch.nn.Linear(8, 10)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_adam_scores_say_they_do_not_follow_the_run_and_state_the_mse_assumption(digits, tmp_path):
+    """Issue 22 items 4 and 8: the converged solution at the initial weights is explained, and
+    a loss computed with F.cross_entropy (not detectable) still gets the MSE assumption."""
+    texts = {}
+    for epochs in (1, 3):  # two run lengths from the same initialization
+        sui = SmoothUniqueInformation(max_samples=30, dirpath=tmp_path / str(epochs))
+        logger = TensorBoardLogger(save_dir=str(tmp_path / str(epochs)), name="tb")
+        trainer = _trainer(tmp_path, [sui], max_epochs=epochs, logger=logger)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(_FunctionalCrossEntropy(), *_loaders(digits))
+        texts[epochs] = _preamble(tmp_path / str(epochs) / "sui_scores.csv")
+        scores = sui.scores_
+    # the claim in the text is true: the scores did not change with the run length
+    rows = [_read_csv(tmp_path / str(e) / "sui_scores.csv") for e in (1, 3)]
+    assert [r["weight_si"] for r in rows[0]] == [r["weight_si"] for r in rows[1]]
+    text = texts[3]
+    assert "the converged solution (t = infinity)" in text
+    assert "Adam steps are not plain gradient-descent steps" in text
+    assert "does not depend on how long the network trained" in text
+    assert "linearize_at='final'" in text
+    assert "plain SGD without momentum" in text
+    assert "leave-one-out" in text
+    assert f"{scores.plan.weight_decay:g}, chosen by" in text
+    assert "mean squared error" in text
+    assert "was not identified" in text
+    assert "cross-entropy" not in text  # not promised: the loss was computed functionally
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger.experiment.flush()
+    acc = EventAccumulator(str(trainer.log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    recipe = acc.Tensors("sui/recipe/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "does not depend on how long the network trained" in recipe
