@@ -98,7 +98,7 @@ def test_score_checkpoint_equals_callback_scores(tmp_path, capsys, optimizer):
     pl.seed_everything(0, verbose=False)
     lr = 0.3 if optimizer == "sgd" else 1e-3
     model = MLPClassifier(64, 10, hidden=(16,), loss="mse", optimizer=optimizer, lr=lr)
-    sui = SmoothUniqueInformation(max_samples=50, max_heldout=40, progress=False)
+    sui = SmoothUniqueInformation(max_samples=50, max_heldout=40)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
     trainer = pl.Trainer(
         max_epochs=2,

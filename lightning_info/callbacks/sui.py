@@ -117,6 +117,10 @@ class SmoothUniqueInformation(Callback):
     else the trace kernel (the kernel the mislabel benchmark measured: 1,000+ samples with 10
     classes; the full kernel costs K^3 more to solve and was only compared for fidelity).
 
+    **Progress**: while scoring, rank 0 shows a ``tqdm`` bar on stderr with the stage
+    (Jacobians, kernel, solve) and an ETA when the trainer's progress bar is enabled
+    (``trainer.progress_bar_callback is not None``), and nothing otherwise.
+
     **Distributed**: each rank computes the Jacobian features of its shard, rank 0 solves, every
     rank ends with the same ``scores_``; only rank 0 writes files and summaries.
 
@@ -164,7 +168,6 @@ class SmoothUniqueInformation(Callback):
         filename: name of the score file.
         top_k: rows of the TensorBoard text table and images per grid.
         image_shape: shape of one image for flat inputs, e.g. ``(8, 8)``, to log image grids.
-        progress: accepted for compatibility; the scoring pass shows no progress bars.
 
     Raises:
         ValueError: invalid options (at construction), or, at fit start, a scoring dataset or
@@ -216,14 +219,13 @@ class SmoothUniqueInformation(Callback):
         filename: str = "sui_scores.csv",
         top_k: int = 16,
         image_shape: Sequence[int] | None = None,
-        progress: bool = False,
     ) -> None:
         """Validate the options (documented in the class docstring); nothing is read yet."""
         super().__init__()
         self.linearize_at = _check_choice(linearize_at, "linearize_at", ("init", "final"))
         self._set_replay(learning_rate, weight_decay, num_steps, method, replay_max_cost)
         self._set_linearization(ntk, full_ntk_max, params, projection_dim, chunk_size)
-        self._set_reports(dirpath, filename, top_k, image_shape, progress)
+        self._set_reports(dirpath, filename, top_k, image_shape)
         self.noise_scale = _check_positive(noise_scale, "noise_scale")
         self.loss = _check_choice(loss, "loss", ("auto", "mse", "cross_entropy"))
         self.output_fn = output_fn
@@ -281,14 +283,12 @@ class SmoothUniqueInformation(Callback):
         filename: str,
         top_k: int,
         image_shape: Sequence[int] | None,
-        progress: bool,
     ) -> None:
         """Where the score file goes and what the summaries show."""
         self.dirpath = dirpath
         self.filename = _check_filename(filename)
         self.top_k = int(_check_int(top_k, "top_k", minimum=0))
         self.image_shape = _check_image_shape(image_shape)
-        self.progress = bool(progress)
 
     def _init_fit_state(self) -> None:
         """The state filled by the hooks: the snapshot, the recipe, the scores."""

@@ -25,11 +25,45 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+#: Observer of the Jacobian and kernel work, called as ``(stage, amount)``: ``("jacobians", n)``
+#: after each chunk of n samples' Jacobians, ``("kernel", 1)`` after each kernel block. Set
+#: through :func:`observe_progress` by a caller that displays progress (the SUI callback); the
+#: functional layer itself never prints.
+_PROGRESS_HOOK: ContextVar[Callable[[str, int], None] | None] = ContextVar(
+    "lightning_info_progress_hook", default=None
+)
+
+
+@contextmanager
+def observe_progress(hook: Callable[[str, int], None] | None) -> Iterator[None]:
+    """Call ``hook(stage, amount)`` as Jacobian chunks and kernel blocks complete in this block.
+
+    Args:
+        hook: the observer, or None (nothing is called).
+
+    Yields:
+        Nothing; the previous observer is restored on exit.
+    """
+    token = _PROGRESS_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _PROGRESS_HOOK.reset(token)
+
+
+def report_progress(stage: str, amount: int) -> None:
+    """Tell the observer set by :func:`observe_progress`, if any, that work was done."""
+    hook = _PROGRESS_HOOK.get()
+    if hook is not None:
+        hook(stage, amount)
+
 
 NTKKind = Literal["full", "trace"]
 ProjectionType = Literal["gaussian", "rademacher"]
@@ -553,7 +587,9 @@ class _Linearization(ABC):
         step = self.chunk_for()
         with _eval_mode(self.model):
             for start in range(0, inputs.shape[0], step):
-                yield start, fn(inputs[start : start + step])
+                out = fn(inputs[start : start + step])
+                report_progress("jacobians", min(step, inputs.shape[0] - start))
+                yield start, out
 
     def features(self, inputs: Tensor) -> Tensor:
         """Return the (N, K, P) Jacobians or (N, K, d) projected features of ``inputs``.

@@ -61,6 +61,7 @@ from lightning_info.functional._jacobian_common import (
     _Projector,
     _select_outputs,
     _Selection,
+    report_progress,
 )
 from lightning_info.functional._jacobian_common import (
     _check_outputs as _check_outputs,  # re-exported: imported by functional/sui.py
@@ -383,6 +384,7 @@ def _pair_kernel(ja: _KernelChunk, jb: _KernelChunk, kernel: str) -> Tensor:
         (na K, nb K) or (na, nb) block.
     """
     out = ja.gram(jb, kernel)
+    report_progress("kernel", 1)
     return _mirror_lower(out) if ja is jb else out
 
 

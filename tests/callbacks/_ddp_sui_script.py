@@ -30,7 +30,7 @@ def main(out_dir: str) -> None:
     torch.manual_seed(0)
     model = MLPClassifier(64, 10, hidden=(8,), loss="mse", optimizer="sgd", lr=0.05)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sui = SmoothUniqueInformation(max_samples=None, ntk="full", progress=False)
+    sui = SmoothUniqueInformation(max_samples=None, ntk="full")
     trainer = pl.Trainer(
         callbacks=[sui],
         strategy="ddp",

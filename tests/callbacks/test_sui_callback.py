@@ -11,6 +11,7 @@ import copy
 import csv
 import math
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
     (x, y), (xv, _) = digits
     model = _model()
     init_copy = copy.deepcopy(model)  # independent snapshot of the initial weights
-    sui = SmoothUniqueInformation(max_samples=60, ntk="full", progress=False)
+    sui = SmoothUniqueInformation(max_samples=60, ntk="full")
     trainer = _trainer(tmp_path, [sui])
     trainer.fit(model, *_loaders(digits))
     scores = sui.scores_
@@ -132,7 +133,6 @@ def test_linearize_at_final_matches_engine_on_trained_weights_with_momentum(digi
         ntk="trace",
         method="ridge",
         num_steps=steps,
-        progress=False,
     )
     trainer = _trainer(tmp_path, [sui], max_epochs=1)
     with pytest.warns(UserWarning, match="momentum=0.9"):
@@ -159,7 +159,7 @@ def test_resume_keeps_initial_weights_and_rerun_does_not_duplicate_rows(digits, 
     model = _model()
     init_copy = copy.deepcopy(model)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    sui = SmoothUniqueInformation(max_samples=40, progress=False)
+    sui = SmoothUniqueInformation(max_samples=40)
     _trainer(tmp_path, [sui, ckpt], max_epochs=1, enable_checkpointing=True).fit(
         model, *_loaders(digits)
     )
@@ -175,7 +175,7 @@ def test_resume_keeps_initial_weights_and_rerun_does_not_duplicate_rows(digits, 
     assert len(_read_csv(tmp_path / "sui_scores.csv")) == 40
 
     # resume in a fresh process-like setting: new module (different init), new callback
-    resumed_sui = SmoothUniqueInformation(max_samples=40, progress=False)
+    resumed_sui = SmoothUniqueInformation(max_samples=40)
     trainer = _trainer(
         tmp_path,
         [resumed_sui, ModelCheckpoint(dirpath=tmp_path / "ckpt")],
@@ -212,21 +212,19 @@ def test_bad_configuration_fails_at_fit_start(digits, tmp_path):
         def on_train_batch_start(self, *args):
             raise AssertionError("training started despite a bad configuration")
 
-    sui = SmoothUniqueInformation(progress=False)
+    sui = SmoothUniqueInformation()
     loader = DataLoader(_BadLabels(), batch_size=5)
     with pytest.raises(ValueError, match="integer labels must be < the number of model outputs"):
         _trainer(tmp_path, [sui, _Stop()]).fit(_model(), loader)
 
     dict_loader = DataLoader([{"pixels": torch.zeros(64), "cls": 1}] * 8, batch_size=4)
     with pytest.raises(TypeError, match="Cannot find the inputs"):
-        _trainer(tmp_path, [SmoothUniqueInformation(progress=False), _Stop()]).fit(
-            _model(), dict_loader
-        )
+        _trainer(tmp_path, [SmoothUniqueInformation(), _Stop()]).fit(_model(), dict_loader)
 
 
 @pytest.mark.parametrize("logger_cls", [TensorBoardLogger, CSVLogger], ids=["tensorboard", "csv"])
 def test_loggers(digits, tmp_path, logger_cls):
-    sui = SmoothUniqueInformation(max_samples=30, image_shape=(8, 8), top_k=5, progress=False)
+    sui = SmoothUniqueInformation(max_samples=30, image_shape=(8, 8), top_k=5)
     logger = logger_cls(save_dir=str(tmp_path), name="run")
     trainer = _trainer(tmp_path, [sui], logger=logger, max_epochs=1)
     trainer.fit(_model(), *_loaders(digits))
@@ -254,7 +252,6 @@ def test_killed_write_leaves_previous_file_or_none(digits, tmp_path, monkeypatch
         learning_rate=LR,
         num_steps=5,
         max_samples=20,
-        progress=False,
         dirpath=tmp_path,
     )
     train, val = TensorDataset(x, y), TensorDataset(xv, yv)
@@ -311,7 +308,7 @@ def test_default_construction_on_classification_module(digits, tmp_path):
 
 def test_score_outside_fit_needs_settings_and_state_key_pickle(digits):
     (x, y), _ = digits
-    sui = SmoothUniqueInformation(progress=False)
+    sui = SmoothUniqueInformation()
     with pytest.raises(ValueError, match="learning_rate"):
         sui.score(_model(), TensorDataset(x, y), write=False)
     assert (
@@ -329,7 +326,7 @@ def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, m
         raise ValueError("engine exploded")
 
     monkeypatch.setattr(solve_module, "unique_information_with_plan", boom)
-    sui = SmoothUniqueInformation(max_samples=20, progress=False)
+    sui = SmoothUniqueInformation(max_samples=20)
     trainer = _trainer(tmp_path, [sui], max_epochs=1, limit_train_batches=1)
     with pytest.warns(UserWarning, match="scoring at fit end failed.*engine exploded"):
         trainer.fit(_model(), *_loaders(digits))
@@ -479,3 +476,36 @@ def test_adam_scores_say_they_do_not_follow_the_run_and_state_the_mse_assumption
     acc.Reload()
     recipe = acc.Tensors("sui/recipe/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "does not depend on how long the network trained" in recipe
+
+
+@pytest.mark.parametrize("bar", [True, False], ids=["bar_enabled", "bar_disabled"])
+def test_scoring_progress_follows_the_trainers_progress_bar(digits, tmp_path, capfd, bar):
+    """Issue 22 item 3: stage names and an ETA on stderr with the progress bar on, else nothing."""
+    sui = SmoothUniqueInformation(max_samples=40)
+    trainer = _trainer(tmp_path, [sui], max_epochs=1, enable_progress_bar=bar)
+    assert (trainer.progress_bar_callback is not None) is bar
+    capfd.readouterr()  # nothing of the construction
+    trainer.fit(_model(), *_loaders(digits))
+    out, err = capfd.readouterr()
+    assert sui.scores_ is not None
+    if bar:
+        for stage in ("SUI scoring: Jacobians", "SUI scoring: kernel", "SUI scoring: solve"):
+            assert stage in err
+        # tqdm's [elapsed<remaining] field and the sample count: N + (N_val + N) Jacobians
+        assert re.search(r"\d\d:\d\d<\d\d:\d\d", err)
+        assert f"{40 + N_VAL + 40}/{40 + N_VAL + 40}" in err
+    else:
+        assert "SUI scoring" not in err + out
+    # scoring outside fit, without a trainer: silent
+    capfd.readouterr()
+    (x, y), (xv, yv) = digits
+    SmoothUniqueInformation(
+        linearize_at="final", learning_rate=LR, num_steps=3, max_samples=20
+    ).score(_model(), TensorDataset(x, y), TensorDataset(xv, yv), write=False)
+    out, err = capfd.readouterr()
+    assert "SUI scoring" not in err + out
+
+
+def test_progress_argument_is_gone():
+    with pytest.raises(TypeError, match="progress"):
+        SmoothUniqueInformation(progress=False)
