@@ -20,8 +20,10 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_info.callbacks._sui_ddp import (
-    distributed_kernels,
+    collective_stage,
+    gather_all_features,
     is_distributed,
+    kernels_of,
     solve_on_rank_zero,
 )
 from lightning_info.callbacks._sui_progress import (
@@ -90,13 +92,16 @@ def solve(
     """
     x, y, x_val = data
     device = next(pl_module.parameters()).device
-    f0 = model_outputs(pl_module, x.to(device), chunk_size=options.batch_size, output_fn=output_fn)
-    ntk = options.resolve_ntk(*f0.shape)
-    lr, wd, steps = recipe.replay(
-        learning_rate=options.learning_rate,
-        weight_decay=options.weight_decay,
-        num_steps=options.num_steps,
-    )
+    with collective_stage(trainer):  # under DDP a failure here reaches every rank
+        f0 = model_outputs(
+            pl_module, x.to(device), chunk_size=options.batch_size, output_fn=output_fn
+        )
+        ntk = options.resolve_ntk(*f0.shape)
+        lr, wd, steps = recipe.replay(
+            learning_rate=options.learning_rate,
+            weight_decay=options.weight_decay,
+            num_steps=options.num_steps,
+        )
     rank_zero_info(
         f"SmoothUniqueInformation: scoring {f0.shape[0]} samples "
         f"({0 if x_val is None else len(x_val)} held-out), lr={lr:g}, steps={steps}, wd={wd}, "
@@ -140,15 +145,31 @@ def solve(
     try:
         if distributed:
             with progress.observing():
-                theta, theta_val = distributed_kernels(pl_module, trainer, x, x_val, ntk, jac_kw)
-            with progress.solving():
-                return solve_on_rank_zero(trainer, lambda: engine(theta, theta_val)), ntk
+                phi, phi_val = gather_all_features(pl_module, trainer, x, x_val, jac_kw)
+                # rank 0 forms the kernels and solves; its failure is broadcast to every rank
+                return solve_on_rank_zero(
+                    trainer, lambda: _solved(engine, progress, kernels_of(phi, phi_val, ntk))
+                ), ntk
         with progress.observing():
             theta, theta_val = _local_kernels(pl_module, x.to(device), x_val, ntk, jac_kw)
         with progress.solving():
             return engine(theta, theta_val), ntk
     finally:
         progress.close()
+
+
+def _solved(
+    engine: Callable[[Tensor, Tensor | None], UniqueInformation],
+    progress: ScoringProgress,
+    kernels: tuple[Tensor, Tensor | None],
+) -> UniqueInformation:
+    """``engine(*kernels)`` shown as the ``solve`` stage.
+
+    Returns:
+        The engine's result.
+    """
+    with progress.solving():
+        return engine(*kernels)
 
 
 def _local_kernels(

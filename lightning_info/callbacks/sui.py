@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_info.callbacks._sui_data import ScoringData, label_vector, uses_augmentation
+from lightning_info.callbacks._sui_ddp import collective_stage
 from lightning_info.callbacks._sui_recipe import (
     AUTO,
     LOO,
@@ -464,21 +465,14 @@ class SmoothUniqueInformation(Callback):
 
         Raises:
             ValueError: no dataset to score, or a training recipe without a learning rate.
-            RuntimeError: under DDP, when scoring failed on rank 0.
-        """  # noqa: DOC502 (the DDP error is raised by solve_on_rank_zero; part of the contract)
-        train_ds, collate = self.data.train_source(trainer, dataset)
-        if train_ds is None:
-            raise ValueError(
-                "no dataset to score: pass `dataset=` (to the callback or to `score`) or call it "
-                "with a trainer that has a training DataLoader."
-            )
-        if self._output_fn is None:  # outside fit: settle the output (and check the data) now
-            self._output_fn = self.data.check(train_ds, collate, pl_module, self.output_fn)
-        positions, x, y = self.data.training_samples(train_ds, collate)
-        x_val = self.data.heldout_inputs(*self.data.val_source(trainer, val_dataset))
-        recipe = recipe if recipe is not None else self._fit_recipe(trainer)
-        init, linearize_at = self._linearization_point(init_state)
-        predicted = self._predictions(pl_module, x)
+            RuntimeError: under DDP, when scoring failed on any rank (a ``RankFailure`` naming
+                the failing rank and its message, raised on every rank).
+        """  # noqa: DOC502 (the DDP errors are raised by the collective stages; the contract)
+        with collective_stage(trainer):  # under DDP a failure here reaches every rank
+            positions, x, y, x_val = self._read_samples(pl_module, trainer, dataset, val_dataset)
+            recipe = recipe if recipe is not None else self._fit_recipe(trainer)
+            init, linearize_at = self._linearization_point(init_state)
+            predicted = self._predictions(pl_module, x)
         with parameters_set_to(pl_module, init):
             info, ntk = solve(
                 pl_module, trainer, (x, y, x_val), recipe, self._options(), self._output_fn,
@@ -504,6 +498,34 @@ class SmoothUniqueInformation(Callback):
         if write:
             self._write(trainer, x)
         return self.scores_
+
+    def _read_samples(
+        self,
+        pl_module: pl.LightningModule,
+        trainer: pl.Trainer | None,
+        dataset: Dataset | None,
+        val_dataset: Dataset | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(positions, inputs, targets, held-out inputs or None)`` of the samples to score.
+
+        Returns:
+            The dataset positions, inputs and targets of the scored samples, and the held-out
+            inputs.
+
+        Raises:
+            ValueError: when there is no dataset to score.
+        """
+        train_ds, collate = self.data.train_source(trainer, dataset)
+        if train_ds is None:
+            raise ValueError(
+                "no dataset to score: pass `dataset=` (to the callback or to `score`) or call it "
+                "with a trainer that has a training DataLoader."
+            )
+        if self._output_fn is None:  # outside fit: settle the output (and check the data) now
+            self._output_fn = self.data.check(train_ds, collate, pl_module, self.output_fn)
+        positions, x, y = self.data.training_samples(train_ds, collate)
+        x_val = self.data.heldout_inputs(*self.data.val_source(trainer, val_dataset))
+        return positions, x, y, x_val
 
     def _options(self) -> SolveOptions:
         return SolveOptions(
