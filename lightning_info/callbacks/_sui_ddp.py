@@ -134,14 +134,18 @@ def gather_all_features(
     return phi, phi_val
 
 
-def kernels_of(phi: Tensor, phi_val: Tensor | None, ntk: str) -> tuple[Tensor, Tensor | None]:
+def kernels_of(
+    phi: Tensor, phi_val: Tensor | None, ntk: str, progress: Callable[[str, int], None] | None
+) -> tuple[Tensor, Tensor | None]:
     """The training NTK and the held-out/training NTK of gathered features (``ntk``: which).
 
     Returns:
         ``(theta, theta_val)``.
     """
-    theta = kernel_from_features(phi, ntk=ntk)
-    theta_val = None if phi_val is None else kernel_from_features(phi_val, phi, ntk=ntk)
+    theta = kernel_from_features(phi, ntk=ntk, progress=progress)
+    theta_val = None
+    if phi_val is not None:
+        theta_val = kernel_from_features(phi_val, phi, ntk=ntk, progress=progress)
     return theta, theta_val
 
 

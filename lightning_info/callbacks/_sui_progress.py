@@ -6,8 +6,8 @@ default); silent otherwise, and when :meth:`~lightning_info.callbacks.SmoothUniq
 is called without a trainer. One ``tqdm`` bar on stderr counts the samples whose Jacobians are
 computed (the dominant cost; its rate gives the ETA) and names the current stage: ``Jacobians``,
 ``kernel`` (the NTK products) and ``solve`` (the closed-form replay). The functional layer only
-reports work done through :func:`~lightning_info.functional._jacobian_common.observe_progress`;
-it never prints.
+reports work done to the ``progress=`` observer passed in (:meth:`ScoringProgress.hook`); it
+never prints.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
-
-from lightning_info.functional._jacobian_common import observe_progress
 
 __all__: list[str] = []
 
@@ -88,15 +86,10 @@ class ScoringProgress:
         if self._bar.desc != desc:
             self._bar.set_description_str(desc, refresh=True)
 
-    @contextlib.contextmanager
-    def observing(self) -> Iterator[None]:
-        """Forward the functional layer's Jacobian and kernel reports to the bar in this block.
-
-        Yields:
-            Nothing.
-        """
-        with observe_progress(self if self.enabled else None):
-            yield
+    @property
+    def hook(self) -> ScoringProgress | None:
+        """The ``progress=`` observer to pass to the functional layer (None when disabled)."""
+        return self if self._bar is not None else None
 
     @contextlib.contextmanager
     def solving(self) -> Iterator[None]:

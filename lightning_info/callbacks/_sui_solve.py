@@ -142,16 +142,16 @@ def solve(
             distributed,
         ),
     )
+    jac_kw["progress"] = progress.hook
     try:
         if distributed:
-            with progress.observing():
-                phi, phi_val = gather_all_features(pl_module, trainer, x, x_val, jac_kw)
-                # rank 0 forms the kernels and solves; its failure is broadcast to every rank
-                return solve_on_rank_zero(
-                    trainer, lambda: _solved(engine, progress, kernels_of(phi, phi_val, ntk))
-                ), ntk
-        with progress.observing():
-            theta, theta_val = _local_kernels(pl_module, x.to(device), x_val, ntk, jac_kw)
+            phi, phi_val = gather_all_features(pl_module, trainer, x, x_val, jac_kw)
+            # rank 0 forms the kernels and solves; its failure is broadcast to every rank
+            return solve_on_rank_zero(
+                trainer,
+                lambda: _solved(engine, progress, kernels_of(phi, phi_val, ntk, progress.hook)),
+            ), ntk
+        theta, theta_val = _local_kernels(pl_module, x.to(device), x_val, ntk, jac_kw)
         with progress.solving():
             return engine(theta, theta_val), ntk
     finally:

@@ -25,50 +25,20 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-#: Observer of the Jacobian and kernel work, called as ``(stage, amount)``: ``("jacobians", n)``
-#: after each chunk of n samples' Jacobians, ``("kernel", 1)`` after each kernel block. Set
-#: through :func:`observe_progress` by a caller that displays progress (the SUI callback); the
-#: functional layer itself never prints.
-_PROGRESS_HOOK: ContextVar[Callable[[str, int], None] | None] = ContextVar(
-    "lightning_info_progress_hook", default=None
-)
-
-
-@contextmanager
-def observe_progress(hook: Callable[[str, int], None] | None) -> Iterator[None]:
-    """Call ``hook(stage, amount)`` as Jacobian chunks and kernel blocks complete in this block.
-
-    Args:
-        hook: the observer, or None (nothing is called).
-
-    Yields:
-        Nothing; the previous observer is restored on exit.
-    """
-    token = _PROGRESS_HOOK.set(hook)
-    try:
-        yield
-    finally:
-        _PROGRESS_HOOK.reset(token)
-
-
-def report_progress(stage: str, amount: int) -> None:
-    """Tell the observer set by :func:`observe_progress`, if any, that work was done."""
-    hook = _PROGRESS_HOOK.get()
-    if hook is not None:
-        hook(stage, amount)
-
-
 NTKKind = Literal["full", "trace"]
 ProjectionType = Literal["gaussian", "rademacher"]
 ParamSelection = str | Sequence[str] | None
 OutputFn = Callable[[Any], Tensor]
+#: ``progress(stage, amount)``: ``("jacobians", n)`` after n samples' Jacobians, ``("kernel", 1)``
+#: after a kernel block; passed in by a caller that shows progress (the functional layer never
+#: prints).
+ProgressHook = Callable[[str, int], None]
 
 _DEFAULT_BUDGET = 2**30  # 1 GiB
 _PROJECTION_BLOCK_ROWS = 1024  # rows of the random projection generated per seeded block
@@ -449,12 +419,15 @@ class _Options:
         chunk_size: samples per vmap call, or None for :func:`_auto_chunk`.
         budget: ``memory_budget_bytes``.
         output_fn: maps the model's raw output to the linearized outputs, or None.
+        progress: called as ``progress("jacobians", n)`` after each chunk of n samples, or None
+            (a caller's progress display; nothing here prints).
     """
 
     projector: _Projector | None
     chunk_size: int | None
     budget: int
     output_fn: OutputFn | None
+    progress: ProgressHook | None = None
 
 
 def _dense_gram(a: Tensor, b: Tensor, kernel: str) -> Tensor:
@@ -588,7 +561,8 @@ class _Linearization(ABC):
         with _eval_mode(self.model):
             for start in range(0, inputs.shape[0], step):
                 out = fn(inputs[start : start + step])
-                report_progress("jacobians", min(step, inputs.shape[0] - start))
+                if self.options.progress is not None:
+                    self.options.progress("jacobians", min(step, inputs.shape[0] - start))
                 yield start, out
 
     def features(self, inputs: Tensor) -> Tensor:

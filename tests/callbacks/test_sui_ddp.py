@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,19 +75,22 @@ def test_ddp_failure_on_one_rank_reaches_every_rank_and_validate_runs(tmp_path, 
     """Issue 20: scoring fails on one rank only. Every rank learns of it (no rank waits in a
     collective), rank 0 reports the failing rank's own message, and a following
     `trainer.validate` completes on both ranks. A deadlock fails the test through the timeout."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(tmp_path), failure],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        cwd=str(SCRIPT.parents[2]),
+        start_new_session=True,  # its own process group: both ranks can be killed on a hang
+    )
     try:
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), str(tmp_path), failure],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=env,
-            cwd=str(SCRIPT.parents[2]),
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"DDP run with a {failure} failure on rank {rank} hung: {err}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the rank it spawned
+        proc.communicate()
+        pytest.fail(f"DDP run with a {failure} failure on rank {rank} hung (killed after 240 s)")
+    assert proc.returncode == 0, stderr[-3000:]
     r0 = torch.load(tmp_path / "failure0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "failure1.pt", weights_only=False)
     assert r0["scores_is_none"]
