@@ -299,7 +299,7 @@ class SmoothUniqueInformation(Callback):
         self._init_params: dict[str, Tensor] | None = None
         self._init_step = 0
         self._restored = False
-        self._snapshot_now = False
+        self._step_pending = False
         self._recipe = TrainingRecipe()
         self._output_fn = self.output_fn
         self._warned: set[str] = set()
@@ -370,8 +370,8 @@ class SmoothUniqueInformation(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Snapshot the weights, read the training recipe and check the scoring data."""
-        self._snapshot_now = self.linearize_at == "init" and not self._restored
-        if self._snapshot_now:
+        self._step_pending = self.linearize_at == "init" and not self._restored
+        if self._step_pending:
             self._init_params = {
                 n: p.detach().to("cpu", copy=True) for n, p in pl_module.named_parameters()
             }
@@ -389,9 +389,9 @@ class SmoothUniqueInformation(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Record the snapshot's step; check the trainer's training data (known only now)."""
-        if self._snapshot_now:  # resumed: the step of the weights snapshotted at fit start
+        if self._step_pending:  # resumed: the step of the weights snapshotted at fit start
             self._init_step = int(trainer.global_step)
-            self._snapshot_now = False
+            self._step_pending = False
         if self.data.dataset is not None:
             return
         with preserved_global_rng():
@@ -411,6 +411,9 @@ class SmoothUniqueInformation(Callback):
         A failure to score leaves ``scores_`` None; a failure to write the reports (an output
         folder that is not writable, a full disk) keeps the computed ``scores_``.
         """
+        if self._step_pending:  # no training started (e.g. resumed at max_steps): no steps taken
+            self._init_step = int(trainer.global_step)
+            self._step_pending = False
         try:
             with preserved_global_rng():  # a later fit/test of the user sees the same stream
                 self.score(pl_module, trainer=trainer, write=False)
