@@ -31,7 +31,7 @@ seed=seed)``); the network's initialization is seeded by ``seed`` too. Models: M
 Linear -> 10). Cross-entropy, full batch (one optimizer step per epoch), Adam (lr 1e-3) or SGD
 with momentum 0.9 (lr 0.1 for the MLP; 0.05 for the CNN, which at 0.1 had repeated loss
 spikes). The main run trains through Lightning (``LitClassifier``, ``train_loss`` logged on
-epoch) with ``SmoothUniqueInformation(max_samples=None, progress=False)`` attached: the SUI
+epoch) with ``SmoothUniqueInformation(max_samples=None)`` attached: the SUI
 columns are the callback with its defaults, scoring every training sample, functional SI over
 the fit's validation loader (capped at the default ``max_heldout=500``).
 
@@ -580,7 +580,7 @@ SCORERS: dict[str, Scorer] = {}
 # SUI variants: name -> extra SmoothUniqueInformation kwargs on top of SUI_BASE. Each variant
 # is a callback attached to the training run (scored at fit end, and at the shorter regime's
 # epoch through `_Tap`) and gets two scorers: sui_weight_<name> and sui_functional_<name>.
-SUI_BASE: dict[str, Any] = {"max_samples": None, "progress": False}
+SUI_BASE: dict[str, Any] = {"max_samples": None}
 SUI_VARIANTS: dict[str, dict[str, Any]] = {}
 
 

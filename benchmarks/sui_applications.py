@@ -196,7 +196,6 @@ def summarization(cfg: dict, ds, tr, va, te) -> tuple[list, dict]:
         linearize_at="final",
         learning_rate=cfg["lr"],
         num_steps=cfg["sum_steps"],
-        progress=False,
         max_samples=None,
         max_heldout=cfg["sui_kwargs"].get("max_heldout", 500),
     )
@@ -324,7 +323,7 @@ def main() -> None:
         epochs_underfit=25,
         epochs_memorize=args.memorize_epochs,
         regimes=args.regimes,
-        sui_kwargs=dict(progress=False),
+        sui_kwargs={},
         sum_hidden=(64,),
         sum_steps=600,
         random_seeds=3,
@@ -340,7 +339,7 @@ def main() -> None:
             random_seeds=1,
             fractions=[0.5],
             step_fraction=0.5,
-            sui_kwargs=dict(progress=False, max_samples=120, max_heldout=40),
+            sui_kwargs=dict(max_samples=120, max_heldout=40),
         )
     ds = load_dataset("digits")
     tr, va, te = splits(len(ds.targets))

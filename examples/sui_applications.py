@@ -153,7 +153,7 @@ def score_sui(
 ) -> SUIScores:
     """SUI of every sample of (x, y) for the run of ``steps`` SGD steps from ``init``."""
     scorer = SmoothUniqueInformation(
-        learning_rate=LR, num_steps=steps, max_samples=None, max_heldout=None, progress=False
+        learning_rate=LR, num_steps=steps, max_samples=None, max_heldout=None
     )
     return scorer.score(
         model, TensorDataset(x, y), TensorDataset(x_val, y_val), init_state=init, write=False

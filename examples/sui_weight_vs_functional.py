@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace) -> dict:
         train_loss = (0.5 * (out - onehot).pow(2).sum(1)).numpy()
         val_acc = float((model(xv).argmax(1) == yv).float().mean())
     scorer = SmoothUniqueInformation(
-        learning_rate=LR, num_steps=steps, max_samples=None, max_heldout=None, progress=False
+        learning_rate=LR, num_steps=steps, max_samples=None, max_heldout=None
     )
     s = scorer.score(
         model, TensorDataset(x, y), TensorDataset(xv, yv), init_state=init, write=False
@@ -240,7 +240,6 @@ def _run(args: argparse.Namespace) -> dict:
                 num_steps=horizon,
                 max_samples=None,
                 max_heldout=None,
-                progress=False,
             )
             hs = sc.score(
                 model, TensorDataset(x, y), TensorDataset(xv, yv), init_state=init, write=False

@@ -4,7 +4,7 @@ Everything here is I/O and presentation; there is no math beyond ranking and res
 
 * :func:`write_csv_atomic` writes a table so that a crash or a kill mid-write leaves either the
   previous complete file or none, never a partial one (temporary file in the same directory,
-  ``fsync``, ``os.replace``).
+  ``fsync``, ``os.replace``), keeping the file's mode and following symlinks like ``open()``.
 * :func:`tensorboard_writers`, :func:`log_histograms`, :func:`log_text_table`,
   :func:`log_image_grid` (and :func:`write_sui_summaries`, which combines them for SUI) write to the ``SummaryWriter`` of every TensorBoard logger of a trainer
   and silently do nothing for other loggers (CSV, MLflow, ...).
@@ -19,8 +19,9 @@ import contextlib
 import csv
 import math
 import os
+import stat
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "log_text_table",
     "markdown_table",
     "rank_descending",
+    "read_csv_rows",
     "save_curves_png",
     "save_histogram_png",
     "save_image_grid_png",
@@ -66,19 +68,71 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read from ``/proc`` where possible, so it is never changed).
+
+    Returns:
+        The umask bits.
+    """
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: the only portable way to read it is to set it back
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _atomic_destination(path: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
+    """Yield a temporary file next to ``path``'s target; move it over the target on success.
+
+    A symlink is followed (its target is rewritten; the link stays a link). The new file gets
+    the mode of the file it replaces, or, for a new file, the mode ``open()`` would give it
+    (0666 minus the umask). The temporary file has a unique name in the target's directory and
+    is removed in any case (an exception, ``KeyboardInterrupt``) unless it was moved.
+
+    Yields:
+        The temporary file's path (empty; the caller writes and flushes it).
+    """
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    moved = False
+    try:
+        os.close(fd)
+        os.chmod(tmp_name, mode)
+        yield Path(tmp_name)
+        os.replace(tmp_name, target)
+        moved = True
+    finally:
+        if not moved:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+    _fsync_dir(target.parent)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` atomically: the file is either the old one or the new one.
 
-    The text goes to a temporary file in the same directory, which is flushed, ``fsync``-ed and
-    then moved over ``path`` with ``os.replace`` (atomic on POSIX and Windows). If anything fails
-    before the move, the temporary file is removed and ``path`` is untouched.
+    The text goes to a temporary file (unique name, same directory), which is flushed,
+    ``fsync``-ed and then moved over ``path`` with ``os.replace`` (atomic on POSIX and Windows).
+    If anything fails or interrupts the write before the move, the temporary file is removed and
+    ``path`` is untouched (a process killed outright, e.g. by SIGKILL, can leave a hidden
+    ``.<name>.*.tmp`` file, never a partial ``path``). Like a plain ``open(path, "w")``: an
+    existing file keeps its mode, a new one gets 0666 minus the umask, and a symlink is followed
+    (its target is rewritten, the link stays a link).
 
     Args:
         path: destination file; its parent directories are created.
         text: the full content.
 
     Returns:
-        The destination as a ``Path``.
+        The destination as a ``Path`` (as given, a symlink stays the path returned).
 
     Example:
         >>> import tempfile, pathlib
@@ -86,21 +140,14 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
         >>> write_text_atomic(d / "a.txt", "hello").read_text()
         'hello'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    with (
+        _atomic_destination(path, ".tmp") as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as handle,
+    ):
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
 
 
 def write_csv_atomic(
@@ -108,8 +155,13 @@ def write_csv_atomic(
     columns: Mapping[str, Any],
     *,
     float_format: str = "{:.9g}",
+    preamble: Sequence[str] = (),
 ) -> Path:
     """Write a table of equal-length columns as CSV, atomically (see :func:`write_text_atomic`).
+
+    ``preamble`` lines come first, each as a comment line starting with ``# `` (read the file
+    with :func:`read_csv_rows`, ``pandas.read_csv(path, comment="#")`` or
+    ``numpy.genfromtxt(..., comments="#")``).
 
     Args:
         path: destination ``.csv`` file; parent directories are created.
@@ -117,6 +169,8 @@ def write_csv_atomic(
             same length N. The header is the keys in order; one row per index.
         float_format: ``str.format`` pattern for floats (default: 9 significant digits, enough to
             read float32 values back exactly).
+        preamble: comment lines written before the header (without the ``# ``; an entry with
+            newlines gives several lines).
 
     Returns:
         The destination as a ``Path``.
@@ -153,11 +207,35 @@ def write_csv_atomic(
             self.parts.append(text)
 
     buffer = _Buffer()
+    for entry in preamble:  # one comment line per line of each entry
+        for line in str(entry).splitlines() or [""]:
+            buffer.write(f"# {line}\n")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(list(data))
     for row in zip(*data.values()):
         writer.writerow([fmt(v) for v in row])
     return write_text_atomic(path, "".join(buffer.parts))
+
+
+def read_csv_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Read a CSV written by :func:`write_csv_atomic`: its rows as dicts, comment lines skipped.
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        One ``{column: text}`` per row (lines starting with ``#`` before the header skipped).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> p = write_csv_atomic(d / "s.csv", {"a": [1, 2]}, preamble=["made by a test"])
+        >>> read_csv_rows(p)
+        [{'a': '1'}, {'a': '2'}]
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        lines = [line for line in handle if not line.startswith("#")]
+    return list(csv.DictReader(lines))
 
 
 def rank_descending(scores: Tensor) -> Tensor:
@@ -370,25 +448,17 @@ def _pyplot() -> Any:
 
 
 def _save_figure_atomic(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Save a matplotlib figure to a temporary PNG in the same directory, then move it.
+    """Save a matplotlib figure as a PNG atomically (see :func:`write_text_atomic`).
 
     Returns:
-        The final path.
+        The destination as a ``Path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp_name, dpi=120, bbox_inches="tight")
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+        with _atomic_destination(path, ".png.tmp") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     finally:
         _pyplot().close(fig)
-    return path
+    return Path(path)
 
 
 def save_image_grid_png(
@@ -537,8 +607,9 @@ def write_sui_summaries(
 ) -> None:
     """Write smooth-unique-information summaries to TensorBoard writers.
 
-    Histograms ``{prefix}weight_si`` / ``{prefix}functional_si`` and their ``_log10``, a text
-    table ``{prefix}top_k`` of the ``top_k`` highest weight SI, and, for image inputs ((N, C, H, W)
+    Histograms ``{prefix}weight_si`` / ``{prefix}functional_si`` and their ``_log10``, the
+    recipe behind the scores in words (text ``{prefix}recipe``, from ``scores.describe()`` when
+    it has one), a text table ``{prefix}top_k`` of the ``top_k`` highest weight SI, and, for image inputs ((N, C, H, W)
     with C in 1/3, (N, H, W), or flat with ``image_shape``), the grids
     ``{prefix}most_informative`` / ``{prefix}least_informative``.
 
@@ -559,6 +630,11 @@ def write_sui_summaries(
         values[f"{log_key_prefix}functional_si"] = scores.functional_si
     values.update({f"{tag}_log10": v.clamp_min(1e-300).log10() for tag, v in list(values.items())})
     log_histograms(writers, values, step=step)
+    describe = getattr(scores, "describe", None)
+    if callable(describe):  # the recipe behind the scores, in words
+        text = "\n\n".join(describe())
+        for writer in writers:
+            writer.add_text(f"{log_key_prefix}recipe", text, global_step=step)
     if top_k == 0:
         return
     top = torch.argsort(scores.weight_si, descending=True, stable=True)[:top_k]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import subprocess
@@ -19,6 +18,7 @@ from lightning_info.callbacks import SmoothUniqueInformation
 from lightning_info.cli import build_parser, main
 from lightning_info.demo import auroc
 from lightning_info.models import MLPClassifier
+from lightning_info.reporting import read_csv_rows
 from lightning_info.utilities.data import load_dataset, train_val_split
 
 
@@ -75,7 +75,7 @@ def test_tiny_demo_writes_valid_report(tmp_path, capsys):
     csvs = sorted(report.glob("sui_scores_*.csv"))
     assert len(csvs) == 3
     for path in csvs:
-        rows = list(csv.DictReader(path.open()))
+        rows = read_csv_rows(path)
         assert len(rows) == 60
         assert len({r["index"] for r in rows}) == 60
         assert all(np.isfinite(float(r["weight_si"])) for r in rows)
@@ -98,7 +98,7 @@ def test_score_checkpoint_equals_callback_scores(tmp_path, capsys, optimizer):
     pl.seed_everything(0, verbose=False)
     lr = 0.3 if optimizer == "sgd" else 1e-3
     model = MLPClassifier(64, 10, hidden=(16,), loss="mse", optimizer=optimizer, lr=lr)
-    sui = SmoothUniqueInformation(max_samples=50, max_heldout=40, progress=False)
+    sui = SmoothUniqueInformation(max_samples=50, max_heldout=40)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
     trainer = pl.Trainer(
         max_epochs=2,
@@ -123,7 +123,7 @@ def test_score_checkpoint_equals_callback_scores(tmp_path, capsys, optimizer):
     )  # fmt: skip
     assert code == 0
     assert "linearized at the init weights" in capsys.readouterr().out
-    rows = list(csv.DictReader((out / "sui_scores.csv").open()))
+    rows = read_csv_rows(out / "sui_scores.csv")
     assert [int(r["index"]) for r in rows] == sui.scores_.indices.tolist()
     # the CLI reads the snapshot, lr and steps from the checkpoint: the same scores as in fit
     # (held-out set sizes differ: the CLI uses up to 500 held-out samples, so compare weight SI)
@@ -231,7 +231,7 @@ def test_score_imports_user_module_from_cwd_and_reshapes_embedded_images(
         ]
     )  # fmt: skip
     assert code == 0
-    rows = list(csv.DictReader((tmp_path / "scored" / "sui_scores.csv").open()))
+    rows = read_csv_rows(tmp_path / "scored" / "sui_scores.csv")
     assert len(rows) == 40
     assert all(np.isfinite(float(r["weight_si"])) for r in rows)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from lightning_info.reporting import (
     log_text_table,
     markdown_table,
     rank_descending,
+    read_csv_rows,
     save_curves_png,
     save_histogram_png,
     save_image_grid_png,
@@ -151,3 +154,87 @@ def test_pngs(tmp_path):
         assert Path(p).read_bytes()[:4] == magic
     with pytest.raises(ValueError, match="`titles`"):
         save_image_grid_png(tmp_path / "x.png", torch.rand(2, 4, 4), titles=["a"])
+
+
+@pytest.mark.parametrize("kind", ["csv", "png"])
+def test_atomic_rewrite_keeps_mode_and_new_files_respect_umask(tmp_path, kind):
+    """Like a plain open(): an existing file keeps its mode; a new one is 0666 minus the umask."""
+
+    def write(path):
+        if kind == "csv":
+            return write_csv_atomic(path, {"a": [1, 2]})
+        return save_curves_png(path, [0, 1], {"c": [0.0, 1.0]})
+
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / f"new.{kind}"
+        write(fresh)
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+        os.umask(0o077)  # the umask must not change an existing file's mode
+        existing = tmp_path / f"old.{kind}"
+        existing.write_bytes(b"x")
+        os.chmod(existing, 0o640)
+        write(existing)
+        assert stat.S_IMODE(existing.stat().st_mode) == 0o640
+        assert existing.read_bytes() != b"x"
+    finally:
+        os.umask(old)
+
+
+def test_atomic_write_follows_symlinks(tmp_path):
+    real = tmp_path / "data" / "scores.csv"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(real)
+    assert write_csv_atomic(link, {"a": [7]}) == link
+    assert link.is_symlink()
+    assert os.readlink(link) == str(real)
+    assert read_csv_rows(real) == [{"a": "7"}]
+    # a dangling link: the target is created, the link kept
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "data" / "later.csv")
+    write_csv_atomic(dangling, {"b": [1]})
+    assert dangling.is_symlink()
+    assert read_csv_rows(tmp_path / "data" / "later.csv") == [{"b": "1"}]
+
+
+@pytest.mark.parametrize("kind", ["csv", "png"])
+def test_interrupted_write_leaves_no_temp_file(tmp_path, monkeypatch, kind):
+    """A KeyboardInterrupt in the middle of the write: the old file intact, no temp file left."""
+    target = tmp_path / f"out.{kind}"
+    target.write_bytes(b"previous")
+    if kind == "csv":
+        real_fsync = os.fsync
+
+        def interrupted(fd):
+            real_fsync(fd)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(reporting.os, "fsync", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            write_csv_atomic(target, {"a": list(range(100))})
+    else:
+        fig = reporting._pyplot().figure()
+
+        def interrupted(path, **kwargs):
+            Path(path).write_bytes(b"partial png")
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(fig, "savefig", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            reporting._save_figure_atomic(fig, target)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_csv_preamble_is_comments_and_readers_skip_it(tmp_path):
+    path = write_csv_atomic(
+        tmp_path / "s.csv", {"a": [1, 2], "b": [0.5, 1.5]}, preamble=["first", "two\nlines"]
+    )
+    lines = path.read_text().splitlines()
+    assert lines[:4] == ["# first", "# two", "# lines", "a,b"]
+    assert read_csv_rows(path) == [{"a": "1", "b": "0.5"}, {"a": "2", "b": "1.5"}]
+    with open(path, newline="") as handle:  # what pandas.read_csv(comment="#") does
+        plain = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    assert plain == read_csv_rows(path)

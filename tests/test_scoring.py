@@ -82,7 +82,7 @@ def test_checkpoint_with_all_three_callbacks_loads_weights_only(tmp_path):
         callbacks=[
             DiffusionSpectralEntropyMonitor(max_samples=40),
             OverfittingEarlyStopping(),
-            SmoothUniqueInformation(max_samples=30, max_heldout=20, progress=False),
+            SmoothUniqueInformation(max_samples=30, max_heldout=20),
             ckpt,
         ],
         logger=False,

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_info.callbacks._loaders import first_loader
 from lightning_info.functional.jacobian import _eval_mode, model_outputs
 from lightning_info.utilities.batch import default_output_fn
+from lightning_info.utilities.compat import fit_val_dataloaders
 from lightning_info.utilities.sampling import seeded_subset
 
 __all__: list[str] = []
@@ -102,9 +103,7 @@ class ScoringData:
         """
         if dataset is not None or self.val_dataset is not None:
             return (dataset if dataset is not None else self.val_dataset), None
-        loader = first_loader(getattr(trainer, "val_dataloaders", None)) if trainer else None
-        if loader is None and trainer is not None:
-            loader = _fit_val_loader(trainer)
+        loader = first_loader(fit_val_dataloaders(trainer)) if trainer is not None else None
         return (None, None) if loader is None else (loader.dataset, loader.collate_fn)
 
     # ------------------------------------------------------------------------------ reading
@@ -196,19 +195,6 @@ class ScoringData:
             raise ValueError(f"the scoring dataset must hold at least 2 samples; got {n}.")
         collate = collate_fn or torch.utils.data.default_collate
         return collate([dataset[0], dataset[1]])
-
-
-def _fit_val_loader(trainer: Any) -> DataLoader | None:
-    """The fit's validation loader before validation has run (Lightning sets it up lazily).
-
-    Returns:
-        The first validation loader, or None without a validation loop.
-    """
-    try:
-        source = trainer.fit_loop.epoch_loop.val_loop._data_source
-        return first_loader(source.dataloader()) if source.is_defined() else None
-    except AttributeError:  # no validation loop configured (or another Lightning version)
-        return None
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -42,6 +42,7 @@ __all__ = [
     "check_horizon",
     "check_weight_decay",
     "model_notes",
+    "training_loss",
 ]
 
 #: ``num_steps`` sentinel: read the horizon from the training run (the default).
@@ -232,8 +233,10 @@ class TrainingRecipe:
                     "optimizer",
                     f"the optimizer is {self.optimizer}, not plain SGD; the closed form assumes "
                     "gradient descent and adaptive steps have no GD horizon, so unless `num_steps=` is "
-                    "given the converged linearized solution (num_steps=None) is scored. Scores are "
-                    "still computed.",
+                    "given the converged linearized solution (num_steps=None) is scored; at the "
+                    "initial weights (linearize_at='init') it does not depend on how long the "
+                    "network trains (linearize_at='final' gives scores that follow the run). Scores "
+                    "are still computed.",
                 )
             )
         elif self.momentum > 0 or self.nesterov:
@@ -243,7 +246,8 @@ class TrainingRecipe:
                     "momentum",
                     f"SGD uses momentum={self.momentum:g}; the closed form assumes plain gradient "
                     "descent, so unless `num_steps=` is given the converged linearized solution "
-                    "(num_steps=None) is scored; with `num_steps=`, GD at the heavy-ball effective "
+                    "(num_steps=None) is scored (at the initial weights it does not depend on how "
+                    "long the network trains); with `num_steps=`, GD at the heavy-ball effective "
                     f"learning rate lr/(1-momentum) = {lr / max(1e-12, 1 - self.momentum):g} "
                     "unless `learning_rate=` is given. Scores are still computed.",
                 )
@@ -340,12 +344,36 @@ def model_notes(pl_module: nn.Module, loss: str, dataset: Any) -> list[tuple[str
     return notes
 
 
-def _uses_cross_entropy(pl_module: nn.Module, loss: str) -> bool:
+def training_loss(pl_module: nn.Module, loss: str) -> str:
+    """The training loss as declared (``loss=``) or detected, for the reports.
+
+    Detection (``loss="auto"``) is best-effort and only reads ``hparams.loss`` and loss
+    submodules (``nn.CrossEntropyLoss``, ``nn.NLLLoss``, ``nn.BCE*Loss``, ``nn.MSELoss``); a module
+    calling ``F.cross_entropy`` in ``training_step`` is not detected (its run is not changed to
+    find out), so the reports always state the MSE assumption of the closed form.
+
+    Args:
+        pl_module: the module.
+        loss: the callback's ``loss=`` option.
+
+    Returns:
+        ``"cross_entropy"``, ``"mse"`` or ``"unknown"``.
+    """
     if loss != "auto":
-        return loss == "cross_entropy"
+        return loss
     hparams = getattr(pl_module, "hparams", {}) or {}
     declared = str(hparams.get("loss", "")).lower() if hasattr(hparams, "get") else ""
     if any(tag in declared for tag in ("cross", "entropy", "nll", "bce")):
-        return True
+        return "cross_entropy"
+    if "mse" in declared or "squared" in declared:
+        return "mse"
     ce_types = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, nn.BCELoss)
-    return any(isinstance(m, ce_types) for m in pl_module.modules())
+    if any(isinstance(m, ce_types) for m in pl_module.modules()):
+        return "cross_entropy"
+    if any(isinstance(m, nn.MSELoss) for m in pl_module.modules()):
+        return "mse"
+    return "unknown"
+
+
+def _uses_cross_entropy(pl_module: nn.Module, loss: str) -> bool:
+    return training_loss(pl_module, loss) == "cross_entropy"

@@ -5,7 +5,8 @@ One function, :func:`solve`, called by
 already set to the linearization point: it picks the NTK, turns the training recipe into the
 replayed run (:meth:`~lightning_info.callbacks._sui_recipe.TrainingRecipe.replay`), builds the
 kernels (on every rank's shard under DDP, :mod:`~lightning_info.callbacks._sui_ddp`) and runs
-:func:`~lightning_info.functional.sui.unique_information_with_plan` (on rank 0 under DDP).
+:func:`~lightning_info.functional.sui.unique_information_with_plan` (on rank 0 under DDP), with
+the progress display of :mod:`~lightning_info.callbacks._sui_progress`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_info.callbacks._sui_ddp import (
-    distributed_kernels,
+    collective_stage,
+    gather_all_features,
     is_distributed,
+    kernels_of,
     solve_on_rank_zero,
+)
+from lightning_info.callbacks._sui_progress import (
+    ScoringProgress,
+    expected_jacobian_samples,
+    progress_enabled,
 )
 from lightning_info.callbacks._sui_recipe import Horizon, TrainingRecipe, WeightDecay
 from lightning_info.functional.jacobian import empirical_ntk, model_outputs
@@ -84,13 +92,16 @@ def solve(
     """
     x, y, x_val = data
     device = next(pl_module.parameters()).device
-    f0 = model_outputs(pl_module, x.to(device), chunk_size=options.batch_size, output_fn=output_fn)
-    ntk = options.resolve_ntk(*f0.shape)
-    lr, wd, steps = recipe.replay(
-        learning_rate=options.learning_rate,
-        weight_decay=options.weight_decay,
-        num_steps=options.num_steps,
-    )
+    with collective_stage(trainer):  # under DDP a failure here reaches every rank
+        f0 = model_outputs(
+            pl_module, x.to(device), chunk_size=options.batch_size, output_fn=output_fn
+        )
+        ntk = options.resolve_ntk(*f0.shape)
+        lr, wd, steps = recipe.replay(
+            learning_rate=options.learning_rate,
+            weight_decay=options.weight_decay,
+            num_steps=options.num_steps,
+        )
     rank_zero_info(
         f"SmoothUniqueInformation: scoring {f0.shape[0]} samples "
         f"({0 if x_val is None else len(x_val)} held-out), lr={lr:g}, steps={steps}, wd={wd}, "
@@ -121,11 +132,55 @@ def solve(
             warn_once(kind, message)
         return info
 
-    if is_distributed(trainer):
-        theta, theta_val = distributed_kernels(pl_module, trainer, x, x_val, ntk, jac_kw)
-        return solve_on_rank_zero(trainer, lambda: engine(theta, theta_val)), ntk
-    theta = empirical_ntk(pl_module, x.to(device), ntk=ntk, **jac_kw)
-    theta_val = None
-    if x_val is not None:
-        theta_val = empirical_ntk(pl_module, x_val.to(device), x.to(device), ntk=ntk, **jac_kw)
-    return engine(theta, theta_val), ntk
+    distributed = is_distributed(trainer)
+    progress = ScoringProgress(
+        progress_enabled(trainer),
+        expected_jacobian_samples(
+            len(x),
+            0 if x_val is None else len(x_val),
+            getattr(trainer, "world_size", 1),
+            distributed,
+        ),
+    )
+    jac_kw["progress"] = progress.hook
+    try:
+        if distributed:
+            phi, phi_val = gather_all_features(pl_module, trainer, x, x_val, jac_kw)
+            # rank 0 forms the kernels and solves; its failure is broadcast to every rank
+            return solve_on_rank_zero(
+                trainer,
+                lambda: _solved(engine, progress, kernels_of(phi, phi_val, ntk, progress.hook)),
+            ), ntk
+        theta, theta_val = _local_kernels(pl_module, x.to(device), x_val, ntk, jac_kw)
+        with progress.solving():
+            return engine(theta, theta_val), ntk
+    finally:
+        progress.close()
+
+
+def _solved(
+    engine: Callable[[Tensor, Tensor | None], UniqueInformation],
+    progress: ScoringProgress,
+    kernels: tuple[Tensor, Tensor | None],
+) -> UniqueInformation:
+    """``engine(*kernels)`` shown as the ``solve`` stage.
+
+    Returns:
+        The engine's result.
+    """
+    with progress.solving():
+        return engine(*kernels)
+
+
+def _local_kernels(
+    model: nn.Module, x: Tensor, x_val: Tensor | None, ntk: str, jac_kw: dict[str, Any]
+) -> tuple[Tensor, Tensor | None]:
+    """The training NTK and the held-out/training NTK (None without held-out inputs).
+
+    Returns:
+        ``(theta, theta_val)``.
+    """
+    theta = empirical_ntk(model, x, ntk=ntk, **jac_kw)
+    if x_val is None:
+        return theta, None
+    return theta, empirical_ntk(model, x_val.to(x.device), x, ntk=ntk, **jac_kw)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,14 +27,18 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_info.callbacks._sui_data import ScoringData, label_vector, uses_augmentation
+from lightning_info.callbacks._sui_ddp import collective_stage
 from lightning_info.callbacks._sui_recipe import (
     AUTO,
+    LOO,
+    OPTIMIZER,
     Horizon,
     TrainingRecipe,
     WeightDecay,
     check_horizon,
     check_weight_decay,
     model_notes,
+    training_loss,
 )
 from lightning_info.callbacks._sui_results import SUIScores, parameters_set_to
 from lightning_info.callbacks._sui_solve import SolveOptions, solve
@@ -100,8 +105,11 @@ class SmoothUniqueInformation(Callback):
     0.97). Chosen on digits, confirmed on MNIST (RESULTS section 9). A learning rate beyond the
     linearized stability limit, and singular kernels, are handled by
     :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`.
-    Departures from the closed form's assumptions (non-SGD optimizers, cross-entropy, BatchNorm,
-    augmentation) are warned about once; the scores are still computed, as in the paper.
+    Departures from the closed form's assumptions (non-SGD optimizers, a cross-entropy loss when
+    detected, BatchNorm, augmentation) are warned about once; the scores are still computed, as
+    in the paper. The recipe used (linearization point, converged or replayed and for how many
+    steps, weight decay and its rule, the MSE assumption) is stated in words in the score file's
+    ``# `` preamble and the TensorBoard text ``sui/recipe`` (:meth:`SUIScores.describe`).
 
     **Samples**: the training dataset (or ``dataset=``) through a sequential loader with the
     same ``collate_fn``, a seeded subset of at most ``max_samples``, in dataset order; F-SI
@@ -110,6 +118,10 @@ class SmoothUniqueInformation(Callback):
     else the trace kernel (the kernel the mislabel benchmark measured: 1,000+ samples with 10
     classes; the full kernel costs K^3 more to solve and was only compared for fidelity).
 
+    **Progress**: while scoring, rank 0 shows a ``tqdm`` bar on stderr with the stage
+    (Jacobians, kernel, solve) and an ETA when the trainer's progress bar is enabled
+    (``trainer.progress_bar_callback is not None``), and nothing otherwise.
+
     **Distributed**: each rank computes the Jacobian features of its shard, rank 0 solves, every
     rank ends with the same ``scores_``; only rank 0 writes files and summaries.
 
@@ -117,8 +129,9 @@ class SmoothUniqueInformation(Callback):
     sample, written atomically; a re-run replaces it); TensorBoard histograms, a top-k table and
     image grids under ``sui/`` (:func:`~lightning_info.reporting.write_sui_summaries`). Nothing is
     logged through ``pl_module.log`` (Lightning forbids it in ``on_fit_end``). A failure at fit
-    end is reported as a warning and leaves ``scores_`` None: a finished training run is never
-    turned into an error; call :meth:`score` to retry (it raises).
+    end is reported as a warning: a failure to score leaves ``scores_`` None (call :meth:`score`
+    to retry; it raises), a failure to write the reports (an unwritable folder) keeps the
+    computed ``scores_``; a finished training run is never turned into an error.
 
     Args:
         linearize_at: ``"init"`` (weights at fit start) or ``"final"`` (weights at fit end).
@@ -140,8 +153,10 @@ class SmoothUniqueInformation(Callback):
         params: which parameters to linearize (None = all trainable; a prefix or list of names).
         projection_dim: random-projection dimension of the Jacobians (None = exact kernel).
         chunk_size: samples per Jacobian ``vmap`` call.
-        loss: ``"auto"`` (detect cross-entropy from ``hparams.loss`` or a loss submodule),
-            ``"mse"`` or ``"cross_entropy"``; only used for the assumption warning.
+        loss: the training loss, for the reports and the assumption warning: ``"auto"``
+            (best-effort: read from ``hparams.loss`` or a loss submodule; a loss computed with
+            ``F.cross_entropy`` in ``training_step`` is not detected), ``"mse"`` or
+            ``"cross_entropy"``. The scores always assume MSE, as the reports say.
         input_fn: extracts the inputs from a batch (default: ``batch[0]`` / common dict keys).
         target_fn: extracts the targets from a batch (default: ``batch[1]`` / common dict keys).
         output_fn: maps the model's output to the (B, K) tensor to score (default: the output
@@ -154,7 +169,6 @@ class SmoothUniqueInformation(Callback):
         filename: name of the score file.
         top_k: rows of the TensorBoard text table and images per grid.
         image_shape: shape of one image for flat inputs, e.g. ``(8, 8)``, to log image grids.
-        progress: accepted for compatibility; the scoring pass shows no progress bars.
 
     Raises:
         ValueError: invalid options (at construction), or, at fit start, a scoring dataset or
@@ -206,14 +220,13 @@ class SmoothUniqueInformation(Callback):
         filename: str = "sui_scores.csv",
         top_k: int = 16,
         image_shape: Sequence[int] | None = None,
-        progress: bool = False,
     ) -> None:
         """Validate the options (documented in the class docstring); nothing is read yet."""
         super().__init__()
         self.linearize_at = _check_choice(linearize_at, "linearize_at", ("init", "final"))
         self._set_replay(learning_rate, weight_decay, num_steps, method, replay_max_cost)
         self._set_linearization(ntk, full_ntk_max, params, projection_dim, chunk_size)
-        self._set_reports(dirpath, filename, top_k, image_shape, progress)
+        self._set_reports(dirpath, filename, top_k, image_shape)
         self.noise_scale = _check_positive(noise_scale, "noise_scale")
         self.loss = _check_choice(loss, "loss", ("auto", "mse", "cross_entropy"))
         self.output_fn = output_fn
@@ -271,22 +284,22 @@ class SmoothUniqueInformation(Callback):
         filename: str,
         top_k: int,
         image_shape: Sequence[int] | None,
-        progress: bool,
     ) -> None:
         """Where the score file goes and what the summaries show."""
         self.dirpath = dirpath
         self.filename = _check_filename(filename)
         self.top_k = int(_check_int(top_k, "top_k", minimum=0))
         self.image_shape = _check_image_shape(image_shape)
-        self.progress = bool(progress)
 
     def _init_fit_state(self) -> None:
         """The state filled by the hooks: the snapshot, the recipe, the scores."""
         self.scores_: SUIScores | None = None
         self.csv_path_: Path | None = None
+        self._scored_inputs: Tensor | None = None
         self._init_params: dict[str, Tensor] | None = None
         self._init_step = 0
         self._restored = False
+        self._step_pending = False
         self._recipe = TrainingRecipe()
         self._output_fn = self.output_fn
         self._warned: set[str] = set()
@@ -357,10 +370,13 @@ class SmoothUniqueInformation(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Snapshot the weights, read the training recipe and check the scoring data."""
-        if self.linearize_at == "init" and not self._restored:
+        self._step_pending = self.linearize_at == "init" and not self._restored
+        if self._step_pending:
             self._init_params = {
                 n: p.detach().to("cpu", copy=True) for n, p in pl_module.named_parameters()
             }
+            # a resumed run's loop state (its global step) is restored only after this hook:
+            # the snapshot's step is read again in `on_train_start`, before the first step
             self._init_step = int(trainer.global_step)
         self._restored = False
         self._recipe = TrainingRecipe.from_trainer(trainer)
@@ -372,7 +388,10 @@ class SmoothUniqueInformation(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Check the trainer's training data (known only once the fit loop has set it up)."""
+        """Record the snapshot's step; check the trainer's training data (known only now)."""
+        if self._step_pending:  # resumed: the step of the weights snapshotted at fit start
+            self._init_step = int(trainer.global_step)
+            self._step_pending = False
         if self.data.dataset is not None:
             return
         with preserved_global_rng():
@@ -387,10 +406,17 @@ class SmoothUniqueInformation(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Score the training samples and write the reports (a failure only warns)."""
+        """Score the training samples and write the reports (a failure only warns).
+
+        A failure to score leaves ``scores_`` None; a failure to write the reports (an output
+        folder that is not writable, a full disk) keeps the computed ``scores_``.
+        """
+        if self._step_pending:  # no training started (e.g. resumed at max_steps): no steps taken
+            self._init_step = int(trainer.global_step)
+            self._step_pending = False
         try:
             with preserved_global_rng():  # a later fit/test of the user sees the same stream
-                self.score(pl_module, trainer=trainer)
+                self.score(pl_module, trainer=trainer, write=False)
         except Exception as err:  # the model is trained: report, do not fail the whole run
             rank_zero_warn(
                 f"SmoothUniqueInformation: scoring at fit end failed, `scores_` is None "
@@ -398,6 +424,19 @@ class SmoothUniqueInformation(Callback):
                 category=UserWarning,
             )
             self.scores_ = None
+            return
+        try:
+            self._write(trainer, self._scored_inputs)
+        except Exception as err:  # nothing computed is lost: the scores stay in memory
+            warnings.warn(  # the writing rank's own failure (rank 0 writes)
+                f"SmoothUniqueInformation: writing the reports failed ({type(err).__name__}: "
+                f"{err}); the scores are kept in `scores_` (`scores_.columns()` holds the CSV "
+                "columns). Pass `dirpath=` to write them elsewhere.",
+                UserWarning,
+                stacklevel=2,
+            )
+        finally:
+            self._scored_inputs = None
 
     # ------------------------------------------------------------------------------ scoring
     def score(
@@ -429,21 +468,14 @@ class SmoothUniqueInformation(Callback):
 
         Raises:
             ValueError: no dataset to score, or a training recipe without a learning rate.
-            RuntimeError: under DDP, when scoring failed on rank 0.
-        """  # noqa: DOC502 (the DDP error is raised by solve_on_rank_zero; part of the contract)
-        train_ds, collate = self.data.train_source(trainer, dataset)
-        if train_ds is None:
-            raise ValueError(
-                "no dataset to score: pass `dataset=` (to the callback or to `score`) or call it "
-                "with a trainer that has a training DataLoader."
-            )
-        if self._output_fn is None:  # outside fit: settle the output (and check the data) now
-            self._output_fn = self.data.check(train_ds, collate, pl_module, self.output_fn)
-        positions, x, y = self.data.training_samples(train_ds, collate)
-        x_val = self.data.heldout_inputs(*self.data.val_source(trainer, val_dataset))
-        recipe = recipe if recipe is not None else self._fit_recipe(trainer)
-        init, linearize_at = self._linearization_point(init_state)
-        predicted = self._predictions(pl_module, x)
+            RuntimeError: under DDP, when scoring failed on any rank (a ``RankFailure`` naming
+                the failing rank and its message, raised on every rank).
+        """  # noqa: DOC502 (the DDP errors are raised by the collective stages; the contract)
+        with collective_stage(trainer):  # under DDP a failure here reaches every rank
+            positions, x, y, x_val = self._read_samples(pl_module, trainer, dataset, val_dataset)
+            recipe = recipe if recipe is not None else self._fit_recipe(trainer)
+            init, linearize_at = self._linearization_point(init_state)
+            predicted = self._predictions(pl_module, x)
         with parameters_set_to(pl_module, init):
             info, ntk = solve(
                 pl_module, trainer, (x, y, x_val), recipe, self._options(), self._output_fn,
@@ -460,10 +492,43 @@ class SmoothUniqueInformation(Callback):
             num_heldout=0 if x_val is None else int(x_val.shape[0]),
             projection_dim=self.projection_dim,
             noise_scale=self.noise_scale,
+            snapshot_step=self._snapshot_step(trainer, linearize_at, init_state),
+            weight_decay_rule=self._weight_decay_rule(info),
+            horizon_rule=self._horizon_rule(),
+            training_loss=training_loss(pl_module, self.loss),
         )
+        self._scored_inputs = x
         if write:
             self._write(trainer, x)
         return self.scores_
+
+    def _read_samples(
+        self,
+        pl_module: pl.LightningModule,
+        trainer: pl.Trainer | None,
+        dataset: Dataset | None,
+        val_dataset: Dataset | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(positions, inputs, targets, held-out inputs or None)`` of the samples to score.
+
+        Returns:
+            The dataset positions, inputs and targets of the scored samples, and the held-out
+            inputs.
+
+        Raises:
+            ValueError: when there is no dataset to score.
+        """
+        train_ds, collate = self.data.train_source(trainer, dataset)
+        if train_ds is None:
+            raise ValueError(
+                "no dataset to score: pass `dataset=` (to the callback or to `score`) or call it "
+                "with a trainer that has a training DataLoader."
+            )
+        if self._output_fn is None:  # outside fit: settle the output (and check the data) now
+            self._output_fn = self.data.check(train_ds, collate, pl_module, self.output_fn)
+        positions, x, y = self.data.training_samples(train_ds, collate)
+        x_val = self.data.heldout_inputs(*self.data.val_source(trainer, val_dataset))
+        return positions, x, y, x_val
 
     def _options(self) -> SolveOptions:
         return SolveOptions(
@@ -494,6 +559,24 @@ class SmoothUniqueInformation(Callback):
             )
         return dataclasses.replace(self._recipe, steps_taken=steps)
 
+    def _snapshot_step(
+        self, trainer: pl.Trainer | None, linearize_at: str, init_state: Mapping | None
+    ) -> int | None:
+        if linearize_at == "init":
+            return None if init_state is not None else self._init_step
+        return None if trainer is None else int(trainer.global_step)
+
+    def _weight_decay_rule(self, info: UniqueInformation) -> str:
+        if self.weight_decay not in (AUTO, LOO, OPTIMIZER):
+            return "given"
+        converged = info.plan is not None and info.plan.num_steps is None
+        return "loo" if converged and self.weight_decay in (AUTO, LOO) else "optimizer"
+
+    def _horizon_rule(self) -> str:
+        if self.num_steps == AUTO:
+            return "auto"
+        return "converged" if self.num_steps is None else "given"
+
     def _linearization_point(
         self, init_state: Mapping[str, Tensor] | None
     ) -> tuple[Mapping[str, Tensor] | None, str]:
@@ -522,7 +605,9 @@ class SmoothUniqueInformation(Callback):
         out_dir = self._output_dir(trainer)  # on every rank: `trainer.log_dir` is a collective
         if trainer is not None and not trainer.is_global_zero:
             return
-        self.csv_path_ = write_csv_atomic(out_dir / self.filename, self.scores_.columns())
+        self.csv_path_ = write_csv_atomic(
+            out_dir / self.filename, self.scores_.columns(), preamble=self.scores_.describe()
+        )
         writers = tensorboard_writers(trainer) if trainer is not None else []
         write_sui_summaries(
             writers,

@@ -35,6 +35,10 @@ NTKKind = Literal["full", "trace"]
 ProjectionType = Literal["gaussian", "rademacher"]
 ParamSelection = str | Sequence[str] | None
 OutputFn = Callable[[Any], Tensor]
+#: ``progress(stage, amount)``: ``("jacobians", n)`` after n samples' Jacobians, ``("kernel", 1)``
+#: after a kernel block; passed in by a caller that shows progress (the functional layer never
+#: prints).
+ProgressHook = Callable[[str, int], None]
 
 _DEFAULT_BUDGET = 2**30  # 1 GiB
 _PROJECTION_BLOCK_ROWS = 1024  # rows of the random projection generated per seeded block
@@ -415,12 +419,15 @@ class _Options:
         chunk_size: samples per vmap call, or None for :func:`_auto_chunk`.
         budget: ``memory_budget_bytes``.
         output_fn: maps the model's raw output to the linearized outputs, or None.
+        progress: called as ``progress("jacobians", n)`` after each chunk of n samples, or None
+            (a caller's progress display; nothing here prints).
     """
 
     projector: _Projector | None
     chunk_size: int | None
     budget: int
     output_fn: OutputFn | None
+    progress: ProgressHook | None = None
 
 
 def _dense_gram(a: Tensor, b: Tensor, kernel: str) -> Tensor:
@@ -553,7 +560,10 @@ class _Linearization(ABC):
         step = self.chunk_for()
         with _eval_mode(self.model):
             for start in range(0, inputs.shape[0], step):
-                yield start, fn(inputs[start : start + step])
+                out = fn(inputs[start : start + step])
+                if self.options.progress is not None:
+                    self.options.progress("jacobians", min(step, inputs.shape[0] - start))
+                yield start, out
 
     def features(self, inputs: Tensor) -> Tensor:
         """Return the (N, K, P) Jacobians or (N, K, d) projected features of ``inputs``.

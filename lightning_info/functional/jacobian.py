@@ -50,6 +50,7 @@ from lightning_info.functional._jacobian_common import (
     NTKKind,
     OutputFn,
     ParamSelection,
+    ProgressHook,
     ProjectionType,
     _check_inputs,
     _check_output_fn,
@@ -139,6 +140,7 @@ def _linearize(
     seed: int = 0,
     budget: int = _DEFAULT_BUDGET,
     output_fn: OutputFn | None = None,
+    progress: ProgressHook | None = None,
 ) -> _Linearization:
     """Validate the options and build the implementation of ``form`` (probes the model once).
 
@@ -153,6 +155,7 @@ def _linearize(
         seed: seed of the projection.
         budget: ``memory_budget_bytes``.
         output_fn: maps the model's raw output to the linearized outputs, or None.
+        progress: ``(stage, amount)`` observer of the work done, or None.
 
     Returns:
         A complete linearization.
@@ -166,7 +169,7 @@ def _linearize(
         d = _check_int(projection_dim, "projection_dim", minimum=1)
         kind = _check_choice(projection, "projection", ("gaussian", "rademacher"))
         projector = _Projector(selection.num_params, d, kind, seed, selection.like, budget)
-    options = _Options(projector, chunk_size, budget, output_fn)
+    options = _Options(projector, chunk_size, budget, output_fn, progress)
     return _FORM_TO_LINEARIZATION[form](model, probe, selection, options)
 
 
@@ -284,6 +287,7 @@ def jacobian_features(
     memory_budget_bytes: int = _DEFAULT_BUDGET,
     form: JacobianForm | str = "structured",
     output_fn: OutputFn | None = None,
+    progress: ProgressHook | None = None,
 ) -> Tensor:
     r"""Return (randomly projected) per-sample Jacobian features for the feature-space path.
 
@@ -321,6 +325,9 @@ def jacobian_features(
             Jacobians are returned either way.
         output_fn: maps the model's raw output to the (B,) or (B, K) tensor that is linearized
             (see :func:`per_sample_jacobians`).
+        progress: ``progress(stage, amount)`` observer for a progress display (``("jacobians",
+            n)`` after each chunk of n samples, ``("kernel", 1)`` after each kernel block), or
+            None; nothing here prints.
 
     Returns:
         (N, K, d) features (or (N, K, P) without projection), in the parameters' dtype.
@@ -349,6 +356,7 @@ def jacobian_features(
         seed=seed,
         budget=_check_budget(memory_budget_bytes),
         output_fn=output_fn,
+        progress=progress,
     )
     return lin.features(inputs)
 
@@ -369,7 +377,9 @@ def _mirror_lower(kernel: Tensor) -> Tensor:
     return torch.tril(kernel) + torch.tril(kernel, -1).T
 
 
-def _pair_kernel(ja: _KernelChunk, jb: _KernelChunk, kernel: str) -> Tensor:
+def _pair_kernel(
+    ja: _KernelChunk, jb: _KernelChunk, kernel: str, progress: ProgressHook | None = None
+) -> Tensor:
     """Return the float64 kernel block between two chunks of kernel inputs.
 
     The block of a chunk with itself (``ja is jb``) is exactly symmetric (:func:`_mirror_lower`).
@@ -378,16 +388,23 @@ def _pair_kernel(ja: _KernelChunk, jb: _KernelChunk, kernel: str) -> Tensor:
         ja: kernel inputs of the first argument.
         jb: kernel inputs of the second argument (same type as ``ja``).
         kernel: ``"full"`` or ``"trace"``.
+        progress: called as ``progress("kernel", 1)`` once the block is done, or None.
 
     Returns:
         (na K, nb K) or (na, nb) block.
     """
     out = ja.gram(jb, kernel)
+    if progress is not None:
+        progress("kernel", 1)
     return _mirror_lower(out) if ja is jb else out
 
 
 def kernel_from_features(
-    features: Tensor, other: Tensor | None = None, *, ntk: NTKKind = "full"
+    features: Tensor,
+    other: Tensor | None = None,
+    *,
+    ntk: NTKKind = "full",
+    progress: ProgressHook | None = None,
 ) -> Tensor:
     r"""Compute the NTK block between (projected) Jacobian features, accumulated in float64.
 
@@ -402,6 +419,8 @@ def kernel_from_features(
         features: (N, K, d) features, e.g. from :func:`jacobian_features`.
         other: (M, K, d) features of the second argument, or None for ``features``.
         ntk: which NTK, ``"full"`` (N K x M K, sample-major) or ``"trace"`` (N x M).
+        progress: called as ``progress("kernel", 1)`` when done (a caller's progress display),
+            or None.
 
     Returns:
         The float64 kernel.
@@ -416,7 +435,7 @@ def kernel_from_features(
     """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     ntk = _check_choice(ntk, "ntk", ("full", "trace"))
     first = _DenseChunk(features)
-    return _pair_kernel(first, first if other is None else _DenseChunk(other), ntk)
+    return _pair_kernel(first, first if other is None else _DenseChunk(other), ntk, progress)
 
 
 def _streamed_kernel(
@@ -448,7 +467,8 @@ def _streamed_kernel(
         limit = a1 if symmetric else n2
         for b0, jb in lin.map_chunks(x2[:limit], lin.kernel_input):
             b1 = b0 + len(jb)
-            out[a0 * scale : a1 * scale, b0 * scale : b1 * scale] = _pair_kernel(ja, jb, kernel)
+            block = _pair_kernel(ja, jb, kernel, lin.options.progress)
+            out[a0 * scale : a1 * scale, b0 * scale : b1 * scale] = block
     if symmetric:  # every entry on and below the diagonal was filled: mirror it
         out = _mirror_lower(out)
     return out
@@ -468,6 +488,7 @@ def empirical_ntk(
     memory_budget_bytes: int = _DEFAULT_BUDGET,
     form: JacobianForm | str = "structured",
     output_fn: OutputFn | None = None,
+    progress: ProgressHook | None = None,
 ) -> Tensor:
     r"""Compute the empirical NTK :math:`\Theta(X_1, X_2) = J_1 J_2^\top` at the current weights.
 
@@ -516,6 +537,9 @@ def empirical_ntk(
             normalization, embeddings, Linear on sequences) falls back to explicit Jacobians.
         output_fn: maps the model's raw output to the (B,) or (B, K) tensor that is linearized
             (see :func:`per_sample_jacobians`).
+        progress: ``progress(stage, amount)`` observer for a progress display (``("jacobians",
+            n)`` after each chunk of n samples, ``("kernel", 1)`` after each kernel block), or
+            None; nothing here prints.
 
     Returns:
         float64 kernel of shape (N1*K, N2*K) (``"full"``) or (N1, N2) (``"trace"``).
@@ -548,10 +572,11 @@ def empirical_ntk(
         seed=seed,
         budget=budget,
         output_fn=output_fn,
+        progress=progress,
     )
     needed = lin.per_sample_bytes() * (x1.shape[0] if symmetric else x1.shape[0] + x2.shape[0])
     if needed > budget:
         return _streamed_kernel(lin, x1, x2, ntk, symmetric)
     j1 = lin.kernel_inputs(x1)
     j2 = j1 if symmetric else lin.kernel_inputs(x2)
-    return _pair_kernel(j1, j2, ntk)
+    return _pair_kernel(j1, j2, ntk, progress)

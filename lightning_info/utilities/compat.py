@@ -22,6 +22,10 @@ This module builds the bases of ``lightning_info``'s callbacks from **both** pac
 * :func:`callback_state_key`: the key under which a callback's state is saved in a checkpoint,
   the one access to a protected Lightning method (``Callback._generate_state_key``), with the
   format it produces as the fallback.
+* :func:`fit_val_dataloaders`: the validation loaders of the current ``fit``, also before the
+  validation loop has first run (Lightning sets ``trainer.val_dataloaders`` lazily); the only
+  place that reads a private Lightning attribute, as a documented fallback (tested in
+  ``tests/utilities/test_compat.py`` with both packages).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping as _PLEarlyStopping
 from pytorch_lightning.loggers import TensorBoardLogger as _PLTensorBoardLogger
+from pytorch_lightning.utilities.model_helpers import is_overridden
 
 try:  # the unified package is optional
     import lightning.pytorch as _lightning
@@ -45,6 +50,7 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "callback_state_key",
+    "fit_val_dataloaders",
 ]
 
 #: Whether the unified ``lightning`` package is installed (then both packages are supported).
@@ -100,3 +106,56 @@ def callback_state_key(callback: Any, **kwargs: Any) -> str:
     if callable(generate):
         return str(generate(**kwargs))
     return f"{type(callback).__qualname__}{kwargs!r}"
+
+
+def _defined_val_dataloader(owner: Any) -> Any:
+    """``owner.val_dataloader()`` when ``owner`` (a module or datamodule) overrides it, else None.
+
+    Returns:
+        The loader(s), or None.
+    """
+    if owner is None or not callable(getattr(owner, "val_dataloader", None)):
+        return None
+    base = pl.LightningDataModule if isinstance(owner, pl.LightningDataModule) else None
+    if base is None and isinstance(owner, pl.LightningModule):
+        base = pl.LightningModule
+    if base is None:  # the other package's classes: compare with its own base
+        if _lightning is None:
+            return None
+        base = (
+            _lightning.LightningDataModule
+            if isinstance(owner, _lightning.LightningDataModule)
+            else _lightning.LightningModule
+        )
+    return owner.val_dataloader() if is_overridden("val_dataloader", owner, base) else None
+
+
+def fit_val_dataloaders(trainer: Any) -> Any:
+    """The validation loader(s) of the trainer's current ``fit``, or None without validation.
+
+    In order: the public ``trainer.val_dataloaders`` (set once the validation loop has run);
+    else the ``val_dataloader()`` of ``trainer.datamodule``, then of ``trainer.lightning_module``
+    (public hooks, called anew); else, for loaders passed to ``fit(..., val_dataloaders=)``
+    directly (which Lightning exposes through no public API before validation runs), the fit
+    loop's private ``val_loop._data_source`` (Lightning 2.x, both packages). Any other
+    Lightning version without that attribute gets None (then SUI's functional SI needs
+    ``val_dataset=``).
+
+    Args:
+        trainer: a ``Trainer`` of either package, during or after ``fit``.
+
+    Returns:
+        What the validation loop iterates: a loader, a sequence or mapping of loaders, or None.
+    """
+    loaders = getattr(trainer, "val_dataloaders", None)
+    if loaders is not None:
+        return loaders
+    for owner in (getattr(trainer, "datamodule", None), getattr(trainer, "lightning_module", None)):
+        loaders = _defined_val_dataloader(owner)
+        if loaders is not None:
+            return loaders
+    try:  # documented fallback: loaders given to fit() directly, before validation has run
+        source = trainer.fit_loop.epoch_loop.val_loop._data_source
+        return source.dataloader() if source.is_defined() else None
+    except AttributeError:
+        return None

@@ -1,8 +1,13 @@
 """2-process CPU (gloo) DDP run of SmoothUniqueInformation; used by test_sui_ddp.py.
 
-Usage: ``python tests/callbacks/_ddp_sui_script.py OUT_DIR``. Each rank saves its ``scores_`` to
-``OUT_DIR/rank{r}.pt``; rank 0 also saves the initial weights for the reference computation.
-The training set has 101 samples (odd), so DistributedSampler pads one duplicate during training.
+Usage: ``python tests/callbacks/_ddp_sui_script.py OUT_DIR [FAILURE]``. Each rank saves its
+``scores_`` to ``OUT_DIR/rank{r}.pt``; rank 0 also saves the initial weights for the reference
+computation. The training set has 101 samples (odd), so DistributedSampler pads one duplicate
+during training.
+
+With ``FAILURE`` (``samples``, ``features`` or ``solve``), scoring fails on one rank only (rank 1
+reading its samples or computing its shard's Jacobians; rank 0 solving); each rank then saves the
+warnings it got and runs ``trainer.validate``, to ``OUT_DIR/failure{r}.pt``.
 """
 
 from __future__ import annotations
@@ -21,8 +26,38 @@ from lightning_info.utilities.data import load_dataset
 N_TRAIN, N_VAL = 101, 31
 
 
-def main(out_dir: str) -> None:
+class PlantedError(RuntimeError):
+    pass
+
+
+def plant_failure(kind: str) -> None:
+    """Make scoring fail on one rank only (rank 1, or rank 0 for the solve)."""
+    import lightning_info.callbacks._sui_data as sui_data
+    import lightning_info.callbacks._sui_ddp as sui_ddp
+    import lightning_info.callbacks._sui_solve as sui_solve
+
+    def failing(module, name, rank):
+        original = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            if torch.distributed.get_rank() == rank:
+                raise PlantedError(f"planted {kind} failure on rank {rank}")
+            return original(*args, **kwargs)
+
+        setattr(module, name, wrapped)
+
+    if kind == "samples":
+        failing(sui_data.ScoringData, "training_samples", 1)
+    elif kind == "features":
+        failing(sui_ddp, "jacobian_features", 1)
+    else:
+        failing(sui_solve, "unique_information_with_plan", 0)
+
+
+def main(out_dir: str, failure: str | None = None) -> None:
     warnings.filterwarnings("ignore")
+    if failure:
+        plant_failure(failure)
     torch.set_num_threads(1)
     ds = load_dataset("digits")
     x, y = ds.inputs[:N_TRAIN], ds.targets[:N_TRAIN]
@@ -30,7 +65,7 @@ def main(out_dir: str) -> None:
     torch.manual_seed(0)
     model = MLPClassifier(64, 10, hidden=(8,), loss="mse", optimizer="sgd", lr=0.05)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sui = SmoothUniqueInformation(max_samples=None, ntk="full", progress=False)
+    sui = SmoothUniqueInformation(max_samples=None, ntk="full")
     trainer = pl.Trainer(
         callbacks=[sui],
         strategy="ddp",
@@ -47,7 +82,19 @@ def main(out_dir: str) -> None:
     train = DataLoader(
         TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
-    trainer.fit(model, train, DataLoader(TensorDataset(xv, yv), batch_size=16))
+    val = DataLoader(TensorDataset(xv, yv), batch_size=16)
+    if failure:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, train, val)
+        messages = [str(w.message) for w in caught if "SmoothUniqueInformation" in str(w.message)]
+        metrics = trainer.validate(model, val, verbose=False)  # must not deadlock
+        torch.save(
+            {"messages": messages, "scores_is_none": sui.scores_ is None, "validate": metrics},
+            f"{out_dir}/failure{trainer.global_rank}.pt",
+        )
+        return
+    trainer.fit(model, train, val)
     s = sui.scores_
     torch.save(
         {
@@ -64,4 +111,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

@@ -81,7 +81,7 @@ def _callbacks():
     return [
         lightning_info.DiffusionSpectralEntropyMonitor(quantities=("dse", "dsmi_y")),
         lightning_info.OverfittingEarlyStopping(),
-        lightning_info.SmoothUniqueInformation(max_samples=40, max_heldout=20, progress=False),
+        lightning_info.SmoothUniqueInformation(max_samples=40, max_heldout=20),
     ]
 
 
@@ -186,7 +186,7 @@ def test_lightning_cli_command_line(tmp_path, name):
             "--trainer.callbacks+=lightning_info.OverfittingEarlyStopping",
             "--trainer.callbacks+=lightning_info.SmoothUniqueInformation",
             "--trainer.callbacks.max_samples=30",
-            "--trainer.callbacks.progress=false",
+            "--trainer.callbacks.max_heldout=20",
         ],
     )
     _check_cli_run(cli)
@@ -205,7 +205,7 @@ def test_lightning_cli_yaml_config(tmp_path, name):
         "    - class_path: lightning_info.SmoothUniqueInformation\n"
         "      init_args:\n"
         "        max_samples: 30\n"
-        "        progress: false\n"
+        "        max_heldout: 20\n"
     )
     cli = _run_cli(name, tmp_path, [f"--config={config}"])
     _check_cli_run(cli)

@@ -111,7 +111,7 @@ CALLBACKS = {
         DiffusionSpectralEntropyMonitor(),
         OverfittingEarlyStopping(),
     ],
-    "sui": lambda: [SmoothUniqueInformation(max_samples=60, max_heldout=30, progress=False)],
+    "sui": lambda: [SmoothUniqueInformation(max_samples=60, max_heldout=30)],
 }
 
 

@@ -11,6 +11,7 @@ import copy
 import csv
 import math
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -69,8 +70,8 @@ def _loaders(digits, batch_size: int = 16):
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    with open(path, newline="") as handle:  # the recipe preamble is `# ` comment lines
+        return list(csv.DictReader(line for line in handle if not line.startswith("#")))
 
 
 def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
@@ -78,7 +79,7 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
     (x, y), (xv, _) = digits
     model = _model()
     init_copy = copy.deepcopy(model)  # independent snapshot of the initial weights
-    sui = SmoothUniqueInformation(max_samples=60, ntk="full", progress=False)
+    sui = SmoothUniqueInformation(max_samples=60, ntk="full")
     trainer = _trainer(tmp_path, [sui])
     trainer.fit(model, *_loaders(digits))
     scores = sui.scores_
@@ -132,7 +133,6 @@ def test_linearize_at_final_matches_engine_on_trained_weights_with_momentum(digi
         ntk="trace",
         method="ridge",
         num_steps=steps,
-        progress=False,
     )
     trainer = _trainer(tmp_path, [sui], max_epochs=1)
     with pytest.warns(UserWarning, match="momentum=0.9"):
@@ -159,7 +159,7 @@ def test_resume_keeps_initial_weights_and_rerun_does_not_duplicate_rows(digits, 
     model = _model()
     init_copy = copy.deepcopy(model)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    sui = SmoothUniqueInformation(max_samples=40, progress=False)
+    sui = SmoothUniqueInformation(max_samples=40)
     _trainer(tmp_path, [sui, ckpt], max_epochs=1, enable_checkpointing=True).fit(
         model, *_loaders(digits)
     )
@@ -175,7 +175,7 @@ def test_resume_keeps_initial_weights_and_rerun_does_not_duplicate_rows(digits, 
     assert len(_read_csv(tmp_path / "sui_scores.csv")) == 40
 
     # resume in a fresh process-like setting: new module (different init), new callback
-    resumed_sui = SmoothUniqueInformation(max_samples=40, progress=False)
+    resumed_sui = SmoothUniqueInformation(max_samples=40)
     trainer = _trainer(
         tmp_path,
         [resumed_sui, ModelCheckpoint(dirpath=tmp_path / "ckpt")],
@@ -212,21 +212,19 @@ def test_bad_configuration_fails_at_fit_start(digits, tmp_path):
         def on_train_batch_start(self, *args):
             raise AssertionError("training started despite a bad configuration")
 
-    sui = SmoothUniqueInformation(progress=False)
+    sui = SmoothUniqueInformation()
     loader = DataLoader(_BadLabels(), batch_size=5)
     with pytest.raises(ValueError, match="integer labels must be < the number of model outputs"):
         _trainer(tmp_path, [sui, _Stop()]).fit(_model(), loader)
 
     dict_loader = DataLoader([{"pixels": torch.zeros(64), "cls": 1}] * 8, batch_size=4)
     with pytest.raises(TypeError, match="Cannot find the inputs"):
-        _trainer(tmp_path, [SmoothUniqueInformation(progress=False), _Stop()]).fit(
-            _model(), dict_loader
-        )
+        _trainer(tmp_path, [SmoothUniqueInformation(), _Stop()]).fit(_model(), dict_loader)
 
 
 @pytest.mark.parametrize("logger_cls", [TensorBoardLogger, CSVLogger], ids=["tensorboard", "csv"])
 def test_loggers(digits, tmp_path, logger_cls):
-    sui = SmoothUniqueInformation(max_samples=30, image_shape=(8, 8), top_k=5, progress=False)
+    sui = SmoothUniqueInformation(max_samples=30, image_shape=(8, 8), top_k=5)
     logger = logger_cls(save_dir=str(tmp_path), name="run")
     trainer = _trainer(tmp_path, [sui], logger=logger, max_epochs=1)
     trainer.fit(_model(), *_loaders(digits))
@@ -243,6 +241,7 @@ def test_loggers(digits, tmp_path, logger_cls):
         assert {"sui/weight_si", "sui/functional_si"} <= set(tags["histograms"])
         assert {"sui/most_informative", "sui/least_informative"} <= set(tags["images"])
         assert any("sui/top_k" in t for t in tags["tensors"])
+        assert any("sui/recipe" in t for t in tags["tensors"])
 
 
 def test_killed_write_leaves_previous_file_or_none(digits, tmp_path, monkeypatch):
@@ -253,7 +252,6 @@ def test_killed_write_leaves_previous_file_or_none(digits, tmp_path, monkeypatch
         learning_rate=LR,
         num_steps=5,
         max_samples=20,
-        progress=False,
         dirpath=tmp_path,
     )
     train, val = TensorDataset(x, y), TensorDataset(xv, yv)
@@ -310,7 +308,7 @@ def test_default_construction_on_classification_module(digits, tmp_path):
 
 def test_score_outside_fit_needs_settings_and_state_key_pickle(digits):
     (x, y), _ = digits
-    sui = SmoothUniqueInformation(progress=False)
+    sui = SmoothUniqueInformation()
     with pytest.raises(ValueError, match="learning_rate"):
         sui.score(_model(), TensorDataset(x, y), write=False)
     assert (
@@ -328,7 +326,7 @@ def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, m
         raise ValueError("engine exploded")
 
     monkeypatch.setattr(solve_module, "unique_information_with_plan", boom)
-    sui = SmoothUniqueInformation(max_samples=20, progress=False)
+    sui = SmoothUniqueInformation(max_samples=20)
     trainer = _trainer(tmp_path, [sui], max_epochs=1, limit_train_batches=1)
     with pytest.warns(UserWarning, match="scoring at fit end failed.*engine exploded"):
         trainer.fit(_model(), *_loaders(digits))
@@ -338,3 +336,176 @@ def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, m
     (x, y), _ = digits
     with pytest.raises(ValueError, match="engine exploded"):  # an explicit call raises
         sui.score(_model(), TensorDataset(x, y), trainer=trainer, write=False)
+
+
+@pytest.mark.parametrize("case", ["attached_at_resume", "filename_changed"])
+def test_resume_without_restored_snapshot_replays_only_the_steps_since_it(digits, tmp_path, case):
+    """SUI whose state is not in the checkpoint linearizes at the resumed weights and replays
+    only the optimizer steps taken after them (issue 20), not every step since step 0."""
+    (x, y), (xv, _) = digits
+    first = [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)]
+    if case == "filename_changed":
+        first.append(SmoothUniqueInformation(max_samples=None, filename="a.csv"))
+    _trainer(tmp_path, first, max_epochs=1, enable_checkpointing=True).fit(
+        _model(), *_loaders(digits)
+    )
+    ckpt_path = tmp_path / "ckpt" / "last.ckpt"
+    resumed_weights = _model()  # independent copy of the checkpoint's weights
+    resumed_weights.load_state_dict(torch.load(ckpt_path, weights_only=False)["state_dict"])
+
+    sui = SmoothUniqueInformation(max_samples=None, ntk="full", filename="b.csv")
+    trainer = _trainer(tmp_path, [sui], max_epochs=3)
+    trainer.fit(_model(), *_loaders(digits), ckpt_path=str(ckpt_path))
+    steps_per_epoch = math.ceil(N_TRAIN / 16)
+    assert trainer.global_step == 3 * steps_per_epoch
+    st = sui.scores_.settings
+    assert st["num_steps"] == 2 * steps_per_epoch  # the two resumed epochs, not all three
+    ref = smooth_unique_information(
+        resumed_weights,
+        x,
+        y,
+        xv,
+        learning_rate=LR,
+        num_steps=2 * steps_per_epoch,
+        method=st["method"],
+        ntk="full",
+    )
+    torch.testing.assert_close(sui.scores_.weight_si, ref.weight_si, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(sui.scores_.functional_si, ref.functional_si, rtol=1e-6, atol=1e-12)
+
+
+def test_unwritable_output_folder_warns_and_keeps_the_scores(digits, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the output folder should be")  # not writable as a folder
+    sui = SmoothUniqueInformation(max_samples=20, dirpath=blocker / "out")
+    trainer = _trainer(tmp_path, [sui], max_epochs=1)
+    with pytest.warns(UserWarning, match="writing the reports failed.*kept in `scores_`"):
+        trainer.fit(_model(), *_loaders(digits))
+    assert sui.scores_ is not None
+    assert len(sui.scores_) == 20
+    assert bool(torch.isfinite(sui.scores_.weight_si).all())
+    assert sui.csv_path_ is None
+    # the same scores as a run that could write them (same seeds, same data order)
+    rows_ok = SmoothUniqueInformation(max_samples=20, dirpath=tmp_path / "ok")
+    _trainer(tmp_path, [rows_ok], max_epochs=1).fit(_model(), *_loaders(digits))
+    torch.testing.assert_close(sui.scores_.weight_si, rows_ok.scores_.weight_si)
+    assert len(_read_csv(tmp_path / "ok" / "sui_scores.csv")) == 20
+
+
+def _preamble(path: Path) -> str:
+    lines = Path(path).read_text().splitlines()
+    comments = [line[2:] for line in lines if line.startswith("# ")]
+    assert lines[len(comments)].startswith("index,")  # the comments come before the header
+    return " ".join(comments)
+
+
+def test_csv_preamble_states_the_replayed_sgd_run(digits, tmp_path):
+    sui = SmoothUniqueInformation(max_samples=30)
+    trainer = _trainer(tmp_path, [sui])
+    trainer.fit(_model(), *_loaders(digits))
+    text = _preamble(tmp_path / "sui_scores.csv")
+    steps = 2 * math.ceil(N_TRAIN / 16)
+    assert f"Replayed: {steps} steps of full-batch gradient descent" in text
+    assert "since the linearization point" in text
+    assert "global step 0" in text
+    assert f"learning rate {LR:g}" in text
+    assert (
+        "Weight decay (L2 pull toward the linearization point): 0, the training optimizer's" in text
+    )
+    assert "mean squared error" in text
+    assert "the training loss is MSE" in text
+    assert "does not depend on how long" not in text  # the replayed horizon follows the run
+
+
+class _FunctionalCrossEntropy(pl.LightningModule):
+    """Adam + `F.cross_entropy` in `training_step`: no `hparams.loss`, no loss submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(64, 8), torch.nn.Tanh(), torch.nn.Linear(8, 10)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_adam_scores_say_they_do_not_follow_the_run_and_state_the_mse_assumption(digits, tmp_path):
+    """Issue 22 items 4 and 8: the converged solution at the initial weights is explained, and
+    a loss computed with F.cross_entropy (not detectable) still gets the MSE assumption."""
+    texts = {}
+    for epochs in (1, 3):  # two run lengths from the same initialization
+        sui = SmoothUniqueInformation(max_samples=30, dirpath=tmp_path / str(epochs))
+        logger = TensorBoardLogger(save_dir=str(tmp_path / str(epochs)), name="tb")
+        trainer = _trainer(tmp_path, [sui], max_epochs=epochs, logger=logger)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(_FunctionalCrossEntropy(), *_loaders(digits))
+        texts[epochs] = _preamble(tmp_path / str(epochs) / "sui_scores.csv")
+        scores = sui.scores_
+    # the claim in the text is true: the scores did not change with the run length
+    rows = [_read_csv(tmp_path / str(e) / "sui_scores.csv") for e in (1, 3)]
+    assert [r["weight_si"] for r in rows[0]] == [r["weight_si"] for r in rows[1]]
+    text = texts[3]
+    assert "the converged solution (t = infinity)" in text
+    assert "Adam steps are not plain gradient-descent steps" in text
+    assert "does not depend on how long the network trained" in text
+    assert "linearize_at='final'" in text
+    assert "plain SGD without momentum" in text
+    assert "leave-one-out" in text
+    assert f"{scores.plan.weight_decay:g}, chosen by" in text
+    assert "mean squared error" in text
+    assert "was not identified" in text
+    assert "cross-entropy" not in text  # not promised: the loss was computed functionally
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger.experiment.flush()
+    acc = EventAccumulator(str(trainer.log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    recipe = acc.Tensors("sui/recipe/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "does not depend on how long the network trained" in recipe
+
+
+@pytest.mark.parametrize("bar", [True, False], ids=["bar_enabled", "bar_disabled"])
+def test_scoring_progress_follows_the_trainers_progress_bar(digits, tmp_path, capfd, bar):
+    """Issue 22 item 3: stage names and an ETA on stderr with the progress bar on, else nothing."""
+    sui = SmoothUniqueInformation(max_samples=40)
+    trainer = _trainer(tmp_path, [sui], max_epochs=1, enable_progress_bar=bar)
+    assert (trainer.progress_bar_callback is not None) is bar
+    capfd.readouterr()  # nothing of the construction
+    trainer.fit(_model(), *_loaders(digits))
+    out, err = capfd.readouterr()
+    assert sui.scores_ is not None
+    if bar:
+        for stage in ("SUI scoring: Jacobians", "SUI scoring: kernel", "SUI scoring: solve"):
+            assert stage in err
+        # tqdm's [elapsed<remaining] field and the sample count: N + (N_val + N) Jacobians
+        assert re.search(r"\d\d:\d\d<\d\d:\d\d", err)
+        assert f"{40 + N_VAL + 40}/{40 + N_VAL + 40}" in err
+    else:
+        assert "SUI scoring" not in err + out
+    # scoring outside fit, without a trainer: silent
+    capfd.readouterr()
+    (x, y), (xv, yv) = digits
+    SmoothUniqueInformation(
+        linearize_at="final", learning_rate=LR, num_steps=3, max_samples=20
+    ).score(_model(), TensorDataset(x, y), TensorDataset(xv, yv), write=False)
+    out, err = capfd.readouterr()
+    assert "SUI scoring" not in err + out
+
+
+def test_progress_argument_is_gone():
+    with pytest.raises(TypeError, match="progress"):
+        SmoothUniqueInformation(progress=False)

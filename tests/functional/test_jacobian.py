@@ -15,6 +15,7 @@ from lightning_info.functional.jacobian import (
     _StructuredLinearization,
     empirical_ntk,
     jacobian_features,
+    kernel_from_features,
     model_outputs,
     per_sample_jacobians,
 )
@@ -494,3 +495,34 @@ def test_non_tensor_output_without_output_fn_says_pass_output_fn(wrapper):
         empirical_ntk(wrapped, x, output_fn=lambda out: out)
     with pytest.raises(TypeError, match="output_fn"):
         empirical_ntk(wrapped, x, output_fn="logits")
+
+
+def test_progress_observer_counts_the_work_and_changes_nothing():
+    """The `progress=` observer sees every sample's Jacobians and every kernel block; the
+    values are those computed without it (the functional layer itself never prints)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    x1, x2 = torch.randn(10, 4), torch.randn(7, 4)
+    seen: list[tuple[str, int]] = []
+
+    def hook(stage, amount):
+        seen.append((stage, amount))
+
+    def count(stage):
+        return sum(a for s, a in seen if s == stage)
+
+    plain = empirical_ntk(model, x1, x2, chunk_size=3)
+    observed = empirical_ntk(model, x1, x2, chunk_size=3, progress=hook)
+    assert torch.equal(plain, observed)
+    assert count("jacobians") == 10 + 7
+    assert count("kernel") == 1
+    seen.clear()  # streamed (tiny budget): the chunks are recomputed, and every block is seen
+    streamed = empirical_ntk(model, x1, chunk_size=2, memory_budget_bytes=600, progress=hook)
+    torch.testing.assert_close(streamed, empirical_ntk(model, x1), rtol=1e-5, atol=1e-6)
+    assert count("jacobians") > 10
+    assert count("kernel") > 1
+    seen.clear()
+    feats = jacobian_features(model, x1, projection_dim=5, chunk_size=4, progress=hook)
+    assert count("jacobians") == 10
+    kernel_from_features(feats, progress=hook)
+    assert count("kernel") == 1
