@@ -86,7 +86,8 @@ def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 @dataclass
 class Fault:
-    """An injected failure: where (``module-train``, ``callback-train``, ``module-val``), when."""
+    """An injected failure: where (``module-train``, ``module-val``, ``callback-train``,
+    ``callback-setup``) and at which epoch and batch."""
 
     where: str
     epoch: int
@@ -105,7 +106,7 @@ class Fault:
             raise self.error(f"injected at {where}, epoch {epoch}, batch {batch}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def module_class(package: str) -> type:
     """A small MSE + plain-SGD digits classifier subclassing ``package``'s LightningModule.
 
@@ -149,10 +150,16 @@ def module_class(package: str) -> type:
 
 
 class FaultCallback(Callback):
-    """Fires a ``callback-train`` fault in ``on_train_batch_end`` (after that batch's step)."""
+    """Fires a ``callback-setup`` fault in ``setup`` (listed before the stop, so it comes
+    before the stop's own ``setup``) or a ``callback-train`` fault in ``on_train_batch_end``
+    (after that batch's step)."""
 
     def __init__(self, fault: Fault | None) -> None:
         self.fault = fault
+
+    def setup(self, trainer, pl_module, stage):
+        if self.fault is not None and stage == "fit":
+            self.fault.maybe_fire("callback-setup", self.fault.epoch, self.fault.batch, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.fault is not None:

@@ -29,6 +29,7 @@ per-epoch weights equal those of the same seeded fit without any callback (obser
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import random
@@ -48,7 +49,7 @@ from lightning_info import (
 from lightning_info.reporting import read_csv_rows
 
 #: Sequences run by the test (one per seed); ``LIFECYCLE_FUZZ_SEEDS`` overrides it.
-SEEDS = int(os.environ.get("LIFECYCLE_FUZZ_SEEDS", "12"))
+SEEDS = int(os.environ.get("LIFECYCLE_FUZZ_SEEDS", "20"))
 #: Seconds one operation may take before the watchdog fails it as a hang.
 OP_TIMEOUT_S = 120
 OPERATIONS = ("fit", "validate", "resume", "reuse", "exception")
@@ -75,11 +76,12 @@ class _Sequence:
         self.callbacks = self._new_callbacks("sui_scores.csv")
         self.fold = 0
         self.model = None  # the current model and its package
-        self.package = lc.PACKAGES[seed % 2]
+        self.package = self.next_package = lc.PACKAGES[seed % 2]
         self.models: dict[int, tuple] = {}  # id -> every model and its weights after its last op
         self.ckpt: dict | None = None  # what last.ckpt holds (epoch, step, records, SUI snapshots)
         self.log: list[str] = []
         self.counts: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
+        self.events: collections.Counter[str] = collections.Counter()  # what was exercised
         self.op_index = 0
 
     # ------------------------------------------------------------------ set-up helpers
@@ -108,14 +110,17 @@ class _Sequence:
         )
         recorder = lc.Recorder(records)
         cbs = self.callbacks
-        callbacks = [recorder, cbs["monitor"], cbs["stop"], cbs["sui"], lc.FaultCallback(fault)]
+        callbacks = [recorder, lc.FaultCallback(fault), cbs["monitor"], cbs["stop"], cbs["sui"]]
         return callbacks, recorder, checkpoint
 
     # ------------------------------------------------------------------ the operations
     def run(self, num_ops: int) -> None:
         for self.op_index in range(num_ops):
             op = self.rng.choices(OPERATIONS, WEIGHTS)[0]
-            if op in ("resume", "validate") and (self.ckpt if op == "resume" else self.model) is None:
+            if (
+                op in ("resume", "validate")
+                and (self.ckpt if op == "resume" else self.model) is None
+            ):
                 op = "fit"
             self.counts[op] += 1
             previous = signal.signal(signal.SIGALRM, _on_alarm)
@@ -136,14 +141,14 @@ class _Sequence:
 
     def _op_fit(self) -> None:
         new = self.model is None or self.rng.random() < 0.6
-        package = self.rng.choice(lc.PACKAGES) if new else self.package
+        package = self._alternate() if new else self.package
         model = self._new_model(package) if new else self.model
         self._fit(model, package, resume=False, fault=None, what="fit new" if new else "fit same")
 
     def _op_reuse(self) -> None:
         self.fold = (self.fold + 1) % lc.NUM_FOLDS
         new = self.model is None or self.rng.random() < 0.5
-        package = self.rng.choice(lc.PACKAGES) if new else self.package
+        package = self._alternate() if new else self.package
         model = self._new_model(package) if new else self.model
         what = f"reuse fold {self.fold} {'new' if new else 'same'}"
         self._fit(model, package, resume=False, fault=None, what=what)
@@ -155,26 +160,40 @@ class _Sequence:
             what = f"resume new-callbacks{' other-sui-file' if other else ''}"
         else:
             what = "resume same-callbacks"
-        package = self.rng.choice(lc.PACKAGES)
+        if self.rng.random() < 0.3:  # the checkpoint resumed on another fold of the same size
+            self.fold = (self.fold + 1) % lc.NUM_FOLDS
+            what += f" fold {self.fold}"
+        package = self._alternate()
         self._fit(self._new_model(package), package, resume=True, fault=None, what=what)
 
     def _op_exception(self) -> None:
         resume = self.ckpt is not None and self.rng.random() < 0.4
-        package = self.rng.choice(lc.PACKAGES)
-        start = self.ckpt["epoch"] + 1 if resume else 0
-        where = self.rng.choice(["module-train", "callback-train", "module-val"])
+        package = self._alternate()
+        plan = self._plan(resume)
+        where = self.rng.choice(["module-train", "module-val", "callback-train", "callback-setup"])
         error = self.rng.choice([RuntimeError, KeyboardInterrupt])
-        batch = self.rng.randrange(2)
-        fault = lc.Fault(where, start + self.rng.randrange(3), batch, error)
-        what = f"exception {error.__name__} {where} epoch {fault.epoch} batch {batch}"
-        model = self._new_model(package)
-        self._fit(model, package, resume=resume, fault=fault, what=what + (" resumed" if resume else ""))
+        epoch = self.rng.randrange(plan["start"], max(plan["max_epochs"], plan["start"] + 1))
+        fault = lc.Fault(where, epoch, self.rng.randrange(2), error)
+        what = f"exception {error.__name__} {where} epoch {epoch} batch {fault.batch}"
+        what += " resumed" if resume else ""
+        self._fit(
+            self._new_model(package), package, resume=resume, fault=fault, what=what, plan=plan
+        )
+
+    def _alternate(self) -> str:
+        """The package of the next new model: the two alternate."""
+        self.next_package = lc.PACKAGES[1 - lc.PACKAGES.index(self.next_package)]
+        return self.next_package
 
     def _op_validate(self) -> None:
         model, package = self.model, self.package
         self.log.append(f"validate {package}")
         before = lc.state_of(model)
-        stop, sui, monitor = self.callbacks["stop"], self.callbacks["sui"], self.callbacks["monitor"]
+        stop, sui, monitor = (
+            self.callbacks["stop"],
+            self.callbacks["sui"],
+            self.callbacks["monitor"],
+        )
         kept, scores = (list(stop.rule.history), stop.best_epoch), sui.scores_
         probe = monitor.state_dict()["probe_indices"]
         cbs = [*self.callbacks.values()]
@@ -202,10 +221,13 @@ class _Sequence:
         plan["start"] = start
         return plan
 
-    def _fit(self, model, package, *, resume, fault, what) -> None:
-        plan = self._plan(resume)
+    def _fit(self, model, package, *, resume, fault, what, plan=None) -> None:
+        plan = plan or self._plan(resume)
         self.package = package
         self.log.append(f"{what} {package} epochs {plan['start']}..{plan['max_epochs'] - 1}")
+        self.events[f"fit under {package}"] += 1
+        if resume:
+            self._note_resume(package, plan)
         records = dict(self.ckpt["records"]) if resume else {}
         model.fault = fault
         callbacks, recorder, checkpoint = self._callbacks_list(records, fault)
@@ -215,9 +237,7 @@ class _Sequence:
         trainer = lc.trainer(package, self._op_dir(), [*callbacks, checkpoint], **kwargs)
         start_state = lc.state_of(model)
         sui = self.callbacks["sui"]
-        snapshot = (
-            self.ckpt["sui"].get(sui.state_key, self.ckpt["global_step"]) if resume else 0
-        )
+        snapshot = self.ckpt["sui"].get(sui.state_key, self.ckpt["global_step"]) if resume else 0
         ckpt_path = self.ckpt["path"] if resume else None
         seed = self.rng.randrange(10**6)
         torch.manual_seed(seed)
@@ -229,6 +249,7 @@ class _Sequence:
             raised = err
         model.fault = None
         self._check_exception(fault, raised)
+        self._note_outcome(trainer, fault, raised)
         new = recorder.epochs
         assert new == list(range(plan["start"], plan["start"] + len(new))), new
         if new:
@@ -238,6 +259,8 @@ class _Sequence:
                 "records": {e: r for e, r in records.items() if e <= new[-1]},
                 "sui": {sui.state_key: snapshot},
                 "path": str(self._op_dir() / "ckpt" / "last.ckpt"),
+                "package": package,
+                "fold": self.fold,
             }
             self._check_checkpoint_file()
         self._check_steps(trainer, records, plan, new, raised)
@@ -247,8 +270,28 @@ class _Sequence:
             self._check_sui(trainer, snapshot)
             if not resume and fault is None and self.rng.random() < 0.5:
                 self._check_observer(package, start_state, seed, plan, records, new)
+                self.events["observer-invariance twin"] += 1
         self.model = model
         self.models[id(model)] = (model, lc.state_of(model))
+
+    def _note_resume(self, package, plan) -> None:
+        ckpt, events = self.ckpt, self.events
+        events["resume from another package's checkpoint"] += ckpt["package"] != package
+        events["resume on another fold than the checkpoint's"] += ckpt["fold"] != self.fold
+        events["resume with nothing left to train"] += plan["start"] >= plan["max_epochs"]
+        events["resume with SUI state not in the checkpoint"] += (
+            self.callbacks["sui"].state_key not in ckpt["sui"]
+        )
+
+    def _note_outcome(self, trainer, fault, raised) -> None:
+        if fault is not None and raised is None:
+            self.events["fault not reached (the fit ended first)"] += 1
+        elif raised is not None:
+            self.events[f"{fault.error.__name__} in {fault.where}"] += 1
+            self.events["exception before any kept epoch"] += (
+                self.callbacks["stop"].best_epoch is None
+            )
+        self.events["early stop"] += raised is None and bool(trainer.should_stop)
 
     # ------------------------------------------------------------------ invariants
     @staticmethod
@@ -280,15 +323,21 @@ class _Sequence:
         return records[plan["start"] - 1].global_step
 
     def _check_stop(self, model, trainer, records, plan, new, fault, raised) -> None:
+        if raised is not None and fault.where == "callback-setup":  # before the stop's setup:
+            assert lc.same_state(lc.state_of(model), fault.weights), "a failed setup changed it"
+            return  # the stop still holds the previous fit's state, which must not reach here
         stop = self.callbacks["stop"]
         ref = lc.StopReference.replay(records, self.patience)
         assert [h[0] for h in stop.rule.history] == ref.history, "stop history"
-        assert stop.best_epoch == ref.best_epoch, f"kept {stop.best_epoch}, expected {ref.best_epoch}"
+        assert stop.best_epoch == ref.best_epoch, (
+            f"kept {stop.best_epoch}, expected {ref.best_epoch}"
+        )
         if raised is None:
             stopped = next((e for e in new if ref.stops_at(e)), None)
             last = plan["max_epochs"] - 1 if stopped is None else stopped
             if plan["start"] <= last:
-                assert new and new[-1] == last, f"ran epochs {new}, expected to end at {last}"
+                assert new, f"no epoch ran, expected to end at {last}"
+                assert new[-1] == last, f"ran epochs {new}, expected to end at {last}"
             assert int(trainer.current_epoch) == max(last + 1, plan["start"])
         if ref.best_epoch is not None:
             assert ref.best_epoch <= max(records), "kept epoch outside the fit"
