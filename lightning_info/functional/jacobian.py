@@ -415,8 +415,8 @@ def kernel_from_features(
         [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     ntk = _check_choice(ntk, "ntk", ("full", "trace"))
-    first = _DenseChunk(features)
-    return _pair_kernel(first, first if other is None else _DenseChunk(other), ntk)
+    first = _DenseChunk(features.detach())  # no result keeps the caller's autograd graph
+    return _pair_kernel(first, first if other is None else _DenseChunk(other.detach()), ntk)
 
 
 def _streamed_kernel(

@@ -969,6 +969,7 @@ def unique_information_with_plan(
         (True, True)
     """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
+    ntk = _as_tensor(ntk, "ntk", allow_int=False)  # detached: no result keeps the input's graph
     n, k = f0.shape[0], (1 if f0.ndim == 1 else f0.shape[1])
     if weight_decay == "loo":
         if num_steps is not None:
