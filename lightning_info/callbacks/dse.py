@@ -25,7 +25,7 @@ from typing_extensions import override
 from lightning_info.callbacks._capture import _ActivationCapture, _parse_layer
 from lightning_info.callbacks._loaders import first_loader, map_dataset
 from lightning_info.callbacks._probe import REFERENCE_OF, _ProbeSet
-from lightning_info.functional.dse import _Profile
+from lightning_info.functional.dse import _check_profile_memory, _Profile
 from lightning_info.metrics.dse import (
     DiffusionSpectralEntropy,
     DiffusionSpectralMutualInformation,
@@ -189,9 +189,9 @@ class DiffusionSpectralEntropyMonitor(Callback):
         super().__init__()
         self.layers = _check_layers(layers)
         self.quantities = _check_quantities(quantities)
-        self.metric, self.mi_metric = _check_templates(metric, mi_metric)
         self.stage = _check_choice(stage, "stage", ("validate", "train"))
         self.max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
+        self.metric, self.mi_metric = _check_templates(metric, mi_metric, self.max_samples)
         self.every_n_epochs = _check_int(every_n_epochs, "every_n_epochs", minimum=1)
         self.seed = _check_int(seed, "seed")
         self.batch_size = _check_int(batch_size, "batch_size", minimum=1)
@@ -282,8 +282,16 @@ class DiffusionSpectralEntropyMonitor(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Resolve layer names (fails fast on typos)."""
+        """Start a fit afresh (a resume restores the state afterwards); resolve layer names.
+
+        Everything that belongs to one fit (the probe, its reference groups, the last evaluated
+        epoch, the warnings given) is forgotten here, so the same monitor can be used for several
+        fits (a cross-validation loop); Lightning restores a checkpoint's callback state after
+        ``setup``, so a resumed fit continues with its probe.
+        """
         if stage == "fit":
+            self._probe.reset()
+            self._metrics, self._last_epoch_done, self._warned = {}, -1, set()
             self._layer_keys = self._resolve_layers(pl_module)
 
     @override
@@ -366,8 +374,16 @@ class DiffusionSpectralEntropyMonitor(Callback):
     def _draw_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         source, loader = self._probe_loader(trainer)
         self._probe.draw(source, loader, rank=trainer.global_rank, world=trainer.world_size)
+        _check_profile_memory(  # refuse a probe too large for the exact path now, not at epoch end
+            (int(self._probe.indices.numel()), 0),
+            list(self._probe.groups.values()),
+            solver=self.metric.solver,
+            num_repeats=self.mi_metric.num_repeats,
+            limit=self.metric.memory_limit_bytes,
+        )
         names = tuple(f"dsmi_{r}" for r in self._probe.references)
-        options = self.metric.options()
+        # the probe is the sample (its size is this monitor's `max_samples`): never subsampled again
+        options = {**self.metric.options(), "max_samples": None}
         self._metrics = {
             key: _DiffusionProfile(
                 names,
@@ -543,8 +559,20 @@ def _check_prefix(log_key_prefix: Any) -> str:
 
 
 def _check_templates(
-    metric: DiffusionSpectralEntropy | None, mi_metric: DiffusionSpectralMutualInformation | None
+    metric: DiffusionSpectralEntropy | None,
+    mi_metric: DiffusionSpectralMutualInformation | None,
+    max_samples: int | None,
 ) -> tuple[DiffusionSpectralEntropy, DiffusionSpectralMutualInformation]:
+    """The metric templates, checked against each other and against the probe size.
+
+    Returns:
+        ``(metric, mi_metric)``, defaults filled in.
+
+    Raises:
+        TypeError: for a template of the wrong class.
+        ValueError: for kernel options that differ between the two templates, or a template
+            ``max_samples`` that would subsample the probe (whose size is the monitor's).
+    """
     if metric is not None and not isinstance(metric, DiffusionSpectralEntropy):
         raise TypeError(
             f"`metric` must be a DiffusionSpectralEntropy; got {type(metric).__name__}."
@@ -555,11 +583,17 @@ def _check_templates(
             f"{type(mi_metric).__name__}."
         )
     if metric is None:
-        metric = DiffusionSpectralEntropy(sigma=DEFAULT_SIGMA, dtype=DEFAULT_DTYPE)
+        metric = DiffusionSpectralEntropy(
+            sigma=DEFAULT_SIGMA, dtype=DEFAULT_DTYPE, max_samples=None
+        )
+    _check_no_subsample("metric", metric, max_samples)
     if mi_metric is None:
         return metric, DiffusionSpectralMutualInformation(**metric.options())
-    kernel = {k: v for k, v in mi_metric.options().items() if k != "seed"}
-    expected = {k: v for k, v in metric.options().items() if k != "seed"}
+    _check_no_subsample("mi_metric", mi_metric, max_samples)
+    # the probe size is the monitor's and the memory budget `metric`'s: neither is a kernel option
+    not_kernel = ("seed", "max_samples", "memory_limit_bytes")
+    kernel = {k: v for k, v in mi_metric.options().items() if k not in not_kernel}
+    expected = {k: v for k, v in metric.options().items() if k not in not_kernel}
     if kernel != expected:
         raise ValueError(
             "`mi_metric`'s kernel options must equal `metric`'s (DSE and DSMI of a layer share one "
@@ -567,6 +601,25 @@ def _check_templates(
             "`num_repeats` and `num_clusters`."
         )
     return metric, mi_metric
+
+
+def _check_no_subsample(name: str, template: Any, max_samples: int | None) -> None:
+    """The probe size has one source, the monitor's ``max_samples``: a template must not cap it.
+
+    Raises:
+        ValueError: if the template's ``max_samples`` is below the probe size (or caps a probe of
+            the whole dataset), naming both.
+    """
+    cap = template.max_samples
+    if cap is None or (max_samples is not None and cap >= max_samples):
+        return  # the template would not subsample the probe: nothing to decide
+    probe = "the whole dataset (max_samples=None)" if max_samples is None else max_samples
+    raise ValueError(
+        f"`{name}` has max_samples={cap}, which would subsample the monitor's probe of {probe} "
+        "samples: the probe size is set once, by the monitor's `max_samples`. Pass "
+        f"`max_samples={cap}` to {DiffusionSpectralEntropyMonitor.__name__} and build `{name}` "
+        "with `max_samples=None`."
+    )
 
 
 def _available(module: nn.Module) -> list[str]:

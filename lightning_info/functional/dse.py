@@ -146,6 +146,19 @@ def _check_memory_limit(memory_limit_bytes: Any) -> int | None:
     return _check_int(memory_limit_bytes, "memory_limit_bytes", minimum=1, allow_none=True)
 
 
+def _check_dsmi_options(discrete: Any, num_clusters: Any, num_repeats: Any) -> tuple[Any, int, int]:
+    """Validate DSMI's own options (the kernel options are :func:`_check_dse_options`').
+
+    Returns:
+        ``(discrete, num_clusters, num_repeats)``.
+    """
+    return (
+        _check_discrete(discrete),
+        _check_int(num_clusters, "num_clusters", minimum=2),
+        _check_int(num_repeats, "num_repeats", minimum=1),
+    )
+
+
 def _subsample_indices(n: int, max_samples: int | None, seed: int) -> Tensor | None:
     """Indices of a seeded uniform subsample of size ``max_samples``.
 
@@ -314,15 +327,20 @@ def _exact_peak_bytes(
 
 
 def _check_exact_memory(
-    x: Tensor, limit: int | None, what: str, num_subsets: int = 0, largest: int = 0
+    x: Tensor | tuple[int, int],
+    limit: int | None,
+    what: str,
+    num_subsets: int = 0,
+    largest: int = 0,
 ) -> None:
     """Refuse the dense path before it allocates when its estimated peak exceeds ``limit``.
 
     Raises:
         MemoryBudgetError: naming the estimate and ``solver="lanczos"``.
     """  # noqa: DOC502 (raised by check_memory)
-    n = x.shape[0]
-    estimate = _exact_peak_bytes(n, x.shape[1], _build_dtype(x).itemsize, num_subsets, largest)
+    n, d = x if isinstance(x, tuple) else tuple(x.shape)
+    itemsize = 8 if isinstance(x, tuple) else _build_dtype(x).itemsize
+    estimate = _exact_peak_bytes(n, d, itemsize, num_subsets, largest)
     check_memory(
         estimate,
         limit_bytes=limit,
@@ -482,6 +500,33 @@ def _subsample(
     return (x, *others)
 
 
+def _check_profile_memory(
+    shape: tuple[int, int] | torch.Size,
+    groups: Any,
+    *,
+    solver: str | EigenSolver,
+    num_repeats: int,
+    limit: int | None,
+) -> None:
+    """The memory guard of :func:`_information_profile` on (N, D) rows and (N,) group ids.
+
+    Also called by the monitor when it draws its probe (D unknown there: 0), so that a probe too
+    large for the exact path is refused at train start, not at the first evaluation.
+
+    Raises:
+        MemoryBudgetError: if the dense path's estimated peak exceeds ``limit``.
+    """  # noqa: DOC502 (raised by _check_exact_memory)
+    n = int(shape[0])
+    if not _backend(solver, n).dense:
+        return
+    largest = max(
+        (_largest_group(torch.unique(g, return_counts=True)[1], n) for g in groups), default=0
+    )
+    _check_exact_memory(
+        (n, int(shape[1])), limit, "DSE/DSMI", num_repeats if largest else 0, largest
+    )
+
+
 def _random_subsets(
     n: int, size: int, num_repeats: int, generator: torch.Generator, device: torch.device
 ) -> tuple[list[Tensor], list[int]]:
@@ -567,10 +612,9 @@ def _information_profile(
             for k, g in groups.items()
         }
         return _Profile(dse, mi, None, None)
-    largest = max(
-        (_largest_group(torch.unique(g, return_counts=True)[1], n) for g in columns), default=0
+    _check_profile_memory(
+        x.shape, columns, solver=solver, num_repeats=num_repeats, limit=memory_limit_bytes
     )
-    _check_exact_memory(x, memory_limit_bytes, "DSE/DSMI", num_repeats if largest else 0, largest)
     affinity = _gaussian_affinity(x.to(_build_dtype(x)), sigma)
     # the feature scale in units of a fixed sigma (a width rule sets it by construction)
     median_affinity = None if isinstance(sigma, str) else _offdiag_median(affinity)
