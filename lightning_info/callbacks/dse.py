@@ -34,7 +34,7 @@ from lightning_info.metrics.dse import (
 from lightning_info.reporting import tensorboard_writers
 from lightning_info.utilities.batch import default_input_fn, default_target_fn
 from lightning_info.utilities.checks import _check_choice, _check_int
-from lightning_info.utilities.compat import Callback
+from lightning_info.utilities.compat import Callback, callback_state_key
 from lightning_info.utilities.rng import preserved_global_rng
 
 __all__ = ["DiffusionSpectralEntropyMonitor"]
@@ -214,6 +214,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
         self._layer_keys: dict[str, str] = {}  # logged layer name -> layer spec
         self._metrics: dict[str, _DiffusionProfile] = {}
         self._last_epoch_done: int = -1
+        self._batches_done: int = 0  # training batches finished in the current epoch
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ naming / state
@@ -242,7 +243,8 @@ class DiffusionSpectralEntropyMonitor(Callback):
     @override
     def state_key(self) -> str:
         """Unique per configuration (layers, quantities, stage, cadence, seed)."""
-        return self._generate_state_key(
+        return callback_state_key(
+            self,
             layers=None if self.layers is None else tuple(self.layers),
             quantities=self.quantities,
             stage=self.stage,
@@ -303,17 +305,43 @@ class DiffusionSpectralEntropyMonitor(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Forget last evaluation's values so that a stale value is never monitored twice."""
+        self._batches_done = 0
         for layer in self._layer_keys:
             for key in self.keys_for(layer):
                 trainer.callback_metrics.pop(key, None)
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Count the epoch's finished training batches (to tell the epoch-end validation)."""
+        self._batches_done = batch_idx + 1
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate at the epoch-end validation (not in the sanity check, not mid-epoch)."""
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        if _at_train_epoch_end(trainer) and self._is_eval_epoch(trainer):
+        if self._at_train_epoch_end(trainer) and self._is_eval_epoch(trainer):
             self._evaluate(trainer, pl_module)
+
+    def _at_train_epoch_end(self, trainer: pl.Trainer) -> bool:
+        """Whether the current validation run is the one at the end of a training epoch.
+
+        Public API only: the trainer's ``is_last_batch`` (the data ran out) or, for a limited
+        epoch (``limit_train_batches``), all ``num_training_batches`` batches finished, counted
+        from ``on_train_batch_end``. A validation inside the epoch (``val_check_interval < 1``)
+        is neither.
+
+        Returns:
+            True at the epoch-end validation.
+        """
+        return bool(trainer.is_last_batch) or self._batches_done >= trainer.num_training_batches
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -624,19 +652,3 @@ def _check_no_subsample(name: str, template: Any, max_samples: int | None) -> No
 
 def _available(module: nn.Module) -> list[str]:
     return [name for name, _ in module.named_modules() if name]
-
-
-def _at_train_epoch_end(trainer: pl.Trainer) -> bool:
-    """Whether the current validation run is the one at the end of a training epoch.
-
-    Returns:
-        True at the epoch-end validation (also when the loop state cannot be read).
-    """
-    try:
-        epoch_loop = trainer.fit_loop.epoch_loop
-        progress = epoch_loop.batch_progress
-        return bool(
-            progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
-        )
-    except AttributeError:  # pragma: no cover - other Lightning versions
-        return True

@@ -19,6 +19,12 @@ This module builds the bases of ``lightning_info``'s callbacks from **both** pac
   see :class:`_SkipInit`).
 * :data:`TENSORBOARD_LOGGER_TYPES`: the ``TensorBoardLogger`` classes of both packages, for
   :func:`lightning_info.reporting.tensorboard_writers`.
+* :func:`callback_state_key`: the ``state_key`` of a configurable callback, the string Lightning's
+  own callbacks build with their protected ``Callback._generate_state_key`` (so checkpoints keep
+  their keys), built here from public data only.
+
+Only public Lightning API is used outside this module; what would need a protected name lives
+here, with a test per Lightning package (``tests/utilities/test_compat.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ __all__ = [
     "TENSORBOARD_LOGGER_TYPES",
     "Callback",
     "EarlyStopping",
+    "callback_state_key",
 ]
 
 #: Whether the unified ``lightning`` package is installed (then both packages are supported).
@@ -75,3 +82,26 @@ else:  # pragma: no cover - exercised only without `lightning` installed
         """A ``pytorch_lightning`` EarlyStopping (``lightning`` is not installed)."""
 
     TENSORBOARD_LOGGER_TYPES = (_PLTensorBoardLogger,)
+
+
+def callback_state_key(callback: object, **kwargs: Any) -> str:
+    """The ``state_key`` of a callback configured by ``kwargs``, as Lightning builds it.
+
+    Equal to ``callback._generate_state_key(**kwargs)`` of both Lightning packages (the class's
+    qualified name followed by the ``repr`` of the keywords), so a checkpoint written before or
+    after keeps its callback states under the same key; built without the protected method.
+
+    Args:
+        callback: the callback.
+        **kwargs: the arguments that make two instances distinct (e.g. ``monitor``, ``mode``).
+
+    Returns:
+        The key, e.g. ``"DiffusionSpectralEntropyMonitor{'layers': None, ...}"``.
+
+    Example:
+        >>> class Probe(Callback):
+        ...     pass
+        >>> callback_state_key(Probe(), layers=None, seed=0)
+        "Probe{'layers': None, 'seed': 0}"
+    """
+    return f"{type(callback).__qualname__}{kwargs!r}"
