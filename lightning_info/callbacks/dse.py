@@ -134,14 +134,18 @@ class DiffusionSpectralEntropyMonitor(Callback):
         quantities: which of ``"dse"``, ``"dsmi_y"``, ``"dsmi_x"``, ``"dsmi_z"`` to compute.
             Default the first three.
         metric: template :class:`DiffusionSpectralEntropy` carrying the numerical options (sigma,
-            t, solver, dtype, seed, ...) of every quantity. Default
-            ``DiffusionSpectralEntropy(sigma="median", dtype=torch.float32)`` (float32
-            eigensolves: < 1e-6 bits from float64 on the benchmark's features, and cheaper).
+            t, solver, dtype, seed, ``memory_limit_bytes``, ...) of every quantity. Default
+            ``DiffusionSpectralEntropy(sigma="median", dtype=torch.float32, max_samples=None)``
+            (float32 eigensolves: < 1e-6 bits from float64 on the benchmark's features, and
+            cheaper). Its ``max_samples`` is not used (the probe is the sample); one below the
+            monitor's ``max_samples`` is an error. ``memory_limit_bytes`` is checked for the probe
+            at train start.
         mi_metric: template :class:`DiffusionSpectralMutualInformation` for the DSMI options
             ``num_repeats`` and ``num_clusters`` (bins / clusters of continuous or vector
             references); its kernel options must equal ``metric``'s. Default: the defaults.
         stage: ``"validate"`` (default) or ``"train"``: which dataset the probe is drawn from.
-        max_samples: probe size cap, >= 2, or None for the whole dataset. Default 500: in the
+        max_samples: probe size cap, >= 2, or None for the whole dataset: the one source of the
+            number of samples of every value (never subsampled again). Default 500: in the
             overfitting benchmark the 500-sample signals pass the same criteria and drive the stop
             to the same regret as 1,000 samples, at about a quarter of the cost (the eigensolve is
             cubic in N). DSE grows with N, so keep it fixed when comparing runs.
@@ -156,10 +160,17 @@ class DiffusionSpectralEntropyMonitor(Callback):
         log_histogram: log the spectrum histogram to TensorBoard.
         log_key_prefix: prefix of all keys. Default ``"info/"``.
 
+    Reuse: every fit starts afresh (``setup``), so one monitor serves a cross-validation loop;
+    a resumed fit gets its probe back from the checkpoint, and cached reference groups are reused
+    only for a probe of the same content (a SHA-256 fingerprint), else grouped again.
+
     Raises:
-        ValueError: on invalid options (named in the message), at fit start for an unknown layer
-            (listing the available ones), a model without ``nn.Linear`` when no layer is given, no
-            dataset to probe, or a given ``target_fn`` that fails.
+        ValueError: on invalid options (named in the message), a template ``max_samples`` below
+            the monitor's, at fit start for an unknown layer (listing the available ones), a model
+            without ``nn.Linear`` when no layer is given, no dataset to probe, or a given
+            ``target_fn`` that fails.
+        MemoryBudgetError: at train start, when the exact eigensolve of the probe would exceed
+            the template's ``memory_limit_bytes`` (use ``solver="lanczos"`` or a smaller probe).
         TypeError: if a layer spec is not a string, or the probe dataset is iterable-style.
 
     Example:
