@@ -162,11 +162,23 @@ def test_score_num_steps_sentinels_are_the_pythons(tmp_path, capsys):
         main([*base, "--num-steps", "0"])
 
 
-def test_score_requires_data_source(tmp_path):
-    with pytest.raises(SystemExit, match="--datamodule"):
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_score_requires_data_source(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
         main(["score", "--model", "lightning_info.models:MLPClassifier", "--ckpt", "x.ckpt"])
-    with pytest.raises(SystemExit, match=r"package\.module:ClassName"):
+    assert exc.value.code == 2
+    assert "--datamodule" in _one_error_line(capsys)
+    with pytest.raises(SystemExit) as exc:
         main(["score", "--model", "nocolon", "--ckpt", "x.ckpt", "--dataset", "digits"])
+    assert exc.value.code == 2
+    assert "package.module:ClassName" in _one_error_line(capsys)
 
 
 _USER_MODULE = '''
@@ -199,7 +211,7 @@ class TinyCNN(pl.LightningModule):
 
 
 @pytest.mark.slow
-def test_score_imports_user_module_from_cwd_and_reshapes_embedded_images(
+def test_score_imports_user_module_from_path_and_reshapes_embedded_images(
     tmp_path, monkeypatch, capsys
 ):
     (tmp_path / "user_models.py").write_text(_USER_MODULE)
@@ -226,8 +238,9 @@ def test_score_imports_user_module_from_cwd_and_reshapes_embedded_images(
 
     code = main(
         [
-            "score", "--model", "user_models:TinyCNN", "--ckpt", str(tmp_path / "cnn.ckpt"),
-            "--dataset", "digits", "--max-samples", "40", "--out", str(tmp_path / "scored"),
+            "score", "--path", ".", "--model", "user_models:TinyCNN",
+            "--ckpt", str(tmp_path / "cnn.ckpt"), "--dataset", "digits", "--max-samples", "40",
+            "--out", str(tmp_path / "scored"),
         ]
     )  # fmt: skip
     assert code == 0
@@ -236,10 +249,14 @@ def test_score_imports_user_module_from_cwd_and_reshapes_embedded_images(
     assert all(np.isfinite(float(r["weight_si"])) for r in rows)
 
 
-def test_score_import_error_names_the_working_directory(tmp_path, monkeypatch):
+def test_score_import_error_points_to_path(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "only_here.py").write_text("class Model:\n    pass\n")
     monkeypatch.setattr(sys, "path", list(sys.path))
-    with pytest.raises(SystemExit, match="current directory"):
-        main(
-            ["score", "--model", "no_such_module:Model", "--ckpt", "x.ckpt", "--dataset", "digits"]
-        )
+    with pytest.raises(SystemExit) as exc:
+        main(["score", "--model", "only_here:Model", "--ckpt", "x.ckpt", "--dataset", "digits"])
+    assert exc.value.code == 2
+    err = _one_error_line(capsys)
+    assert "only_here" in err
+    assert "--path" in err
+    assert "only_here" not in sys.modules  # not imported from the working directory
