@@ -259,8 +259,8 @@ def _row(run: RunResult) -> list[Any]:
 DECIMALS = 2
 #: What the printed summary says about reproducibility on another CPU.
 TOLERANCE = (
-    "Values are rounded to 2 decimals; on another CPU they can differ by 0.01 "
-    "(floating-point differences between machines)."
+    "Values are rounded to 2 decimals; on another CPU, floating-point differences can change "
+    "them by 0.01."
 )
 
 
@@ -514,7 +514,7 @@ def _image_grids(
         (
             runs[-1],
             f"Most suspicious training samples (highest leave-one-out error), run {runs[-1].name!r}:"
-            "\nthe given label may be wrong; the model's prediction is often the true class",
+            f"\nthe given label may be wrong (the labels the demo {corrupted} are marked)",
             "most_suspicious.png",
             "loo_error",
         ),

@@ -430,7 +430,7 @@ def save_image_grid_png(
     fig, axes = plt.subplots(
         nrows,
         ncols,
-        figsize=(1.3 * ncols, (1.3 + 0.13 * caption_lines) * nrows + 0.2 * title_lines),
+        figsize=(1.3 * ncols, (1.3 + 0.16 * caption_lines) * nrows + 0.2 * title_lines),
         squeeze=False,
     )
     for i, ax in enumerate(axes.flat):

@@ -137,14 +137,15 @@ def load_checkpoint(
 
 
 def _first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message, without terminal escapes.
+    """The first sentence of an exception's message, without terminal escapes.
 
     Returns:
-        The line (at most 200 characters), or ``"(no message)"``.
+        The first non-empty line's first sentence (at most 200 characters), or
+        ``"(no message)"``.
     """
     for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines():
         if line.strip():
-            return line.strip()[:200]
+            return line.strip().split(". ")[0].rstrip(".")[:200]
     return "(no message)"
 
 

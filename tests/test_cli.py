@@ -69,6 +69,13 @@ def test_tiny_demo_writes_valid_report(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| run |" in printed
+    # every value of the table with 2 decimals (what the README can promise on any CPU)
+    table = [ln for ln in printed.splitlines() if ln.startswith("| ") and "| run |" not in ln]
+    assert len(table) == 3
+    for line in table:
+        for cell in [c.strip() for c in line.strip("|").split("|")][4:]:
+            assert cell == "-" or (len(cell.split(".")[1]) == 2), line
+    assert "Values are rounded to 2 decimals" in printed
     assert f"tensorboard --logdir {out / 'tensorboard'}" in printed
     report = out / "report"
     for name in ["dse_dsmi_curves.png", "most_informative.png", "most_suspicious.png"]:
