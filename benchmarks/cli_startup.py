@@ -23,6 +23,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,12 +41,15 @@ COMMANDS: dict[str, list[str]] = {
 
 
 def _time(cmd: list[str], repeats: int, env: dict[str, str]) -> list[float]:
-    subprocess.run(cmd, env=env, capture_output=True, check=True)  # warm-up (file cache)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, capture_output=True, check=True)
-        times.append(time.perf_counter() - t0)
+    # an empty working directory: `python -m` puts it first on sys.path, so running from a
+    # checkout would time that checkout's package instead of the one on PYTHONPATH
+    with tempfile.TemporaryDirectory() as cwd:
+        subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, check=True)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, check=True)
+            times.append(time.perf_counter() - t0)
     return times
 
 
