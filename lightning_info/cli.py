@@ -57,7 +57,7 @@ def _one_line(text: str) -> str:
         The line.
 
     Example:
-        >>> _one_line("Error(s) in loading:\\n\\tsize mismatch  for w")
+        >>> _one_line("Error(s) in loading:\n\tsize mismatch  for w")
         'Error(s) in loading: size mismatch for w'
     """
     return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
