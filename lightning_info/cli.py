@@ -121,7 +121,7 @@ def _import_object(spec: str, what: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name is not None and module_name.startswith(err.name):
+        if err.name is not None and f"{module_name}.".startswith(f"{err.name}."):
             raise UserError(
                 f"cannot find module {module_name!r} for {what}: it is not an installed package "
                 "and not in a --path folder (the working directory is not searched); pass "
