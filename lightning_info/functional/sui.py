@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_info.functional._sui_algebra import _features, _infinite
-from lightning_info.functional._sui_finite import _finite_replay
+from lightning_info.functional._sui_finite import _finite_replay, replay_peak_bytes
 from lightning_info.functional.gd_plan import (
     DEFAULT_MAX_REPLAY_COST,
     GradientDescentPlan,
@@ -81,6 +81,7 @@ from lightning_info.utilities.checks import (
     _check_positive,
 )
 from lightning_info.utilities.exceptions import NotPositiveDefiniteError
+from lightning_info.utilities.memory import check_memory
 
 __all__ = [
     "NotPositiveDefiniteError",
@@ -401,6 +402,7 @@ def unique_information_from_kernels(
     noise_scale: float = 1.0,
     method: SUIMethod = "replay",
     ridge_c: float = 0.5,
+    memory_limit_bytes: int | None = None,
 ) -> UniqueInformation:
     r"""Compute per-sample weight SI and functional SI from precomputed NTKs (no model).
 
@@ -444,6 +446,10 @@ def unique_information_from_kernels(
         noise_scale: σ > 0 of the isotropic smoothing noise (weights and outputs).
         method: ``"replay"`` or ``"ridge"`` (only matters for finite ``num_steps``).
         ridge_c: constant c of the ridge approximation, > 0 (docs/sui.md §6.2: 0.5-1).
+        memory_limit_bytes: refusal threshold of the up-front memory guard of the finite-t
+            replay, whose memory grows with N K t (the series of every eigenvalue over the t
+            steps), or None for :data:`~lightning_info.utilities.memory.DEFAULT_MEMORY_LIMIT_BYTES`
+            (8 GiB).
 
     Returns:
         :class:`UniqueInformation` with (N,) float64 scores in nats (higher = more informative);
@@ -455,6 +461,9 @@ def unique_information_from_kernels(
             finite ``num_steps``), or ``learning_rate`` too large for GD to converge
             (η·λ_max(A) >= 2; the message gives the max stable value).
         TypeError: non-numeric inputs.
+        MemoryBudgetError: (a ``MemoryError``) before allocating, when the finite-t replay's
+            estimated peak exceeds ``memory_limit_bytes``; the message names the cheaper
+            options (fewer ``num_steps``, ``num_steps=None``, ``method="ridge"``).
 
     Example:
         >>> import torch
@@ -484,10 +493,32 @@ def unique_information_from_kernels(
         _check_stable(_power_lambda_max(a_mat), lr, problem.num_samples, "power-iteration estimate")
         out = _infinite(theta, theta_star, r, problem.closed_form_ridge, kb)
     else:
+        _check_replay_memory(problem.num_samples, kb, r.shape[1], t, memory_limit_bytes)
         evals, u = torch.linalg.eigh(a_mat)
         _check_stable(float(evals.max()), lr, problem.num_samples, "exact eigenvalue")
         out = _finite_replay(theta, theta_star, r, problem.ridge, kb, lr, t, (evals, u))
     return problem.finish(*out)
+
+
+def _check_replay_memory(n_samples: int, kb: int, n_rhs: int, t: int, limit: Any) -> None:
+    """The up-front memory guard of the finite-t replay (its memory grows with N Kb t).
+
+    Raises:
+        MemoryBudgetError: if :func:`replay_peak_bytes` exceeds ``limit``.
+    """  # noqa: DOC502 (raised by check_memory)
+    limit = _check_int(limit, "memory_limit_bytes", minimum=1, allow_none=True)
+    check_memory(
+        replay_peak_bytes(n_samples, kb, n_rhs, t),
+        limit_bytes=limit,
+        what=(
+            f'replaying t = {t} gradient-descent steps exactly (method="replay") for N = '
+            f"{n_samples} samples with {kb} kernel row(s) each (memory grows with N x K x t)"
+        ),
+        cheaper=(
+            "a smaller horizon (fewer `num_steps`), `num_steps=None` (t = ∞, the converged "
+            'solution) or `method="ridge"`'
+        ),
+    )
 
 
 def _features_of(x: Any, name: str, rows: int | None, num_outputs: int) -> Tensor:
@@ -645,6 +676,7 @@ def smooth_unique_information(
     seed: int = 0,
     memory_budget_bytes: int = _DEFAULT_BUDGET,
     output_fn: Callable[[Any], Tensor] | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> UniqueInformation:
     r"""Score every training sample's smooth unique information about the weights and function.
 
@@ -697,6 +729,10 @@ def smooth_unique_information(
         memory_budget_bytes: bound on stored Jacobians / projection blocks.
         output_fn: maps the model's raw output (a tuple, a dict, ...) to the (B,) or (B, K)
             tensor to linearize, e.g. ``lambda out: out["logits"]``; None: the model returns it.
+        memory_limit_bytes: refusal threshold of the finite-t replay's up-front memory guard
+            (see :func:`unique_information_from_kernels`; the horizon checked is the planned
+            one, after a learning rate beyond the stability limit raised the steps), or None for
+            the default 8 GiB.
 
     Returns:
         :class:`UniqueInformation` (float64, nats; higher = more informative), with the
@@ -706,6 +742,8 @@ def smooth_unique_information(
         ValueError: unsupported model outputs, mismatched lengths, non-finite values, invalid
             options, or a kernel with negative eigenvalues beyond round-off.
         TypeError: non-tensor inputs.
+        MemoryBudgetError: (a ``MemoryError``) before the replay allocates, when its estimated
+            peak exceeds ``memory_limit_bytes``.
 
     Example:
         >>> import torch
@@ -738,6 +776,7 @@ def smooth_unique_information(
         method=method,
         noise_scale=noise_scale,
         ridge_c=ridge_c,
+        memory_limit_bytes=memory_limit_bytes,
     )
     if _in_feature_space(space, projection_dim, f0.numel(), options):
         replay = _replay_in_feature_space
@@ -926,6 +965,7 @@ def unique_information_with_plan(
     max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
     noise_scale: float = 1.0,
     ridge_c: float = 0.5,
+    memory_limit_bytes: int | None = None,
 ) -> UniqueInformation:
     """Replay a training run on precomputed NTKs as :func:`~lightning_info.functional.gd_plan.plan_gradient_descent` decides.
 
@@ -951,6 +991,8 @@ def unique_information_with_plan(
         max_replay_cost: flop budget of the finite-horizon replay under ``"auto"``.
         noise_scale: σ > 0.
         ridge_c: c of the ridge approximation.
+        memory_limit_bytes: refusal threshold of the finite-t replay's up-front memory guard
+            (applied to the planned horizon), or None for the default 8 GiB.
 
     Returns:
         :class:`UniqueInformation` with the plan that was replayed (its ``notes`` say what was
@@ -969,6 +1011,7 @@ def unique_information_with_plan(
         (True, True)
     """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
+    ntk = _as_tensor(ntk, "ntk", allow_int=False)  # detached: no result keeps the input's graph
     n, k = f0.shape[0], (1 if f0.ndim == 1 else f0.shape[1])
     if weight_decay == "loo":
         if num_steps is not None:
@@ -998,6 +1041,7 @@ def unique_information_with_plan(
             method=_engine_method(plan),
             noise_scale=noise_scale,
             ridge_c=ridge_c,
+            memory_limit_bytes=memory_limit_bytes,
         )
 
     return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), options, max_replay_cost)
