@@ -19,9 +19,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_info.callbacks._sui_recipe import AUTO, Horizon, TrainingRecipe, WeightDecay
 from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
 from lightning_info.functional.jacobian import model_outputs
+from lightning_info.functional.training_recipe import AUTO, Horizon, TrainingRecipe, WeightDecay
 from lightning_info.utilities.batch import default_output_fn
 from lightning_info.utilities.data import load_dataset, train_val_split
 

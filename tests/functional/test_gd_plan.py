@@ -107,7 +107,7 @@ def test_functional_and_callback_plan_replay_the_same_unstable_run():
     assert out.plan.learning_rate == pytest.approx(0.9 * lr / 1.5, rel=1e-9)
     assert out.plan.num_steps == math.ceil(30 * lr / out.plan.learning_rate)  # lr * t kept
     from lightning_info.callbacks import SmoothUniqueInformation
-    from lightning_info.callbacks._sui_recipe import TrainingRecipe
+    from lightning_info.functional.training_recipe import TrainingRecipe
 
     sui = SmoothUniqueInformation(linearize_at="final", method="replay", max_samples=None)
     recipe = TrainingRecipe(optimizer="SGD", learning_rate=lr, steps_taken=30)
@@ -150,8 +150,8 @@ def test_loo_weight_decay_equals_brute_force_refits(k):
 
 def test_loo_weight_decay_in_the_plan_and_the_callback():
     from lightning_info.callbacks import SmoothUniqueInformation
-    from lightning_info.callbacks._sui_recipe import TrainingRecipe
     from lightning_info.functional import loo_weight_decay
+    from lightning_info.functional.training_recipe import TrainingRecipe
 
     ds = load_dataset("digits")
     x, y = ds.inputs[:60], ds.targets[:60]
