@@ -36,15 +36,21 @@ class CheckpointScores:
         scores: the per-sample scores (dataset order, with dataset indices).
         csv_path: the score file written (atomically).
         log_dir: TensorBoard log directory of the summaries.
-        linearize_at: ``"init"`` or ``"final"``: which weights were the linearization point.
-        settings: the hyper-parameters used (learning rate, steps, weight decay, ...).
     """
 
     scores: SUIScores
     csv_path: Path
     log_dir: Path
-    linearize_at: str
-    settings: dict[str, Any]
+
+    @property
+    def linearize_at(self) -> str:
+        """``"init"`` or ``"final"``: which weights were the linearization point."""
+        return self.scores.linearize_at
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The hyper-parameters used (learning rate, steps, weight decay, ...)."""
+        return self.scores.settings
 
 
 def load_checkpoint(
@@ -266,6 +272,4 @@ def score_checkpoint(
         scores=scores,
         csv_path=callback.csv_path_,
         log_dir=Path(logger.log_dir),
-        linearize_at=resolved,
-        settings=dict(scores.settings),
     )

@@ -77,12 +77,10 @@ class SmoothUniqueInformation(Callback):
             \lVert f_S(x) - f_{S\setminus i}(x) \rVert^2 \quad\text{(nats; higher = more informative).}
 
     **Linearization point** (``linearize_at``): ``"init"`` (default) linearizes at the weights
-    snapshotted in ``on_fit_start`` and replays the training run (the paper's setting). In
-    ``benchmarks/mislabel.py`` (digits MLP, 10 / 30 % flipped labels, Adam and SGD + momentum)
-    ``"final"`` is as good before memorization (flipped-label AUROC 0.98-1.00) but collapses to
-    0.53-0.68 once the network has fitted the flipped labels (their residuals vanish), where
-    ``"init"`` keeps 0.99-1.00 (RESULTS section 9). The snapshot is kept in the checkpoint state,
-    so resuming keeps the true initial weights.
+    snapshotted in ``on_fit_start`` and replays the training run (the paper's setting);
+    ``"final"`` linearizes at the trained weights, where the residuals of fitted (e.g.
+    mislabeled) samples vanish (measured in ``benchmarks/RESULTS.md`` section 10). The snapshot
+    is kept in the checkpoint state, so resuming keeps the true initial weights.
 
     **Training run replayed** (``docs/sui.md`` §10): the learning rate and weight decay of the
     first optimizer's first group, read at fit start; plain SGD replays the optimizer steps taken
@@ -93,13 +91,10 @@ class SmoothUniqueInformation(Callback):
     leave-one-out error of the linearized run
     (:func:`~lightning_info.functional.loo_weight_decay`): without it (Adam's weight decay, 0)
     the converged run interpolates every label and flipped ones hide in the kernel's small
-    eigendirections (digits, Adam, 50 % flipped: weight-SI AUROC 0.773 with 0, 0.949 with the
-    leave-one-out choice; the ``loo_error`` ranking 0.995); for a replayed plain-SGD horizon the
-    optimizer's, since the horizon already regularizes (early-stopped GD behaves like ridge).
-    Momentum runs replayed at the heavy-ball rate never ranked flipped labels better by
-    ``loo_error`` than the converged solution, and worse after memorization (digits MLP, 50 %
-    flipped: AUROC 0.953 against 0.995; a digits CNN at 10 %: precision at k 0.90 against
-    0.97). Chosen on digits, confirmed on MNIST (RESULTS section 9). A learning rate beyond the
+    eigendirections; for a replayed plain-SGD horizon the optimizer's, since the horizon already
+    regularizes (early-stopped GD behaves like ridge). Why momentum runs score the converged
+    solution rather than a heavy-ball replay, and the measurements behind each default:
+    ``benchmarks/RESULTS.md`` sections 9 and 10. A learning rate beyond the
     linearized stability limit, and singular kernels, are handled by
     :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`.
     Departures from the closed form's assumptions (non-SGD optimizers, a cross-entropy loss when
@@ -112,8 +107,12 @@ class SmoothUniqueInformation(Callback):
     same ``collate_fn``, a seeded subset of at most ``max_samples``, in dataset order; F-SI
     averages over at most ``max_heldout`` validation samples (NaN-free None without them).
     ``ntk="auto"`` uses the full NK x NK kernel when N·K <= ``full_ntk_max`` (or K = 1),
-    else the trace kernel (the kernel the mislabel benchmark measured: 1,000+ samples with 10
-    classes; the full kernel costs K^3 more to solve and was only compared for fidelity).
+    else the trace kernel (the full kernel costs K^3 more to solve).
+    The algebra always runs in the N·K sample space (``space="kernel"`` of
+    :func:`~lightning_info.functional.smooth_unique_information`, the same pipeline): the default
+    weight decay of a converged run (``"loo"``) is chosen on the N·K kernel's eigendecomposition,
+    and under DDP rank 0 holds every sample's features anyway, so the d-dimensional feature
+    space would save little here.
 
     **Progress**: while scoring, rank 0 shows a ``tqdm`` bar on stderr with the stage
     (Jacobians, kernel, solve) and an ETA when the trainer's progress bar is enabled

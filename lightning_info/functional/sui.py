@@ -23,8 +23,8 @@ with learning rate ``lr`` for ``t`` steps (``t = None``: converged). In kernel f
 **Leave-one-out convention** (the authors' one): the run without sample i uses the principal
 submatrix :math:`A_{-i}` (λ stays :math:`N\,\mathrm{wd}`) with :math:`\eta_{-i} = \mathrm{lr}/(N-1)`.
 Exact retraining on N-1 samples would use :math:`\lambda = (N-1)\mathrm{wd}`; the difference is
-O(wd/N) and rank-irrelevant (docs/sui.md §3: max relative error 2.5e-3, Spearman 0.99998 at
-wd = 5e-3, N = 100). With wd = 0 both conventions coincide.
+O(wd/N) and rank-irrelevant (measured in docs/sui.md §3). With wd = 0 both conventions
+coincide.
 
 Scores, with :math:`\delta_i = \mathrm{pad}_i(a^{(-i)}_t) - a_t` (:math:`\Delta = ` new − old,
 "new" = trained without sample i) and noise scale σ:
@@ -426,12 +426,12 @@ def unique_information_from_kernels(
       then every leave-one-out run is recovered exactly from a K-dimensional lower-triangular
       Toeplitz (Volterra) system in the "pinning" forces :math:`c_s` that keep block
       :math:`B_i` at zero, solved for all samples at once by a power-series (FFT, Newton) inverse: O((NK)^3 + t N^2 K^3 + N t log t K^3), no
-      per-sample matrix power or eigendecomposition. Agrees with per-sample retraining to about
-      1e-11 relative in float64 (checked up to t = 50000).
+      per-sample matrix power or eigendecomposition. Exact up to round-off (docs/sui.md §6.1;
+      ``benchmarks/RESULTS.md`` section 2).
     * ``method="ridge"``, finite t: the t = ∞ formulas with :math:`\lambda_\mathrm{eff} = N\,
       \mathrm{wd} + c/(\eta t)` (``c = ridge_c``), the ridge equivalent of early stopping
-      (docs/sui.md §6.2). An approximation: Spearman 0.97-0.999 with the replayed scores on small
-      toy problems (Pearson >= 0.99); magnitudes differ.
+      (docs/sui.md §6.2). An approximation: the rankings agree closely with the replayed ones,
+      the magnitudes differ (docs/sui.md §6.2, ``benchmarks/RESULTS.md`` section 3).
 
     Kernel shapes decide the kernel kind. ``ntk`` of shape (N K, N K) is the full sample-major
     kernel; shape (N, N) with K > 1 is the **trace** kernel of
@@ -1318,8 +1318,8 @@ def loo_weight_decay(
     :math:`v_i = F_{B_i B_i}^{-1}(F r)_{B_i}` (:math:`F = A^{-1}`, ``docs/sui.md`` §5); the
     :math:`\lambda` with the smallest mean :math:`\lVert v_i\rVert^2` wins. One eigendecomposition
     serves every candidate. Scale-free: rescaling the kernel rescales the chosen
-    :math:`\lambda` with it. Noisy labels make it choose more smoothing (measured on digits with
-    flipped labels: :math:`\kappa` = 0.02-0.03 at 5 %, 0.06 at 10 %, 0.18 at 30 %, 0.56 at 50 %).
+    :math:`\lambda` with it. Noisy labels make it choose more smoothing
+    (``benchmarks/RESULTS.md`` section 10).
 
     Args:
         ntk: (N K, N K) full or (N, N) trace kernel.

@@ -16,7 +16,7 @@ recipe, so both entry points resolve the same way:
   gradient-descent steps, so the converged solution (``num_steps=None``) is scored, with the
   weight decay chosen by leave-one-out cross-validation. Replaying a momentum run as GD at the
   heavy-ball rate :math:`lr/(1-\beta)` for its steps is still what an explicit ``num_steps=``
-  gets; why it is not the default is measured in ``benchmarks/RESULTS.md`` section 9.
+  gets; why it is not the default is measured in ``benchmarks/RESULTS.md`` sections 9-10.
 
 Two numbers are computed later, where the kernel is known: ``"loo"`` becomes
 :func:`~lightning_info.functional.loo_weight_decay` of the kernel, and a weight decay of 0 at
