@@ -24,10 +24,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from lightning_info.functional import (
     diffusion_spectral_entropy,
+    diffusion_spectral_mutual_information,
     empirical_ntk,
     jacobian_features,
     lanczos,
 )
+from lightning_info.utilities.exceptions import MemoryBudgetError
+from lightning_info.utilities.memory import DEFAULT_MEMORY_LIMIT_BYTES
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -190,3 +193,83 @@ def test_jacobian_features_projection_within_budget(form):
     budget = 1 << 20
     largest, _ = _features_allocations(form, budget)
     assert largest <= 2 * budget, largest
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) exact DSE / DSMI: the up-front memory guard (issue 20: N = 50,000 tried to allocate 20 GB)
+# ---------------------------------------------------------------------------------------------
+def _dense_bytes(n: int) -> int:
+    """One N x N float64 array, the object the exact path is made of."""
+    return n * n * 8
+
+
+def test_exact_dse_default_budget_refuses_n_50000_before_allocating():
+    x = torch.zeros(50_000, 2)  # 400 kB; its N x N kernel would be 20 GB
+
+    def call():
+        with pytest.raises(MemoryBudgetError) as info:
+            diffusion_spectral_entropy(x)
+        return info.value
+
+    err, largest, peak, _ = _allocations(call)
+    assert largest < 10 * 2**20
+    assert peak < 10 * 2**20
+    assert isinstance(err, MemoryError)
+    assert err.limit_bytes == DEFAULT_MEMORY_LIMIT_BYTES
+    assert err.estimate_bytes >= _dense_bytes(50_000)  # at least the kernel itself
+    message = str(err)
+    assert "N = 50000" in message
+    assert 'solver="lanczos"' in message
+    assert "memory_limit_bytes" in message
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, y, lim: diffusion_spectral_entropy(x, memory_limit_bytes=lim),
+        lambda x, y, lim: diffusion_spectral_mutual_information(x, y, memory_limit_bytes=lim),
+    ],
+    ids=["dse", "dsmi"],
+)
+def test_exact_guard_small_limit_refuses_and_large_limit_computes(call):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=gen, dtype=torch.float64)
+    y = torch.arange(300) % 3
+    with pytest.raises(MemoryBudgetError, match='solver="lanczos"'):
+        call(x, y, _dense_bytes(300))  # one N x N array's worth: below any honest estimate
+    assert call(x, y, 2**30).item() == pytest.approx(call(x, y, None).item(), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "groups"),
+    [("dse", None), ("dsmi-3-classes", 3), ("dsmi-one-big-class", 1)],
+)
+def test_exact_guard_estimate_bounds_the_measured_peak(name, groups):
+    """The estimate is an upper bound of the profiler's peak, and not more than 1.5x it."""
+    n = 600
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    if groups is None:
+        fn = functools.partial(diffusion_spectral_entropy, x)
+    else:  # one big class: 590 samples + 10 singletons, so 5 subsets of 590 rows are solved
+        y = torch.arange(n) % groups if groups > 1 else (torch.arange(n) >= 10).long()
+        y[:10] = torch.arange(10) + 100 if groups == 1 else y[:10]
+        fn = functools.partial(diffusion_spectral_mutual_information, x, y, num_repeats=5)
+    _, _, peak, _ = _allocations(fn)
+    estimate = None
+    try:
+        fn(memory_limit_bytes=1)
+    except MemoryBudgetError as err:
+        estimate = err.estimate_bytes
+    assert estimate is not None
+    assert peak <= estimate <= 1.5 * peak, (name, peak / _dense_bytes(n), estimate / peak)
+
+
+def test_exact_guard_does_not_apply_to_lanczos():
+    """solver="lanczos" never forms the N x N kernel (section a), so a tiny limit does not refuse."""
+    x = _x_dse()[:1100]
+    value = diffusion_spectral_entropy(
+        x, sigma=2.0, solver="lanczos", num_lanczos_probes=2, num_lanczos_steps=8,
+        memory_limit_bytes=_dense_bytes(1100) // 10,
+    )  # fmt: skip
+    assert 0.0 < value.item() < 11.0

@@ -13,11 +13,16 @@ the group ids of each DSMI reference:
   inputs (token ids) have no meaningful geometry, so DSMI(Z;X) is left out for them, with a
   warning.
 
-The group ids are computed once and restored from checkpoints, so curves continue after resume.
+The group ids are computed once per fit and restored from checkpoints, so curves continue after
+resume. They are keyed on content, not size: a SHA-256 fingerprint of the probe's collated
+batches is stored with them, and group ids whose fingerprint differs from the probe read now (a
+monitor reused on another fold of the same size, a checkpoint resumed on other data) are computed
+again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +84,36 @@ def target_groups(targets: Tensor, num_clusters: int, seed: int) -> tuple[Tensor
     )
 
 
+def fingerprint(batches: list[Any]) -> str:
+    """SHA-256 of the content of collated batches (tensors by dtype, shape and bytes).
+
+    Returns:
+        The hex digest; equal for equal content, whatever the batch objects.
+    """
+    digest = hashlib.sha256()
+    for batch in batches:
+        _hash_into(digest, batch)
+    return digest.hexdigest()
+
+
+def _hash_into(digest: Any, obj: Any) -> None:
+    """Feed one (nested) batch element into ``digest``."""
+    if isinstance(obj, Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        for key in sorted(obj, key=repr):
+            digest.update(f"K{key!r}".encode())
+            _hash_into(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"S{len(obj)}".encode())
+        for item in obj:
+            _hash_into(digest, item)
+    else:
+        digest.update(f"O{obj!r}".encode())
+
+
 def _is_one_hot(y: Tensor) -> bool:
     return bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all())
 
@@ -120,7 +155,13 @@ class _ProbeSet:
         self.source: str | None = None
         self.dataset_len: int | None = None
         self.groups: dict[str, Tensor] = {}  # reference -> (n,) group ids
+        self.fingerprint: str | None = None  # of the probe content the group ids were made from
         self.chunks: list[_ProbeChunk] = []
+
+    def reset(self) -> None:
+        """Forget the probe and its group ids (a new fit; a resume restores them afterwards)."""
+        self.indices, self.source, self.dataset_len = None, None, None
+        self.groups, self.fingerprint, self.chunks = {}, None, []
 
     @property
     def references(self) -> tuple[str, ...]:
@@ -141,13 +182,15 @@ class _ProbeSet:
         """Indices, source and group ids: tensors, strings and ints only (``weights_only``).
 
         Returns:
-            ``{"probe_indices", "probe_source", "probe_dataset_len", "probe_groups"}``.
+            ``{"probe_indices", "probe_source", "probe_dataset_len", "probe_groups",
+            "probe_fingerprint"}``.
         """
         return {
             "probe_indices": self.indices,
             "probe_source": self.source,
             "probe_dataset_len": self.dataset_len,
             "probe_groups": dict(self.groups),
+            "probe_fingerprint": self.fingerprint,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -156,6 +199,7 @@ class _ProbeSet:
         self.source = state.get("probe_source")
         self.dataset_len = state.get("probe_dataset_len")
         self.groups = dict(state.get("probe_groups") or {})
+        self.fingerprint = state.get("probe_fingerprint")
         self.chunks = []
 
     # -------------------------------------------------------------------------------- drawing
@@ -184,14 +228,28 @@ class _ProbeSet:
         def read(positions: Tensor) -> Any:
             return collate([dataset[int(self.indices[p])] for p in positions])
 
-        if not self.groups and self.wanted:  # every process groups the whole probe: no collective
+        if self.wanted:  # every process reads (and groups) the whole probe: no collective
             everything = torch.arange(self.indices.numel()).split(self.batch_size)
-            self.groups = self._groups([read(pos) for pos in everything])
+            self._group_once([read(pos) for pos in everything])
         self.chunks = self._chunks(read, rank, world)
         rank_zero_info(
             f"{self.owner}: probe of {self.indices.numel()} samples from the {source} data "
             f"(seed {self.seed})."
         )
+
+    def _group_once(self, batches: list[Any]) -> None:
+        """Group the references unless group ids of exactly this content are cached."""
+        content = fingerprint(batches)
+        if self.groups and self.fingerprint == content:
+            return
+        if self.groups and self.fingerprint is not None:
+            rank_zero_warn(
+                f"{self.owner}: the probe samples differ from those its cached reference groups "
+                "were made from (same positions, other content: a checkpoint resumed on other "
+                "data); grouping them again, so DSMI curves restart.",
+                category=UserWarning,
+            )
+        self.groups, self.fingerprint = self._groups(batches), content
 
     def _draw_indices(self, n_data: int, source: str) -> Tensor:
         n = n_data if self.max_samples is None else min(self.max_samples, n_data)

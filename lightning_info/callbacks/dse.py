@@ -25,7 +25,7 @@ from typing_extensions import override
 from lightning_info.callbacks._capture import _ActivationCapture, _parse_layer
 from lightning_info.callbacks._loaders import first_loader, map_dataset
 from lightning_info.callbacks._probe import REFERENCE_OF, _ProbeSet
-from lightning_info.functional.dse import _Profile
+from lightning_info.functional.dse import _check_profile_memory, _Profile
 from lightning_info.metrics.dse import (
     DiffusionSpectralEntropy,
     DiffusionSpectralMutualInformation,
@@ -34,7 +34,7 @@ from lightning_info.metrics.dse import (
 from lightning_info.reporting import tensorboard_writers
 from lightning_info.utilities.batch import default_input_fn, default_target_fn
 from lightning_info.utilities.checks import _check_choice, _check_int
-from lightning_info.utilities.compat import Callback
+from lightning_info.utilities.compat import Callback, callback_state_key
 from lightning_info.utilities.rng import preserved_global_rng
 
 __all__ = ["DiffusionSpectralEntropyMonitor"]
@@ -134,14 +134,18 @@ class DiffusionSpectralEntropyMonitor(Callback):
         quantities: which of ``"dse"``, ``"dsmi_y"``, ``"dsmi_x"``, ``"dsmi_z"`` to compute.
             Default the first three.
         metric: template :class:`DiffusionSpectralEntropy` carrying the numerical options (sigma,
-            t, solver, dtype, seed, ...) of every quantity. Default
-            ``DiffusionSpectralEntropy(sigma="median", dtype=torch.float32)`` (float32
-            eigensolves: < 1e-6 bits from float64 on the benchmark's features, and cheaper).
+            t, solver, dtype, seed, ``memory_limit_bytes``, ...) of every quantity. Default
+            ``DiffusionSpectralEntropy(sigma="median", dtype=torch.float32, max_samples=None)``
+            (float32 eigensolves: < 1e-6 bits from float64 on the benchmark's features, and
+            cheaper). Its ``max_samples`` is not used (the probe is the sample); one below the
+            monitor's ``max_samples`` is an error. ``memory_limit_bytes`` is checked for the probe
+            at train start.
         mi_metric: template :class:`DiffusionSpectralMutualInformation` for the DSMI options
             ``num_repeats`` and ``num_clusters`` (bins / clusters of continuous or vector
             references); its kernel options must equal ``metric``'s. Default: the defaults.
         stage: ``"validate"`` (default) or ``"train"``: which dataset the probe is drawn from.
-        max_samples: probe size cap, >= 2, or None for the whole dataset. Default 500: in the
+        max_samples: probe size cap, >= 2, or None for the whole dataset: the one source of the
+            number of samples of every value (never subsampled again). Default 500: in the
             overfitting benchmark the 500-sample signals pass the same criteria and drive the stop
             to the same regret as 1,000 samples, at about a quarter of the cost (the eigensolve is
             cubic in N). DSE grows with N, so keep it fixed when comparing runs.
@@ -156,10 +160,17 @@ class DiffusionSpectralEntropyMonitor(Callback):
         log_histogram: log the spectrum histogram to TensorBoard.
         log_key_prefix: prefix of all keys. Default ``"info/"``.
 
+    Reuse: every fit starts afresh (``setup``), so one monitor serves a cross-validation loop;
+    a resumed fit gets its probe back from the checkpoint, and cached reference groups are reused
+    only for a probe of the same content (a SHA-256 fingerprint), else grouped again.
+
     Raises:
-        ValueError: on invalid options (named in the message), at fit start for an unknown layer
-            (listing the available ones), a model without ``nn.Linear`` when no layer is given, no
-            dataset to probe, or a given ``target_fn`` that fails.
+        ValueError: on invalid options (named in the message), a template ``max_samples`` below
+            the monitor's, at fit start for an unknown layer (listing the available ones), a model
+            without ``nn.Linear`` when no layer is given, no dataset to probe, or a given
+            ``target_fn`` that fails.
+        MemoryBudgetError: at train start, when the exact eigensolve of the probe would exceed
+            the template's ``memory_limit_bytes`` (use ``solver="lanczos"`` or a smaller probe).
         TypeError: if a layer spec is not a string, or the probe dataset is iterable-style.
 
     Example:
@@ -189,9 +200,9 @@ class DiffusionSpectralEntropyMonitor(Callback):
         super().__init__()
         self.layers = _check_layers(layers)
         self.quantities = _check_quantities(quantities)
-        self.metric, self.mi_metric = _check_templates(metric, mi_metric)
         self.stage = _check_choice(stage, "stage", ("validate", "train"))
         self.max_samples = _check_int(max_samples, "max_samples", minimum=2, allow_none=True)
+        self.metric, self.mi_metric = _check_templates(metric, mi_metric, self.max_samples)
         self.every_n_epochs = _check_int(every_n_epochs, "every_n_epochs", minimum=1)
         self.seed = _check_int(seed, "seed")
         self.batch_size = _check_int(batch_size, "batch_size", minimum=1)
@@ -214,6 +225,7 @@ class DiffusionSpectralEntropyMonitor(Callback):
         self._layer_keys: dict[str, str] = {}  # logged layer name -> layer spec
         self._metrics: dict[str, _DiffusionProfile] = {}
         self._last_epoch_done: int = -1
+        self._batches_done: int = 0  # training batches finished in the current epoch
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ naming / state
@@ -242,7 +254,8 @@ class DiffusionSpectralEntropyMonitor(Callback):
     @override
     def state_key(self) -> str:
         """Unique per configuration (layers, quantities, stage, cadence, seed)."""
-        return self._generate_state_key(
+        return callback_state_key(
+            self,
             layers=None if self.layers is None else tuple(self.layers),
             quantities=self.quantities,
             stage=self.stage,
@@ -282,8 +295,16 @@ class DiffusionSpectralEntropyMonitor(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Resolve layer names (fails fast on typos)."""
+        """Start a fit afresh (a resume restores the state afterwards); resolve layer names.
+
+        Everything that belongs to one fit (the probe, its reference groups, the last evaluated
+        epoch, the warnings given) is forgotten here, so the same monitor can be used for several
+        fits (a cross-validation loop); Lightning restores a checkpoint's callback state after
+        ``setup``, so a resumed fit continues with its probe.
+        """
         if stage == "fit":
+            self._probe.reset()
+            self._metrics, self._last_epoch_done, self._warned = {}, -1, set()
             self._layer_keys = self._resolve_layers(pl_module)
 
     @override
@@ -295,17 +316,43 @@ class DiffusionSpectralEntropyMonitor(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Forget last evaluation's values so that a stale value is never monitored twice."""
+        self._batches_done = 0
         for layer in self._layer_keys:
             for key in self.keys_for(layer):
                 trainer.callback_metrics.pop(key, None)
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Count the epoch's finished training batches (to tell the epoch-end validation)."""
+        self._batches_done = batch_idx + 1
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate at the epoch-end validation (not in the sanity check, not mid-epoch)."""
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        if _at_train_epoch_end(trainer) and self._is_eval_epoch(trainer):
+        if self._at_train_epoch_end(trainer) and self._is_eval_epoch(trainer):
             self._evaluate(trainer, pl_module)
+
+    def _at_train_epoch_end(self, trainer: pl.Trainer) -> bool:
+        """Whether the current validation run is the one at the end of a training epoch.
+
+        Public API only: the trainer's ``is_last_batch`` (the data ran out) or, for a limited
+        epoch (``limit_train_batches``), all ``num_training_batches`` batches finished, counted
+        from ``on_train_batch_end``. A validation inside the epoch (``val_check_interval < 1``)
+        is neither.
+
+        Returns:
+            True at the epoch-end validation.
+        """
+        return bool(trainer.is_last_batch) or self._batches_done >= trainer.num_training_batches
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -366,8 +413,16 @@ class DiffusionSpectralEntropyMonitor(Callback):
     def _draw_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         source, loader = self._probe_loader(trainer)
         self._probe.draw(source, loader, rank=trainer.global_rank, world=trainer.world_size)
+        _check_profile_memory(  # refuse a probe too large for the exact path now, not at epoch end
+            (int(self._probe.indices.numel()), 0),
+            list(self._probe.groups.values()),
+            solver=self.metric.solver,
+            num_repeats=self.mi_metric.num_repeats,
+            limit=self.metric.memory_limit_bytes,
+        )
         names = tuple(f"dsmi_{r}" for r in self._probe.references)
-        options = self.metric.options()
+        # the probe is the sample (its size is this monitor's `max_samples`): never subsampled again
+        options = {**self.metric.options(), "max_samples": None}
         self._metrics = {
             key: _DiffusionProfile(
                 names,
@@ -543,8 +598,20 @@ def _check_prefix(log_key_prefix: Any) -> str:
 
 
 def _check_templates(
-    metric: DiffusionSpectralEntropy | None, mi_metric: DiffusionSpectralMutualInformation | None
+    metric: DiffusionSpectralEntropy | None,
+    mi_metric: DiffusionSpectralMutualInformation | None,
+    max_samples: int | None,
 ) -> tuple[DiffusionSpectralEntropy, DiffusionSpectralMutualInformation]:
+    """The metric templates, checked against each other and against the probe size.
+
+    Returns:
+        ``(metric, mi_metric)``, defaults filled in.
+
+    Raises:
+        TypeError: for a template of the wrong class.
+        ValueError: for kernel options that differ between the two templates, or a template
+            ``max_samples`` that would subsample the probe (whose size is the monitor's).
+    """
     if metric is not None and not isinstance(metric, DiffusionSpectralEntropy):
         raise TypeError(
             f"`metric` must be a DiffusionSpectralEntropy; got {type(metric).__name__}."
@@ -555,11 +622,17 @@ def _check_templates(
             f"{type(mi_metric).__name__}."
         )
     if metric is None:
-        metric = DiffusionSpectralEntropy(sigma=DEFAULT_SIGMA, dtype=DEFAULT_DTYPE)
+        metric = DiffusionSpectralEntropy(
+            sigma=DEFAULT_SIGMA, dtype=DEFAULT_DTYPE, max_samples=None
+        )
+    _check_no_subsample("metric", metric, max_samples)
     if mi_metric is None:
         return metric, DiffusionSpectralMutualInformation(**metric.options())
-    kernel = {k: v for k, v in mi_metric.options().items() if k != "seed"}
-    expected = {k: v for k, v in metric.options().items() if k != "seed"}
+    _check_no_subsample("mi_metric", mi_metric, max_samples)
+    # the probe size is the monitor's and the memory budget `metric`'s: neither is a kernel option
+    not_kernel = ("seed", "max_samples", "memory_limit_bytes")
+    kernel = {k: v for k, v in mi_metric.options().items() if k not in not_kernel}
+    expected = {k: v for k, v in metric.options().items() if k not in not_kernel}
     if kernel != expected:
         raise ValueError(
             "`mi_metric`'s kernel options must equal `metric`'s (DSE and DSMI of a layer share one "
@@ -569,21 +642,24 @@ def _check_templates(
     return metric, mi_metric
 
 
+def _check_no_subsample(name: str, template: Any, max_samples: int | None) -> None:
+    """The probe size has one source, the monitor's ``max_samples``: a template must not cap it.
+
+    Raises:
+        ValueError: if the template's ``max_samples`` is below the probe size (or caps a probe of
+            the whole dataset), naming both.
+    """
+    cap = template.max_samples
+    if cap is None or (max_samples is not None and cap >= max_samples):
+        return  # the template would not subsample the probe: nothing to decide
+    probe = "the whole dataset (max_samples=None)" if max_samples is None else max_samples
+    raise ValueError(
+        f"`{name}` has max_samples={cap}, which would subsample the monitor's probe of {probe} "
+        "samples: the probe size is set once, by the monitor's `max_samples`. Pass "
+        f"`max_samples={cap}` to {DiffusionSpectralEntropyMonitor.__name__} and build `{name}` "
+        "with `max_samples=None`."
+    )
+
+
 def _available(module: nn.Module) -> list[str]:
     return [name for name, _ in module.named_modules() if name]
-
-
-def _at_train_epoch_end(trainer: pl.Trainer) -> bool:
-    """Whether the current validation run is the one at the end of a training epoch.
-
-    Returns:
-        True at the epoch-end validation (also when the loop state cannot be read).
-    """
-    try:
-        epoch_loop = trainer.fit_loop.epoch_loop
-        progress = epoch_loop.batch_progress
-        return bool(
-            progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
-        )
-    except AttributeError:  # pragma: no cover - other Lightning versions
-        return True

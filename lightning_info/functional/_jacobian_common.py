@@ -106,7 +106,8 @@ def _check_inputs(inputs: Tensor, name: str) -> Tensor:
         name: the argument name for the error message.
 
     Returns:
-        ``inputs`` unchanged.
+        ``inputs.detach()``: the same storage without the caller's autograd graph (Jacobians are
+        taken with respect to the parameters, never the inputs).
 
     Raises:
         TypeError: if ``inputs`` is not a tensor.
@@ -118,7 +119,7 @@ def _check_inputs(inputs: Tensor, name: str) -> Tensor:
         raise ValueError(
             f"`{name}` must have shape (N, ...) with N >= 1; got {tuple(inputs.shape)}."
         )
-    return inputs
+    return inputs.detach()
 
 
 def _check_output_fn(output_fn: OutputFn | None) -> OutputFn | None:

@@ -41,6 +41,50 @@ __all__: list[str] = []
 _CHUNK_ELEMENTS = 4e7
 
 
+def _per_sample_elements(kb: int, n_rhs: int, n: int, t: int) -> int:
+    """Float64 elements of one sample's temporaries in :meth:`_Eigenbasis.delta`.
+
+    h, its series inverse and FFT buffers (~12 t Kb^2), ā_B and the forces, the memory term, δ̂.
+
+    Returns:
+        The element count.
+    """
+    return 12 * kb * kb * t + 6 * kb * n_rhs * t + kb * n_rhs * n + n * n_rhs + kb * kb * n
+
+
+def replay_peak_bytes(n_samples: int, kb: int, n_rhs: int, t: int) -> int:
+    r"""Estimated peak memory of :func:`_finite_replay` (``method="replay"``) for t steps.
+
+    What grows with the steps t: the per-eigenvalue series of :meth:`_Eigenbasis.build`
+    (:math:`\mu^m` and :math:`g'_s`, n x t each, and the temporaries of :func:`_horizon`, about
+    five more), the n x t R right-hand sides of :meth:`_Eigenbasis.delta`, and the per-sample
+    temporaries of one chunk of samples (at least one sample), dominated by the FFT buffers of
+    the power-series inverse: about 6.5 Kb^2 x the FFT length (2t rounded up to a power of two)
+    per sample. On top: the n x n kernel, A, its eigenvectors. n = N Kb kernel rows, R
+    right-hand sides. Checked against the PyTorch profiler's peak in
+    ``tests/functional/test_sui_memory_guard.py`` (the estimate is 1.0-2x the measured peak).
+
+    Args:
+        n_samples: N.
+        kb: kernel rows per sample.
+        n_rhs: R.
+        t: replayed steps.
+
+    Returns:
+        The estimate in bytes (float64).
+    """
+    n = n_samples * kb
+    chunk = max(
+        1, min(n_samples, int(_CHUNK_ELEMENTS // max(1, _per_sample_elements(kb, n_rhs, n, t))))
+    )
+    nfft = 1 << max(0, 2 * t - 2).bit_length()
+    per_sample = (
+        (13 * kb * kb * nfft) // 2 + 6 * kb * n_rhs * t + (kb * n_rhs + n_rhs + kb * kb) * n
+    )
+    series = (7 + 2 * n_rhs) * n * t
+    return 8 * (series + chunk * per_sample + 4 * n * n)
+
+
 def _horizon(lam: Tensor, eta: float, steps: Tensor) -> Tensor:
     r"""Stable :math:`g_s(\lambda) = (1 - (1 - \eta\lambda)^s)/\lambda = \eta\sum_{m<s}(1-\eta\lambda)^m`.
 
@@ -233,8 +277,7 @@ def _finite_replay(
     w_sq = torch.empty(n_samples, dtype=theta.dtype, device=theta.device)
     f_sq = torch.empty_like(w_sq) if theta_star is not None else None
     self_change = torch.empty(n_samples, kb, n_rhs, dtype=theta.dtype, device=theta.device)
-    # per sample: h, its series inverse and FFT buffers (~12 t Kb²), ā_B and forces, memory, δ̂
-    per_sample = 12 * kb * kb * t + 6 * kb * n_rhs * t + kb * n_rhs * n + n * n_rhs + kb * kb * n
+    per_sample = _per_sample_elements(kb, n_rhs, n, t)
     chunk = max(1, min(n_samples, int(_CHUNK_ELEMENTS // max(1, per_sample))))
     for i0 in range(0, n_samples, chunk):
         i1 = min(n_samples, i0 + chunk)

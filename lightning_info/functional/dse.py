@@ -9,15 +9,25 @@ eigenvalues, :math:`|\lambda|^t`, bits) but computed in O(N^2) memory passes plu
 with a local random generator and input validation.
 
 Layout (torchmetrics style): ``_dse_update`` validates, ``_dse_compute`` / ``_dsmi_compute`` are
-the pure cores on validated tensors (the metrics layer calls these), and the public functions
-chain the two.
+the pure cores on validated tensors, and the public functions chain the two. The metrics layer
+(:mod:`lightning_info.metrics.dse`) uses exactly these private names and no others:
+``_check_dse_options`` / ``_check_dsmi_options`` (option validation), ``_dse_update`` (batch
+validation), ``_reference_labels`` (a DSMI reference into group ids), ``_dsmi_compute`` and
+``_information_profile`` (the cores; the profile returns DSE with its spectrum, and every DSMI of
+a set of groupings, as a :class:`_Profile`).
+
+Eigensolvers. Each :class:`~lightning_info.utilities.enums.EigenSolver` member has one entry in
+``_DISPATCH``, which picks the :class:`_Backend` that runs on N rows; the cores only ask that
+backend for the DSE and whether it is ``dense`` (forms the N x N affinity, so DSMI's subsets and
+the profile share it, under the up-front memory guard). Adding a solver is one module (its DSE
+function), one enum member and one ``_DISPATCH`` entry.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +49,7 @@ from lightning_info.utilities.checks import (
     _check_ndim,
 )
 from lightning_info.utilities.enums import EigenSolver
+from lightning_info.utilities.memory import check_memory
 
 __all__ = [
     "cluster_reference",
@@ -126,6 +137,28 @@ def _check_dse_options(
     return sigma, t, work_dtype, solver, num_lanczos_probes, num_lanczos_steps, seed
 
 
+def _check_memory_limit(memory_limit_bytes: Any) -> int | None:
+    """The ``memory_limit_bytes`` option: None (the default budget) or an int >= 1.
+
+    Returns:
+        ``memory_limit_bytes``.
+    """
+    return _check_int(memory_limit_bytes, "memory_limit_bytes", minimum=1, allow_none=True)
+
+
+def _check_dsmi_options(discrete: Any, num_clusters: Any, num_repeats: Any) -> tuple[Any, int, int]:
+    """Validate DSMI's own options (the kernel options are :func:`_check_dse_options`').
+
+    Returns:
+        ``(discrete, num_clusters, num_repeats)``.
+    """
+    return (
+        _check_discrete(discrete),
+        _check_int(num_clusters, "num_clusters", minimum=2),
+        _check_int(num_repeats, "num_repeats", minimum=1),
+    )
+
+
 def _subsample_indices(n: int, max_samples: int | None, seed: int) -> Tensor | None:
     """Indices of a seeded uniform subsample of size ``max_samples``.
 
@@ -196,14 +229,123 @@ def _affinity_eigvals(g: Tensor, dtype: torch.dtype) -> Tensor:
     return eigvals
 
 
-def _uses_lanczos(solver: str, n: int) -> bool:
-    """Whether a validated ``solver`` choice runs stochastic Lanczos on ``n`` rows.
+def _dse_exact(x: Tensor, *, sigma: float | str, t: float, dtype: torch.dtype, **_: Any) -> Tensor:
+    """DSE in bits from all eigenvalues (``torch.linalg.eigvalsh``) of the diffusion kernel.
 
     Returns:
-        True for ``"lanczos"`` from 1024 rows on and for ``"auto"`` above 4096 rows.
+        0-dim float64 tensor.
     """
-    return (solver == "lanczos" and n >= _LANCZOS_MIN_N) or (
-        solver == "auto" and n > _AUTO_EXACT_MAX_N
+    return _spectral_entropy_bits(_exact_eigvals(x, sigma, dtype), t)
+
+
+def _dse_by_lanczos(
+    x: Tensor,
+    *,
+    sigma: float | str,
+    t: float,
+    dtype: torch.dtype,
+    num_lanczos_probes: int,
+    num_lanczos_steps: int,
+    seed: int,
+    **_: Any,
+) -> Tensor:
+    """DSE in bits by stochastic Lanczos quadrature (:mod:`lightning_info.functional.lanczos`).
+
+    Returns:
+        0-dim tensor in ``dtype``.
+    """
+    from lightning_info.functional.lanczos import _dse_lanczos
+
+    return _dse_lanczos(
+        x,
+        sigma=_resolve_width(x, sigma),
+        t=t,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
+        seed=seed,
+        dtype=dtype,
+    )
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """A concrete way of computing DSE from validated rows.
+
+    Attributes:
+        dse: ``dse(x, *, sigma, t, dtype, num_lanczos_probes, num_lanczos_steps, seed)`` -> 0-dim
+            tensor of bits (extra keywords are ignored).
+        dense: whether it forms the N x N affinity and all eigenvalues: DSMI's group and subset
+            kernels are then sub-blocks of one affinity, and the memory guard
+            (:func:`_check_exact_memory`) applies.
+    """
+
+    dse: Callable[..., Tensor]
+    dense: bool
+
+
+_EXACT = _Backend(_dse_exact, dense=True)
+_LANCZOS = _Backend(_dse_by_lanczos, dense=False)
+
+#: The eigensolver dispatch table: each ``EigenSolver`` member -> the backend it runs on n rows.
+#: ``"lanczos"`` computes the exact spectrum below 1024 rows (see ``_LANCZOS_MIN_N``); ``"auto"``
+#: is exact up to 4096 rows.
+_DISPATCH: dict[EigenSolver, Callable[[int], _Backend]] = {
+    EigenSolver.EXACT: lambda n: _EXACT,
+    EigenSolver.LANCZOS: lambda n: _LANCZOS if n >= _LANCZOS_MIN_N else _EXACT,
+    EigenSolver.AUTO: lambda n: _LANCZOS if n > _AUTO_EXACT_MAX_N else _EXACT,
+}
+
+
+def _backend(solver: str | EigenSolver, n: int) -> _Backend:
+    """The backend that a ``solver`` choice runs on ``n`` rows (validated here).
+
+    Returns:
+        The :class:`_Backend` of ``_DISPATCH``.
+    """
+    return _DISPATCH[EigenSolver(_check_choice(solver, "solver", _SOLVERS))](n)
+
+
+def _exact_peak_bytes(
+    n: int, d: int, build_itemsize: int, num_subsets: int = 0, largest: int = 0
+) -> int:
+    """Estimated peak memory of the dense (exact) path on ``n`` rows of ``d`` features.
+
+    The distance pass holds three N x N arrays at once (the squared distances, their symmetrized
+    sum and its half; the eigensolve of the affinity needs at most the same: the matrix, a
+    working-precision copy and LAPACK's copy), plus three copies of the rows (cast, scaled,
+    centred) and a few length-N vectors. DSMI's subsets add, next to the shared affinity,
+    ``num_subsets`` gathered ``largest`` x ``largest`` blocks and eigensolver copies of them.
+    Checked against the PyTorch profiler's peak in ``tests/test_memory_safety.py`` (3.0 N^2 x 8
+    bytes for DSE, 11.0 for DSMI with five subsets of N - 10 rows).
+
+    Returns:
+        The estimate in bytes.
+    """
+    rows = (3 * n * d + 64 * n) * build_itemsize
+    subsets = n * n * build_itemsize + 2 * num_subsets * largest * largest * 8
+    return rows + max(3 * n * n * build_itemsize, subsets if num_subsets else 0)
+
+
+def _check_exact_memory(
+    x: Tensor | tuple[int, int],
+    limit: int | None,
+    what: str,
+    num_subsets: int = 0,
+    largest: int = 0,
+) -> None:
+    """Refuse the dense path before it allocates when its estimated peak exceeds ``limit``.
+
+    Raises:
+        MemoryBudgetError: naming the estimate and ``solver="lanczos"``.
+    """  # noqa: DOC502 (raised by check_memory)
+    n, d = x if isinstance(x, tuple) else tuple(x.shape)
+    itemsize = 8 if isinstance(x, tuple) else _build_dtype(x).itemsize
+    estimate = _exact_peak_bytes(n, d, itemsize, num_subsets, largest)
+    check_memory(
+        estimate,
+        limit_bytes=limit,
+        what=f"exact {what} on N = {n} samples (N x N kernel and all its eigenvalues)",
+        cheaper='solver="lanczos" (or a smaller `max_samples`)',
     )
 
 
@@ -217,30 +359,32 @@ def _dse_compute(
     num_lanczos_probes: int = 16,
     num_lanczos_steps: int = 32,
     seed: int = 0,
+    memory_limit_bytes: int | None = None,
 ) -> Tensor:
     """DSE in bits of an already validated floating (N, D) tensor, N >= 2.
 
     Returns:
         0-dim float64 tensor (the Lanczos solver returns the working dtype).
-    """
+
+    Raises:
+        MemoryBudgetError: if the dense path's estimated peak exceeds ``memory_limit_bytes``.
+    """  # noqa: DOC502 (raised by _check_exact_memory)
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
-    solver = _check_choice(solver, "solver", _SOLVERS)
     n = x.shape[0]
+    backend = _backend(solver, n)
     if n < 2:
         return x.new_zeros((), dtype=torch.float64)
-    if _uses_lanczos(solver, n):
-        from lightning_info.functional.lanczos import _dse_lanczos
-
-        return _dse_lanczos(
-            x,
-            sigma=_resolve_width(x, sigma),
-            t=t,
-            num_lanczos_probes=num_lanczos_probes,
-            num_lanczos_steps=num_lanczos_steps,
-            seed=seed,
-            dtype=work_dtype,
-        )
-    return _spectral_entropy_bits(_exact_eigvals(x, sigma, work_dtype), t)
+    if backend.dense:
+        _check_exact_memory(x, memory_limit_bytes, "DSE")
+    return backend.dse(
+        x,
+        sigma=sigma,
+        t=t,
+        dtype=work_dtype,
+        num_lanczos_probes=num_lanczos_probes,
+        num_lanczos_steps=num_lanczos_steps,
+        seed=seed,
+    )
 
 
 def _dsmi_compute(
@@ -256,6 +400,8 @@ def _dsmi_compute(
     num_lanczos_probes: int = 16,
     num_lanczos_steps: int = 32,
     affinity: Tensor | None = None,
+    max_samples: int | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> Tensor:
     r"""DSMI in bits of a validated (N, D) float tensor and (N,) group ids (0-dim float64).
 
@@ -267,11 +413,17 @@ def _dsmi_compute(
 
     ``affinity``: the (N, N) Gaussian affinity of ``x`` at ``sigma``, when the caller already
     has it (see :func:`_information_profile`); it is only read. Without it, it is computed here
-    (exact solver) or not formed at all (Lanczos).
+    (exact solver) or not formed at all (Lanczos). ``max_samples``: a seeded uniform subsample of
+    the rows (and their labels) above it, as in the public function.
 
     Returns:
         0-dim float64 tensor, bits.
-    """
+
+    Raises:
+        ValueError: for fewer than 2 samples.
+        MemoryBudgetError: if the dense path's estimated peak exceeds ``memory_limit_bytes``.
+    """  # noqa: DOC502 (raised by the checks)
+    x, labels = _subsample(x, labels, max_samples=max_samples, seed=seed)
     n = x.shape[0]
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     generator = torch.Generator().manual_seed(seed)
@@ -283,12 +435,15 @@ def _dsmi_compute(
         solver=solver,
         num_lanczos_probes=num_lanczos_probes,
         num_lanczos_steps=num_lanczos_steps,
+        memory_limit_bytes=memory_limit_bytes,
     )
     # When N rows are solved exactly, so is every subset: the affinity of a subset is the
     # sub-block of the affinity of all rows, so the pairwise distances are computed once and the
     # num_repeats equal-size random subsets of a group share one batched eigensolve.
-    shared = not _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), n)
+    shared = _backend(solver, n).dense
     work_dtype = _resolve_dtype(dtype, _DEFAULT_DTYPE)
+    if shared:
+        _check_exact_memory(x, memory_limit_bytes, "DSMI", num_repeats, _largest_group(counts, n))
     if shared and affinity is None:
         affinity = _gaussian_affinity(x.to(_build_dtype(x)), sigma)
     if not shared:  # a rule's width comes from all N rows, then holds for every subset
@@ -315,6 +470,61 @@ def _dsmi_compute(
         h_star = entropies(subsets, seeds).sum()
         mi = mi + (n_c / n) * (h_star / num_repeats - h_cond)
     return mi
+
+
+def _largest_group(counts: Tensor, n: int) -> int:
+    """Size of the largest group whose conditional DSE is computed (2 <= n_c < N), else 0.
+
+    Returns:
+        The size.
+    """
+    sizes = [c for c in counts.tolist() if 2 <= c < n]
+    return max(sizes, default=0)
+
+
+def _subsample(
+    x: Tensor, *others: Tensor, max_samples: int | None, seed: int
+) -> tuple[Tensor, ...]:
+    """A seeded uniform subsample of ``max_samples`` rows of ``x`` and ``others`` together.
+
+    Returns:
+        ``(x, *others)``, unchanged when N <= ``max_samples`` (or None).
+
+    Raises:
+        ValueError: if fewer than 2 rows remain.
+    """  # noqa: DOC502 (raised by _check_num_samples)
+    idx = _subsample_indices(x.shape[0], max_samples, seed)
+    if idx is not None:
+        x, others = x[idx.to(x.device)], tuple(o[idx.to(o.device)] for o in others)
+    _check_num_samples(x)
+    return (x, *others)
+
+
+def _check_profile_memory(
+    shape: tuple[int, int] | torch.Size,
+    groups: Any,
+    *,
+    solver: str | EigenSolver,
+    num_repeats: int,
+    limit: int | None,
+) -> None:
+    """The memory guard of :func:`_information_profile` on (N, D) rows and (N,) group ids.
+
+    Also called by the monitor when it draws its probe (D unknown there: 0), so that a probe too
+    large for the exact path is refused at train start, not at the first evaluation.
+
+    Raises:
+        MemoryBudgetError: if the dense path's estimated peak exceeds ``limit``.
+    """  # noqa: DOC502 (raised by _check_exact_memory)
+    n = int(shape[0])
+    if not _backend(solver, n).dense:
+        return
+    largest = max(
+        (_largest_group(torch.unique(g, return_counts=True)[1], n) for g in groups), default=0
+    )
+    _check_exact_memory(
+        (n, int(shape[1])), limit, "DSE/DSMI", num_repeats if largest else 0, largest
+    )
 
 
 def _random_subsets(
@@ -364,17 +574,27 @@ def _information_profile(
     solver: str | EigenSolver = "exact",
     num_lanczos_probes: int = 16,
     num_lanczos_steps: int = 32,
+    max_samples: int | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> _Profile:
     """DSE and the DSMI with each grouping of one validated (N, D) tensor, sharing the work.
 
-    With the exact solver the Gaussian affinity is computed once (one O(N^2 D) distance pass)
-    and serves DSE and every DSMI, whose group and subset kernels are its sub-blocks; the values
-    are those of separate :func:`_dse_compute` / :func:`_dsmi_compute` calls with the same
-    options. With Lanczos each quantity is computed on its own.
+    With a dense backend (the exact solver) the Gaussian affinity is computed once (one
+    O(N^2 D) distance pass) and serves DSE and every DSMI, whose group and subset kernels are its
+    sub-blocks; the values are those of separate :func:`_dse_compute` / :func:`_dsmi_compute`
+    calls with the same options. With Lanczos each quantity is computed on its own.
+    ``max_samples``: a seeded uniform subsample of the rows (and their groups) above it.
 
     Returns:
         A :class:`_Profile`.
-    """
+
+    Raises:
+        ValueError: for fewer than 2 samples.
+        MemoryBudgetError: if the dense path's estimated peak exceeds ``memory_limit_bytes``.
+    """  # noqa: DOC502 (raised by the checks)
+    names = list(groups)
+    x, *columns = _subsample(x, *groups.values(), max_samples=max_samples, seed=seed)
+    groups = dict(zip(names, columns))
     options = dict(
         sigma=sigma,
         t=t,
@@ -382,14 +602,19 @@ def _information_profile(
         solver=solver,
         num_lanczos_probes=num_lanczos_probes,
         num_lanczos_steps=num_lanczos_steps,
+        memory_limit_bytes=memory_limit_bytes,
     )
-    if _uses_lanczos(_check_choice(solver, "solver", _SOLVERS), x.shape[0]):
+    n = x.shape[0]
+    if not _backend(solver, n).dense:
         dse = _dse_compute(x, seed=seed, **options)
         mi = {
             k: _dsmi_compute(x, g, num_repeats=num_repeats, seed=seed, **options)
             for k, g in groups.items()
         }
         return _Profile(dse, mi, None, None)
+    _check_profile_memory(
+        x.shape, columns, solver=solver, num_repeats=num_repeats, limit=memory_limit_bytes
+    )
     affinity = _gaussian_affinity(x.to(_build_dtype(x)), sigma)
     # the feature scale in units of a fixed sigma (a width rule sets it by construction)
     median_affinity = None if isinstance(sigma, str) else _offdiag_median(affinity)
@@ -639,6 +864,7 @@ def diffusion_spectral_entropy(
     solver: str | EigenSolver = "exact",
     num_lanczos_probes: int = 16,
     num_lanczos_steps: int = 32,
+    memory_limit_bytes: int | None = None,
 ) -> Tensor:
     r"""Compute the diffusion spectral entropy (DSE) of a set of embeddings, in bits.
 
@@ -696,6 +922,9 @@ def diffusion_spectral_entropy(
             exact spectrum is used) or ``"auto"`` (exact for N <= 4096, Lanczos above). Also accepts :class:`~lightning_info.utilities.enums.EigenSolver`.
         num_lanczos_probes: Lanczos only: number of random probe vectors, >= 1.
         num_lanczos_steps: Lanczos only: Lanczos iterations per probe, >= 1.
+        memory_limit_bytes: refusal threshold of the up-front memory guard of the exact path
+            (estimated peak 3 N^2 x 8 bytes: 60 GB at N = 50,000), or None for
+            :data:`~lightning_info.utilities.memory.DEFAULT_MEMORY_LIMIT_BYTES` (8 GiB).
 
     Returns:
         0-dim float64 tensor on the input's device: the entropy in bits, in ``[0, log2 N]``.
@@ -708,6 +937,8 @@ def diffusion_spectral_entropy(
             ``"knn"`` with the Lanczos solver; ``t < 1``; ``max_samples < 2``;
             ``num_lanczos_probes``/``num_lanczos_steps`` < 1; an unknown ``solver``; a ``dtype``
             other than float32/float64.
+        MemoryBudgetError: (a ``MemoryError``) before allocating, when the exact path's estimated
+            peak exceeds ``memory_limit_bytes``; the message names ``solver="lanczos"``.
 
     Example:
         >>> import torch
@@ -735,6 +966,7 @@ def diffusion_spectral_entropy(
         num_lanczos_probes=num_lanczos_probes,
         num_lanczos_steps=num_lanczos_steps,
         seed=seed,
+        memory_limit_bytes=_check_memory_limit(memory_limit_bytes),
     )
 
 
@@ -754,6 +986,7 @@ def diffusion_spectral_mutual_information(
     solver: str | EigenSolver = "exact",
     num_lanczos_probes: int = 16,
     num_lanczos_steps: int = 32,
+    memory_limit_bytes: int | None = None,
 ) -> Tensor:
     r"""Compute the diffusion spectral mutual information (DSMI) between embeddings and a reference.
 
@@ -807,6 +1040,9 @@ def diffusion_spectral_mutual_information(
             :func:`diffusion_spectral_entropy` (applied to every group-size DSE).
         num_lanczos_probes: Lanczos only, >= 1.
         num_lanczos_steps: Lanczos only, >= 1.
+        memory_limit_bytes: refusal threshold of the up-front memory guard of the exact path (the
+            N x N affinity plus ``num_repeats`` subset kernels of the largest group), or None for
+            :data:`~lightning_info.utilities.memory.DEFAULT_MEMORY_LIMIT_BYTES` (8 GiB).
 
     Returns:
         0-dim float64 tensor on the embeddings' device: mutual information in bits, at most
@@ -819,6 +1055,8 @@ def diffusion_spectral_mutual_information(
             different length; ``discrete=True`` with a vector reference; ``reference`` None
             without ``clusters``; ``sigma <= 0`` (or so extreme that ``sigma**2`` under/overflows); ``t < 1``; ``num_clusters < 2`` (or > N when
             clustering); ``num_repeats < 1``; ``max_samples < 2``; unknown ``solver``; bad ``dtype``.
+        MemoryBudgetError: (a ``MemoryError``) before allocating, when the exact path's estimated
+            peak exceeds ``memory_limit_bytes``; the message names ``solver="lanczos"``.
 
     Example:
         >>> import torch
@@ -843,9 +1081,6 @@ def diffusion_spectral_mutual_information(
         seed=seed,
         clusters=clusters,
     )
-    idx = _subsample_indices(x.shape[0], max_samples, seed)
-    if idx is not None:
-        x, labels = x[idx.to(x.device)], labels[idx.to(labels.device)]
     return _dsmi_compute(
         x,
         labels,
@@ -857,4 +1092,6 @@ def diffusion_spectral_mutual_information(
         solver=solver,
         num_lanczos_probes=num_lanczos_probes,
         num_lanczos_steps=num_lanczos_steps,
+        max_samples=max_samples,
+        memory_limit_bytes=_check_memory_limit(memory_limit_bytes),
     )

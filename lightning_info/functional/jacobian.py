@@ -432,8 +432,9 @@ def kernel_from_features(
         [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     ntk = _check_choice(ntk, "ntk", ("full", "trace"))
-    first = _DenseChunk(features)
-    return _pair_kernel(first, first if other is None else _DenseChunk(other), ntk, progress)
+    first = _DenseChunk(features.detach())  # no result keeps the caller's autograd graph
+    other_chunk = first if other is None else _DenseChunk(other.detach())
+    return _pair_kernel(first, other_chunk, ntk, progress)
 
 
 def _streamed_kernel(

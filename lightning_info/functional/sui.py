@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from lightning_info.functional._jacobian_common import _DEFAULT_BUDGET
 from lightning_info.functional._sui_algebra import _features, _infinite
-from lightning_info.functional._sui_finite import _finite_replay
+from lightning_info.functional._sui_finite import _finite_replay, replay_peak_bytes
 from lightning_info.functional.gd_plan import (
     DEFAULT_MAX_REPLAY_COST,
     GradientDescentPlan,
@@ -95,6 +95,7 @@ from lightning_info.utilities.checks import (
 )
 from lightning_info.utilities.enums import SUI_METHOD_CHOICES, SUIMethod
 from lightning_info.utilities.exceptions import NotPositiveDefiniteError
+from lightning_info.utilities.memory import check_memory
 
 __all__ = [
     "NotPositiveDefiniteError",
@@ -247,6 +248,7 @@ class _Problem:
     noise_scale: float
     method: SUIMethod
     ridge_c: float
+    memory_limit_bytes: int | None = None  # of the finite-t replay's up-front guard
 
     @staticmethod
     def build(init_outputs: Any, targets: Any, **options: Any) -> _Problem:
@@ -284,6 +286,7 @@ class _Problem:
             noise_scale=_check_positive(options["noise_scale"], "noise_scale"),
             method=method,
             ridge_c=_check_positive(options["ridge_c"], "ridge_c"),
+            memory_limit_bytes=options.get("memory_limit_bytes"),
         )
 
     @property
@@ -407,6 +410,7 @@ def unique_information_from_kernels(
     noise_scale: float = 1.0,
     method: SUIMethod | str = "replay",
     ridge_c: float = 0.5,
+    memory_limit_bytes: int | None = None,
 ) -> UniqueInformation:
     r"""Compute per-sample weight SI and functional SI from precomputed NTKs (no model).
 
@@ -450,6 +454,10 @@ def unique_information_from_kernels(
         noise_scale: σ > 0 of the isotropic smoothing noise (weights and outputs).
         method: ``"replay"`` or ``"ridge"`` (only matters for finite ``num_steps``).
         ridge_c: constant c of the ridge approximation, > 0 (docs/sui.md §6.2: 0.5-1).
+        memory_limit_bytes: refusal threshold of the up-front memory guard of the finite-t
+            replay, whose memory grows with N K t (the series of every eigenvalue over the t
+            steps), or None for :data:`~lightning_info.utilities.memory.DEFAULT_MEMORY_LIMIT_BYTES`
+            (8 GiB).
 
     Returns:
         :class:`UniqueInformation` with (N,) float64 scores in nats (higher = more informative);
@@ -461,6 +469,9 @@ def unique_information_from_kernels(
             finite ``num_steps``), or ``learning_rate`` too large for GD to converge
             (η·λ_max(A) >= 2; the message gives the max stable value).
         TypeError: non-numeric inputs.
+        MemoryBudgetError: (a ``MemoryError``) before allocating, when the finite-t replay's
+            estimated peak exceeds ``memory_limit_bytes``; the message names the cheaper
+            options (fewer ``num_steps``, ``num_steps=None``, ``method="ridge"``).
 
     Example:
         >>> import torch
@@ -481,6 +492,7 @@ def unique_information_from_kernels(
         noise_scale=noise_scale,
         method=method,
         ridge_c=ridge_c,
+        memory_limit_bytes=memory_limit_bytes,
     )
     theta, theta_star, trace = _kernels(ntk, heldout_ntk, problem)
     r, kb = problem.residuals(trace)
@@ -518,11 +530,12 @@ def _solve_replay(
     Returns:
         The raw numerators of :meth:`_Problem.finish`.
     """
+    steps = int(problem.num_steps or 1)
+    _check_replay_memory(problem.num_samples, kb, r.shape[1], steps, problem.memory_limit_bytes)
     evals, u = torch.linalg.eigh(_ridged(problem, theta))
     _check_stable(
         float(evals.max()), problem.learning_rate, problem.num_samples, "exact eigenvalue"
     )
-    steps = int(problem.num_steps or 1)
     lr = problem.learning_rate
     return _finite_replay(theta, theta_star, r, problem.ridge, kb, lr, steps, (evals, u))
 
@@ -538,6 +551,27 @@ _SOLVERS: dict[SUIMethod, _Solver] = {
 }
 #: The methods the engines take (``AUTO`` is resolved by the plan before).
 _ENGINE_METHODS = tuple(m.value for m in _SOLVERS)
+
+
+def _check_replay_memory(n_samples: int, kb: int, n_rhs: int, t: int, limit: Any) -> None:
+    """The up-front memory guard of the finite-t replay (its memory grows with N Kb t).
+
+    Raises:
+        MemoryBudgetError: if :func:`replay_peak_bytes` exceeds ``limit``.
+    """  # noqa: DOC502 (raised by check_memory)
+    limit = _check_int(limit, "memory_limit_bytes", minimum=1, allow_none=True)
+    check_memory(
+        replay_peak_bytes(n_samples, kb, n_rhs, t),
+        limit_bytes=limit,
+        what=(
+            f'replaying t = {t} gradient-descent steps exactly (method="replay") for N = '
+            f"{n_samples} samples with {kb} kernel row(s) each (memory grows with N x K x t)"
+        ),
+        cheaper=(
+            "a smaller horizon (fewer `num_steps`), `num_steps=None` (t = ∞, the converged "
+            'solution) or `method="ridge"`'
+        ),
+    )
 
 
 def _features_of(x: Any, name: str, rows: int | None, num_outputs: int) -> Tensor:
@@ -706,6 +740,8 @@ class SUIOptions:
             (None: ``chunk_size``).
         memory_budget_bytes: bound on stored Jacobians / projection blocks.
         output_fn: maps the model's raw output to the (B,) or (B, K) tensor to linearize.
+        memory_limit_bytes: refusal threshold of the finite-t replay's up-front memory guard, or
+            None for the default 8 GiB.
     """
 
     learning_rate: float | None = None
@@ -726,6 +762,7 @@ class SUIOptions:
     output_batch_size: int | None = None
     memory_budget_bytes: int = _DEFAULT_BUDGET
     output_fn: Callable[[Any], Tensor] | None = None
+    memory_limit_bytes: int | None = None
 
     def validated(self) -> SUIOptions:
         """Check every option (the Jacobian ones are checked where they are used).
@@ -757,6 +794,9 @@ class SUIOptions:
             chunk_size=_check_int(self.chunk_size, "chunk_size", minimum=1, allow_none=True),
             output_batch_size=_check_int(
                 self.output_batch_size, "output_batch_size", minimum=1, allow_none=True
+            ),
+            memory_limit_bytes=_check_int(
+                self.memory_limit_bytes, "memory_limit_bytes", minimum=1, allow_none=True
             ),
         )
 
@@ -1038,6 +1078,7 @@ def _planned_kernels(
         max_replay_cost=options.replay_max_cost,
         noise_scale=options.noise_scale,
         ridge_c=options.ridge_c,
+        memory_limit_bytes=options.memory_limit_bytes,
     )
 
 
@@ -1108,6 +1149,7 @@ def smooth_unique_information(
     seed: int = 0,
     memory_budget_bytes: int = _DEFAULT_BUDGET,
     output_fn: Callable[[Any], Tensor] | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> UniqueInformation:
     r"""Score every training sample's smooth unique information about the weights and function.
 
@@ -1168,6 +1210,10 @@ def smooth_unique_information(
         memory_budget_bytes: bound on stored Jacobians / projection blocks.
         output_fn: maps the model's raw output (a tuple, a dict, ...) to the (B,) or (B, K)
             tensor to linearize, e.g. ``lambda out: out["logits"]``; None: the model returns it.
+        memory_limit_bytes: refusal threshold of the finite-t replay's up-front memory guard
+            (see :func:`unique_information_from_kernels`; the horizon checked is the planned
+            one, after a learning rate beyond the stability limit raised the steps), or None for
+            the default 8 GiB.
 
     Returns:
         :class:`UniqueInformation` (float64, nats; higher = more informative), with the
@@ -1177,6 +1223,8 @@ def smooth_unique_information(
         ValueError: unsupported model outputs, mismatched lengths, non-finite values, invalid
             options, or a kernel with negative eigenvalues beyond round-off.
         TypeError: non-tensor inputs.
+        MemoryBudgetError: (a ``MemoryError``) before the replay allocates, when its estimated
+            peak exceeds ``memory_limit_bytes``.
 
     Example:
         >>> import torch
@@ -1214,6 +1262,7 @@ def smooth_unique_information(
         chunk_size=chunk_size,
         memory_budget_bytes=memory_budget_bytes,
         output_fn=output_fn,
+        memory_limit_bytes=memory_limit_bytes,
     )
     info, _ = score_model(model, train_inputs, tgt, heldout_inputs, options)
     for _, note in info.plan.notes if info.plan is not None else ():
@@ -1377,6 +1426,7 @@ def unique_information_with_plan(
     max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
     noise_scale: float = 1.0,
     ridge_c: float = 0.5,
+    memory_limit_bytes: int | None = None,
 ) -> UniqueInformation:
     """Replay a training run on precomputed NTKs as :func:`~lightning_info.functional.gd_plan.plan_gradient_descent` decides.
 
@@ -1402,6 +1452,8 @@ def unique_information_with_plan(
         max_replay_cost: flop budget of the finite-horizon replay under ``"auto"``.
         noise_scale: σ > 0.
         ridge_c: c of the ridge approximation.
+        memory_limit_bytes: refusal threshold of the finite-t replay's up-front memory guard
+            (applied to the planned horizon), or None for the default 8 GiB.
 
     Returns:
         :class:`UniqueInformation` with the plan that was replayed (its ``notes`` say what was
@@ -1420,6 +1472,7 @@ def unique_information_with_plan(
         (True, True)
     """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
     f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
+    ntk = _as_tensor(ntk, "ntk", allow_int=False)  # detached: no result keeps the input's graph
     n, k = f0.shape[0], (1 if f0.ndim == 1 else f0.shape[1])
     if weight_decay == LOO:
         if num_steps is not None:
@@ -1443,6 +1496,7 @@ def unique_information_with_plan(
             method=plan.method,
             noise_scale=noise_scale,
             ridge_c=ridge_c,
+            memory_limit_bytes=memory_limit_bytes,
         )
 
     run = (learning_rate, num_steps, weight_decay, method)

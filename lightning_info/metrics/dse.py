@@ -4,7 +4,12 @@ Liao, Liu et al., *Assessing Neural Network Representations During Training Usin
 Diffusion Spectral Entropy*, IEEE CISS 2024 (arXiv 2312.04823), Sec. II-III. The math lives in
 :mod:`lightning_info.functional.dse`; these classes only accumulate embeddings (list states reduced
 by concatenation, so after a DDP sync every process holds the same samples and computes the same
-value), put them into a canonical order and call the functional private pair.
+value), put them into a canonical order and call the functional cores.
+
+The metrics call only the small private interface that :mod:`lightning_info.functional.dse`
+documents for them (option and batch validation, ``_reference_labels``, ``_dsmi_compute`` and
+``_information_profile``) and only public ``torchmetrics.Metric`` API (``sync_context`` with
+``sync_on_compute``, ``reset``).
 
 Canonical order. DSE/DSMI are order-invariant only up to the seeded random subsets they draw
 (``max_samples`` subsampling, the DSMI subsets :math:`Z^*_c`). Pass ``index=`` (each sample's
@@ -23,20 +28,14 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from lightning_info.functional.diffusion import _resolve_dtype
 from lightning_info.functional.dse import (
-    _check_discrete,
     _check_dse_options,
-    _check_num_samples,
-    _dse_compute,
+    _check_dsmi_options,
     _dse_update,
     _dsmi_compute,
-    _exact_eigvals,
     _information_profile,
     _Profile,
     _reference_labels,
-    _spectral_entropy_bits,
-    _subsample_indices,
     cluster_reference,
 )
 from lightning_info.utilities.checks import _as_tensor, _check_finite, _check_int, _check_ndim
@@ -87,6 +86,7 @@ class _DiffusionMetricBase(Metric):
         num_lanczos_probes: int,
         num_lanczos_steps: int,
         dtype: torch.dtype | str | None,
+        memory_limit_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -101,6 +101,9 @@ class _DiffusionMetricBase(Metric):
         self.num_lanczos_probes = num_lanczos_probes
         self.num_lanczos_steps = num_lanczos_steps
         self.work_dtype = dtype  # validated above; None means the functional default (float64)
+        self.memory_limit_bytes = _check_int(
+            memory_limit_bytes, "memory_limit_bytes", minimum=1, allow_none=True
+        )
         self.add_state("embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("index", default=[], dist_reduce_fx="cat")
 
@@ -141,21 +144,16 @@ class _DiffusionMetricBase(Metric):
             x = x[order]
             others = [o[order.to(o.device)] for o in others]
         _check_finite(x, "embeddings")
-        _check_num_samples(x)
+        if x.shape[0] < 2:
+            raise ValueError(f"`embeddings` must have at least 2 samples (rows); got {x.shape[0]}.")
         return (x, *others)
-
-    def _subsample(self, x: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
-        idx = _subsample_indices(x.shape[0], self.max_samples, self.seed)
-        if idx is None:
-            return (x, *others)
-        return (x[idx.to(x.device)], *(o[idx.to(o.device)] for o in others))
 
     def options(self) -> dict[str, Any]:
         """The numerical options this metric was built with (``__init__`` keywords).
 
         Returns:
             ``{sigma, t, max_samples, seed, solver, num_lanczos_probes, num_lanczos_steps,
-            dtype}``, e.g. to build another metric with the same kernel.
+            dtype, memory_limit_bytes}``, e.g. to build another metric with the same kernel.
         """
         return dict(
             sigma=self.sigma,
@@ -166,9 +164,15 @@ class _DiffusionMetricBase(Metric):
             num_lanczos_probes=self.num_lanczos_probes,
             num_lanczos_steps=self.num_lanczos_steps,
             dtype=self.work_dtype,
+            memory_limit_bytes=self.memory_limit_bytes,
         )
 
     def _options(self) -> dict[str, Any]:
+        """The keywords of the functional cores.
+
+        Returns:
+            The options as keywords of ``_dsmi_compute`` / ``_information_profile``.
+        """
         return dict(
             sigma=self.sigma,
             t=self.t,
@@ -177,6 +181,8 @@ class _DiffusionMetricBase(Metric):
             num_lanczos_probes=self.num_lanczos_probes,
             num_lanczos_steps=self.num_lanczos_steps,
             seed=self.seed,
+            max_samples=self.max_samples,
+            memory_limit_bytes=self.memory_limit_bytes,
         )
 
 
@@ -210,6 +216,9 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         num_lanczos_probes: Lanczos probes, >= 1.
         num_lanczos_steps: Lanczos steps, >= 1.
         dtype: eigensolve precision (None = float64, or float32).
+        memory_limit_bytes: refusal threshold of the exact path's up-front memory guard (checked
+            at ``compute``, before the N x N kernel is allocated), or None for the default 8 GiB
+            (see :func:`~lightning_info.functional.diffusion_spectral_entropy`).
         **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ``process_group``, ...).
 
     Returns (``compute``):
@@ -244,6 +253,7 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         num_lanczos_probes: int = 16,
         num_lanczos_steps: int = 32,
         dtype: torch.dtype | str | None = None,
+        memory_limit_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         """Validate the options (documented in the class docstring)."""
@@ -256,6 +266,7 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
             num_lanczos_probes=num_lanczos_probes,
             num_lanczos_steps=num_lanczos_steps,
             dtype=dtype,
+            memory_limit_bytes=memory_limit_bytes,
             **kwargs,
         )
         self._last_spectrum: Tensor | None = None
@@ -268,7 +279,13 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
             index: optional (B,) integer positions of these samples in a fixed dataset (see the
                 module docstring).
         """
+        self._last_spectrum = None  # new samples: the last compute's spectrum is stale
         self._store(embeddings, index)
+
+    def reset(self) -> None:
+        """Reset the accumulated samples (``Metric.reset``) and forget the last spectrum."""
+        super().reset()
+        self._last_spectrum = None
 
     def compute(self) -> Tensor:
         """DSE in bits of all accumulated embeddings.
@@ -276,14 +293,13 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         Returns:
             0-dim float64 tensor, in ``[0, log2 N]``.
         """
-        (x,) = self._subsample(*self._gathered())
-        if self.solver == "exact":
-            # the exact path of ``_dse_compute``, keeping the spectrum for :meth:`spectrum`
-            eigvals = _exact_eigvals(x, self.sigma, _resolve_dtype(self.work_dtype, torch.float64))
-            self._last_spectrum = torch.sort(eigvals).values
-            return _spectral_entropy_bits(eigvals, self.t)
-        self._last_spectrum = None
-        return _dse_compute(x, **self._options())
+        (x,) = self._gathered()
+        profile = _information_profile(x, {}, **self._options())
+        # the exact solver's eigenvalues are kept for :meth:`spectrum` (no second eigensolve)
+        self._last_spectrum = (
+            None if profile.eigvals is None else torch.sort(profile.eigvals).values
+        )
+        return profile.dse
 
     def spectrum(self) -> Tensor:
         r"""Eigenvalues of the diffusion operator of the accumulated embeddings (for histograms).
@@ -297,14 +313,14 @@ class DiffusionSpectralEntropy(_DiffusionMetricBase):
         Returns:
             (N,) float64 tensor of eigenvalues of :math:`P = D^{-1} G`, in :math:`[-1, 1]`.
         """
-        if self._computed is not None and self._last_spectrum is not None:
+        if self._last_spectrum is not None:
             return self._last_spectrum  # from the last compute(), no update since: no second solve
         with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=True
+            dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute, should_unsync=True
         ):
-            (x,) = self._subsample(*self._gathered())
-            eigvals = _exact_eigvals(x, self.sigma, _resolve_dtype(self.work_dtype, torch.float64))
-        return torch.sort(eigvals).values
+            (x,) = self._gathered()
+            profile = _information_profile(x, {}, **{**self._options(), "solver": "exact"})
+        return torch.sort(profile.eigvals).values
 
 
 class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
@@ -338,6 +354,8 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         num_lanczos_probes: Lanczos probes, >= 1.
         num_lanczos_steps: Lanczos steps, >= 1.
         dtype: eigensolve precision (None = float64, or float32).
+        memory_limit_bytes: refusal threshold of the exact path's up-front memory guard, or None
+            for the default 8 GiB (see :class:`DiffusionSpectralEntropy`).
         **kwargs: torchmetrics ``Metric`` options.
 
     Returns (``compute``):
@@ -378,6 +396,7 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         num_lanczos_probes: int = 16,
         num_lanczos_steps: int = 32,
         dtype: torch.dtype | str | None = None,
+        memory_limit_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         """Validate the options (documented in the class docstring)."""
@@ -390,11 +409,12 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
             num_lanczos_probes=num_lanczos_probes,
             num_lanczos_steps=num_lanczos_steps,
             dtype=dtype,
+            memory_limit_bytes=memory_limit_bytes,
             **kwargs,
         )
-        self.discrete = _check_discrete(discrete)
-        self.num_clusters = _check_int(num_clusters, "num_clusters", minimum=2)
-        self.num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
+        self.discrete, self.num_clusters, self.num_repeats = _check_dsmi_options(
+            discrete, num_clusters, num_repeats
+        )
         self.add_state("reference", default=[], dist_reduce_fx="cat")
 
     def update(self, embeddings: Tensor, reference: Tensor, *, index: Tensor | None = None) -> None:
@@ -432,9 +452,7 @@ class DiffusionSpectralMutualInformation(_DiffusionMetricBase):
         labels = _reference_labels(
             ref, x.shape[0], discrete=self.discrete, num_clusters=self.num_clusters, seed=self.seed
         )
-        x, labels = self._subsample(x, labels)
-        options = self._options()
-        return _dsmi_compute(x, labels, num_repeats=self.num_repeats, **options)
+        return _dsmi_compute(x, labels, num_repeats=self.num_repeats, **self._options())
 
 
 class _DiffusionProfile(_DiffusionMetricBase):
@@ -453,9 +471,14 @@ class _DiffusionProfile(_DiffusionMetricBase):
         self_clusters: if given, also the DSMI with ``self_clusters`` k-means clusters of the
             embeddings themselves (the label-free ``dsmi_z``; seeded with ``seed``), under the
             name ``"dsmi_z"``.
-        **options: every option of :class:`DiffusionSpectralEntropy` (sigma, t, max_samples,
-            seed, solver, num_lanczos_probes, num_lanczos_steps, dtype; e.g.
-            ``template.options()``).
+        **options: every option of :class:`DiffusionSpectralEntropy` (sigma, t, seed, solver,
+            num_lanczos_probes, num_lanczos_steps, dtype, memory_limit_bytes; e.g.
+            ``template.options()``) except ``max_samples``: the accumulated samples are the
+            monitor's probe, whose size is the monitor's ``max_samples``, so they are never
+            subsampled again.
+
+    Raises:
+        ValueError: for a ``max_samples`` other than None.
     """
 
     groups: list[Tensor]
@@ -468,7 +491,13 @@ class _DiffusionProfile(_DiffusionMetricBase):
         self_clusters: int | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(**options)
+        max_samples = options.pop("max_samples", None)
+        if max_samples is not None:
+            raise ValueError(
+                "_DiffusionProfile does not subsample (the probe is the sample); got "
+                f"max_samples={max_samples}."
+            )
+        super().__init__(max_samples=None, **options)
         self.group_names = tuple(group_names)
         self.num_repeats = _check_int(num_repeats, "num_repeats", minimum=1)
         self.self_clusters = _check_int(self_clusters, "self_clusters", minimum=2, allow_none=True)
@@ -485,7 +514,7 @@ class _DiffusionProfile(_DiffusionMetricBase):
         Returns:
             The :class:`~lightning_info.functional.dse._Profile`.
         """
-        x, groups = self._subsample(*self._gathered(self.groups))
+        x, groups = self._gathered(self.groups)
         named = {name: groups[:, j] for j, name in enumerate(self.group_names)}
         if self.self_clusters is not None:  # one group (DSMI 0) when 2 samples cannot be split
             k = min(self.self_clusters, x.shape[0] - 1)

@@ -17,16 +17,19 @@ from torch import Tensor
 
 
 def _as_tensor(value: Any, name: str, *, allow_int: bool = True) -> Tensor:
-    """Return ``value`` as a tensor (numpy arrays and lists are converted; no copy for tensors).
+    """Return ``value`` as a detached tensor (numpy arrays and lists are converted; no copy).
+
+    A tensor is detached (a view of the same storage, not a copy): every public entry point
+    validates its array inputs here, so no result keeps the caller's autograd graph alive.
 
     Returns:
-        The tensor (``value`` itself if it is one).
+        The tensor (``value.detach()`` if it is one).
 
     Raises:
         TypeError: if ``value`` is not array-like or has a non-numeric dtype.
     """
     if isinstance(value, Tensor):
-        tensor = value
+        tensor = value.detach()
     elif isinstance(value, np.ndarray):
         if value.dtype == object or not (
             np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_

@@ -19,13 +19,16 @@ This module builds the bases of ``lightning_info``'s callbacks from **both** pac
   see :class:`_SkipInit`).
 * :data:`TENSORBOARD_LOGGER_TYPES`: the ``TensorBoardLogger`` classes of both packages, for
   :func:`lightning_info.reporting.tensorboard_writers`.
-* :func:`callback_state_key`: the key under which a callback's state is saved in a checkpoint,
-  the one access to a protected Lightning method (``Callback._generate_state_key``), with the
-  format it produces as the fallback.
+* :func:`callback_state_key`: the ``state_key`` of a configurable callback, the string Lightning's
+  own callbacks build with their protected ``Callback._generate_state_key`` (so checkpoints keep
+  their keys), built here from public data only.
 * :func:`fit_val_dataloaders`: the validation loaders of the current ``fit``, also before the
   validation loop has first run (Lightning sets ``trainer.val_dataloaders`` lazily); the only
   place that reads a private Lightning attribute, as a documented fallback (tested in
-  ``tests/utilities/test_compat.py`` with both packages).
+  ``tests/utilities/test_compat_loaders.py`` with both packages).
+
+Only public Lightning API is used outside this module; what would need a protected name lives
+here, with a test per Lightning package (``tests/utilities/test_compat.py``).
 """
 
 from __future__ import annotations
@@ -87,24 +90,26 @@ else:  # pragma: no cover - exercised only without `lightning` installed
     TENSORBOARD_LOGGER_TYPES = (_PLTensorBoardLogger,)
 
 
-def callback_state_key(callback: Any, **kwargs: Any) -> str:
-    """The checkpoint key of a callback's state: its class name and distinguishing options.
+def callback_state_key(callback: object, **kwargs: Any) -> str:
+    """The ``state_key`` of a callback configured by ``kwargs``, as Lightning builds it.
 
-    Lightning's callbacks build it with the protected ``Callback._generate_state_key`` (documented
-    in Lightning's callback guide for this purpose); this is the one place that calls it. When a
-    Lightning version lacks it, the same format is produced here (``ClassName{options!r}``), so
-    checkpoints written by either stay readable.
+    Equal to ``callback._generate_state_key(**kwargs)`` of both Lightning packages (the class's
+    qualified name followed by the ``repr`` of the keywords), so a checkpoint written before or
+    after keeps its callback states under the same key; built without the protected method.
 
     Args:
         callback: the callback.
-        **kwargs: the options that distinguish two instances of the class (JSON-like values).
+        **kwargs: the arguments that make two instances distinct (e.g. ``monitor``, ``mode``).
 
     Returns:
-        The key, e.g. ``"OverfittingEarlyStopping{'monitor': 'info/dsmi_y/penultimate'}"``.
+        The key, e.g. ``"DiffusionSpectralEntropyMonitor{'layers': None, ...}"``.
+
+    Example:
+        >>> class Probe(Callback):
+        ...     pass
+        >>> callback_state_key(Probe(), layers=None, seed=0)
+        "Probe{'layers': None, 'seed': 0}"
     """
-    generate = getattr(callback, "_generate_state_key", None)
-    if callable(generate):
-        return str(generate(**kwargs))
     return f"{type(callback).__qualname__}{kwargs!r}"
 
 

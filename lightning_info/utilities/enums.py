@@ -18,6 +18,11 @@ class EigenSolver(str, Enum):
       ``tr(f(K))``; an approximation whose error falls with ``num_lanczos_probes`` and
       ``num_lanczos_steps``.
     * ``AUTO`` (``"auto"``): ``EXACT`` up to a sample count threshold, ``LANCZOS`` above it.
+
+    Each member has one entry in the dispatch table ``_DISPATCH`` of
+    :mod:`lightning_info.functional.dse`, which picks the backend (its DSE function and whether it
+    forms the N x N kernel) that runs on N rows; a new solver is its module, a member here and
+    that entry.
     """
 
     EXACT = "exact"

@@ -580,3 +580,43 @@ def test_bandwidth_rules_with_duplicates_and_lanczos():
         assert value == pytest.approx(float(diffusion_spectral_entropy(two * 1e3, sigma=rule)))
     with pytest.raises(ValueError, match=r"knn.*exact solver"):
         diffusion_spectral_entropy(torch.randn(1100, 5), sigma="knn", solver="lanczos")
+
+
+# --------------------------------------------------------------------------------------------
+# the eigensolver dispatch table (issue 21): one entry per EigenSolver member, one routing site
+# --------------------------------------------------------------------------------------------
+def test_every_eigensolver_member_has_one_dispatch_entry():
+    from lightning_info.functional.dse import _DISPATCH, _EXACT, _LANCZOS
+    from lightning_info.utilities.enums import EigenSolver
+
+    assert set(_DISPATCH) == set(EigenSolver)
+    # the documented thresholds: "lanczos" exact below 1024 rows, "auto" exact up to 4096
+    assert [_DISPATCH[EigenSolver.LANCZOS](n) for n in (1023, 1024)] == [_EXACT, _LANCZOS]
+    assert [_DISPATCH[EigenSolver.AUTO](n) for n in (4096, 4097)] == [_EXACT, _LANCZOS]
+    assert _DISPATCH[EigenSolver.EXACT](10**6) is _EXACT
+
+
+def test_dispatch_entry_routes_dse_dsmi_and_profile(monkeypatch):
+    """Replacing one dispatch entry reroutes every core: the table is the only routing site."""
+    import lightning_info.functional.dse as dse_mod
+    from lightning_info.utilities.enums import EigenSolver
+
+    calls = []
+
+    def fake(x, **_):
+        calls.append(x.shape[0])
+        return torch.tensor(7.0, dtype=torch.float64)
+
+    monkeypatch.setitem(
+        dse_mod._DISPATCH, EigenSolver.AUTO, lambda n: dse_mod._Backend(fake, dense=False)
+    )
+    z = torch.randn(40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.arange(40) % 2
+    assert diffusion_spectral_entropy(z, solver="auto").item() == 7.0
+    # DSMI with a non-dense backend: every group and subset DSE comes from the backend (7 - 7 = 0)
+    assert diffusion_spectral_mutual_information(z, y, solver="auto", num_repeats=2).item() == 0.0
+    profile = dse_mod._information_profile(z, {"y": y}, solver="auto", num_repeats=2)
+    assert profile.dse.item() == 7.0
+    assert profile.eigvals is None
+    assert calls[0] == 40
+    assert set(calls[1:]) == {40, 20}

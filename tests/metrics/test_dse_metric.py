@@ -193,9 +193,9 @@ def test_spectrum_after_compute_reuses_the_eigensolve(monkeypatch):
 
     z, _ = _data(n=50)
     calls = []
-    real = metrics_dse._exact_eigvals
+    real = metrics_dse._information_profile
     monkeypatch.setattr(
-        metrics_dse, "_exact_eigvals", lambda *a, **k: calls.append(1) or real(*a, **k)
+        metrics_dse, "_information_profile", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     metric = DiffusionSpectralEntropy(sigma=3.0)
     metric.update(z)
