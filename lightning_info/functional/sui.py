@@ -551,6 +551,8 @@ _SOLVERS: dict[SUIMethod, _Solver] = {
 }
 #: The methods the engines take (``AUTO`` is resolved by the plan before).
 _ENGINE_METHODS = tuple(m.value for m in _SOLVERS)
+#: The methods of the feature-space engine: the closed forms (one Woodbury solve).
+_FEATURE_METHODS = (SUIMethod.CONVERGED, SUIMethod.RIDGE)
 
 
 def _check_replay_memory(n_samples: int, kb: int, n_rhs: int, t: int, limit: Any) -> None:
@@ -690,10 +692,10 @@ def unique_information_from_features(
                 f"`heldout_features` must have d = {phi3.shape[2]} like `features`; "
                 f"got {phi_star3.shape[2]}."
             )
-    if problem.solver is SUIMethod.REPLAY:
+    if problem.solver not in _FEATURE_METHODS:
         raise ValueError(
-            "`method='replay'` with a finite `num_steps` is not available in feature space; use "
-            "`method='ridge'`, or the kernel path (`unique_information_from_kernels`)."
+            f"`method='{problem.method}'` with a finite `num_steps` is not available in feature "
+            "space; use `method='ridge'`, or the kernel path (`unique_information_from_kernels`)."
         )
     trace = ntk == "trace" and problem.num_outputs > 1
     r, kb = problem.residuals(trace)

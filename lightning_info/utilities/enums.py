@@ -116,8 +116,6 @@ class SUIMethod(str, Enum):
 
 
 #: The ``method=`` values a caller may pass (``CONVERGED`` is the plan's choice for t = ∞).
-SUI_METHOD_CHOICES: tuple[str, ...] = (
-    SUIMethod.AUTO.value,
-    SUIMethod.REPLAY.value,
-    SUIMethod.RIDGE.value,
+SUI_METHOD_CHOICES: tuple[str, ...] = tuple(
+    m.value for m in SUIMethod if m is not SUIMethod.CONVERGED
 )
