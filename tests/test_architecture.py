@@ -67,9 +67,7 @@ def test_every_code_name_exists():
     defined = _defined_names() | EXTERNAL
     spans = [s for s in _spans() if _NAME.match(s) and not s.endswith(".py")]
     assert {"SUIMethod", "_SOLVERS", "EigenSolver", "_DISPATCH", "score_model"} <= set(spans)
-    missing = [
-        s for s in spans if not all(p in defined for p in s.strip(".()=").split(".") if p)
-    ]
+    missing = [s for s in spans if not all(p in defined for p in s.strip(".()=").split(".") if p)]
     assert not missing, f"docs/architecture.md names code that does not exist: {missing}"
 
 
@@ -84,7 +82,8 @@ def test_every_code_name_exists():
 def test_recipes_dispatch_tables_cover_their_enums(module, table, enum, skip):
     """The recipe "one module + one enum member + one dispatch entry" holds for each table."""
     text = DOC.read_text()
-    assert table in text and enum in text
+    assert table in text
+    assert enum in text
     entries = getattr(importlib.import_module(module), table)
     members = getattr(importlib.import_module("lightning_info.utilities.enums"), enum)
     assert {m.name for m in members} - skip == {m.name for m in entries}
@@ -101,8 +100,10 @@ def test_sui_recipe_code_block_names_real_places():
     from lightning_info.functional import sui
     from lightning_info.utilities import enums
 
-    assert "SUIMethod" in code and hasattr(enums, "SUIMethod")
-    assert "_SOLVERS" in code and isinstance(sui._SOLVERS, dict)
+    assert "SUIMethod" in code
+    assert hasattr(enums, "SUIMethod")
+    assert "_SOLVERS" in code
+    assert isinstance(sui._SOLVERS, dict)
     # a new member needs nothing else to be accepted: the choices derive from the enum
     assert set(enums.SUI_METHOD_CHOICES) == {m.value for m in enums.SUIMethod} - {"converged"}
     assert set(sui._ENGINE_METHODS) == {m.value for m in sui._SOLVERS}

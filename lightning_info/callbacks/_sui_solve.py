@@ -14,7 +14,6 @@ the Jacobian features of its shard and rank 0 forms the kernels and solves
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
@@ -34,10 +33,10 @@ from lightning_info.callbacks._sui_progress import (
 )
 from lightning_info.functional.sui import (
     EngineCall,
+    JacobianRequest,
     ScoringRun,
     SUIOptions,
     UniqueInformation,
-    linearize_locally,
     score_model,
 )
 from lightning_info.functional.training_recipe import TrainingRecipe
@@ -65,33 +64,25 @@ class CallbackLinearization:
         """
         return collective_stage(self.trainer)
 
-    def solve(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        heldout_inputs: Tensor | None,
-        *,
-        ntk: str,
-        features: bool,
-        jacobian_options: dict[str, Any],
-        solve: EngineCall,
-    ) -> UniqueInformation:
+    def solve(self, request: JacobianRequest, solve: EngineCall) -> UniqueInformation:
         """Build locally, or shard the Jacobians and solve on rank 0 (result broadcast).
 
         Returns:
             ``solve``'s result, the same on every rank.
         """
-        jac_kw = {**jacobian_options, "progress": self.progress.hook}
+        hook = self.progress.hook
         if not is_distributed(self.trainer):
-            built = linearize_locally(model, inputs, heldout_inputs, ntk, features, jac_kw)
+            built = request.build_locally(progress=hook)
             with self.progress.solving():
                 return solve(*built)
-        phi, phi_val = gather_all_features(model, self.trainer, inputs, heldout_inputs, jac_kw)
+        jac_kw = {**request.jacobian_options, "progress": hook}
+        x, x_val = request.inputs, request.heldout_inputs
+        phi, phi_val = gather_all_features(request.model, self.trainer, x, x_val, jac_kw)
 
         def on_rank_zero() -> UniqueInformation:
-            built = (
-                (phi, phi_val) if features else kernels_of(phi, phi_val, ntk, self.progress.hook)
-            )
+            built = (phi, phi_val)
+            if not request.features:
+                built = kernels_of(phi, phi_val, request.ntk, hook)
             with self.progress.solving():
                 return solve(*built)
 

@@ -856,6 +856,47 @@ class ScoringRun:
 EngineCall = Callable[[Tensor, Tensor | None], "UniqueInformation"]
 
 
+@dataclass(frozen=True)
+class JacobianRequest:
+    """What :func:`score_model` asks a :class:`Linearization` to build.
+
+    Attributes:
+        model: the network at the linearization point.
+        inputs: (N, ...) training inputs, on the model's device.
+        heldout_inputs: (M, ...) held-out inputs, or None.
+        ntk: ``"full"`` or ``"trace"``.
+        features: build projected Jacobian features (feature space) instead of the NTKs.
+        jacobian_options: keyword arguments of ``empirical_ntk`` / ``jacobian_features``.
+    """
+
+    model: nn.Module
+    inputs: Tensor
+    heldout_inputs: Tensor | None
+    ntk: str
+    features: bool
+    jacobian_options: dict[str, Any]
+
+    def build_locally(self, **extra: Any) -> tuple[Tensor, Tensor | None]:
+        """The training and held-out NTKs (or Jacobian features), in this process.
+
+        Args:
+            **extra: more Jacobian keyword arguments (e.g. a ``progress`` observer).
+
+        Returns:
+            ``(train, heldout or None)``: (N K, N K) / (N, N) and held-out/train kernels, or
+            (N, K, d) and (M, K, d) features.
+        """
+        kw = {**self.jacobian_options, **extra}
+        x, x_val = self.inputs, self.heldout_inputs
+        if self.features:
+            phi = jacobian_features(self.model, x, **kw)
+            return phi, None if x_val is None else jacobian_features(self.model, x_val, **kw)
+        theta = empirical_ntk(self.model, x, ntk=self.ntk, **kw)
+        if x_val is None:
+            return theta, None
+        return theta, empirical_ntk(self.model, x_val, x, ntk=self.ntk, **kw)
+
+
 class Linearization(Protocol):
     """Where the Jacobians come from and where the solve runs (local, or sharded under DDP)."""
 
@@ -863,44 +904,9 @@ class Linearization(Protocol):
         """A context for the steps every process runs alone (outputs, resolution)."""
         ...
 
-    def solve(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        heldout_inputs: Tensor | None,
-        *,
-        ntk: str,
-        features: bool,
-        jacobian_options: dict[str, Any],
-        solve: EngineCall,
-    ) -> UniqueInformation:
-        """``solve`` on the NTKs (``features=False``) or the Jacobian features of the inputs."""
+    def solve(self, request: JacobianRequest, solve: EngineCall) -> UniqueInformation:
+        """``solve`` on the NTKs or the Jacobian features the request asks for."""
         ...
-
-
-def linearize_locally(
-    model: nn.Module,
-    inputs: Tensor,
-    heldout_inputs: Tensor | None,
-    ntk: str,
-    features: bool,
-    jacobian_options: dict[str, Any],
-) -> tuple[Tensor, Tensor | None]:
-    """The training and held-out NTKs (or projected Jacobian features), in this process.
-
-    Returns:
-        ``(train, heldout or None)``: (N K, N K) / (N, N) and held-out/train kernels, or
-        (N, K, d) and (M, K, d) features.
-    """
-    if features:
-        phi = jacobian_features(model, inputs, **jacobian_options)
-        if heldout_inputs is None:
-            return phi, None
-        return phi, jacobian_features(model, heldout_inputs, **jacobian_options)
-    theta = empirical_ntk(model, inputs, ntk=ntk, **jacobian_options)
-    if heldout_inputs is None:
-        return theta, None
-    return theta, empirical_ntk(model, heldout_inputs, inputs, ntk=ntk, **jacobian_options)
 
 
 class LocalLinearization:
@@ -914,24 +920,13 @@ class LocalLinearization:
         """
         return nullcontext()
 
-    def solve(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        heldout_inputs: Tensor | None,
-        *,
-        ntk: str,
-        features: bool,
-        jacobian_options: dict[str, Any],
-        solve: EngineCall,
-    ) -> UniqueInformation:
-        """``solve`` on the kernels or features built here (:func:`linearize_locally`).
+    def solve(self, request: JacobianRequest, solve: EngineCall) -> UniqueInformation:
+        """``solve`` on the kernels or features built here.
 
         Returns:
             ``solve``'s result.
         """
-        built = linearize_locally(model, inputs, heldout_inputs, ntk, features, jacobian_options)
-        return solve(*built)
+        return solve(*request.build_locally())
 
 
 def score_model(
@@ -989,16 +984,8 @@ def score_model(
     def solve(train: Tensor, heldout: Tensor | None) -> UniqueInformation:
         return engine(train, heldout, f0, y, run, options)
 
-    info = backend.solve(
-        model,
-        x,
-        x_val,
-        ntk=run.ntk,
-        features=features,
-        jacobian_options=options.jacobian_options(),
-        solve=solve,
-    )
-    return info, run
+    request = JacobianRequest(model, x, x_val, run.ntk, features, options.jacobian_options())
+    return backend.solve(request, solve), run
 
 
 def _device_of(model: nn.Module, inputs: Tensor) -> torch.device:
