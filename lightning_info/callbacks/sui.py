@@ -1,13 +1,16 @@
 r"""Score every training sample's smooth unique information when ``fit`` ends.
 
 Harutyunyan, Achille, Paolini et al., *Estimating informativeness of samples with Smooth Unique
-Information*, ICLR 2021, arXiv:2101.06640. This module is state plus hooks; each stage has its own
-home: the training recipe (:mod:`~lightning_info.callbacks._sui_recipe`), the samples
+Information*, ICLR 2021, arXiv:2101.06640. This module is state, hooks and reports; the scoring
+itself is the pipeline of :func:`~lightning_info.functional.smooth_unique_information`
+(:func:`lightning_info.functional.sui.score_model`). Each stage has its own home: the training
+recipe (:mod:`lightning_info.functional.training_recipe`), the model checks
+(:mod:`~lightning_info.callbacks._sui_recipe`), the samples
 (:mod:`~lightning_info.callbacks._sui_data`), the linearization and kernels
 (:mod:`lightning_info.functional.jacobian`), the replayed run
-(:mod:`lightning_info.functional.gd_plan`), the solve (:mod:`~lightning_info.callbacks._sui_solve`,
-:mod:`lightning_info.functional.sui`),
-DDP (:mod:`~lightning_info.callbacks._sui_ddp`) and the reports (:mod:`lightning_info.reporting`).
+(:mod:`lightning_info.functional.gd_plan`), the solve (:mod:`lightning_info.functional.sui`, with
+the callback's DDP-sharded Jacobians from :mod:`~lightning_info.callbacks._sui_solve` and
+:mod:`~lightning_info.callbacks._sui_ddp`) and the reports (:mod:`lightning_info.reporting`).
 """
 
 from __future__ import annotations
