@@ -37,14 +37,7 @@ from lightning_info.callbacks._sui_solve import solve
 from lightning_info.functional.gd_plan import DEFAULT_MAX_REPLAY_COST
 from lightning_info.functional.jacobian import model_outputs
 from lightning_info.functional.sui import SUIOptions, UniqueInformation
-from lightning_info.functional.training_recipe import (
-    AUTO,
-    LOO,
-    OPTIMIZER,
-    Horizon,
-    TrainingRecipe,
-    WeightDecay,
-)
+from lightning_info.functional.training_recipe import AUTO, Horizon, TrainingRecipe, WeightDecay
 from lightning_info.reporting import (
     tensorboard_writers,
     write_csv_atomic,
@@ -470,8 +463,10 @@ class SmoothUniqueInformation(Callback):
             projection_dim=self.options.projection_dim,
             noise_scale=self.options.noise_scale,
             snapshot_step=self._snapshot_step(trainer, linearize_at, init_state),
-            weight_decay_rule=self._weight_decay_rule(info),
-            horizon_rule=self._horizon_rule(),
+            weight_decay_rule=self.options.weight_decay_rule(
+                info.plan is not None and info.plan.num_steps is None
+            ),
+            horizon_rule=self.options.horizon_rule(),
             training_loss=training_loss(pl_module, self.loss),
         )
         self._scored_inputs = x
@@ -525,19 +520,6 @@ class SmoothUniqueInformation(Callback):
         if linearize_at == "init":
             return None if init_state is not None else self._init_step
         return None if trainer is None else int(trainer.global_step)
-
-    def _weight_decay_rule(self, info: UniqueInformation) -> str:
-        weight_decay = self.options.weight_decay
-        if weight_decay not in (AUTO, LOO, OPTIMIZER):
-            return "given"
-        converged = info.plan is not None and info.plan.num_steps is None
-        return "loo" if converged and weight_decay in (AUTO, LOO) else "optimizer"
-
-    def _horizon_rule(self) -> str:
-        num_steps = self.options.num_steps
-        if num_steps == AUTO:
-            return "auto"
-        return "converged" if num_steps is None else "given"
 
     def _linearization_point(
         self, init_state: Mapping[str, Tensor] | None

@@ -813,6 +813,29 @@ class SUIOptions:
         small = num_samples * num_outputs <= self.full_ntk_max or num_outputs == 1
         return "full" if small else "trace"
 
+    def weight_decay_rule(self, converged: bool) -> str:
+        """How the weight decay of a run was chosen, for the reports.
+
+        Args:
+            converged: whether the replayed run is the converged one (after the plan).
+
+        Returns:
+            ``"loo"`` (leave-one-out), ``"optimizer"`` (the training run's) or ``"given"``.
+        """
+        if self.weight_decay not in (AUTO, LOO, OPTIMIZER):
+            return "given"
+        return "loo" if converged and self.weight_decay in (AUTO, LOO) else "optimizer"
+
+    def horizon_rule(self) -> str:
+        """How the horizon was chosen, for the reports.
+
+        Returns:
+            ``"auto"`` (from the training run), ``"converged"`` or ``"given"``.
+        """
+        if self.num_steps == AUTO:
+            return "auto"
+        return "converged" if self.num_steps is None else "given"
+
     def jacobian_options(self) -> dict[str, Any]:
         """The keyword arguments of ``empirical_ntk`` / ``jacobian_features``.
 

@@ -202,3 +202,28 @@ def test_engines_take_the_method_enum_and_reject_converged_with_steps():
         unique_information_from_features(
             jac[:, None, :], None, torch.zeros(6), y, method="replay", **kw
         )
+
+
+@pytest.mark.parametrize(
+    ("weight_decay", "converged", "rule"),
+    [
+        ("auto", True, "loo"),
+        ("auto", False, "optimizer"),
+        ("loo", True, "loo"),
+        (None, True, "optimizer"),
+        ("optimizer", False, "optimizer"),
+        (0.1, True, "given"),
+        (0, False, "given"),
+    ],
+)
+def test_options_say_how_the_weight_decay_was_chosen(weight_decay, converged, rule):
+    options = SUIOptions(weight_decay=weight_decay).validated()
+    assert options.weight_decay_rule(converged) == rule
+
+
+@pytest.mark.parametrize(
+    ("num_steps", "rule"),
+    [("auto", "auto"), (None, "converged"), ("converged", "converged"), (5, "given")],
+)
+def test_options_say_how_the_horizon_was_chosen(num_steps, rule):
+    assert SUIOptions(num_steps=num_steps).validated().horizon_rule() == rule
