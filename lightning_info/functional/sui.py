@@ -35,11 +35,17 @@ Scores, with :math:`\delta_i = \mathrm{pad}_i(a^{(-i)}_t) - a_t` (:math:`\Delta 
     \mathrm{SI}_i = \frac{\lVert \Delta w_i \rVert^2}{2\sigma^2}, \quad
     \text{F-SI}_i = \frac{1}{2\sigma^2 M} \sum_{m=1}^{M}
         \lVert \Theta(x^*_m, S)\, \delta_i \rVert^2 .
-Layout: this module validates inputs and chooses the path; the closed forms live in
+
+Layout: this module holds the one model-level pipeline, :func:`score_model` (used by
+:func:`smooth_unique_information` and the :class:`~lightning_info.callbacks.SmoothUniqueInformation`
+callback, which passes its DDP-sharded :class:`Linearization`), its options :class:`SUIOptions`,
+and the engines, which validate inputs and dispatch on
+:class:`~lightning_info.utilities.enums.SUIMethod` (``_SOLVERS``). The closed forms live in
 :mod:`~lightning_info.functional._sui_algebra` (t = ∞, kernel and feature space) and
 :mod:`~lightning_info.functional._sui_finite` (the finite t replayed exactly); how a training
 run is replayed (stability, method, singular kernels) is decided by
-:mod:`~lightning_info.functional.gd_plan`.
+:mod:`~lightning_info.functional.gd_plan`, and what it was read from by
+:mod:`~lightning_info.functional.training_recipe`.
 """
 
 from __future__ import annotations
@@ -98,8 +104,12 @@ from lightning_info.utilities.exceptions import NotPositiveDefiniteError
 from lightning_info.utilities.memory import check_memory
 
 __all__ = [
+    "JacobianRequest",
+    "Linearization",
+    "LocalLinearization",
     "NotPositiveDefiniteError",
     "SUIOptions",
+    "ScoringRun",
     "UniqueInformation",
     "loo_weight_decay",
     "score_model",
