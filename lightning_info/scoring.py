@@ -7,8 +7,11 @@ only loads the checkpoint, finds the training data and the training hyper-parame
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import os
-import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,10 +25,40 @@ from torch.utils.data import Dataset, TensorDataset
 from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
 from lightning_info.functional.jacobian import model_outputs
 from lightning_info.functional.training_recipe import AUTO, Horizon, TrainingRecipe, WeightDecay
-from lightning_info.utilities.batch import default_output_fn
+from lightning_info.utilities.batch import default_input_fn, default_output_fn
 from lightning_info.utilities.data import load_dataset, train_val_split
+from lightning_info.utilities.memory import check_memory, format_bytes
 
-__all__ = ["CheckpointScores", "load_checkpoint", "score_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointScores",
+    "DataMismatchError",
+    "load_checkpoint",
+    "score_checkpoint",
+]
+
+#: Where Lightning keeps the hyper-parameters of the module and of the datamodule in a checkpoint.
+MODEL_HPARAMS_KEY = "hyper_parameters"
+DATAMODULE_HPARAMS_KEY = "datamodule_hyper_parameters"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not a Lightning checkpoint, or not this model's.
+
+    Attributes:
+        needs_trust: True only for a valid file holding objects that only full unpickling can
+            rebuild (then, and only then, ``trust_checkpoint=True`` / ``--trust-checkpoint`` is
+            the way out).
+    """
+
+    def __init__(self, message: str, *, needs_trust: bool = False) -> None:
+        """Keep whether the opt-in would help beside the message."""
+        super().__init__(message)
+        self.needs_trust = needs_trust
+
+
+class DataMismatchError(ValueError):
+    """The model does not take the data it is to be scored on (e.g. 784 pixels into a 64-input)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,8 @@ def load_checkpoint(
     ``torch.load(..., weights_only=True)`` only rebuilds tensors and primitive containers
     (dicts, lists, tuples, numbers, strings), so loading cannot execute code carried by the file.
     A checkpoint written by Lightning with this package's callbacks attached loads this way.
+    Before unpickling, the checksums of a zip checkpoint (the format ``torch.save`` writes) are
+    verified, so that a damaged file is reported as such and not loaded with wrong weights.
 
     Args:
         path: the checkpoint file.
@@ -71,33 +106,205 @@ def load_checkpoint(
         The checkpoint dictionary.
 
     Raises:
-        ValueError: if the checkpoint holds objects that only full unpickling can rebuild (the
-            message names them and the opt-in), or is not a dictionary.
+        CheckpointError: (a ``ValueError``) for a file that is missing, empty, truncated or
+            damaged ("not a readable checkpoint"), that is not a checkpoint dictionary with a
+            ``state_dict``, or, with ``needs_trust`` set, a valid file that holds objects which
+            only full unpickling can rebuild (the message names them and the opt-in).
     """
+    path = Path(path)
+    _check_readable(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: the checkpoint holds objects other than tensors and plain containers, and "
-            "rebuilding them would run code stored in the file, so it was not loaded. If you "
-            "trust where the file comes from, pass `--trust-checkpoint` "
-            f"(`trust_checkpoint=True` in Python). torch.load said: {str(err).splitlines()[0]}"
+    except Exception as err:  # classify: objects that need trust, or a damaged file
+        needed = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if needed and not trust_checkpoint:
+            raise CheckpointError(
+                f"{path}: the checkpoint holds objects other than tensors and plain containers "
+                f"({', '.join(dict.fromkeys(needed))}), and rebuilding them would run code stored "
+                "in the file, so it was not loaded. If you trust where the file comes from, pass "
+                "`--trust-checkpoint` (`trust_checkpoint=True` in Python).",
+                needs_trust=True,
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated, damaged, or not written by "
+            f"torch.save): {type(err).__name__}: {_first_line(err)}"
         ) from None
     if not isinstance(checkpoint, dict):
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: expected a checkpoint dictionary; got {type(checkpoint).__name__}."
         )
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{path}: not a Lightning checkpoint (no 'state_dict'; it holds "
+            f"{sorted(map(str, checkpoint))[:8]}). Save it with Trainer.save_checkpoint or "
+            "ModelCheckpoint."
+        )
     return checkpoint
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an exception's message, without terminal escapes.
+
+    Returns:
+        The first non-empty line's first sentence (at most 200 characters), or
+        ``"(no message)"``.
+    """
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines():
+        if line.strip():
+            return line.strip().split(". ")[0].rstrip(".")[:200]
+    return "(no message)"
+
+
+def _check_readable(path: Path) -> None:
+    """Fail on a missing or empty file, and on a zip checkpoint whose checksums do not match.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is not a readable checkpoint: the file is empty (0 bytes).")
+    if not zipfile.is_zipfile(path):
+        return  # the legacy (pre-1.6) format, or not a checkpoint at all: torch.load decides
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (a damaged zip archive): {_first_line(err)}"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: the checksum of its member {bad!r} does not "
+            "match (the file is damaged)."
+        )
+
+
+def _init_kwargs(cls: type, checkpoint: dict[str, Any], key: str) -> dict[str, Any]:
+    """The keyword arguments Lightning's ``load_from_checkpoint`` passes to ``cls(...)``.
+
+    The saved hyper-parameters under ``key``, wrapped under the checkpoint's
+    ``hparams_name`` when ``__init__`` takes them as one argument, and filtered to ``__init__``'s
+    parameters unless it takes ``**kwargs`` (``pytorch_lightning.core.saving._load_state``).
+
+    Returns:
+        The arguments (empty when the checkpoint saved none).
+    """
+    saved = checkpoint.get(key)
+    kwargs = dict(saved) if isinstance(saved, dict) else {}
+    params = inspect.signature(cls.__init__).parameters
+    names = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)][1:]
+    name_key = f"{key[: -len('hyper_parameters')]}hparams_name"
+    if checkpoint.get(name_key) in names:
+        kwargs = {checkpoint[name_key]: kwargs}
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return kwargs
+
+
+def _short(kwargs: dict[str, Any], limit: int = 120) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _guard_model_memory(
+    model_cls: type[pl.LightningModule],
+    checkpoint: dict[str, Any],
+    limit_bytes: int | None,
+) -> None:
+    """Refuse a model whose parameters would exceed the memory limit, before building it.
+
+    The model is built on PyTorch's ``meta`` device from the checkpoint's hyper-parameters
+    (no memory is allocated for its tensors) and its parameters and buffers are counted. A model
+    that cannot be built on the meta device is not estimated (it is then built for real, as
+    Lightning does).
+
+    Raises:
+        MemoryBudgetError: if the parameters and buffers need more than ``limit_bytes``.
+    """  # noqa: DOC502 (raised by check_memory: the guard's contract)
+    kwargs = _init_kwargs(model_cls, checkpoint, MODEL_HPARAMS_KEY)
+    if "_instantiator" in kwargs:
+        return  # LightningCLI's instantiator: Lightning checks and builds it
+    try:
+        with torch.device("meta"):
+            model = model_cls(**kwargs)
+    except Exception:  # not buildable on the meta device: no estimate, Lightning builds it
+        return
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    estimate = sum(t.numel() * t.element_size() for t in tensors)
+    stored = sum(
+        t.numel() * t.element_size()
+        for t in checkpoint["state_dict"].values()
+        if torch.is_tensor(t)
+    )
+    check_memory(
+        estimate,
+        limit_bytes=limit_bytes,
+        what=(
+            f"building {model_cls.__name__} from the checkpoint's hyper-parameters "
+            f"({_short(kwargs)}) (its parameters and buffers)"
+        ),
+        cheaper=(
+            "a checkpoint whose hyper-parameters match its weights (its state_dict holds "
+            f"{format_bytes(stored)})"
+        ),
+    )
+
+
+def _load_module(
+    model_cls: type[pl.LightningModule], ckpt_path: Path, trust_checkpoint: bool
+) -> pl.LightningModule:
+    """``model_cls.load_from_checkpoint`` on the CPU, its failures as one-line errors.
+
+    Returns:
+        The module with the checkpoint's weights.
+
+    Raises:
+        CheckpointError: if the checkpoint's hyper-parameters or weights do not fit ``model_cls``.
+    """
+    try:
+        return model_cls.load_from_checkpoint(
+            ckpt_path, map_location="cpu", weights_only=not trust_checkpoint
+        )
+    except (RuntimeError, TypeError, KeyError, ValueError) as err:
+        text = " ".join(str(err).split())
+        if "Error(s) in loading state_dict" in text:
+            detail = text.split(":", 1)[-1].strip()
+            raise CheckpointError(
+                f"{ckpt_path}: its weights do not fit {model_cls.__name__} "
+                f"({detail[:400]}{'...' if len(detail) > 400 else ''}); is it a checkpoint of "
+                "this model class?"
+            ) from None
+        raise CheckpointError(
+            f"{ckpt_path}: {model_cls.__name__} cannot be built from this checkpoint: "
+            f"{type(err).__name__}: {text[:400]}"
+        ) from None
 
 
 def _data(
     module: torch.nn.Module,
     datamodule_cls: type[pl.LightningDataModule] | None,
-    datamodule_args: dict[str, Any] | None,
+    datamodule_kwargs: dict[str, Any],
     dataset: str | None,
 ) -> tuple[Dataset, Dataset | None]:
+    """The training (and validation) data: the datamodule's, or an embedded dataset's.
+
+    Returns:
+        ``(train dataset, validation dataset or None)``.
+
+    Raises:
+        ValueError: if the datamodule cannot be built with its arguments, or no source is given.
+    """
     if datamodule_cls is not None:
-        dm = datamodule_cls(**(datamodule_args or {}))
+        try:
+            dm = datamodule_cls(**datamodule_kwargs)
+        except TypeError as err:
+            raise ValueError(
+                f"{datamodule_cls.__name__} cannot be built with the arguments "
+                f"{_short(datamodule_kwargs)} (the checkpoint's datamodule hyper-parameters and "
+                f"--datamodule-args): {err}"
+            ) from None
         dm.prepare_data()
         dm.setup("fit")
         train_ds = dm.train_dataloader().dataset
@@ -115,6 +322,55 @@ def _data(
         TensorDataset(inputs[tr], ds.targets[tr]),
         TensorDataset(inputs[va], ds.targets[va]),
     )
+
+
+def _first_layer(module: torch.nn.Module) -> str:
+    """What the model's first layer with a fixed input size takes, in words.
+
+    Returns:
+        e.g. ``"its first layer net.0 (Linear) takes 64 input features"``, or ``""``.
+    """
+    for name, sub in module.named_modules():
+        for attr, what in (("in_features", "input features"), ("in_channels", "input channels")):
+            size = getattr(sub, attr, None)
+            if isinstance(size, int):
+                return f"; its first layer {name} ({type(sub).__name__}) takes {size} {what}"
+    return ""
+
+
+def _check_model_takes(
+    module: torch.nn.Module,
+    train_ds: Dataset,
+    datamodule_cls: type[pl.LightningDataModule],
+    saved: dict[str, Any],
+) -> None:
+    """Run the model on two training samples; a shape error becomes one line naming both shapes.
+
+    Raises:
+        DataMismatchError: if the model rejects the datamodule's inputs, naming the input shape,
+            what the model's first layer takes, the checkpoint's saved datamodule arguments and
+            ``--datamodule-args``.
+    """
+    try:
+        x = default_input_fn(torch.utils.data.default_collate([train_ds[0], train_ds[1]]))
+    except Exception:  # an unusual dataset or batch: the callback's own checks report it
+        return
+    try:
+        with torch.no_grad():
+            model_outputs(module, x, output_fn=default_output_fn)
+    except RuntimeError as err:
+        hint = (
+            f"the checkpoint saved the datamodule arguments {_short(saved)}; "
+            if saved
+            else "the checkpoint saved no datamodule arguments; "
+        )
+        raise DataMismatchError(
+            f"the model does not take the training data of {datamodule_cls.__name__}: its inputs "
+            f"have shape {tuple(x.shape[1:])} per sample{_first_layer(module)} "
+            f"({' '.join(str(err).split())[:200]}). The model was trained on other data: "
+            f"{hint}pass the datamodule arguments it was trained with as --datamodule-args "
+            "'{...}' (datamodule_args= in Python)."
+        ) from None
 
 
 def _input_layout(
@@ -210,6 +466,7 @@ def score_checkpoint(
     weight_decay: WeightDecay = AUTO,
     out: str | os.PathLike[str] = "sui_report",
     trust_checkpoint: bool = False,
+    memory_limit_bytes: int | None = None,
 ) -> CheckpointScores:
     """Compute per-sample SUI for a checkpoint and write the CSV and TensorBoard summaries.
 
@@ -217,8 +474,12 @@ def score_checkpoint(
         model_cls: the ``LightningModule`` class (``load_from_checkpoint`` is used).
         ckpt_path: the checkpoint file.
         datamodule_cls: a ``LightningDataModule`` class providing ``train_dataloader`` (and
-            optionally ``val_dataloader`` for functional SI).
-        datamodule_args: keyword arguments for ``datamodule_cls``.
+            optionally ``val_dataloader`` for functional SI). It is built, as
+            ``LightningDataModule.load_from_checkpoint`` does, with the hyper-parameters the
+            checkpoint saved for it (``save_hyperparameters()`` in the datamodule; stored under
+            ``datamodule_hyper_parameters``).
+        datamodule_args: keyword arguments for ``datamodule_cls``; they override the saved ones
+            key by key.
         dataset: an embedded dataset (``"digits"`` / ``"mnist"``, 80/20 split with seed 0, as the
             demo) instead of a datamodule.
         linearize_at: ``"init"`` needs the SUI callback's snapshot in the checkpoint; ``"auto"``
@@ -239,20 +500,31 @@ def score_checkpoint(
             ``weights_only=False``). Default False: only tensors and primitive containers are
             loaded, so a checkpoint from an untrusted source cannot run code. Set it only for a
             checkpoint you trust that holds other objects (see :func:`load_checkpoint`).
+        memory_limit_bytes: refuse, before building it, a model whose parameters and buffers
+            (counted on the ``meta`` device from the checkpoint's hyper-parameters) need more;
+            None: :data:`~lightning_info.utilities.memory.DEFAULT_MEMORY_LIMIT_BYTES`.
 
     Returns:
         A :class:`CheckpointScores`.
 
     Raises:
-        ValueError: ``linearize_at="init"`` without a snapshot, no learning rate known, no data,
-            or a checkpoint that needs ``trust_checkpoint=True``.
+        CheckpointError: (a ``ValueError``) an unreadable checkpoint, one that needs
+            ``trust_checkpoint=True``, or one whose weights do not fit ``model_cls``.
+        DataMismatchError: (a ``ValueError``) the model does not take the datamodule's inputs.
+        MemoryBudgetError: the model's parameters exceed ``memory_limit_bytes``.
+        ValueError: ``linearize_at="init"`` without a snapshot, no learning rate known, no data.
     """  # noqa: DOC502 (raised by the helpers below and load_checkpoint; documented as the contract)
     checkpoint = load_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
-    module = model_cls.load_from_checkpoint(
-        ckpt_path, map_location="cpu", weights_only=not trust_checkpoint
-    )
+    _guard_model_memory(model_cls, checkpoint, memory_limit_bytes)
+    module = _load_module(model_cls, Path(ckpt_path), trust_checkpoint)
     init_state, resolved, recipe = _replayed_run(checkpoint, linearize_at)
-    train_ds, val_ds = _data(module, datamodule_cls, datamodule_args, dataset)
+    saved_dm = (
+        _init_kwargs(datamodule_cls, checkpoint, DATAMODULE_HPARAMS_KEY) if datamodule_cls else {}
+    )
+    dm_kwargs = {**saved_dm, **(datamodule_args or {})}
+    train_ds, val_ds = _data(module, datamodule_cls, dm_kwargs, dataset)
+    if datamodule_cls is not None:
+        _check_model_takes(module, train_ds, datamodule_cls, saved_dm)
     out = Path(out)
     trainer, logger = _reporting_trainer(out)
     callback = SmoothUniqueInformation(

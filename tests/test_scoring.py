@@ -17,7 +17,7 @@ from lightning_info import (
 )
 from lightning_info.cli import main
 from lightning_info.models import MLPClassifier
-from lightning_info.scoring import load_checkpoint
+from lightning_info.scoring import CheckpointError, load_checkpoint
 from lightning_info.utilities.data import load_dataset
 
 
@@ -46,19 +46,27 @@ def malicious_ckpt(tmp_path):
     return path, marker
 
 
-def test_untrusted_checkpoint_executes_nothing(malicious_ckpt, tmp_path):
+def test_untrusted_checkpoint_executes_nothing(malicious_ckpt, tmp_path, capsys):
     path, marker = malicious_ckpt
-    with pytest.raises(ValueError, match="trust-checkpoint"):
+    with pytest.raises(CheckpointError, match="trust-checkpoint") as info:
         load_checkpoint(path)
+    assert info.value.needs_trust
+    assert "builtins.exec" in str(info.value) or "exec" in str(info.value)  # names the object
     assert not marker.exists()
-    # the command line refuses it too, before any model is built
-    with pytest.raises(ValueError, match="would run code"):
+    # the command line refuses it too, before any model is built, in one line
+    with pytest.raises(SystemExit) as exc:
         main(
             [
                 "score", "--model", "lightning_info.models:MLPClassifier", "--ckpt", str(path),
                 "--dataset", "digits", "--out", str(tmp_path / "out"),
             ]
         )  # fmt: skip
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ")
+    assert "would run code" in err
+    assert "--trust-checkpoint" in err
     assert not marker.exists()
 
 
