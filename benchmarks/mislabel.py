@@ -996,7 +996,7 @@ def rescore_cell(data: Data, cell: dict[str, Any], variant: str) -> tuple[SUISco
     path with a recipe instead of a trainer. ``variant="optimizer_wd"`` reproduces the column
     scored during training (``sui_*_default``), which checks the path.
     """
-    from lightning_info.callbacks._sui_recipe import TrainingRecipe
+    from lightning_info.functional.training_recipe import TrainingRecipe
 
     recipe = RECIPES[(cell["dataset"], cell["model"], cell["optimizer"])]
     y_noisy, _ = corrupt_labels(

@@ -123,7 +123,7 @@ def compare(n_samples, k, t, *, wd, m_heldout, authors_max):
     )
     f0 = model_outputs(model, xt).double()
     y = targets_for(lt, k)
-    from lightning_info.functional.sui import _power_lambda_max
+    from lightning_info.functional.gd_plan import power_lambda_max as _power_lambda_max
 
     lr = _lr_for(_power_lambda_max(theta) + n_samples * wd, n_samples)
     ours, t_ours = timed(
@@ -169,7 +169,7 @@ def _lr_for(lam_max, n_samples, frac=0.9):
 
 def scaling(n_samples, k, *, ntk, runs, projection_dim=None, m_heldout=500):
     """Build the kernels (or projected features) once, then time each (t, method, wd) run."""
-    from lightning_info.functional.sui import _power_lambda_max
+    from lightning_info.functional.gd_plan import power_lambda_max as _power_lambda_max
 
     x, labels = mnist(5000, seed=1)
     xt, lt = x[:n_samples], labels[:n_samples]

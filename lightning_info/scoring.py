@@ -22,9 +22,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_info.callbacks._sui_recipe import AUTO, Horizon, TrainingRecipe, WeightDecay
 from lightning_info.callbacks.sui import SmoothUniqueInformation, SUIScores
 from lightning_info.functional.jacobian import model_outputs
+from lightning_info.functional.training_recipe import AUTO, Horizon, TrainingRecipe, WeightDecay
 from lightning_info.utilities.batch import default_input_fn, default_output_fn
 from lightning_info.utilities.data import load_dataset, train_val_split
 from lightning_info.utilities.memory import check_memory, format_bytes
@@ -69,15 +69,21 @@ class CheckpointScores:
         scores: the per-sample scores (dataset order, with dataset indices).
         csv_path: the score file written (atomically).
         log_dir: TensorBoard log directory of the summaries.
-        linearize_at: ``"init"`` or ``"final"``: which weights were the linearization point.
-        settings: the hyper-parameters used (learning rate, steps, weight decay, ...).
     """
 
     scores: SUIScores
     csv_path: Path
     log_dir: Path
-    linearize_at: str
-    settings: dict[str, Any]
+
+    @property
+    def linearize_at(self) -> str:
+        """``"init"`` or ``"final"``: which weights were the linearization point."""
+        return self.scores.linearize_at
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The hyper-parameters used (learning rate, steps, weight decay, ...)."""
+        return self.scores.settings
 
 
 def load_checkpoint(
@@ -538,6 +544,4 @@ def score_checkpoint(
         scores=scores,
         csv_path=callback.csv_path_,
         log_dir=Path(logger.log_dir),
-        linearize_at=resolved,
-        settings=dict(scores.settings),
     )

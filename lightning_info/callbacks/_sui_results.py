@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_info.callbacks._sui_recipe import TrainingRecipe
 from lightning_info.functional.sui import UniqueInformation
+from lightning_info.functional.training_recipe import TrainingRecipe
 from lightning_info.reporting import rank_descending
 
 __all__ = ["SUIScores"]

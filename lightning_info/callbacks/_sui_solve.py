@@ -1,19 +1,19 @@
-"""The scoring stage of the SUI callback: kernels at the linearization point, plan and solve.
+"""The scoring stage of the SUI callback: where its Jacobians are built and its solve runs.
 
-One function, :func:`solve`, called by
-:meth:`~lightning_info.callbacks.sui.SmoothUniqueInformation.score` with the module's parameters
-already set to the linearization point: it picks the NTK, turns the training recipe into the
-replayed run (:meth:`~lightning_info.callbacks._sui_recipe.TrainingRecipe.replay`), builds the
-kernels (on every rank's shard under DDP, :mod:`~lightning_info.callbacks._sui_ddp`) and runs
-:func:`~lightning_info.functional.sui.unique_information_with_plan` (on rank 0 under DDP), with
-the progress display of :mod:`~lightning_info.callbacks._sui_progress`.
+The pipeline itself (outputs at the linearization point, the replayed run resolved from the
+training recipe, the kernels or features, the plan and the solve) is
+:func:`~lightning_info.functional.sui.score_model`, the same code as
+:func:`~lightning_info.functional.smooth_unique_information`. This module only gives it the
+callback's :class:`~lightning_info.functional.sui.Linearization`: under DDP each rank computes
+the Jacobian features of its shard and rank 0 forms the kernels and solves
+(:mod:`~lightning_info.callbacks._sui_ddp`), with the progress display of
+:mod:`~lightning_info.callbacks._sui_progress`, and every process-alone stage is a
+``collective_stage``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AbstractContextManager
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
@@ -31,40 +31,62 @@ from lightning_info.callbacks._sui_progress import (
     expected_jacobian_samples,
     progress_enabled,
 )
-from lightning_info.callbacks._sui_recipe import Horizon, TrainingRecipe, WeightDecay
-from lightning_info.functional.jacobian import empirical_ntk, model_outputs
-from lightning_info.functional.sui import UniqueInformation, unique_information_with_plan
+from lightning_info.functional.sui import (
+    EngineCall,
+    JacobianRequest,
+    ScoringRun,
+    SUIOptions,
+    UniqueInformation,
+    score_model,
+)
+from lightning_info.functional.training_recipe import TrainingRecipe
 
-__all__ = ["SolveOptions", "solve"]
+__all__ = ["CallbackLinearization", "solve"]
 
 
-@dataclass(frozen=True)
-class SolveOptions:
-    """The callback's solver options (validated by the callback; documented there)."""
+class CallbackLinearization:
+    """The callback's :class:`~lightning_info.functional.sui.Linearization`: DDP and progress.
 
-    ntk: str
-    full_ntk_max: int
-    learning_rate: float | None
-    weight_decay: WeightDecay
-    num_steps: Horizon
-    method: str
-    replay_max_cost: float
-    noise_scale: float
-    params: Any
-    projection_dim: int | None
-    chunk_size: int | None
-    batch_size: int
-    seed: int
+    Args:
+        trainer: the trainer (its process group under DDP), or None.
+        progress: the progress display.
+    """
 
-    def resolve_ntk(self, n: int, k: int) -> str:
-        """``ntk="auto"``: the full kernel when N·K <= ``full_ntk_max`` or K = 1, else the trace.
+    def __init__(self, trainer: pl.Trainer | None, progress: ScoringProgress) -> None:
+        self.trainer = trainer
+        self.progress = progress
+
+    def stage(self) -> AbstractContextManager[None]:
+        """Under DDP, a failure of this stage on any rank is raised on every rank.
 
         Returns:
-            ``"full"`` or ``"trace"``.
+            The collective stage.
         """
-        if self.ntk != "auto":
-            return self.ntk
-        return "full" if n * k <= self.full_ntk_max or k == 1 else "trace"
+        return collective_stage(self.trainer)
+
+    def solve(self, request: JacobianRequest, solve: EngineCall) -> UniqueInformation:
+        """Build locally, or shard the Jacobians and solve on rank 0 (result broadcast).
+
+        Returns:
+            ``solve``'s result, the same on every rank.
+        """
+        hook = self.progress.hook
+        if not is_distributed(self.trainer):
+            built = request.build_locally(progress=hook)
+            with self.progress.solving():
+                return solve(*built)
+        jac_kw = {**request.jacobian_options, "progress": hook}
+        x, x_val = request.inputs, request.heldout_inputs
+        phi, phi_val = gather_all_features(request.model, self.trainer, x, x_val, jac_kw)
+
+        def on_rank_zero() -> UniqueInformation:
+            built = (phi, phi_val)
+            if not request.features:
+                built = kernels_of(phi, phi_val, request.ntk, hook)
+            with self.progress.solving():
+                return solve(*built)
+
+        return solve_on_rank_zero(self.trainer, on_rank_zero)
 
 
 def solve(
@@ -72,115 +94,46 @@ def solve(
     trainer: pl.Trainer | None,
     data: tuple[Tensor, Tensor, Tensor | None],
     recipe: TrainingRecipe,
-    options: SolveOptions,
-    output_fn: Callable[[Any], Tensor] | None,
-    warn_once: Callable[[str, str], None],
-) -> tuple[UniqueInformation, str]:
-    """Kernels at the module's current (linearization) parameters, the plan, the solve.
+    options: SUIOptions,
+) -> tuple[UniqueInformation, ScoringRun]:
+    """:func:`~lightning_info.functional.sui.score_model` with the callback's linearization.
 
     Args:
         pl_module: the module, its parameters set to the linearization point.
-        trainer: the trainer (DDP) or None.
+        trainer: the trainer (DDP, progress bar) or None.
         data: ``(x, y, x_val)``: the scored inputs, their targets, the held-out inputs or None.
         recipe: the training run to replay.
-        options: the callback's solver options.
-        output_fn: maps the model's output to the (B, K) tensor to score.
-        warn_once: ``(key, message)`` reporter for the plan's notes (rescale, jitter).
+        options: the callback's options.
 
     Returns:
-        ``(scores, ntk)``: the result (the same on every rank) and the NTK used.
+        ``(scores, run)``: the result (the same on every rank) and the resolved run.
     """
     x, y, x_val = data
-    device = next(pl_module.parameters()).device
-    with collective_stage(trainer):  # under DDP a failure here reaches every rank
-        f0 = model_outputs(
-            pl_module, x.to(device), chunk_size=options.batch_size, output_fn=output_fn
-        )
-        ntk = options.resolve_ntk(*f0.shape)
-        lr, wd, steps = recipe.replay(
-            learning_rate=options.learning_rate,
-            weight_decay=options.weight_decay,
-            num_steps=options.num_steps,
-        )
-    rank_zero_info(
-        f"SmoothUniqueInformation: scoring {f0.shape[0]} samples "
-        f"({0 if x_val is None else len(x_val)} held-out), lr={lr:g}, steps={steps}, wd={wd}, "
-        f"ntk={ntk}."
-    )
-    jac_kw = dict(
-        params=options.params,
-        projection_dim=options.projection_dim,
-        seed=options.seed,
-        chunk_size=options.chunk_size,
-        output_fn=output_fn,
-    )
-
-    def engine(theta: Tensor, theta_val: Tensor | None) -> UniqueInformation:
-        info = unique_information_with_plan(
-            theta,
-            theta_val,
-            f0,
-            y.to(device),
-            learning_rate=lr,
-            num_steps=steps,
-            weight_decay=wd,
-            method=options.method,
-            max_replay_cost=options.replay_max_cost,
-            noise_scale=options.noise_scale,
-        )
-        for kind, message in info.plan.notes:
-            warn_once(kind, message)
-        return info
-
-    distributed = is_distributed(trainer)
+    num_heldout = 0 if x_val is None else len(x_val)
     progress = ScoringProgress(
         progress_enabled(trainer),
         expected_jacobian_samples(
-            len(x),
-            0 if x_val is None else len(x_val),
-            getattr(trainer, "world_size", 1),
-            distributed,
+            len(x), num_heldout, getattr(trainer, "world_size", 1), is_distributed(trainer)
         ),
     )
-    jac_kw["progress"] = progress.hook
+
+    def announce(run: ScoringRun) -> None:
+        rank_zero_info(
+            f"SmoothUniqueInformation: scoring {run.num_samples} samples ({num_heldout} "
+            f"held-out), lr={run.learning_rate:g}, steps={run.num_steps}, "
+            f"wd={run.weight_decay}, ntk={run.ntk}."
+        )
+
     try:
-        if distributed:
-            phi, phi_val = gather_all_features(pl_module, trainer, x, x_val, jac_kw)
-            # rank 0 forms the kernels and solves; its failure is broadcast to every rank
-            return solve_on_rank_zero(
-                trainer,
-                lambda: _solved(engine, progress, kernels_of(phi, phi_val, ntk, progress.hook)),
-            ), ntk
-        theta, theta_val = _local_kernels(pl_module, x.to(device), x_val, ntk, jac_kw)
-        with progress.solving():
-            return engine(theta, theta_val), ntk
+        return score_model(
+            pl_module,
+            x,
+            y,
+            x_val,
+            options,
+            recipe=recipe,
+            linearization=CallbackLinearization(trainer, progress),
+            announce=announce,
+        )
     finally:
         progress.close()
-
-
-def _solved(
-    engine: Callable[[Tensor, Tensor | None], UniqueInformation],
-    progress: ScoringProgress,
-    kernels: tuple[Tensor, Tensor | None],
-) -> UniqueInformation:
-    """``engine(*kernels)`` shown as the ``solve`` stage.
-
-    Returns:
-        The engine's result.
-    """
-    with progress.solving():
-        return engine(*kernels)
-
-
-def _local_kernels(
-    model: nn.Module, x: Tensor, x_val: Tensor | None, ntk: str, jac_kw: dict[str, Any]
-) -> tuple[Tensor, Tensor | None]:
-    """The training NTK and the held-out/training NTK (None without held-out inputs).
-
-    Returns:
-        ``(theta, theta_val)``.
-    """
-    theta = empirical_ntk(model, x, ntk=ntk, **jac_kw)
-    if x_val is None:
-        return theta, None
-    return theta, empirical_ntk(model, x_val.to(x.device), x, ntk=ntk, **jac_kw)

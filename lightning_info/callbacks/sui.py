@@ -1,13 +1,16 @@
 r"""Score every training sample's smooth unique information when ``fit`` ends.
 
 Harutyunyan, Achille, Paolini et al., *Estimating informativeness of samples with Smooth Unique
-Information*, ICLR 2021, arXiv:2101.06640. This module is state plus hooks; each stage has its own
-home: the training recipe (:mod:`~lightning_info.callbacks._sui_recipe`), the samples
+Information*, ICLR 2021, arXiv:2101.06640. This module is state, hooks and reports; the scoring
+itself is the pipeline of :func:`~lightning_info.functional.smooth_unique_information`
+(:func:`lightning_info.functional.sui.score_model`). Each stage has its own home: the training
+recipe (:mod:`lightning_info.functional.training_recipe`), the model checks
+(:mod:`~lightning_info.callbacks._sui_recipe`), the samples
 (:mod:`~lightning_info.callbacks._sui_data`), the linearization and kernels
 (:mod:`lightning_info.functional.jacobian`), the replayed run
-(:mod:`lightning_info.functional.gd_plan`), the solve (:mod:`~lightning_info.callbacks._sui_solve`,
-:mod:`lightning_info.functional.sui`),
-DDP (:mod:`~lightning_info.callbacks._sui_ddp`) and the reports (:mod:`lightning_info.reporting`).
+(:mod:`lightning_info.functional.gd_plan`), the solve (:mod:`lightning_info.functional.sui`, with
+the callback's DDP-sharded Jacobians from :mod:`~lightning_info.callbacks._sui_solve` and
+:mod:`~lightning_info.callbacks._sui_ddp`) and the reports (:mod:`lightning_info.reporting`).
 """
 
 from __future__ import annotations
@@ -26,25 +29,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from lightning_info.callbacks._sui_data import ScoringData, label_vector, uses_augmentation
+from lightning_info.callbacks._sui_data import ScoringData, label_vector
 from lightning_info.callbacks._sui_ddp import collective_stage
-from lightning_info.callbacks._sui_recipe import (
-    AUTO,
-    LOO,
-    OPTIMIZER,
-    Horizon,
-    TrainingRecipe,
-    WeightDecay,
-    check_horizon,
-    check_weight_decay,
-    model_notes,
-    training_loss,
-)
+from lightning_info.callbacks._sui_recipe import augmentation_note, model_notes, training_loss
 from lightning_info.callbacks._sui_results import SUIScores, parameters_set_to
-from lightning_info.callbacks._sui_solve import SolveOptions, solve
+from lightning_info.callbacks._sui_solve import solve
 from lightning_info.functional.gd_plan import DEFAULT_MAX_REPLAY_COST
 from lightning_info.functional.jacobian import model_outputs
-from lightning_info.functional.sui import UniqueInformation
+from lightning_info.functional.sui import SUIOptions, UniqueInformation
+from lightning_info.functional.training_recipe import AUTO, Horizon, TrainingRecipe, WeightDecay
 from lightning_info.reporting import (
     tensorboard_writers,
     write_csv_atomic,
@@ -56,9 +49,9 @@ from lightning_info.utilities.checks import (
     _check_filename,
     _check_image_shape,
     _check_int,
-    _check_positive,
 )
 from lightning_info.utilities.compat import Callback
+from lightning_info.utilities.enums import SUIMethod
 from lightning_info.utilities.rng import preserved_global_rng
 
 __all__ = ["SUIScores", "SmoothUniqueInformation"]
@@ -80,12 +73,10 @@ class SmoothUniqueInformation(Callback):
             \lVert f_S(x) - f_{S\setminus i}(x) \rVert^2 \quad\text{(nats; higher = more informative).}
 
     **Linearization point** (``linearize_at``): ``"init"`` (default) linearizes at the weights
-    snapshotted in ``on_fit_start`` and replays the training run (the paper's setting). In
-    ``benchmarks/mislabel.py`` (digits MLP, 10 / 30 % flipped labels, Adam and SGD + momentum)
-    ``"final"`` is as good before memorization (flipped-label AUROC 0.98-1.00) but collapses to
-    0.53-0.68 once the network has fitted the flipped labels (their residuals vanish), where
-    ``"init"`` keeps 0.99-1.00 (RESULTS section 9). The snapshot is kept in the checkpoint state,
-    so resuming keeps the true initial weights.
+    snapshotted in ``on_fit_start`` and replays the training run (the paper's setting);
+    ``"final"`` linearizes at the trained weights, where the residuals of fitted (e.g.
+    mislabeled) samples vanish (measured in ``benchmarks/RESULTS.md`` section 10). The snapshot
+    is kept in the checkpoint state, so resuming keeps the true initial weights.
 
     **Training run replayed** (``docs/sui.md`` §10): the learning rate and weight decay of the
     first optimizer's first group, read at fit start; plain SGD replays the optimizer steps taken
@@ -96,13 +87,10 @@ class SmoothUniqueInformation(Callback):
     leave-one-out error of the linearized run
     (:func:`~lightning_info.functional.loo_weight_decay`): without it (Adam's weight decay, 0)
     the converged run interpolates every label and flipped ones hide in the kernel's small
-    eigendirections (digits, Adam, 50 % flipped: weight-SI AUROC 0.773 with 0, 0.949 with the
-    leave-one-out choice; the ``loo_error`` ranking 0.995); for a replayed plain-SGD horizon the
-    optimizer's, since the horizon already regularizes (early-stopped GD behaves like ridge).
-    Momentum runs replayed at the heavy-ball rate never ranked flipped labels better by
-    ``loo_error`` than the converged solution, and worse after memorization (digits MLP, 50 %
-    flipped: AUROC 0.953 against 0.995; a digits CNN at 10 %: precision at k 0.90 against
-    0.97). Chosen on digits, confirmed on MNIST (RESULTS section 9). A learning rate beyond the
+    eigendirections; for a replayed plain-SGD horizon the optimizer's, since the horizon already
+    regularizes (early-stopped GD behaves like ridge). Why momentum runs score the converged
+    solution rather than a heavy-ball replay, and the measurements behind each default:
+    ``benchmarks/RESULTS.md`` sections 9 and 10. A learning rate beyond the
     linearized stability limit, and singular kernels, are handled by
     :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`.
     Departures from the closed form's assumptions (non-SGD optimizers, a cross-entropy loss when
@@ -115,8 +103,12 @@ class SmoothUniqueInformation(Callback):
     same ``collate_fn``, a seeded subset of at most ``max_samples``, in dataset order; F-SI
     averages over at most ``max_heldout`` validation samples (NaN-free None without them).
     ``ntk="auto"`` uses the full NK x NK kernel when N·K <= ``full_ntk_max`` (or K = 1),
-    else the trace kernel (the kernel the mislabel benchmark measured: 1,000+ samples with 10
-    classes; the full kernel costs K^3 more to solve and was only compared for fidelity).
+    else the trace kernel (the full kernel costs K^3 more to solve).
+    The algebra always runs in the N·K sample space (``space="kernel"`` of
+    :func:`~lightning_info.functional.smooth_unique_information`, the same pipeline): the default
+    weight decay of a converged run (``"loo"``) is chosen on the N·K kernel's eigendecomposition,
+    and under DDP rank 0 holds every sample's features anyway, so the d-dimensional feature
+    space would save little here.
 
     **Progress**: while scoring, rank 0 shows a ``tqdm`` bar on stderr with the stage
     (Jacobians, kernel, solve) and an ETA when the trainer's progress bar is enabled
@@ -204,7 +196,7 @@ class SmoothUniqueInformation(Callback):
         num_steps: Horizon = AUTO,
         noise_scale: float = 1.0,
         ntk: Literal["auto", "full", "trace"] | str = "auto",
-        method: Literal["auto", "replay", "ridge"] | str = "auto",
+        method: SUIMethod | str = "auto",
         params: str | Sequence[str] | None = None,
         projection_dim: int | None = None,
         chunk_size: int | None = None,
@@ -224,13 +216,26 @@ class SmoothUniqueInformation(Callback):
         """Validate the options (documented in the class docstring); nothing is read yet."""
         super().__init__()
         self.linearize_at = _check_choice(linearize_at, "linearize_at", ("init", "final"))
-        self._set_replay(learning_rate, weight_decay, num_steps, method, replay_max_cost)
-        self._set_linearization(ntk, full_ntk_max, params, projection_dim, chunk_size)
+        self.batch_size = int(_check_int(batch_size, "batch_size", minimum=1))
+        self.options = SUIOptions(
+            learning_rate=learning_rate,
+            num_steps=num_steps,
+            weight_decay=weight_decay,
+            method=method,
+            noise_scale=noise_scale,
+            replay_max_cost=replay_max_cost,
+            ntk=ntk,
+            full_ntk_max=full_ntk_max,
+            space="kernel",  # see the class docstring: the weight-decay rule needs the kernel
+            params=params,
+            projection_dim=projection_dim,
+            seed=seed,
+            chunk_size=chunk_size,
+            output_batch_size=self.batch_size,
+        ).validated()
         self._set_reports(dirpath, filename, top_k, image_shape)
-        self.noise_scale = _check_positive(noise_scale, "noise_scale")
         self.loss = _check_choice(loss, "loss", ("auto", "mse", "cross_entropy"))
         self.output_fn = output_fn
-        self.batch_size = int(_check_int(batch_size, "batch_size", minimum=1))
         self.seed = int(_check_int(seed, "seed"))
         self.data = ScoringData(
             dataset=dataset,
@@ -243,40 +248,6 @@ class SmoothUniqueInformation(Callback):
             target_fn=target_fn or default_target_fn,
         )
         self._init_fit_state()
-
-    def _set_replay(
-        self,
-        learning_rate: float | None,
-        weight_decay: WeightDecay,
-        num_steps: Horizon,
-        method: str,
-        replay_max_cost: float,
-    ) -> None:
-        """The training run to replay: recipe overrides, horizon, method and its flop budget."""
-        self.learning_rate = (
-            None if learning_rate is None else _check_positive(learning_rate, "learning_rate")
-        )
-        self.weight_decay = check_weight_decay(weight_decay)
-        self.num_steps = check_horizon(num_steps)
-        self.method = _check_choice(method, "method", ("auto", "replay", "ridge"))
-        self.replay_max_cost = _check_positive(replay_max_cost, "replay_max_cost")
-
-    def _set_linearization(
-        self,
-        ntk: str,
-        full_ntk_max: int,
-        params: str | Sequence[str] | None,
-        projection_dim: int | None,
-        chunk_size: int | None,
-    ) -> None:
-        """Which NTK, of which parameters, and how the Jacobians are computed."""
-        self.ntk = _check_choice(ntk, "ntk", ("auto", "full", "trace"))
-        self.full_ntk_max = int(_check_int(full_ntk_max, "full_ntk_max", minimum=1))
-        self.params = params
-        self.projection_dim = _check_int(
-            projection_dim, "projection_dim", minimum=1, allow_none=True
-        )
-        self.chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
 
     def _set_reports(
         self,
@@ -396,12 +367,11 @@ class SmoothUniqueInformation(Callback):
             return
         with preserved_global_rng():
             dataset, collate = self.data.train_source(trainer)
-            if dataset is not None and uses_augmentation(dataset):
-                self._warn_once(
-                    "augmentation",
-                    "the training dataset has a `transform`; if it is random augmentation, the "
-                    "scoring pass sees augmented samples. Pass an un-augmented copy as `dataset=`.",
-                )
+            note = augmentation_note(
+                dataset, "the training dataset", "an un-augmented copy as `dataset=`"
+            )
+            if note is not None:
+                self._warn_once(*note)
             self._output_fn = self.data.check(dataset, collate, pl_module, self._output_fn)
 
     @override
@@ -476,11 +446,11 @@ class SmoothUniqueInformation(Callback):
             recipe = recipe if recipe is not None else self._fit_recipe(trainer)
             init, linearize_at = self._linearization_point(init_state)
             predicted = self._predictions(pl_module, x)
+        options = dataclasses.replace(self.options, output_fn=self._output_fn)
         with parameters_set_to(pl_module, init):
-            info, ntk = solve(
-                pl_module, trainer, (x, y, x_val), recipe, self._options(), self._output_fn,
-                self._warn_once,
-            )  # fmt: skip
+            info, run = solve(pl_module, trainer, (x, y, x_val), recipe, options)
+        for kind, message in info.plan.notes if info.plan is not None else ():
+            self._warn_once(kind, message)
         self.scores_ = SUIScores(
             **{f.name: getattr(info, f.name) for f in dataclasses.fields(UniqueInformation)},
             indices=positions.long(),
@@ -488,13 +458,15 @@ class SmoothUniqueInformation(Callback):
             predicted=predicted,
             recipe=recipe,
             linearize_at=linearize_at,
-            ntk=ntk,
+            ntk=run.ntk,
             num_heldout=0 if x_val is None else int(x_val.shape[0]),
-            projection_dim=self.projection_dim,
-            noise_scale=self.noise_scale,
+            projection_dim=self.options.projection_dim,
+            noise_scale=self.options.noise_scale,
             snapshot_step=self._snapshot_step(trainer, linearize_at, init_state),
-            weight_decay_rule=self._weight_decay_rule(info),
-            horizon_rule=self._horizon_rule(),
+            weight_decay_rule=self.options.weight_decay_rule(
+                info.plan is not None and info.plan.num_steps is None
+            ),
+            horizon_rule=self.options.horizon_rule(),
             training_loss=training_loss(pl_module, self.loss),
         )
         self._scored_inputs = x
@@ -530,28 +502,11 @@ class SmoothUniqueInformation(Callback):
         x_val = self.data.heldout_inputs(*self.data.val_source(trainer, val_dataset))
         return positions, x, y, x_val
 
-    def _options(self) -> SolveOptions:
-        return SolveOptions(
-            ntk=self.ntk,
-            full_ntk_max=self.full_ntk_max,
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            num_steps=self.num_steps,
-            method=self.method,
-            replay_max_cost=self.replay_max_cost,
-            noise_scale=self.noise_scale,
-            params=self.params,
-            projection_dim=self.projection_dim,
-            chunk_size=self.chunk_size,
-            batch_size=self.batch_size,
-            seed=self.seed,
-        )
-
     def _fit_recipe(self, trainer: pl.Trainer | None) -> TrainingRecipe:
         if trainer is None:
             return self._recipe
         steps = int(trainer.global_step) - (self._init_step if self.linearize_at == "init" else 0)
-        if steps < 1 and self.num_steps == AUTO and not self._recipe.adaptive:
+        if steps < 1 and self.options.num_steps == AUTO and not self._recipe.adaptive:
             self._warn_once(
                 "steps",
                 f"no optimizer step was taken (global_step={trainer.global_step}); scoring with "
@@ -565,17 +520,6 @@ class SmoothUniqueInformation(Callback):
         if linearize_at == "init":
             return None if init_state is not None else self._init_step
         return None if trainer is None else int(trainer.global_step)
-
-    def _weight_decay_rule(self, info: UniqueInformation) -> str:
-        if self.weight_decay not in (AUTO, LOO, OPTIMIZER):
-            return "given"
-        converged = info.plan is not None and info.plan.num_steps is None
-        return "loo" if converged and self.weight_decay in (AUTO, LOO) else "optimizer"
-
-    def _horizon_rule(self) -> str:
-        if self.num_steps == AUTO:
-            return "auto"
-        return "converged" if self.num_steps is None else "given"
 
     def _linearization_point(
         self, init_state: Mapping[str, Tensor] | None

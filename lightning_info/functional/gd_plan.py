@@ -33,15 +33,25 @@ import torch
 from torch import Tensor
 
 from lightning_info.utilities.checks import _check_choice, _check_int, _check_positive
+from lightning_info.utilities.enums import SUI_METHOD_CHOICES, SUIMethod
 from lightning_info.utilities.exceptions import NotPositiveDefiniteError
 
-__all__ = ["GradientDescentPlan", "kernel_lambda_max", "plan_gradient_descent"]
+__all__ = [
+    "GradientDescentPlan",
+    "kernel_lambda_max",
+    "plan_gradient_descent",
+    "power_lambda_max",
+]
 
 #: ``plan_gradient_descent(method="auto")`` replays the finite horizon exactly up to this many
 #: flops.
 DEFAULT_MAX_REPLAY_COST = 2e10
 #: Above this many kernel rows, lambda_max comes from power iteration instead of ``eigvalsh``.
 _EIGVALSH_MAX_ROWS = 6000
+#: Matrix-vector products of :func:`power_lambda_max`.
+_POWER_ITERATIONS = 100
+#: Factor that turns the power-iteration lower bound into the plan's upper estimate.
+_POWER_SAFETY = 1.1
 #: A learning rate at or beyond this fraction of the stability limit is rescaled ...
 _RESCALE_AT = 0.95
 #: ... to this fraction of it.
@@ -60,7 +70,8 @@ class GradientDescentPlan:
         learning_rate: lr of the mean loss actually replayed.
         num_steps: steps t actually replayed, or None for the converged solution.
         weight_decay: wd actually used (the given one, or the singular-kernel ridge).
-        method: ``"replay"`` (the finite horizon replayed exactly), ``"ridge"`` (its ridge
+        method: the :class:`~lightning_info.utilities.enums.SUIMethod` value solved:
+            ``"replay"`` (the finite horizon replayed exactly), ``"ridge"`` (its ridge
             equivalent) or ``"converged"`` (``num_steps`` is None).
         lambda_max: :math:`\lambda_{\max}(A)` of the kernel the plan was made for.
         learning_rate_given: the learning rate asked for.
@@ -85,11 +96,44 @@ class GradientDescentPlan:
         return self.learning_rate != self.learning_rate_given
 
 
+def power_lambda_max(matrix: Tensor, iters: int = _POWER_ITERATIONS) -> float:
+    """Power-iteration estimate of λ_max of a symmetric PSD matrix: a lower bound.
+
+    The one power iteration of the package: deterministic (start ``1 + linspace(0, 1)``,
+    normalized, so that it is not orthogonal to the top eigenvector of a centred kernel), the
+    Rayleigh quotient after ``iters`` steps. Callers that need an upper bound inflate it.
+
+    Args:
+        matrix: (n, n) symmetric PSD matrix.
+        iters: number of matrix-vector products.
+
+    Returns:
+        The Rayleigh quotient (0.0 for a zero matrix).
+
+    Example:
+        >>> round(power_lambda_max(torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64))), 6)
+        3.0
+    """
+    n = matrix.shape[0]
+    v = torch.ones(n, dtype=matrix.dtype, device=matrix.device)
+    v = v + torch.linspace(0, 1, n, dtype=matrix.dtype, device=matrix.device)
+    v = v / v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        w = matrix @ v
+        lam = float(v @ w)
+        norm = w.norm()
+        if norm == 0:
+            return 0.0
+        v = w / norm
+    return lam
+
+
 def kernel_lambda_max(ntk: Tensor, num_samples: int, weight_decay: float) -> float:
     r""":math:`\lambda_{\max}(A)` of :math:`A = \Theta + N\,\mathrm{wd}\, I` for the stability check.
 
-    Exact (``eigvalsh``) up to 6000 rows; above, 100 power iterations from the all-ones vector,
-    inflated by 10 % (power iteration approaches the top eigenvalue from below).
+    Exact (``eigvalsh``) up to 6000 rows; above, :func:`power_lambda_max` inflated by 10 %
+    (power iteration approaches the top eigenvalue from below).
 
     Args:
         ntk: (n, n) kernel as the engine uses it (a trace kernel already divided by K).
@@ -106,11 +150,7 @@ def kernel_lambda_max(ntk: Tensor, num_samples: int, weight_decay: float) -> flo
     ridge = num_samples * weight_decay
     if ntk.shape[0] <= _EIGVALSH_MAX_ROWS:
         return float(torch.linalg.eigvalsh(ntk.double())[-1]) + ridge
-    v = torch.ones(ntk.shape[0], dtype=torch.float64, device=ntk.device)
-    for _ in range(100):
-        v = ntk @ v
-        v = v / v.norm()
-    return 1.1 * float(v @ (ntk @ v)) + ridge
+    return _POWER_SAFETY * power_lambda_max(ntk.double()) + ridge
 
 
 def plan_gradient_descent(
@@ -120,7 +160,7 @@ def plan_gradient_descent(
     learning_rate: float,
     num_steps: int | None,
     weight_decay: float = 0.0,
-    method: str = "auto",
+    method: SUIMethod | str = SUIMethod.AUTO,
     max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
     rows_per_sample: int = 1,
     right_hand_sides: int = 1,
@@ -140,7 +180,8 @@ def plan_gradient_descent(
         learning_rate: lr of the mean loss, > 0.
         num_steps: t >= 1, or None for the converged solution.
         weight_decay: wd >= 0.
-        method: ``"auto"``, ``"replay"`` or ``"ridge"``.
+        method: a :class:`~lightning_info.utilities.enums.SUIMethod`: ``"auto"``, ``"replay"``
+            or ``"ridge"``.
         max_replay_cost: flop budget of ``"replay"`` under ``"auto"``.
         rows_per_sample: kernel rows per sample :math:`K_b` (K for the full kernel, 1 for trace).
         right_hand_sides: R (1 for the full kernel, K for the trace kernel).
@@ -159,7 +200,7 @@ def plan_gradient_descent(
     lr = _check_positive(learning_rate, "learning_rate")
     steps = _check_int(num_steps, "num_steps", minimum=1, allow_none=True)
     wd = _check_positive(weight_decay, "weight_decay", allow_zero=True)
-    method = _check_choice(method, "method", ("auto", "replay", "ridge"))
+    method = SUIMethod(_check_choice(method, "method", SUI_METHOD_CHOICES))
     notes: list[tuple[str, str]] = []
     lr_max = 2.0 * num_samples / max(lambda_max, 1e-300)
     new_lr, new_steps = lr, steps
@@ -176,17 +217,17 @@ def plan_gradient_descent(
             )
         )
     if new_steps is None:
-        chosen = "converged"
-    elif method == "auto":
+        chosen = SUIMethod.CONVERGED
+    elif method is SUIMethod.AUTO:
         cost = _replay_cost(num_samples, new_steps, rows_per_sample, right_hand_sides)
-        chosen = "replay" if cost <= max_replay_cost else "ridge"
+        chosen = SUIMethod.REPLAY if cost <= max_replay_cost else SUIMethod.RIDGE
     else:
         chosen = method
     return GradientDescentPlan(
         learning_rate=new_lr,
         num_steps=new_steps,
         weight_decay=wd,
-        method=chosen,
+        method=chosen.value,
         lambda_max=float(lambda_max),
         learning_rate_given=lr,
         num_steps_given=steps,

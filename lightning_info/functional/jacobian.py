@@ -98,15 +98,13 @@ def _check_form(form: JacobianForm | str) -> JacobianForm:
         The enum member.
 
     Raises:
-        TypeError: if ``form`` is not a string (e.g. the ``True`` / ``False`` of the former
-            ``structured=`` flag).
+        TypeError: if ``form`` is not a string.
         ValueError: if it names no form.
     """
     if not isinstance(form, str):
         raise TypeError(
             f"`form` must be a JacobianForm or one of {', '.join(map(repr, _FORMS))}; got "
-            f"{type(form).__name__} {form!r} (the former `structured=True` / `False` is "
-            "`form='structured'` / `form='explicit'`)."
+            f"{type(form).__name__} {form!r}."
         )
     try:
         return JacobianForm(form)

@@ -23,8 +23,8 @@ with learning rate ``lr`` for ``t`` steps (``t = None``: converged). In kernel f
 **Leave-one-out convention** (the authors' one): the run without sample i uses the principal
 submatrix :math:`A_{-i}` (λ stays :math:`N\,\mathrm{wd}`) with :math:`\eta_{-i} = \mathrm{lr}/(N-1)`.
 Exact retraining on N-1 samples would use :math:`\lambda = (N-1)\mathrm{wd}`; the difference is
-O(wd/N) and rank-irrelevant (docs/sui.md §3: max relative error 2.5e-3, Spearman 0.99998 at
-wd = 5e-3, N = 100). With wd = 0 both conventions coincide.
+O(wd/N) and rank-irrelevant (measured in docs/sui.md §3). With wd = 0 both conventions
+coincide.
 
 Scores, with :math:`\delta_i = \mathrm{pad}_i(a^{(-i)}_t) - a_t` (:math:`\Delta = ` new − old,
 "new" = trained without sample i) and noise scale σ:
@@ -35,11 +35,17 @@ Scores, with :math:`\delta_i = \mathrm{pad}_i(a^{(-i)}_t) - a_t` (:math:`\Delta 
     \mathrm{SI}_i = \frac{\lVert \Delta w_i \rVert^2}{2\sigma^2}, \quad
     \text{F-SI}_i = \frac{1}{2\sigma^2 M} \sum_{m=1}^{M}
         \lVert \Theta(x^*_m, S)\, \delta_i \rVert^2 .
-Layout: this module validates inputs and chooses the path; the closed forms live in
+
+Layout: this module holds the one model-level pipeline, :func:`score_model` (used by
+:func:`smooth_unique_information` and the :class:`~lightning_info.callbacks.SmoothUniqueInformation`
+callback, which passes its DDP-sharded :class:`Linearization`), its options :class:`SUIOptions`,
+and the engines, which validate inputs and dispatch on
+:class:`~lightning_info.utilities.enums.SUIMethod` (``_SOLVERS``). The closed forms live in
 :mod:`~lightning_info.functional._sui_algebra` (t = ∞, kernel and feature space) and
 :mod:`~lightning_info.functional._sui_finite` (the finite t replayed exactly); how a training
 run is replayed (stability, method, singular kernels) is decided by
-:mod:`~lightning_info.functional.gd_plan`.
+:mod:`~lightning_info.functional.gd_plan`, and what it was read from by
+:mod:`~lightning_info.functional.training_recipe`.
 """
 
 from __future__ import annotations
@@ -48,12 +54,14 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from lightning_info.functional._jacobian_common import _DEFAULT_BUDGET
 from lightning_info.functional._sui_algebra import _features, _infinite
 from lightning_info.functional._sui_finite import _finite_replay, replay_peak_bytes
 from lightning_info.functional.gd_plan import (
@@ -61,6 +69,7 @@ from lightning_info.functional.gd_plan import (
     GradientDescentPlan,
     kernel_lambda_max,
     plan_gradient_descent,
+    power_lambda_max,
     solve_planned,
 )
 from lightning_info.functional.jacobian import (
@@ -72,6 +81,16 @@ from lightning_info.functional.jacobian import (
     jacobian_features,
     model_outputs,
 )
+from lightning_info.functional.training_recipe import (
+    AUTO,
+    LOO,
+    OPTIMIZER,
+    Horizon,
+    TrainingRecipe,
+    WeightDecay,
+    check_horizon,
+    check_weight_decay,
+)
 from lightning_info.utilities.checks import (
     _as_tensor,
     _check_choice,
@@ -80,26 +99,30 @@ from lightning_info.utilities.checks import (
     _check_ndim,
     _check_positive,
 )
+from lightning_info.utilities.enums import SUI_METHOD_CHOICES, SUIMethod
 from lightning_info.utilities.exceptions import NotPositiveDefiniteError
 from lightning_info.utilities.memory import check_memory
 
 __all__ = [
+    "JacobianRequest",
+    "Linearization",
+    "LocalLinearization",
     "NotPositiveDefiniteError",
+    "SUIOptions",
+    "ScoringRun",
     "UniqueInformation",
     "loo_weight_decay",
+    "score_model",
     "smooth_unique_information",
     "unique_information_from_features",
     "unique_information_from_kernels",
     "unique_information_with_plan",
 ]
 
-SUIMethod = Literal["replay", "ridge"]
 SUISpace = Literal["auto", "kernel", "features"]
 
-_METHODS = ("replay", "ridge")
 _NTKS = ("full", "trace")
 _SPACES = ("auto", "kernel", "features")
-_DEFAULT_BUDGET = 2**30
 
 
 @dataclass(frozen=True)
@@ -233,8 +256,9 @@ class _Problem:
     num_steps: int | None
     weight_decay: float
     noise_scale: float
-    method: str
+    method: SUIMethod
     ridge_c: float
+    memory_limit_bytes: int | None = None  # of the finite-t replay's up-front guard
 
     @staticmethod
     def build(init_outputs: Any, targets: Any, **options: Any) -> _Problem:
@@ -244,7 +268,8 @@ class _Problem:
             The validated problem.
 
         Raises:
-            ValueError: invalid options or inputs, or fewer than 2 samples.
+            ValueError: invalid options or inputs, fewer than 2 samples, or
+                ``method="converged"`` with a finite ``num_steps``.
         """
         f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
         _check_ndim(f0, "init_outputs", (1, 2), "(N,) or (N, K)")
@@ -255,16 +280,29 @@ class _Problem:
             raise ValueError(
                 f"leave-one-out needs at least 2 training samples; got N = {n_samples}."
             )
+        num_steps = _check_int(options["num_steps"], "num_steps", minimum=1, allow_none=True)
+        method = SUIMethod(_check_choice(options["method"], "method", _ENGINE_METHODS))
+        if method is SUIMethod.CONVERGED and num_steps is not None:
+            raise ValueError(
+                f"`method='converged'` is the t = ∞ solution; pass `num_steps=None` (got "
+                f"{num_steps}) or method 'replay' / 'ridge'."
+            )
         return _Problem(
             f0=f0,
             targets=_prepare_targets(targets, n_samples, num_outputs),
             learning_rate=_check_positive(options["learning_rate"], "learning_rate"),
-            num_steps=_check_int(options["num_steps"], "num_steps", minimum=1, allow_none=True),
+            num_steps=num_steps,
             weight_decay=_check_positive(options["weight_decay"], "weight_decay", allow_zero=True),
             noise_scale=_check_positive(options["noise_scale"], "noise_scale"),
-            method=_check_choice(options["method"], "method", _METHODS),
+            method=method,
             ridge_c=_check_positive(options["ridge_c"], "ridge_c"),
+            memory_limit_bytes=options.get("memory_limit_bytes"),
         )
+
+    @property
+    def solver(self) -> SUIMethod:
+        """The key of the dispatch table ``_SOLVERS``: ``CONVERGED`` for t = ∞, else the method."""
+        return SUIMethod.CONVERGED if self.num_steps is None else self.method
 
     @property
     def num_samples(self) -> int:
@@ -337,26 +375,6 @@ def _check_stable(lam_max: float, lr: float, n: int, what: str) -> None:
         )
 
 
-def _power_lambda_max(a: Tensor, iters: int = 60) -> float:
-    """Deterministic power-iteration estimate (a lower bound) of λ_max of a symmetric PSD matrix.
-
-    Returns:
-        The Rayleigh quotient after ``iters`` steps (0.0 for a zero matrix).
-    """
-    v = torch.ones(a.shape[0], dtype=a.dtype, device=a.device)
-    v = v + torch.linspace(0, 1, a.shape[0], dtype=a.dtype, device=a.device)
-    v = v / v.norm()
-    lam = 0.0
-    for _ in range(iters):
-        w = a @ v
-        lam = float(v @ w)
-        norm = w.norm()
-        if norm == 0:
-            return 0.0
-        v = w / norm
-    return lam
-
-
 def _kernels(ntk: Any, heldout_ntk: Any, problem: _Problem) -> tuple[Tensor, Tensor | None, bool]:
     """Validated float64 kernels (a trace kernel divided by K) and whether it is a trace kernel.
 
@@ -400,7 +418,7 @@ def unique_information_from_kernels(
     num_steps: int | None = None,
     weight_decay: float = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "replay",
+    method: SUIMethod | str = "replay",
     ridge_c: float = 0.5,
     memory_limit_bytes: int | None = None,
 ) -> UniqueInformation:
@@ -422,12 +440,12 @@ def unique_information_from_kernels(
       then every leave-one-out run is recovered exactly from a K-dimensional lower-triangular
       Toeplitz (Volterra) system in the "pinning" forces :math:`c_s` that keep block
       :math:`B_i` at zero, solved for all samples at once by a power-series (FFT, Newton) inverse: O((NK)^3 + t N^2 K^3 + N t log t K^3), no
-      per-sample matrix power or eigendecomposition. Agrees with per-sample retraining to about
-      1e-11 relative in float64 (checked up to t = 50000).
+      per-sample matrix power or eigendecomposition. Exact up to round-off (docs/sui.md §6.1;
+      ``benchmarks/RESULTS.md`` section 2).
     * ``method="ridge"``, finite t: the t = ∞ formulas with :math:`\lambda_\mathrm{eff} = N\,
       \mathrm{wd} + c/(\eta t)` (``c = ridge_c``), the ridge equivalent of early stopping
-      (docs/sui.md §6.2). An approximation: Spearman 0.97-0.999 with the replayed scores on small
-      toy problems (Pearson >= 0.99); magnitudes differ.
+      (docs/sui.md §6.2). An approximation: the rankings agree closely with the replayed ones,
+      the magnitudes differ (docs/sui.md §6.2, ``benchmarks/RESULTS.md`` section 3).
 
     Kernel shapes decide the kernel kind. ``ntk`` of shape (N K, N K) is the full sample-major
     kernel; shape (N, N) with K > 1 is the **trace** kernel of
@@ -484,20 +502,67 @@ def unique_information_from_kernels(
         noise_scale=noise_scale,
         method=method,
         ridge_c=ridge_c,
+        memory_limit_bytes=memory_limit_bytes,
     )
     theta, theta_star, trace = _kernels(ntk, heldout_ntk, problem)
     r, kb = problem.residuals(trace)
-    n, lr, t = theta.shape[0], problem.learning_rate, problem.num_steps
-    a_mat = theta + problem.ridge * torch.eye(n, dtype=theta.dtype, device=theta.device)
-    if t is None or problem.method == "ridge":
-        _check_stable(_power_lambda_max(a_mat), lr, problem.num_samples, "power-iteration estimate")
-        out = _infinite(theta, theta_star, r, problem.closed_form_ridge, kb)
-    else:
-        _check_replay_memory(problem.num_samples, kb, r.shape[1], t, memory_limit_bytes)
-        evals, u = torch.linalg.eigh(a_mat)
-        _check_stable(float(evals.max()), lr, problem.num_samples, "exact eigenvalue")
-        out = _finite_replay(theta, theta_star, r, problem.ridge, kb, lr, t, (evals, u))
-    return problem.finish(*out)
+    return problem.finish(*_SOLVERS[problem.solver](problem, theta, theta_star, r, kb))
+
+
+def _ridged(problem: _Problem, theta: Tensor) -> Tensor:
+    r""":math:`A = \Theta + \lambda I`.
+
+    Returns:
+        The (n, n) matrix A.
+    """
+    eye = torch.eye(theta.shape[0], dtype=theta.dtype, device=theta.device)
+    return theta + problem.ridge * eye
+
+
+def _solve_closed_form(
+    problem: _Problem, theta: Tensor, theta_star: Tensor | None, r: Tensor, kb: int
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    r"""The t = ∞ closed form (``CONVERGED``) and its ridge equivalent (``RIDGE``).
+
+    Returns:
+        The raw numerators of :meth:`_Problem.finish`.
+    """
+    lam = power_lambda_max(_ridged(problem, theta))
+    _check_stable(lam, problem.learning_rate, problem.num_samples, "power-iteration estimate")
+    return _infinite(theta, theta_star, r, problem.closed_form_ridge, kb)
+
+
+def _solve_replay(
+    problem: _Problem, theta: Tensor, theta_star: Tensor | None, r: Tensor, kb: int
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    r"""``REPLAY``: the finite horizon replayed exactly in the eigenbasis of :math:`A`.
+
+    Returns:
+        The raw numerators of :meth:`_Problem.finish`.
+    """
+    steps = int(problem.num_steps or 1)
+    _check_replay_memory(problem.num_samples, kb, r.shape[1], steps, problem.memory_limit_bytes)
+    evals, u = torch.linalg.eigh(_ridged(problem, theta))
+    _check_stable(
+        float(evals.max()), problem.learning_rate, problem.num_samples, "exact eigenvalue"
+    )
+    lr = problem.learning_rate
+    return _finite_replay(theta, theta_star, r, problem.ridge, kb, lr, steps, (evals, u))
+
+
+_Solver = Callable[
+    [_Problem, Tensor, Tensor | None, Tensor, int], tuple[Tensor, Tensor | None, Tensor, Tensor]
+]
+#: Kernel-space solver of each method (``_Problem.solver``): the SUI methods' dispatch table.
+_SOLVERS: dict[SUIMethod, _Solver] = {
+    SUIMethod.CONVERGED: _solve_closed_form,
+    SUIMethod.RIDGE: _solve_closed_form,
+    SUIMethod.REPLAY: _solve_replay,
+}
+#: The methods the engines take (``AUTO`` is resolved by the plan before).
+_ENGINE_METHODS = tuple(m.value for m in _SOLVERS)
+#: The methods of the feature-space engine: the closed forms (one Woodbury solve).
+_FEATURE_METHODS = (SUIMethod.CONVERGED, SUIMethod.RIDGE)
 
 
 def _check_replay_memory(n_samples: int, kb: int, n_rhs: int, t: int, limit: Any) -> None:
@@ -563,7 +628,7 @@ def unique_information_from_features(
     num_steps: int | None = None,
     weight_decay: float = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "replay",
+    method: SUIMethod | str = "replay",
     ridge_c: float = 0.5,
     ntk: NTKKind = "full",
 ) -> UniqueInformation:
@@ -637,10 +702,10 @@ def unique_information_from_features(
                 f"`heldout_features` must have d = {phi3.shape[2]} like `features`; "
                 f"got {phi_star3.shape[2]}."
             )
-    if problem.num_steps is not None and problem.method == "replay":
+    if problem.solver not in _FEATURE_METHODS:
         raise ValueError(
-            "`method='replay'` with a finite `num_steps` is not available in feature space; use "
-            "`method='ridge'`, or the kernel path (`unique_information_from_kernels`)."
+            f"`method='{problem.method}'` with a finite `num_steps` is not available in feature "
+            "space; use `method='ridge'`, or the kernel path (`unique_information_from_kernels`)."
         )
     trace = ntk == "trace" and problem.num_outputs > 1
     r, kb = problem.residuals(trace)
@@ -655,6 +720,434 @@ def unique_information_from_features(
     return problem.finish(*_features(phi, phi_star, r, problem.closed_form_ridge, kb))
 
 
+@dataclass(frozen=True)
+class SUIOptions:
+    r"""Every option of the model-level SUI pipeline (:func:`score_model`), in one frozen record.
+
+    The :func:`smooth_unique_information` function and the
+    :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback both build one and call
+    :func:`score_model`; :meth:`validated` checks every field once, naming the argument and its
+    valid values. The defaults are the function's; the callback passes its own.
+
+    Attributes:
+        learning_rate: lr of the replayed run, > 0; None: the training recipe's.
+        num_steps: an int >= 1, None / ``"converged"`` (t = ∞), or ``"auto"`` (from the training
+            recipe, :meth:`~lightning_info.functional.training_recipe.TrainingRecipe.replay`).
+        weight_decay: a number >= 0, ``"loo"`` (:func:`loo_weight_decay`), ``"auto"`` (``"loo"``
+            for the converged run, else the recipe's) or ``"optimizer"`` / None (the recipe's).
+        method: a :class:`~lightning_info.utilities.enums.SUIMethod` (``"auto"``, ``"replay"``,
+            ``"ridge"``).
+        noise_scale: σ > 0 of the smoothing noise.
+        ridge_c: c of the ridge approximation, > 0.
+        replay_max_cost: flop budget of the finite-horizon replay under ``method="auto"``.
+        ntk: ``"full"``, ``"trace"`` or ``"auto"`` (full when N·K <= ``full_ntk_max`` or K = 1).
+        full_ntk_max: largest N·K for which ``ntk="auto"`` uses the full NTK.
+        space: ``"auto"``, ``"kernel"`` or ``"features"`` (see :func:`smooth_unique_information`).
+        params: which parameters to linearize (None = all trainable).
+        projection_dim: random-projection dimension of the Jacobians, or None.
+        projection: ``"gaussian"`` or ``"rademacher"``.
+        seed: seed of the projection.
+        chunk_size: samples per Jacobian ``vmap`` call.
+        output_batch_size: samples per forward pass of the outputs at the linearization point
+            (None: ``chunk_size``).
+        memory_budget_bytes: bound on stored Jacobians / projection blocks.
+        output_fn: maps the model's raw output to the (B,) or (B, K) tensor to linearize.
+        memory_limit_bytes: refusal threshold of the finite-t replay's up-front memory guard, or
+            None for the default 8 GiB.
+    """
+
+    learning_rate: float | None = None
+    num_steps: Horizon = None
+    weight_decay: WeightDecay = 0.0
+    method: SUIMethod | str = SUIMethod.REPLAY
+    noise_scale: float = 1.0
+    ridge_c: float = 0.5
+    replay_max_cost: float = DEFAULT_MAX_REPLAY_COST
+    ntk: str = "full"
+    full_ntk_max: int = 2000
+    space: str = "auto"
+    params: ParamSelection = None
+    projection_dim: int | None = None
+    projection: ProjectionType = "gaussian"
+    seed: int = 0
+    chunk_size: int | None = None
+    output_batch_size: int | None = None
+    memory_budget_bytes: int = _DEFAULT_BUDGET
+    output_fn: Callable[[Any], Tensor] | None = None
+    memory_limit_bytes: int | None = None
+
+    def validated(self) -> SUIOptions:
+        """Check every option (the Jacobian ones are checked where they are used).
+
+        Returns:
+            The options with canonical values (``method`` a :class:`SUIMethod`, ``num_steps``
+            ``"converged"`` as None, ``weight_decay`` None as ``"optimizer"``).
+
+        Raises:
+            ValueError: for an invalid value, naming the option and its valid values.
+        """  # noqa: DOC502 (raised by the shared checks)
+        lr = self.learning_rate
+        return dataclasses.replace(
+            self,
+            learning_rate=None if lr is None else _check_positive(lr, "learning_rate"),
+            num_steps=check_horizon(self.num_steps),
+            weight_decay=check_weight_decay(self.weight_decay),
+            method=SUIMethod(_check_choice(self.method, "method", SUI_METHOD_CHOICES)),
+            noise_scale=_check_positive(self.noise_scale, "noise_scale"),
+            ridge_c=_check_positive(self.ridge_c, "ridge_c"),
+            replay_max_cost=_check_positive(self.replay_max_cost, "replay_max_cost"),
+            ntk=_check_choice(self.ntk, "ntk", ("auto", *_NTKS)),
+            full_ntk_max=int(_check_int(self.full_ntk_max, "full_ntk_max", minimum=1)),
+            space=_check_choice(self.space, "space", _SPACES),
+            projection_dim=_check_int(
+                self.projection_dim, "projection_dim", minimum=1, allow_none=True
+            ),
+            seed=int(_check_int(self.seed, "seed")),
+            chunk_size=_check_int(self.chunk_size, "chunk_size", minimum=1, allow_none=True),
+            output_batch_size=_check_int(
+                self.output_batch_size, "output_batch_size", minimum=1, allow_none=True
+            ),
+            memory_limit_bytes=_check_int(
+                self.memory_limit_bytes, "memory_limit_bytes", minimum=1, allow_none=True
+            ),
+        )
+
+    def resolve_ntk(self, num_samples: int, num_outputs: int) -> str:
+        """``ntk="auto"``: the full kernel when N·K <= ``full_ntk_max`` or K = 1, else the trace.
+
+        Returns:
+            ``"full"`` or ``"trace"``.
+        """
+        if self.ntk != "auto":
+            return str(self.ntk)
+        small = num_samples * num_outputs <= self.full_ntk_max or num_outputs == 1
+        return "full" if small else "trace"
+
+    def weight_decay_rule(self, converged: bool) -> str:
+        """How the weight decay of a run was chosen, for the reports.
+
+        Args:
+            converged: whether the replayed run is the converged one (after the plan).
+
+        Returns:
+            ``"loo"`` (leave-one-out), ``"optimizer"`` (the training run's) or ``"given"``.
+        """
+        if self.weight_decay not in (AUTO, LOO, OPTIMIZER):
+            return "given"
+        return "loo" if converged and self.weight_decay in (AUTO, LOO) else "optimizer"
+
+    def horizon_rule(self) -> str:
+        """How the horizon was chosen, for the reports.
+
+        Returns:
+            ``"auto"`` (from the training run), ``"converged"`` or ``"given"``.
+        """
+        if self.num_steps == AUTO:
+            return "auto"
+        return "converged" if self.num_steps is None else "given"
+
+    def jacobian_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``empirical_ntk`` / ``jacobian_features``.
+
+        Returns:
+            ``params``, ``projection_dim``, ``projection``, ``seed``, ``chunk_size``,
+            ``memory_budget_bytes`` and ``output_fn``.
+        """
+        return dict(
+            params=self.params,
+            projection_dim=self.projection_dim,
+            projection=self.projection,
+            seed=self.seed,
+            chunk_size=self.chunk_size,
+            memory_budget_bytes=self.memory_budget_bytes,
+            output_fn=self.output_fn,
+        )
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """The run :func:`score_model` replays, every sentinel resolved (before the plan's changes).
+
+    Attributes:
+        num_samples: N.
+        learning_rate: lr asked for.
+        num_steps: steps asked for, or None (converged).
+        weight_decay: a number, or ``"loo"`` (chosen on the kernel).
+        ntk: ``"full"`` or ``"trace"``.
+        space: ``"kernel"`` or ``"features"``: where the algebra runs.
+    """
+
+    num_samples: int
+    learning_rate: float
+    num_steps: int | None
+    weight_decay: float | str
+    ntk: str
+    space: str
+
+
+#: ``solve(kernels or features of the training inputs, of the held-out inputs or None)``.
+EngineCall = Callable[[Tensor, Tensor | None], "UniqueInformation"]
+
+
+@dataclass(frozen=True)
+class JacobianRequest:
+    """What :func:`score_model` asks a :class:`Linearization` to build.
+
+    Attributes:
+        model: the network at the linearization point.
+        inputs: (N, ...) training inputs, on the model's device.
+        heldout_inputs: (M, ...) held-out inputs, or None.
+        ntk: ``"full"`` or ``"trace"``.
+        features: build projected Jacobian features (feature space) instead of the NTKs.
+        jacobian_options: keyword arguments of ``empirical_ntk`` / ``jacobian_features``.
+    """
+
+    model: nn.Module
+    inputs: Tensor
+    heldout_inputs: Tensor | None
+    ntk: str
+    features: bool
+    jacobian_options: dict[str, Any]
+
+    def build_locally(self, **extra: Any) -> tuple[Tensor, Tensor | None]:
+        """The training and held-out NTKs (or Jacobian features), in this process.
+
+        Args:
+            **extra: more Jacobian keyword arguments (e.g. a ``progress`` observer).
+
+        Returns:
+            ``(train, heldout or None)``: (N K, N K) / (N, N) and held-out/train kernels, or
+            (N, K, d) and (M, K, d) features.
+        """
+        kw = {**self.jacobian_options, **extra}
+        x, x_val = self.inputs, self.heldout_inputs
+        if self.features:
+            phi = jacobian_features(self.model, x, **kw)
+            return phi, None if x_val is None else jacobian_features(self.model, x_val, **kw)
+        theta = empirical_ntk(self.model, x, ntk=self.ntk, **kw)
+        if x_val is None:
+            return theta, None
+        return theta, empirical_ntk(self.model, x_val, x, ntk=self.ntk, **kw)
+
+
+class Linearization(Protocol):
+    """Where the Jacobians come from and where the solve runs (local, or sharded under DDP)."""
+
+    def stage(self) -> AbstractContextManager[None]:
+        """A context for the steps every process runs alone (outputs, resolution)."""
+        ...
+
+    def solve(self, request: JacobianRequest, solve: EngineCall) -> UniqueInformation:
+        """``solve`` on the NTKs or the Jacobian features the request asks for."""
+        ...
+
+
+class LocalLinearization:
+    """The single-process :class:`Linearization` (:func:`smooth_unique_information`)."""
+
+    def stage(self) -> AbstractContextManager[None]:
+        """No collective: a plain context.
+
+        Returns:
+            A null context.
+        """
+        return nullcontext()
+
+    def solve(self, request: JacobianRequest, solve: EngineCall) -> UniqueInformation:
+        """``solve`` on the kernels or features built here.
+
+        Returns:
+            ``solve``'s result.
+        """
+        return solve(*request.build_locally())
+
+
+def score_model(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    heldout_inputs: Tensor | None,
+    options: SUIOptions,
+    *,
+    recipe: TrainingRecipe | None = None,
+    linearization: Linearization | None = None,
+    announce: Callable[[ScoringRun], None] | None = None,
+) -> tuple[UniqueInformation, ScoringRun]:
+    """The one model-level SUI pipeline: outputs, the resolved run, Jacobians, plan and solve.
+
+    Called by :func:`smooth_unique_information` and by the
+    :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback (with its training recipe
+    and its DDP-sharded :class:`Linearization`). The inputs and targets are moved to the model's
+    device; the model's parameters are the linearization point.
+
+    Args:
+        model: the network at the linearization point.
+        inputs: (N, ...) training inputs.
+        targets: (N, K) float targets or (N,) integer labels.
+        heldout_inputs: (M, ...) held-out inputs for functional SI, or None.
+        options: the options (validated here).
+        recipe: the training run whose sentinels (``"auto"``, ``"optimizer"``) the options may
+            name; None: an empty recipe (every value given explicitly).
+        linearization: where Jacobians are built and the solve runs; None: this process.
+        announce: called with the resolved run before the Jacobians are built.
+
+    Returns:
+        ``(scores with their plan, the resolved run)``; the plan's ``notes`` say what the plan
+        changed (callers show them as warnings).
+
+    Raises:
+        ValueError: invalid options, no learning rate, or ``space="features"`` with a weight
+            decay chosen by leave-one-out (it needs the kernel).
+    """  # noqa: DOC502 (raised by the validation and the engines)
+    options = options.validated()
+    backend = linearization if linearization is not None else LocalLinearization()
+    device = _device_of(model, inputs)
+    x = inputs.to(device)
+    x_val = None if heldout_inputs is None else heldout_inputs.to(device)
+    with backend.stage():  # under DDP a failure here reaches every rank
+        chunk = options.output_batch_size or options.chunk_size
+        f0 = _initial_outputs(model, x, chunk, options.output_fn)
+        run = _resolve_run(options, recipe if recipe is not None else TrainingRecipe(), f0)
+    if announce is not None:
+        announce(run)
+    features = run.space == "features"
+    engine = _planned_features if features else _planned_kernels
+    y = targets.to(device)
+
+    def solve(train: Tensor, heldout: Tensor | None) -> UniqueInformation:
+        return engine(train, heldout, f0, y, run, options)
+
+    request = JacobianRequest(model, x, x_val, run.ntk, features, options.jacobian_options())
+    return backend.solve(request, solve), run
+
+
+def _device_of(model: nn.Module, inputs: Tensor) -> torch.device:
+    """The device of the model's first parameter (the inputs' device for a parameterless model).
+
+    Returns:
+        The device.
+    """
+    first = next(iter(model.parameters()), None)
+    return inputs.device if first is None else first.device
+
+
+def _resolve_run(options: SUIOptions, recipe: TrainingRecipe, f0: Tensor) -> ScoringRun:
+    """Every sentinel of the options resolved: the recipe's rule, the NTK, the space.
+
+    Returns:
+        The :class:`ScoringRun`.
+    """
+    n, k = f0.shape
+    lr, wd, steps = recipe.replay(
+        learning_rate=options.learning_rate,
+        weight_decay=options.weight_decay,
+        num_steps=options.num_steps,
+    )
+    space = _space(options, f0.numel(), steps, wd)
+    return ScoringRun(n, lr, steps, wd, options.resolve_ntk(n, k), space)
+
+
+def _space(options: SUIOptions, num_rows: int, steps: int | None, wd: float | str) -> str:
+    """Where the algebra runs (``space="auto"``: see :func:`smooth_unique_information`).
+
+    Returns:
+        ``"features"`` or ``"kernel"``.
+
+    Raises:
+        ValueError: ``space="features"`` with a leave-one-out weight decay.
+    """
+    if options.space == "features":
+        if wd == LOO:
+            raise ValueError(
+                "`weight_decay='loo'` chooses the weight decay on the N·K kernel; use "
+                "`space='kernel'` or 'auto', or give a number."
+            )
+        return "features"
+    dim = options.projection_dim
+    use = (
+        options.space == "auto"
+        and dim is not None
+        and num_rows > dim
+        and (steps is None or options.method == SUIMethod.RIDGE)
+        and wd != LOO
+        and (float(wd) > 0 or steps is not None)
+    )
+    return "features" if use else "kernel"
+
+
+def _planned_kernels(
+    theta: Tensor,
+    theta_val: Tensor | None,
+    f0: Tensor,
+    targets: Tensor,
+    run: ScoringRun,
+    options: SUIOptions,
+) -> UniqueInformation:
+    """:func:`unique_information_with_plan` on the NTKs.
+
+    Returns:
+        The scores with their plan.
+    """
+    return unique_information_with_plan(
+        theta,
+        theta_val,
+        f0,
+        targets,
+        learning_rate=run.learning_rate,
+        num_steps=run.num_steps,
+        weight_decay=run.weight_decay,  # type: ignore[arg-type]
+        method=options.method,
+        max_replay_cost=options.replay_max_cost,
+        noise_scale=options.noise_scale,
+        ridge_c=options.ridge_c,
+        memory_limit_bytes=options.memory_limit_bytes,
+    )
+
+
+def _planned_features(
+    phi: Tensor,
+    phi_val: Tensor | None,
+    f0: Tensor,
+    targets: Tensor,
+    run: ScoringRun,
+    options: SUIOptions,
+) -> UniqueInformation:
+    """λ_max of the features' kernel, the plan, :func:`unique_information_from_features`.
+
+    Returns:
+        The scores with their plan.
+    """
+    n, k = f0.shape
+    trace = run.ntk == "trace" and k > 1
+    rows = _feature_rows(phi.double(), trace)
+
+    def solve(plan: GradientDescentPlan) -> UniqueInformation:
+        return unique_information_from_features(
+            phi,
+            phi_val,
+            f0,
+            targets,
+            learning_rate=plan.learning_rate,
+            num_steps=plan.num_steps,
+            weight_decay=plan.weight_decay,
+            method=plan.method,
+            ntk=run.ntk,
+            noise_scale=options.noise_scale,
+            ridge_c=options.ridge_c,
+        )
+
+    # feature space has no exact replay: "auto" means its ridge equivalent here
+    method = SUIMethod.RIDGE if options.method == SUIMethod.AUTO else options.method
+    lambda_max = float(torch.linalg.eigvalsh(rows.T @ rows).max())
+    return _replay(
+        lambda_max,
+        solve,
+        (n, k, trace),
+        (run.learning_rate, run.num_steps, float(run.weight_decay), method),
+        options.replay_max_cost,
+    )
+
+
 def smooth_unique_information(
     model: nn.Module,
     train_inputs: Tensor,
@@ -663,11 +1156,13 @@ def smooth_unique_information(
     *,
     learning_rate: float,
     num_steps: int | None = None,
-    weight_decay: float = 0.0,
+    weight_decay: float | Literal["auto", "loo"] = 0.0,
     noise_scale: float = 1.0,
-    method: SUIMethod = "replay",
+    method: SUIMethod | str = "replay",
     ridge_c: float = 0.5,
-    ntk: NTKKind = "full",
+    ntk: NTKKind | Literal["auto"] = "full",
+    full_ntk_max: int = 2000,
+    replay_max_cost: float = DEFAULT_MAX_REPLAY_COST,
     params: ParamSelection = None,
     projection_dim: int | None = None,
     projection: ProjectionType = "gaussian",
@@ -691,9 +1186,9 @@ def smooth_unique_information(
         \text{F-SI}_i = \frac{1}{2\sigma^2}\,\mathrm{mean}_{x \in X^*}
             \lVert f_S(x) - f_{S\setminus i}(x) \rVert^2 .
 
-    The run is replayed as :func:`~lightning_info.functional.gd_plan.plan_gradient_descent`
-    decides, exactly as the :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback
-    does: a learning rate beyond the linearized stability limit is lowered to 0.9 of it with the
+    This is the callback's pipeline (:func:`score_model`, the same code): the run is replayed as
+    :func:`~lightning_info.functional.gd_plan.plan_gradient_descent` decides, exactly as the
+    :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback does: a learning rate beyond the linearized stability limit is lowered to 0.9 of it with the
     steps raised to keep the optimization time, and the converged solution of a singular kernel
     without weight decay gets a tiny ridge; each such change is warned about and recorded in the
     result's ``plan``.
@@ -703,7 +1198,8 @@ def smooth_unique_information(
     algebra runs: ``"features"``, the d-dimensional feature space
     (:func:`unique_information_from_features`, linear in N), or ``"kernel"``, the N·K sample
     space. ``"auto"`` uses the feature space when ``projection_dim`` is set, N K >
-    ``projection_dim`` and the method does not need the finite-t replay; otherwise it builds
+    ``projection_dim``, the method does not need the finite-t replay and the weight decay is a
+    number (``"loo"`` needs the kernel); otherwise it builds
     the NTKs (:func:`~lightning_info.functional.jacobian.empirical_ntk`) and calls
     :func:`unique_information_from_kernels`.
 
@@ -714,11 +1210,18 @@ def smooth_unique_information(
         heldout_inputs: (M, ...) inputs for F-SI, or None (then no F-SI).
         learning_rate: lr > 0 of the mean-loss GD.
         num_steps: GD steps t >= 1, or None for t = ∞ (converged).
-        weight_decay: wd >= 0, L2 pull toward :math:`w_0`.
+        weight_decay: wd >= 0, L2 pull toward :math:`w_0`; ``"loo"``: chosen by leave-one-out
+            cross-validation of the converged run (:func:`loo_weight_decay`, needs
+            ``num_steps=None``); ``"auto"``: ``"loo"`` for ``num_steps=None``, else 0.
         noise_scale: σ > 0 of the smoothing noise.
-        method: ``"replay"`` or ``"ridge"`` (finite t only).
+        method: a :class:`~lightning_info.utilities.enums.SUIMethod`: ``"replay"``, ``"ridge"``
+            (finite t only) or ``"auto"`` (replay when its estimated cost is at most
+            ``replay_max_cost`` flops, else ridge).
         ridge_c: c of the ridge approximation.
-        ntk: which NTK, ``"full"`` (N K x N K) or ``"trace"`` (N x N shared by the K outputs).
+        ntk: which NTK, ``"full"`` (N K x N K), ``"trace"`` (N x N shared by the K outputs) or
+            ``"auto"`` (full when N·K <= ``full_ntk_max`` or K = 1, else trace).
+        full_ntk_max: largest N·K for which ``ntk="auto"`` uses the full NTK.
+        replay_max_cost: flop budget of the exact replay under ``method="auto"``.
         params: which parameters to linearize (None = all trainable; a prefix or list of names).
         projection_dim: random-projection dimension d of the Jacobians, or None (exact kernel).
         projection: ``"gaussian"`` or ``"rademacher"``.
@@ -755,12 +1258,25 @@ def smooth_unique_information(
         >>> out.weight_si.shape, out.functional_si.shape
         (torch.Size([8]), torch.Size([8]))
     """  # noqa: DOC502 (raised by the shared input checks; documented as the contract)
-    ntk = _check_choice(ntk, "ntk", _NTKS)
-    space = _check_choice(space, "space", _SPACES)
-    method = _check_choice(method, "method", _METHODS)
+    learning_rate = _check_positive(learning_rate, "learning_rate")
+    if weight_decay is None or weight_decay == OPTIMIZER or num_steps == AUTO:
+        raise ValueError(
+            "smooth_unique_information has no training run to read: `weight_decay` must be a "
+            "number >= 0, 'auto' or 'loo', and `num_steps` an int >= 1 or None; got "
+            f"weight_decay={weight_decay!r}, num_steps={num_steps!r}."
+        )
     tgt = _check_model_inputs(train_inputs, train_targets, heldout_inputs)
-    f0 = _initial_outputs(model, train_inputs, chunk_size, output_fn)
-    jac_kw = dict(
+    options = SUIOptions(
+        learning_rate=learning_rate,
+        num_steps=num_steps,
+        weight_decay=weight_decay,
+        method=method,
+        noise_scale=noise_scale,
+        ridge_c=ridge_c,
+        replay_max_cost=replay_max_cost,
+        ntk=ntk,
+        full_ntk_max=full_ntk_max,
+        space=space,
         params=params,
         projection_dim=projection_dim,
         projection=projection,
@@ -768,22 +1284,10 @@ def smooth_unique_information(
         chunk_size=chunk_size,
         memory_budget_bytes=memory_budget_bytes,
         output_fn=output_fn,
-    )
-    options = dict(
-        learning_rate=learning_rate,
-        num_steps=num_steps,
-        weight_decay=weight_decay,
-        method=method,
-        noise_scale=noise_scale,
-        ridge_c=ridge_c,
         memory_limit_bytes=memory_limit_bytes,
     )
-    if _in_feature_space(space, projection_dim, f0.numel(), options):
-        replay = _replay_in_feature_space
-    else:
-        replay = _replay_in_kernel_space
-    info = replay(model, train_inputs, heldout_inputs, f0, tgt, ntk, jac_kw, options)
-    for _, note in info.plan.notes:
+    info, _ = score_model(model, train_inputs, tgt, heldout_inputs, options)
+    for _, note in info.plan.notes if info.plan is not None else ():
         warnings.warn(f"smooth_unique_information: {note}", UserWarning, stacklevel=2)
     return info
 
@@ -800,25 +1304,6 @@ def _initial_outputs(
     _check_outputs(f0, x.shape[0])
     _check_finite(f0, "model outputs")
     return f0
-
-
-def _in_feature_space(
-    space: str, projection_dim: int | None, num_rows: int, options: dict[str, Any]
-) -> bool:
-    """Whether ``space`` (``"auto"``: see :func:`smooth_unique_information`) picks feature space.
-
-    Returns:
-        True for ``"features"``; for ``"auto"``, when there are more kernel rows (N K) than
-        projected features, the method needs no finite-t replay and λ > 0.
-    """
-    num_steps, weight_decay = options["num_steps"], options["weight_decay"]
-    return space == "features" or (
-        space == "auto"
-        and projection_dim is not None
-        and num_rows > int(projection_dim)
-        and (num_steps is None or options["method"] == "ridge")
-        and (weight_decay > 0 or num_steps is not None)
-    )
 
 
 def _check_model_inputs(train_inputs: Any, train_targets: Any, heldout_inputs: Any) -> Tensor:
@@ -852,36 +1337,34 @@ def _check_model_inputs(train_inputs: Any, train_targets: Any, heldout_inputs: A
     return tgt
 
 
-def _engine_method(plan: GradientDescentPlan) -> str:
-    """The engines' ``method`` for a plan (irrelevant for the converged solution).
-
-    Returns:
-        ``"ridge"`` or ``"replay"``.
-    """
-    return "ridge" if plan.method == "ridge" else "replay"
-
-
 def _replay(
     lambda_max: float,
     solve: Callable[[GradientDescentPlan], UniqueInformation],
     shape: tuple[int, int, bool],
-    options: dict[str, Any],
+    run: tuple[float, int | None, float, SUIMethod | str],
     max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
 ) -> UniqueInformation:
     """Plan the replay for a kernel with ``lambda_max`` = λ_max(Θ), solve, attach the plan.
+
+    Args:
+        lambda_max: λ_max of the kernel the engine uses.
+        solve: the engine call, given the plan.
+        shape: ``(N, K, trace)``.
+        run: ``(learning_rate, num_steps, weight_decay, method)`` asked for.
+        max_replay_cost: flop budget of the exact replay under ``method="auto"``.
 
     Returns:
         ``solve``'s :class:`UniqueInformation` with the plan it was given (after a jitter retry).
     """
     n, k, trace = shape
-    wd = options["weight_decay"]
+    lr, steps, wd, method = run
     plan = plan_gradient_descent(
         lambda_max + n * wd,
         n,
-        learning_rate=options["learning_rate"],
-        num_steps=options["num_steps"],
+        learning_rate=lr,
+        num_steps=steps,
         weight_decay=wd,
-        method=options["method"],
+        method=method,
         max_replay_cost=max_replay_cost,
         rows_per_sample=1 if trace else k,
         right_hand_sides=k if trace else 1,
@@ -906,8 +1389,8 @@ def loo_weight_decay(
     :math:`v_i = F_{B_i B_i}^{-1}(F r)_{B_i}` (:math:`F = A^{-1}`, ``docs/sui.md`` §5); the
     :math:`\lambda` with the smallest mean :math:`\lVert v_i\rVert^2` wins. One eigendecomposition
     serves every candidate. Scale-free: rescaling the kernel rescales the chosen
-    :math:`\lambda` with it. Noisy labels make it choose more smoothing (measured on digits with
-    flipped labels: :math:`\kappa` = 0.02-0.03 at 5 %, 0.06 at 10 %, 0.18 at 30 %, 0.56 at 50 %).
+    :math:`\lambda` with it. Noisy labels make it choose more smoothing
+    (``benchmarks/RESULTS.md`` section 10).
 
     Args:
         ntk: (N K, N K) full or (N, N) trace kernel.
@@ -961,7 +1444,7 @@ def unique_information_with_plan(
     learning_rate: float,
     num_steps: int | None = None,
     weight_decay: float | Literal["loo"] = 0.0,
-    method: Literal["auto", "replay", "ridge"] = "auto",
+    method: SUIMethod | str = SUIMethod.AUTO,
     max_replay_cost: float = DEFAULT_MAX_REPLAY_COST,
     noise_scale: float = 1.0,
     ridge_c: float = 0.5,
@@ -974,8 +1457,8 @@ def unique_information_with_plan(
     linearized stability limit lowered to 0.9 of it with the steps raised to keep the
     optimization time; ``method="auto"``: the finite horizon replayed exactly within
     ``max_replay_cost`` flops, else the ridge equivalent; a tiny ridge for a singular kernel at t = ∞), then solves.
-    Used by :func:`smooth_unique_information` and the
-    :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback.
+    The kernel-space step of :func:`score_model` (:func:`smooth_unique_information` and the
+    :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback).
 
     Args:
         ntk: (N K, N K) full or (N, N) trace kernel.
@@ -1013,7 +1496,7 @@ def unique_information_with_plan(
     f0 = _as_tensor(init_outputs, "init_outputs", allow_int=False)
     ntk = _as_tensor(ntk, "ntk", allow_int=False)  # detached: no result keeps the input's graph
     n, k = f0.shape[0], (1 if f0.ndim == 1 else f0.shape[1])
-    if weight_decay == "loo":
+    if weight_decay == LOO:
         if num_steps is not None:
             raise ValueError(
                 "`weight_decay='loo'` chooses the weight decay of the converged solution; pass "
@@ -1022,12 +1505,6 @@ def unique_information_with_plan(
         weight_decay = loo_weight_decay(ntk, init_outputs, targets)
     trace = k > 1 and tuple(ntk.shape) == (n, n)
     used = ntk / k if trace else ntk  # the trace kernel is used as Θ/K ⊗ I
-    options = dict(
-        learning_rate=learning_rate,
-        num_steps=num_steps,
-        weight_decay=weight_decay,
-        method=method,
-    )
 
     def solve(plan: GradientDescentPlan) -> UniqueInformation:
         return unique_information_from_kernels(
@@ -1038,72 +1515,11 @@ def unique_information_with_plan(
             learning_rate=plan.learning_rate,
             num_steps=plan.num_steps,
             weight_decay=plan.weight_decay,
-            method=_engine_method(plan),
+            method=plan.method,
             noise_scale=noise_scale,
             ridge_c=ridge_c,
             memory_limit_bytes=memory_limit_bytes,
         )
 
-    return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), options, max_replay_cost)
-
-
-def _replay_in_kernel_space(
-    model: nn.Module,
-    x: Tensor,
-    x_star: Tensor | None,
-    f0: Tensor,
-    targets: Tensor,
-    ntk: str,
-    jac_kw: dict,
-    options: dict[str, Any],
-) -> UniqueInformation:
-    """The NTKs of the training (and held-out) inputs, then the planned kernel-space solve.
-
-    Returns:
-        :class:`UniqueInformation` with its plan.
-    """
-    theta = empirical_ntk(model, x, ntk=ntk, **jac_kw)
-    theta_star = None
-    if x_star is not None:
-        theta_star = empirical_ntk(model, x_star, x, ntk=ntk, **jac_kw)
-    return unique_information_with_plan(theta, theta_star, f0, targets, **options)
-
-
-def _replay_in_feature_space(
-    model: nn.Module,
-    x: Tensor,
-    x_star: Tensor | None,
-    f0: Tensor,
-    targets: Tensor,
-    ntk: str,
-    jac_kw: dict,
-    options: dict[str, Any],
-) -> UniqueInformation:
-    """Projected Jacobian features, λ_max of their kernel, the planned feature-space solve.
-
-    Returns:
-        :class:`UniqueInformation` with its plan.
-    """
-    phi = jacobian_features(model, x, **jac_kw)
-    phi_star = None if x_star is None else jacobian_features(model, x_star, **jac_kw)
-    n, k = f0.shape
-    trace = ntk == "trace" and k > 1
-    rows = _feature_rows(phi.double(), trace)
-
-    def solve(plan: GradientDescentPlan) -> UniqueInformation:
-        return unique_information_from_features(
-            phi,
-            phi_star,
-            f0,
-            targets,
-            learning_rate=plan.learning_rate,
-            num_steps=plan.num_steps,
-            weight_decay=plan.weight_decay,
-            method=_engine_method(plan),
-            ntk=ntk,
-            noise_scale=options["noise_scale"],
-            ridge_c=options["ridge_c"],
-        )
-
-    lambda_max = float(torch.linalg.eigvalsh(rows.T @ rows).max())
-    return _replay(lambda_max, solve, (n, k, trace), options)
+    run = (learning_rate, num_steps, weight_decay, method)
+    return _replay(kernel_lambda_max(used, n, 0.0), solve, (n, k, trace), run, max_replay_cost)

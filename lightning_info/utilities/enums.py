@@ -84,3 +84,38 @@ class Bandwidth(str, Enum):
     def __str__(self) -> str:
         """Return the string value (``"median"`` or ``"knn"``), as used in messages and logs."""
         return self.value
+
+
+class SUIMethod(str, Enum):
+    r"""How the leave-one-out runs of smooth unique information are solved (``method=``).
+
+    Used by :func:`~lightning_info.functional.smooth_unique_information`, the engines of
+    :mod:`lightning_info.functional.sui` and the
+    :class:`~lightning_info.callbacks.SmoothUniqueInformation` callback; each solved member has
+    one entry in the dispatch table ``_SOLVERS`` of :mod:`lightning_info.functional.sui`.
+
+    * ``REPLAY`` (``"replay"``): the ``t`` gradient-descent steps replayed exactly
+      (:mod:`~lightning_info.functional._sui_finite`, ``docs/sui.md`` §6.1).
+    * ``RIDGE`` (``"ridge"``): the ridge equivalent of early stopping, the t = ∞ closed form with
+      :math:`\lambda + c/(\eta t)` (:mod:`~lightning_info.functional._sui_algebra`,
+      ``docs/sui.md`` §6.2).
+    * ``CONVERGED`` (``"converged"``): the t = ∞ closed form (``num_steps=None``); chosen by the
+      plan, not by the caller.
+    * ``AUTO`` (``"auto"``): ``REPLAY`` when its estimated cost fits the flop budget, else
+      ``RIDGE`` (:func:`~lightning_info.functional.gd_plan.plan_gradient_descent`).
+    """
+
+    AUTO = "auto"
+    REPLAY = "replay"
+    RIDGE = "ridge"
+    CONVERGED = "converged"
+
+    def __str__(self) -> str:
+        """Return the string value (``"replay"``, ...), as used in messages and logs."""
+        return self.value
+
+
+#: The ``method=`` values a caller may pass (``CONVERGED`` is the plan's choice for t = ∞).
+SUI_METHOD_CHOICES: tuple[str, ...] = tuple(
+    m.value for m in SUIMethod if m is not SUIMethod.CONVERGED
+)

@@ -34,7 +34,7 @@ def plant_failure(kind: str) -> None:
     """Make scoring fail on one rank only (rank 1, or rank 0 for the solve)."""
     import lightning_info.callbacks._sui_data as sui_data
     import lightning_info.callbacks._sui_ddp as sui_ddp
-    import lightning_info.callbacks._sui_solve as sui_solve
+    import lightning_info.functional.sui as sui_functional
 
     def failing(module, name, rank):
         original = getattr(module, name)
@@ -51,7 +51,7 @@ def plant_failure(kind: str) -> None:
     elif kind == "features":
         failing(sui_ddp, "jacobian_features", 1)
     else:
-        failing(sui_solve, "unique_information_with_plan", 0)
+        failing(sui_functional, "unique_information_with_plan", 0)
 
 
 def main(out_dir: str, failure: str | None = None) -> None:

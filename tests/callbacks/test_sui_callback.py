@@ -320,7 +320,7 @@ def test_score_outside_fit_needs_settings_and_state_key_pickle(digits):
 
 
 def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, monkeypatch):
-    import lightning_info.callbacks._sui_solve as solve_module
+    import lightning_info.functional.sui as solve_module
 
     def boom(*args, **kwargs):
         raise ValueError("engine exploded")

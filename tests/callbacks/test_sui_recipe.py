@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_info.callbacks import SmoothUniqueInformation
-from lightning_info.callbacks._sui_recipe import TrainingRecipe
 from lightning_info.functional import smooth_unique_information
+from lightning_info.functional.training_recipe import TrainingRecipe
 from lightning_info.models import MLPClassifier
 from lightning_info.scoring import load_checkpoint
 from lightning_info.utilities.data import load_dataset

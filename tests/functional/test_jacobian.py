@@ -389,7 +389,7 @@ def test_structured_path_never_forms_linear_jacobians(monkeypatch):
 def test_structured_option_type_checked(data):
     x, _ = data
     with pytest.raises(TypeError, match="structured"):
-        empirical_ntk(_mlp(), x, form=True)  # the former `structured=True`
+        empirical_ntk(_mlp(), x, form=True)
     with pytest.raises(ValueError, match="form"):
         empirical_ntk(_mlp(), x, form="yes")
 
