@@ -50,7 +50,7 @@ from lightning_info.utilities.checks import (
     _check_image_shape,
     _check_int,
 )
-from lightning_info.utilities.compat import Callback
+from lightning_info.utilities.compat import Callback, callback_state_key
 from lightning_info.utilities.enums import SUIMethod
 from lightning_info.utilities.rng import preserved_global_rng
 
@@ -300,7 +300,14 @@ class SmoothUniqueInformation(Callback):
     @override
     def state_key(self) -> str:
         """Key of this callback's checkpoint state (depends on the linearization point)."""
-        return self._generate_state_key(linearize_at=self.linearize_at, filename=self.filename)
+        return callback_state_key(self, linearize_at=self.linearize_at, filename=self.filename)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Forget the previous fit's results, so a failed fit never shows another fit's scores."""
+        if stage == "fit":
+            self.scores_ = None
+            self.csv_path_ = None
 
     @override
     def state_dict(self) -> dict[str, Any]:

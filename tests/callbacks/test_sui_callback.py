@@ -338,6 +338,27 @@ def test_failure_at_fit_end_warns_instead_of_failing_the_run(digits, tmp_path, m
         sui.score(_model(), TensorDataset(x, y), trainer=trainer, write=False)
 
 
+class _FailingModel(MLPClassifier):
+    def training_step(self, batch, batch_idx):
+        raise RuntimeError("fold 2 diverged")
+
+
+def test_failed_second_fit_never_shows_the_first_fits_scores(digits, tmp_path):
+    """The same callback in a loop of fits (cross-validation): a fit that fails leaves
+    ``scores_`` and ``csv_path_`` None, not the previous fit's results."""
+    sui = SmoothUniqueInformation(max_samples=20, dirpath=tmp_path / "first")
+    _trainer(tmp_path, [sui], max_epochs=1, limit_train_batches=1).fit(_model(), *_loaders(digits))
+    assert sui.scores_ is not None
+    assert len(sui.scores_.weight_si) == 20
+    assert sui.csv_path_ is not None
+    torch.manual_seed(0)
+    failing = _FailingModel(64, 10, hidden=(8,), loss="mse", optimizer="sgd", lr=LR)
+    with pytest.raises(RuntimeError, match="fold 2 diverged"):
+        _trainer(tmp_path, [sui], max_epochs=1).fit(failing, *_loaders(digits))
+    assert sui.scores_ is None
+    assert sui.csv_path_ is None
+
+
 @pytest.mark.parametrize("case", ["attached_at_resume", "filename_changed"])
 def test_resume_without_restored_snapshot_replays_only_the_steps_since_it(digits, tmp_path, case):
     """SUI whose state is not in the checkpoint linearizes at the resumed weights and replays
