@@ -197,3 +197,54 @@ def test_resnet_block_and_parameter_subset():
         jac = _loop_jacobian(model, x, names=names)
         got = empirical_ntk(model, x, params=params, ntk="full")
         torch.testing.assert_close(got, _reference(jac, jac, "full"), rtol=1e-10, atol=1e-11)
+
+
+# ---------------------------------------------------------------------------------------------
+# output_probes: the trace NTK from s random output combinations
+# ---------------------------------------------------------------------------------------------
+def _probe_case():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    jac = _loop_jacobian(model, x)
+    return model, x, jac
+
+
+def test_output_probes_exact_without_cross_output_blocks():
+    """Linearizing only the head, J_k(x) J_l(x')ᵀ = 0 for k != l, so any ±1/sqrt(s) combination
+    gives the trace NTK exactly (the diagonal of VᵀV is 1)."""
+    model, x, _ = _probe_case()
+    names = {"2.weight", "2.bias"}
+    jac = _loop_jacobian(model, x, names=names)
+    exact = _reference(jac, jac, "trace")
+    for s in (1, 2, 3):
+        got = empirical_ntk(model, x, params="2", ntk="trace", output_probes=s, seed=s)
+        torch.testing.assert_close(got, exact, rtol=1e-10, atol=1e-11)
+
+
+def test_output_probes_unbiased_and_exact_from_k():
+    model, x, jac = _probe_case()
+    exact = _reference(jac, jac, "trace")
+    singles = [
+        empirical_ntk(model, x, ntk="trace", output_probes=1, seed=seed) for seed in range(96)
+    ]
+    single_err = torch.stack([(e - exact).norm() for e in singles]).mean()
+    mean_err = (torch.stack(singles).mean(0) - exact).norm()
+    assert single_err > 1e-3 * exact.norm()  # the cross-output blocks are not negligible here
+    assert mean_err < 0.25 * single_err  # ~1/sqrt(96) of one estimate's error if unbiased
+    for s in (4, 9):  # s >= K: the K outputs themselves
+        got = empirical_ntk(model, x, ntk="trace", output_probes=s)
+        torch.testing.assert_close(got, exact, rtol=1e-10, atol=1e-11)
+    # the projected features of the probes: (N, s, d), their summed kernel is the estimate
+    phi = jacobian_features(model, x, projection_dim=7, output_probes=2, seed=3)
+    assert phi.shape == (6, 2, 7)
+    est = empirical_ntk(model, x, ntk="trace", projection_dim=7, output_probes=2, seed=3)
+    torch.testing.assert_close(est, sum(phi[:, r] @ phi[:, r].T for r in range(2)))
+
+
+def test_output_probes_reject_full_kernel_and_bad_values():
+    model, x, _ = _probe_case()
+    with pytest.raises(ValueError, match="output_probes"):
+        empirical_ntk(model, x, ntk="full", output_probes=2)
+    with pytest.raises(ValueError, match="output_probes"):
+        empirical_ntk(model, x, ntk="trace", output_probes=0)
