@@ -1,4 +1,4 @@
-r"""Factored ``nn.Linear`` Jacobians (``form="structured"``): the structured NTK.
+r"""Jacobians from layer inputs and output gradients (``form="structured"``): the structured NTK.
 
 Harutyunyan et al. (2021, arXiv:2101.06640, §3) need the empirical NTK :math:`J J^\top` of the
 linearized network. For a plain ``nn.Linear``, :math:`h = W a + b`, with :math:`a` the layer's
@@ -14,8 +14,11 @@ input and :math:`g_k = \partial f_k / \partial h`, the Jacobian blocks are
 and the projected features (``docs/sui.md`` §8.2, same seeded R as the explicit form) are
 :math:`g_k (a^\top R_W + R_b)`. The layer's (K, out x in) Jacobian is never formed. This holds
 for plain ``nn.Linear`` modules called once per forward on (B, in) inputs with no tied
-parameter; every other selected parameter (convolutions, normalization, embeddings, Linear on
-sequences) falls back to explicit ``vmap(jacrev)`` Jacobians, computed in the same call.
+parameter. Convolutions, BatchNorm / LayerNorm affine parameters, embeddings and ``nn.Linear``
+on sequences get their dense Jacobian blocks in closed form from the same two ingredients,
+layer inputs and output gradients (:mod:`~lightning_info.functional._jacobian_layers`); every
+other selected parameter (e.g. ``nn.MultiheadAttention``'s) falls back to explicit
+``vmap(jacrev)`` Jacobians, computed in the same call.
 
 Purity under ``torch.func``: the output gradients :math:`g` are the Jacobians with respect to an
 additive offset :math:`\delta` of each layer's output, evaluated at :math:`\delta = 0`. The

@@ -21,10 +21,13 @@ through the dict ``_FORM_TO_LINEARIZATION``, one module each:
 * ``"structured"`` (default, :mod:`~lightning_info.functional._jacobian_structured`): for plain
   ``nn.Linear`` layers the weight Jacobian of output k is :math:`g_k a^\top`, so kernels and
   projected features are built from the small factors and the (K, out x in) block is never
-  formed (``docs/sui.md`` §8.4); every other parameter uses explicit Jacobians.
+  formed (``docs/sui.md`` §8.4); convolutions, BatchNorm / LayerNorm affine parameters,
+  embeddings and ``nn.Linear`` on sequences get their Jacobian blocks in closed form from their
+  inputs and output gradients (:mod:`~lightning_info.functional._jacobian_layers`); every other
+  parameter uses explicit Jacobians.
 
-Each implementation is built complete by its ``build`` class method, which probes the model once
-on one sample (output count K and, for ``"structured"``, which Linear layers qualify). The
+Each implementation is built complete by its ``build`` class method, which probes the model
+(output count K and, for ``"structured"``, which layers qualify). The
 functions under ``torch.func`` transforms only read their arguments and frozen closures (see the
 implementation modules).
 
@@ -367,11 +370,14 @@ def jacobian_features(
             :class:`~lightning_info.utilities.enums.JacobianForm` (``docs/sui.md`` §8.4). With
             ``"structured"``, for :math:`h = W a + b`, :math:`\partial f_k/\partial W = g_k a^\top`,
             so a Linear layer's projected features are :math:`g_k (a^\top R_W + R_b)`; its
-            (K, out x in) Jacobian is never formed. Exact up to rounding. Applies to plain
-            ``nn.Linear`` modules called once per forward on (B, in) inputs with no tied
-            parameter; every other parameter (convolutions, normalization, embeddings, Linear on
-            sequences) falls back to explicit Jacobians. Without a projection the explicit
-            Jacobians are returned either way.
+            (K, out x in) Jacobian is never formed. ``nn.Conv2d`` (``groups=1``, zero
+            padding), BatchNorm (eval, running statistics) and ``nn.LayerNorm`` affine
+            parameters, ``nn.Embedding`` and ``nn.Linear`` on sequences get their Jacobian
+            blocks in closed form from their inputs and output gradients (one batched product
+            per layer, no parameter Jacobian from autograd). Exact up to rounding. Applies to
+            layers called once per forward on batched inputs with no tied parameter; every
+            other parameter (e.g. ``nn.MultiheadAttention``'s) falls back to explicit
+            Jacobians. Without a projection the explicit Jacobians are returned either way.
         output_fn: maps the model's raw output to the (B,) or (B, K) tensor that is linearized
             (see :func:`per_sample_jacobians`).
         output_probes: s < K: the features of s seeded random Rademacher combinations of the
@@ -571,10 +577,13 @@ def empirical_ntk(
             ``"structured"``, for :math:`h = W a + b`, :math:`\partial f_k/\partial W = g_k a^\top`,
             so a Linear layer's kernel is :math:`(G G^\top) \odot (A A^\top + 1)` from the layer
             inputs ``A`` and output gradients ``G``, and its projected features are
-            :math:`g_k (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed. Exact
-            up to rounding. Applies to plain ``nn.Linear`` modules called once per forward on
-            (B, in) inputs with no tied parameter; every other parameter (convolutions,
-            normalization, embeddings, Linear on sequences) falls back to explicit Jacobians.
+            :math:`g_k (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed.
+            ``nn.Conv2d`` (``groups=1``, zero padding), BatchNorm (eval, running statistics)
+            and ``nn.LayerNorm`` affine parameters, ``nn.Embedding`` and ``nn.Linear`` on
+            sequences get their Jacobian blocks in closed form from their inputs and output
+            gradients. Exact up to rounding. Applies to layers called once per forward on
+            batched inputs with no tied parameter; every other parameter (e.g.
+            ``nn.MultiheadAttention``'s) falls back to explicit Jacobians.
         output_fn: maps the model's raw output to the (B,) or (B, K) tensor that is linearized
             (see :func:`per_sample_jacobians`).
         output_probes: with ``ntk="trace"`` only: s < K seeded random Rademacher combinations
