@@ -248,3 +248,37 @@ def test_output_probes_reject_full_kernel_and_bad_values():
         empirical_ntk(model, x, ntk="full", output_probes=2)
     with pytest.raises(ValueError, match="output_probes"):
         empirical_ntk(model, x, ntk="trace", output_probes=0)
+
+
+class _InplaceNet(nn.Module):
+    """torchvision style: in-place ReLU after BatchNorm, in-place residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(2)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.fc(self.relu(out).mean((2, 3)))
+
+
+def test_inplace_operations_after_covered_layers():
+    gen = torch.Generator().manual_seed(6)
+    torch.manual_seed(6)
+    model = _randomize_norms(_InplaceNet().double(), gen)
+    x = torch.randn(5, 2, 4, 4, generator=gen, dtype=torch.float64)
+    lin = _linearize(model, x, form="structured", params=None, chunk_size=None)
+    assert lin.rest_names == []
+    jac = _loop_jacobian(model, x)
+    for ntk in ("full", "trace"):
+        torch.testing.assert_close(
+            empirical_ntk(model, x, ntk=ntk), _reference(jac, jac, ntk), rtol=1e-10, atol=1e-11
+        )
