@@ -142,7 +142,7 @@ def lr_for_rows(rows: torch.Tensor, n: int, k: int) -> float:
 
 
 def sui_from_probes(model, x, y, s: int, dim: int):
-    f0 = model_outputs(model, x).double()
+    f0 = model_outputs(model, x, chunk_size=256).double()
     phi = as_trace_features(probe_features(model, x, s, dim), K)
     lr = lr_for_rows(phi, len(x), K)
     return unique_information_from_features(
@@ -222,7 +222,7 @@ def section_speed(n: int, probes: list[int]) -> list[str]:
 
 
 def _agreement_rows(model, x, y, probes, explicit: bool, label: str) -> list[str]:
-    f0 = model_outputs(model, x).double()
+    f0 = model_outputs(model, x, chunk_size=256).double()
     exact, t_exact = timed(lambda: empirical_ntk(model, x, ntk="trace"))
     ref = sui_from_kernel(exact, f0, y)
     rows = [
