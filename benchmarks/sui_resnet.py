@@ -20,7 +20,7 @@ Sections, each printing a Markdown table (ours vs the reference in the same run)
   the memory budget; and the ResNet-18-width network (11.2 M parameters, 32x32x3, K = 10) on a
   few samples to measure the cost per sample (``--resnet18-n``).
 * ``transformer``: ``TinyTransformer`` (token and position embeddings, two pre-norm blocks with
-  ``nn.Linear`` attention, LayerNorm; 18,147 parameters with a 20-token vocabulary) on N = 500
+  ``nn.Linear`` attention, LayerNorm; 18,275 parameters with a 20-token vocabulary) on N = 500
   random token sequences labelled by a rule: structured vs explicit trace NTK (time, relative
   difference), and the projected / probe Spearman against the exact kernel's scores.
 
