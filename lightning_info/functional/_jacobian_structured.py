@@ -1,4 +1,4 @@
-r"""Factored ``nn.Linear`` Jacobians (``form="structured"``): the structured NTK.
+r"""Jacobians from layer inputs and output gradients (``form="structured"``): the structured NTK.
 
 Harutyunyan et al. (2021, arXiv:2101.06640, §3) need the empirical NTK :math:`J J^\top` of the
 linearized network. For a plain ``nn.Linear``, :math:`h = W a + b`, with :math:`a` the layer's
@@ -14,8 +14,11 @@ input and :math:`g_k = \partial f_k / \partial h`, the Jacobian blocks are
 and the projected features (``docs/sui.md`` §8.2, same seeded R as the explicit form) are
 :math:`g_k (a^\top R_W + R_b)`. The layer's (K, out x in) Jacobian is never formed. This holds
 for plain ``nn.Linear`` modules called once per forward on (B, in) inputs with no tied
-parameter; every other selected parameter (convolutions, normalization, embeddings, Linear on
-sequences) falls back to explicit ``vmap(jacrev)`` Jacobians, computed in the same call.
+parameter. Convolutions, BatchNorm / LayerNorm affine parameters, embeddings and ``nn.Linear``
+on sequences get their dense Jacobian blocks in closed form from the same two ingredients,
+layer inputs and output gradients (:mod:`~lightning_info.functional._jacobian_layers`); every
+other selected parameter (e.g. ``nn.MultiheadAttention``'s) falls back to explicit
+``vmap(jacrev)`` Jacobians, computed in the same call.
 
 Purity under ``torch.func``: the output gradients :math:`g` are the Jacobians with respect to an
 additive offset :math:`\delta` of each layer's output, evaluated at :math:`\delta = 0`. The
@@ -29,6 +32,7 @@ captured by a separate no-grad forward pass outside any ``torch.func`` transform
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +47,7 @@ from lightning_info.functional._jacobian_common import (
     OutputFn,
     _dense_gram,
     _DenseChunk,
+    _eval_mode,
     _Linearization,
     _Options,
     _output_vector,
@@ -51,62 +56,79 @@ from lightning_info.functional._jacobian_common import (
     _working_bytes,
 )
 from lightning_info.functional._jacobian_explicit import _ExplicitLinearization
+from lightning_info.functional._jacobian_layers import BlockFn, block_rule
 
 _Hook = Callable[[nn.Module, tuple, Tensor], Tensor | None]
 
 
 @dataclass(frozen=True)
-class _LinearTerm:
-    """One ``nn.Linear`` whose Jacobian is used in its factored form.
+class _Term:
+    """One layer whose Jacobian is computed from its input and output gradients.
 
     Attributes:
         module_name: the module's name in the model.
-        module: the ``nn.Linear``.
+        module: the layer.
         weight: the weight's parameter name if it is differentiated, else None.
         bias: the bias's parameter name if it is differentiated, else None.
+        blocks: the closed-form block function (:mod:`~lightning_info.functional.
+            _jacobian_layers`), or None for an ``nn.Linear`` on (B, in) inputs, which stays
+            factored (rank one per output).
+        out_shape: the layer's output shape for one sample (without the batch dimension).
     """
 
     module_name: str
-    module: nn.Linear
+    module: nn.Module
     weight: str | None
     bias: str | None
+    blocks: BlockFn | None = None
+    out_shape: tuple[int, ...] = ()
+
+    @property
+    def factored(self) -> bool:
+        """Whether the term is an ``nn.Linear`` on (B, in) inputs, kept in factored form."""
+        return self.blocks is None
+
+    @property
+    def names(self) -> list[str]:
+        """The differentiated parameter names of the layer (weight first)."""
+        return [n for n in (self.weight, self.bias) if n is not None]
 
 
-def _linear_candidates(model: nn.Module, names: list[str]) -> list[_LinearTerm]:
-    """Return the plain ``nn.Linear`` modules with a selected weight or bias and no tied parameter.
+def _candidates(model: nn.Module, names: list[str]) -> list[_Term]:
+    """Return the layers with a closed-form rule, a selected weight or bias and no tied parameter.
 
     Args:
         model: the network.
         names: the differentiated parameter names.
 
     Returns:
-        The candidates, in ``model.named_modules()`` order.
+        The candidates, in ``model.named_modules()`` order (``blocks`` set by the rule).
     """
     selected = set(names)
     owners = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
     terms = []
     for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or type(module).forward is not nn.Linear.forward:
+        rule = block_rule(module)
+        if rule is None:
             continue
         prefix = f"{module_name}." if module_name else ""
         weight = f"{prefix}weight" if f"{prefix}weight" in selected else None
-        bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in selected else None
+        has_bias = getattr(module, "bias", None) is not None
+        bias = f"{prefix}bias" if has_bias and f"{prefix}bias" in selected else None
         if weight is None and bias is None:
             continue
         if any(owners[id(p)] > 1 for p in module.parameters(recurse=False)):
             continue  # tied weights: the gradient also flows through another module
-        terms.append(_LinearTerm(module_name, module, weight, bias))
+        terms.append(_Term(module_name, module, weight, bias, rule))
     return terms
 
 
 @contextmanager
-def _forward_hooks(
-    terms: list[_LinearTerm], make_hook: Callable[[_LinearTerm], _Hook]
-) -> Iterator[None]:
+def _forward_hooks(terms: list[_Term], make_hook: Callable[[_Term], _Hook]) -> Iterator[None]:
     """Register ``make_hook(term)`` on every term's module for the duration of the block.
 
     Args:
-        terms: the Linear layers.
+        terms: the layers.
         make_hook: builds each layer's forward hook.
 
     Yields:
@@ -120,18 +142,19 @@ def _forward_hooks(
             handle.remove()
 
 
-def _record_hook(shapes: list[tuple[int, ...]]) -> _Hook:
-    """Return a hook that appends the shape of the layer's input to ``shapes`` (probe only).
+def _record_hook(calls: list[tuple[tuple[int, ...], tuple[int, ...]] | None]) -> _Hook:
+    """Return a hook that appends the input and output shapes of each call (probe only).
 
     Args:
-        shapes: one list per layer.
+        calls: one list per layer; a call without a positional tensor input appends None.
 
     Returns:
         The hook.
     """
 
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        shapes.append(tuple(inputs[0].shape))
+        ok = len(inputs) == 1 and isinstance(inputs[0], Tensor) and isinstance(output, Tensor)
+        calls.append((tuple(inputs[0].shape), tuple(output.shape)) if ok else None)
 
     return hook
 
@@ -148,7 +171,7 @@ def _capture_hook(store: dict[str, Tensor], name: str) -> _Hook:
     """
 
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        store[name] = inputs[0].detach()
+        store[name] = inputs[0].detach().clone()  # a later in-place op must not alter it
 
     return hook
 
@@ -157,7 +180,7 @@ def _offset_hook(delta: Tensor) -> _Hook:
     """Return a hook that adds ``delta`` to the layer's output.
 
     Args:
-        delta: (out_features,) offset, an argument of the function under ``vmap(jacrev)``.
+        delta: offset of one sample's output, an argument of the function under ``vmap(jacrev)``.
 
     Returns:
         The hook.
@@ -170,36 +193,49 @@ def _offset_hook(delta: Tensor) -> _Hook:
 
 
 def _probe_structure(
-    model: nn.Module, probe: Tensor, candidates: list[_LinearTerm], output_fn: OutputFn | None
-) -> tuple[int, list[_LinearTerm]]:
-    """Return K and the candidates whose Jacobian factors, from one forward pass on one sample.
+    model: nn.Module, probe: Tensor, candidates: list[_Term], output_fn: OutputFn | None
+) -> tuple[int, list[_Term]]:
+    """Return K and the candidates whose Jacobian has the closed form, from two forward passes.
 
-    A layer qualifies when it is called once per forward pass on a (1, in_features) input;
-    otherwise (weight sharing across calls, sequence inputs) the outer-product form does not hold.
+    The first sample is evaluated alone and twice stacked. A layer qualifies when it is called
+    once per forward pass with one positional tensor input whose first dimension is the batch
+    (1, then 2, the other dimensions unchanged), like its output: weight sharing across calls,
+    and inputs without the batch dimension (e.g. position indices), break the per-sample form.
+    An ``nn.Linear`` on (B, in) inputs stays factored; on longer inputs (sequences) it uses the
+    block rule.
 
     Args:
         model: the network.
         probe: (N, ...) inputs; the first sample is evaluated.
-        candidates: see :func:`_linear_candidates`.
+        candidates: see :func:`_candidates`.
         output_fn: maps the raw output to the linearized outputs, or None.
 
     Returns:
-        ``(K, qualifying terms)``.
+        ``(K, qualifying terms)`` with their per-sample output shapes.
     """
-    shapes: dict[str, list[tuple[int, ...]]] = {t.module_name: [] for t in candidates}
-    with _forward_hooks(candidates, lambda t: _record_hook(shapes[t.module_name])):
+    calls: dict[str, list] = {t.module_name: [] for t in candidates}
+    with _forward_hooks(candidates, lambda t: _record_hook(calls[t.module_name])):
         k = _probe_num_outputs(model, probe, output_fn)
-    terms = [
-        t
-        for t in candidates
-        if len(shapes[t.module_name]) == 1 and len(shapes[t.module_name][0]) == 2
-    ]
+        with _eval_mode(model), torch.no_grad():
+            model(torch.cat([probe[:1], probe[:1]]))
+    terms = []
+    for t in candidates:
+        seen = calls[t.module_name]
+        if len(seen) != 2 or seen[0] is None or seen[1] is None:
+            continue
+        (in1, out1), (in2, out2) = seen
+        batched = in1[:1] == out1[:1] == (1,) and in2[:1] == out2[:1] == (2,)
+        if not batched or in1[1:] != in2[1:] or out1[1:] != out2[1:]:
+            continue
+        flat_linear = isinstance(t.module, nn.Linear) and len(in1) == 2
+        blocks = None if flat_linear else t.blocks
+        terms.append(_Term(t.module_name, t.module, t.weight, t.bias, blocks, out1[1:]))
     return k, terms
 
 
 def _offset_fn(
     model: nn.Module,
-    terms: list[_LinearTerm],
+    terms: list[_Term],
     fixed: dict[str, Tensor],
     buffers: dict[str, Tensor],
     output_fn: OutputFn | None,
@@ -208,8 +244,8 @@ def _offset_fn(
 
     Args:
         model: the network.
-        terms: the factored Linear layers.
-        fixed: every parameter not in ``rest_params`` (factored layers' weights included).
+        terms: the layers whose parameter Jacobians come from output gradients.
+        fixed: every parameter not in ``rest_params`` (those layers' parameters included).
         buffers: the model's buffers.
         output_fn: maps the raw output to the linearized outputs, or None.
 
@@ -230,10 +266,12 @@ class _FactoredChunk:
     """Jacobians of a chunk of samples in factored form (float64 products are taken later).
 
     Attributes:
-        grads: per term, (n, K, out_features) output gradients G.
-        acts: per term, (n, in_features) layer inputs A, or None if the weight is not selected.
-        rest: (n, K, P_rest) explicit Jacobian of every other selected parameter, or None.
-        bias: per term, whether the bias is differentiated.
+        grads: per factored ``nn.Linear``, (n, K, out_features) output gradients G.
+        acts: per factored ``nn.Linear``, (n, in_features) layer inputs A, or None if the
+            weight is not selected.
+        rest: (n, K, P_dense) dense Jacobian columns of every other selected parameter (the
+            block-rule layers' and the explicit ones), or None.
+        bias: per factored ``nn.Linear``, whether the bias is differentiated.
     """
 
     grads: list[Tensor]
@@ -279,7 +317,7 @@ class _FactoredChunk:
             kernel: ``"full"`` (sample-major) or ``"trace"``.
 
         Returns:
-            (na K, nb K) or (na, nb) block, the explicit part included.
+            (na K, nb K) or (na, nb) block, the dense part included.
         """
         ref = self.ref
         na, nb, k = len(self), len(other), ref.shape[1]
@@ -306,18 +344,25 @@ class _FactoredChunk:
 
 
 class _StructuredLinearization(_Linearization):
-    """Factored Jacobians of qualifying ``nn.Linear`` layers, explicit ones for the rest.
+    """Jacobians from layer inputs and output gradients where a closed form exists.
+
+    Plain ``nn.Linear`` layers on (B, in) inputs stay factored (rank one per output); the layers
+    of :mod:`~lightning_info.functional._jacobian_layers` (convolutions, BatchNorm / LayerNorm
+    affine parameters, embeddings, ``nn.Linear`` on sequences) get their dense blocks from one
+    batched product each; every other selected parameter gets explicit ``vmap(jacrev)``
+    Jacobians. All output gradients and explicit Jacobians of a chunk come from one
+    ``vmap(jacrev)`` call.
 
     Without a projection, :meth:`jacobian` and :meth:`features` return the explicit Jacobians
     (of an :class:`~lightning_info.functional._jacobian_explicit._ExplicitLinearization` built
-    here); the factored form is used for kernels and projected features.
+    here); the structured form is used for kernels and projected features.
 
     Args:
         model: the network.
         selection: the differentiated parameters.
         num_outputs: K.
         options: projection, chunking, budget and ``output_fn``.
-        terms: the qualifying Linear layers (non-empty), see :func:`_probe_structure`.
+        terms: the qualifying layers (non-empty), see :func:`_probe_structure`.
     """
 
     def __init__(
@@ -326,16 +371,20 @@ class _StructuredLinearization(_Linearization):
         selection: _Selection,
         num_outputs: int,
         options: _Options,
-        terms: list[_LinearTerm],
+        terms: list[_Term],
     ) -> None:
         super().__init__(model, selection, num_outputs, options)
         self.terms = terms
-        covered = {n for t in terms for n in (t.weight, t.bias) if n is not None}
-        self.rest_names = [n for n in selection.names if n not in covered]
+        self.linear = [t for t in terms if t.factored]
+        self.blocked = [t for t in terms if not t.factored]
+        factored = {n for t in self.linear for n in t.names}
+        blocked = {n for t in self.blocked for n in t.names}
+        # dense columns: every selected parameter except the factored Linear ones, in order
+        self.dense_names = [n for n in selection.names if n not in factored]
+        self.rest_names = [n for n in self.dense_names if n not in blocked]
         self.rest = selection.params(self.rest_names)
-        self.zero_deltas = {
-            t.module_name: t.module.weight.detach().new_zeros(t.module.out_features) for t in terms
-        }
+        like = selection.like
+        self.zero_deltas = {t.module_name: like.new_zeros(t.out_shape) for t in terms}
         fn = _offset_fn(
             model, terms, selection.fixed(self.rest_names), selection.buffers, options.output_fn
         )
@@ -348,7 +397,7 @@ class _StructuredLinearization(_Linearization):
     def build(
         cls, model: nn.Module, probe: Tensor, selection: _Selection, options: _Options
     ) -> _Linearization:
-        """Probe K and the qualifying Linear layers once; return the right linearization.
+        """Probe K and the qualifying layers once; return the right linearization.
 
         Args:
             model: the network.
@@ -357,19 +406,39 @@ class _StructuredLinearization(_Linearization):
             options: projection, chunking, budget and ``output_fn``.
 
         Returns:
-            A structured linearization, or an explicit one when no Linear layer qualifies.
+            A structured linearization, or an explicit one when no layer qualifies.
         """
-        candidates = _linear_candidates(model, selection.names)
+        candidates = _candidates(model, selection.names)
         k, terms = _probe_structure(model, probe, candidates, options.output_fn)
         if not terms:
             return _ExplicitLinearization(model, selection, k, options)
         return cls(model, selection, k, options, terms)
 
+    def _numel(self, names: list[str]) -> int:
+        """Return the number of scalars of the named parameters.
+
+        Args:
+            names: parameter names.
+
+        Returns:
+            The count.
+        """
+        return sum(self.selection.all_params[n].numel() for n in names)
+
     @property
     def explicit_columns(self) -> int:
-        """Rest parameters plus one column per output unit of each factored layer."""
-        rest = sum(p.numel() for p in self.rest.values())
-        return rest + sum(t.module.out_features for t in self.terms)
+        """Columns a chunk holds per output and sample (all counted toward the chunk size).
+
+        Explicit and block-rule Jacobians, output gradients of every term, and the unfolded
+        inputs of convolutions (per sample, so divided by K).
+        """
+        deltas = sum(math.prod(t.out_shape) for t in self.terms)
+        unfold = sum(
+            math.prod(t.out_shape[1:]) * t.module.weight[0].numel()
+            for t in self.blocked
+            if isinstance(t.module, nn.Conv2d)
+        )
+        return self._numel(self.dense_names) + deltas + unfold // max(1, self.num_outputs)
 
     def per_sample_bytes(self) -> int:
         """Return the bytes of one sample's kernel inputs (factored, or projected features).
@@ -379,17 +448,18 @@ class _StructuredLinearization(_Linearization):
         """
         if self.projector is not None:
             return self.num_outputs * self.projector.dim * self.itemsize
-        acts = sum(t.module.in_features for t in self.terms if t.weight is not None)
-        return (self.num_outputs * self.explicit_columns + acts) * self.itemsize
+        acts = sum(t.module.in_features for t in self.linear if t.weight is not None)
+        outs = sum(t.module.out_features for t in self.linear)
+        return (self.num_outputs * (self._numel(self.dense_names) + outs) + acts) * self.itemsize
 
     def _factored(self, x: Tensor) -> _FactoredChunk:
-        """Return the factored Jacobians of one chunk (eval mode must be active).
+        """Return the factored and dense Jacobians of one chunk (eval mode must be active).
 
         Args:
             x: (n, ...) inputs.
 
         Returns:
-            Layer inputs, output gradients and the explicit rest, detached.
+            Linear layer inputs and output gradients, and the dense columns, detached.
         """
         capture: dict[str, Tensor] = {}
         with (
@@ -398,21 +468,28 @@ class _StructuredLinearization(_Linearization):
         ):
             self.model(x)
         rest_grads, delta_grads = self._jac_fn(self.rest, self.zero_deltas, x)
+        columns = {n: rest_grads[n].detach().flatten(2) for n in self.rest_names}
+        for t in self.blocked:
+            weight, bias = t.blocks(t.module, capture[t.module_name], delta_grads[t.module_name])
+            if t.weight is not None:
+                columns[t.weight] = weight.detach()
+            if t.bias is not None:
+                columns[t.bias] = bias.detach()
         rest = None
-        if self.rest_names:
-            rest = torch.cat([rest_grads[n].flatten(2) for n in self.rest_names], dim=2).detach()
+        if self.dense_names:
+            rest = torch.cat([columns[n] for n in self.dense_names], dim=2)
         return _FactoredChunk(
-            grads=[delta_grads[t.module_name].detach() for t in self.terms],
-            acts=[capture[t.module_name] if t.weight is not None else None for t in self.terms],
+            grads=[delta_grads[t.module_name].detach() for t in self.linear],
+            acts=[capture[t.module_name] if t.weight is not None else None for t in self.linear],
             rest=rest,
-            bias=[t.bias is not None for t in self.terms],
+            bias=[t.bias is not None for t in self.linear],
         )
 
     def _project_rest(self, rest: Tensor, out: Tensor) -> None:
-        """Add the explicit part's ``J R`` to ``out``, R in row blocks of the working bytes.
+        """Add the dense part's ``J R`` to ``out``, R in row blocks of the working bytes.
 
         Args:
-            rest: (n, K, P_rest) explicit Jacobians.
+            rest: (n, K, P_dense) dense Jacobian columns.
             out: (n, K, d) accumulator.
         """
         proj, offsets = self.projector, self.selection.offsets
@@ -421,15 +498,15 @@ class _StructuredLinearization(_Linearization):
             _working_bytes(self.options.budget) // (proj.dim * self.itemsize),
         )
         col = 0
-        for name in self.rest_names:
-            size, start = self.rest[name].numel(), offsets[name]
+        for name in self.dense_names:
+            size, start = self.selection.all_params[name].numel(), offsets[name]
             for r0 in range(0, size, row_block):
                 r1 = min(size, r0 + row_block)
                 out += rest[..., col + r0 : col + r1] @ proj.rows(start + r0, start + r1)
             col += size
 
-    def _project_term(self, term: _LinearTerm, g: Tensor, a: Tensor | None, out: Tensor) -> None:
-        """Add one Linear layer's ``J R = g (aᵀ R_W + R_b)`` to ``out``.
+    def _project_term(self, term: _Term, g: Tensor, a: Tensor | None, out: Tensor) -> None:
+        """Add one factored Linear layer's ``J R = g (aᵀ R_W + R_b)`` to ``out``.
 
         R_W is used in blocks of whole output units and the samples in sub-chunks, so that no
         temporary exceeds the working bytes (a quarter of the budget).
@@ -472,7 +549,7 @@ class _StructuredLinearization(_Linearization):
         out = ref.new_zeros(len(chunk), ref.shape[1], self.projector.dim)
         if chunk.rest is not None:
             self._project_rest(chunk.rest, out)
-        for term, g, a in zip(self.terms, chunk.grads, chunk.acts):
+        for term, g, a in zip(self.linear, chunk.grads, chunk.acts):
             self._project_term(term, g, a, out)
         return out
 

@@ -21,10 +21,13 @@ through the dict ``_FORM_TO_LINEARIZATION``, one module each:
 * ``"structured"`` (default, :mod:`~lightning_info.functional._jacobian_structured`): for plain
   ``nn.Linear`` layers the weight Jacobian of output k is :math:`g_k a^\top`, so kernels and
   projected features are built from the small factors and the (K, out x in) block is never
-  formed (``docs/sui.md`` §8.4); every other parameter uses explicit Jacobians.
+  formed (``docs/sui.md`` §8.4); convolutions, BatchNorm / LayerNorm affine parameters,
+  embeddings and ``nn.Linear`` on sequences get their Jacobian blocks in closed form from their
+  inputs and output gradients (:mod:`~lightning_info.functional._jacobian_layers`); every other
+  parameter uses explicit Jacobians.
 
-Each implementation is built complete by its ``build`` class method, which probes the model once
-on one sample (output count K and, for ``"structured"``, which Linear layers qualify). The
+Each implementation is built complete by its ``build`` class method, which probes the model
+(output count K and, for ``"structured"``, which layers qualify). The
 functions under ``torch.func`` transforms only read their arguments and frozen closures (see the
 implementation modules).
 
@@ -40,6 +43,7 @@ state is restored afterwards. Models whose forward pass depends on other samples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -59,6 +63,7 @@ from lightning_info.functional._jacobian_common import (
     _KernelChunk,
     _Linearization,
     _Options,
+    _probe_num_outputs,
     _Projector,
     _select_outputs,
     _Selection,
@@ -126,6 +131,48 @@ def _check_budget(value: int) -> int:
     return int(_check_int(value, "memory_budget_bytes", minimum=1))
 
 
+_PROBE_SEED_OFFSET = 2**40  # the probes' generator stream, apart from the projection's blocks
+
+
+def _probed_output_fn(
+    output_fn: OutputFn | None, num_outputs: int, num_probes: int, seed: int, like: Tensor
+) -> OutputFn:
+    r"""Return an ``output_fn`` giving :math:`V f(x)`: ``num_probes`` random combinations of outputs.
+
+    :math:`V \in \mathbb{R}^{s \times K}` has i.i.d. Rademacher entries scaled by
+    :math:`1/\sqrt{s}`, drawn from a local generator seeded by ``seed`` (no global RNG draw), and
+    is the same for every sample and call. Since :math:`E[V^\top V] = I_K`,
+
+    .. math::
+
+        E\Big[\sum_{r=1}^{s} (V J(x))_r (V J(x'))_r^\top\Big]
+        = \sum_{k=1}^{K} J_k(x) J_k(x')^\top = \Theta_\mathrm{trace}(x, x'),
+
+    an unbiased estimate of the trace NTK from s instead of K output gradients per sample (the
+    Hutchinson trick over outputs); its error comes from the cross-output blocks
+    :math:`J_k(x) J_l(x')^\top`, k ≠ l, and falls like :math:`1/\sqrt{s}`.
+
+    Args:
+        output_fn: the user's ``output_fn``, or None.
+        num_outputs: K.
+        num_probes: s < K.
+        seed: seed of V.
+        like: a tensor with the dtype and device of V.
+
+    Returns:
+        The composed ``output_fn``: (B, s) outputs.
+    """
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + _PROBE_SEED_OFFSET)
+    signs = torch.randint(0, 2, (num_probes, num_outputs), generator=gen).double() * 2 - 1
+    v_t = (signs / math.sqrt(num_probes)).T.to(dtype=like.dtype, device=like.device)
+
+    def probed(raw: object) -> Tensor:
+        out = raw if output_fn is None else output_fn(raw)
+        return out.reshape(out.shape[0], -1) @ v_t
+
+    return probed
+
+
 def _linearize(
     model: nn.Module,
     probe: Tensor,
@@ -139,6 +186,7 @@ def _linearize(
     budget: int = _DEFAULT_BUDGET,
     output_fn: OutputFn | None = None,
     progress: ProgressHook | None = None,
+    output_probes: int | None = None,
 ) -> _Linearization:
     """Validate the options and build the implementation of ``form`` (probes the model once).
 
@@ -154,6 +202,8 @@ def _linearize(
         budget: ``memory_budget_bytes``.
         output_fn: maps the model's raw output to the linearized outputs, or None.
         progress: ``(stage, amount)`` observer of the work done, or None.
+        output_probes: s random output combinations instead of the K outputs (see
+            :func:`_probed_output_fn`; only when s < K), or None.
 
     Returns:
         A complete linearization.
@@ -162,6 +212,11 @@ def _linearize(
     chunk_size = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
     form = _check_form(form)
     output_fn = _check_output_fn(output_fn)
+    probes = _check_int(output_probes, "output_probes", minimum=1, allow_none=True)
+    if probes is not None:
+        num_outputs = _probe_num_outputs(model, probe, output_fn)
+        if probes < num_outputs:
+            output_fn = _probed_output_fn(output_fn, num_outputs, probes, seed, selection.like)
     projector = None
     if projection_dim is not None:
         d = _check_int(projection_dim, "projection_dim", minimum=1)
@@ -286,6 +341,7 @@ def jacobian_features(
     form: JacobianForm | str = "structured",
     output_fn: OutputFn | None = None,
     progress: ProgressHook | None = None,
+    output_probes: int | None = None,
 ) -> Tensor:
     r"""Return (randomly projected) per-sample Jacobian features for the feature-space path.
 
@@ -316,19 +372,28 @@ def jacobian_features(
             :class:`~lightning_info.utilities.enums.JacobianForm` (``docs/sui.md`` §8.4). With
             ``"structured"``, for :math:`h = W a + b`, :math:`\partial f_k/\partial W = g_k a^\top`,
             so a Linear layer's projected features are :math:`g_k (a^\top R_W + R_b)`; its
-            (K, out x in) Jacobian is never formed. Exact up to rounding. Applies to plain
-            ``nn.Linear`` modules called once per forward on (B, in) inputs with no tied
-            parameter; every other parameter (convolutions, normalization, embeddings, Linear on
-            sequences) falls back to explicit Jacobians. Without a projection the explicit
-            Jacobians are returned either way.
+            (K, out x in) Jacobian is never formed. ``nn.Conv2d`` (``groups=1``, zero
+            padding), BatchNorm (eval, running statistics) and ``nn.LayerNorm`` affine
+            parameters, ``nn.Embedding`` and ``nn.Linear`` on sequences get their Jacobian
+            blocks in closed form from their inputs and output gradients (one batched product
+            per layer, no parameter Jacobian from autograd). Exact up to rounding. Applies to
+            layers called once per forward on batched inputs with no tied parameter; every
+            other parameter (e.g. ``nn.MultiheadAttention``'s) falls back to explicit
+            Jacobians. Without a projection the explicit Jacobians are returned either way.
         output_fn: maps the model's raw output to the (B,) or (B, K) tensor that is linearized
             (see :func:`per_sample_jacobians`).
         progress: ``progress(stage, amount)`` observer for a progress display (``("jacobians",
             n)`` after each chunk of n samples, ``("kernel", 1)`` after each kernel block), or
             None; nothing here prints.
+        output_probes: s < K: the features of s seeded random Rademacher combinations of the
+            outputs, :math:`V J(x) R` with :math:`E[V^\top V] = I_K`, instead of the K outputs
+            (s backward passes per sample instead of K). Summed over their s rows, their kernel
+            is an unbiased estimate of the **trace** NTK (not of the full one); None (default)
+            or s >= K: the K outputs, exactly.
 
     Returns:
-        (N, K, d) features (or (N, K, P) without projection), in the parameters' dtype.
+        (N, K, d) features (or (N, K, P) without projection; K is s with ``output_probes``), in
+        the parameters' dtype.
 
     Raises:
         ValueError: invalid options, unsupported model outputs, a budget too small for one
@@ -355,6 +420,7 @@ def jacobian_features(
         budget=_check_budget(memory_budget_bytes),
         output_fn=output_fn,
         progress=progress,
+        output_probes=output_probes,
     )
     return lin.features(inputs)
 
@@ -488,6 +554,7 @@ def empirical_ntk(
     form: JacobianForm | str = "structured",
     output_fn: OutputFn | None = None,
     progress: ProgressHook | None = None,
+    output_probes: int | None = None,
 ) -> Tensor:
     r"""Compute the empirical NTK :math:`\Theta(X_1, X_2) = J_1 J_2^\top` at the current weights.
 
@@ -530,21 +597,29 @@ def empirical_ntk(
             ``"structured"``, for :math:`h = W a + b`, :math:`\partial f_k/\partial W = g_k a^\top`,
             so a Linear layer's kernel is :math:`(G G^\top) \odot (A A^\top + 1)` from the layer
             inputs ``A`` and output gradients ``G``, and its projected features are
-            :math:`g_k (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed. Exact
-            up to rounding. Applies to plain ``nn.Linear`` modules called once per forward on
-            (B, in) inputs with no tied parameter; every other parameter (convolutions,
-            normalization, embeddings, Linear on sequences) falls back to explicit Jacobians.
+            :math:`g_k (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed.
+            ``nn.Conv2d`` (``groups=1``, zero padding), BatchNorm (eval, running statistics)
+            and ``nn.LayerNorm`` affine parameters, ``nn.Embedding`` and ``nn.Linear`` on
+            sequences get their Jacobian blocks in closed form from their inputs and output
+            gradients. Exact up to rounding. Applies to layers called once per forward on
+            batched inputs with no tied parameter; every other parameter (e.g.
+            ``nn.MultiheadAttention``'s) falls back to explicit Jacobians.
         output_fn: maps the model's raw output to the (B,) or (B, K) tensor that is linearized
             (see :func:`per_sample_jacobians`).
         progress: ``progress(stage, amount)`` observer for a progress display (``("jacobians",
             n)`` after each chunk of n samples, ``("kernel", 1)`` after each kernel block), or
             None; nothing here prints.
+        output_probes: with ``ntk="trace"`` only: s < K seeded random Rademacher combinations
+            of the outputs replace the K outputs, giving an unbiased estimate of the trace NTK
+            from s output gradients per sample instead of K (see :func:`jacobian_features`);
+            None (default) or s >= K: exact.
 
     Returns:
         float64 kernel of shape (N1*K, N2*K) (``"full"``) or (N1, N2) (``"trace"``).
 
     Raises:
-        ValueError: invalid options or unsupported model outputs.
+        ValueError: invalid options (``output_probes`` with ``ntk="full"``) or unsupported
+            model outputs.
         TypeError: if an input is not a tensor, ``form`` is not a string or ``output_fn`` is not
             callable.
 
@@ -559,6 +634,11 @@ def empirical_ntk(
     symmetric = x2 is None
     x2 = x1 if x2 is None else _check_inputs(x2, "x2")
     ntk = _check_choice(ntk, "ntk", ("full", "trace"))
+    if output_probes is not None and ntk != "trace":
+        raise ValueError(
+            f"`output_probes` estimates the trace NTK only; got ntk={ntk!r} with "
+            f"output_probes={output_probes!r}. Use ntk='trace' or output_probes=None."
+        )
     budget = _check_budget(memory_budget_bytes)
     lin = _linearize(
         model,
@@ -572,6 +652,7 @@ def empirical_ntk(
         budget=budget,
         output_fn=output_fn,
         progress=progress,
+        output_probes=output_probes,
     )
     needed = lin.per_sample_bytes() * (x1.shape[0] if symmetric else x1.shape[0] + x2.shape[0])
     if needed > budget:

@@ -48,8 +48,11 @@ class JacobianForm(str, Enum):
     * ``STRUCTURED`` (``"structured"``): every plain ``nn.Linear`` layer called once per forward
       on (B, in) inputs, with no tied parameter, keeps its Jacobian in factored form: layer
       inputs A and output gradients G, kernel :math:`(G G^\top) \odot (A A^\top + 1)`, projected
-      features :math:`g (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed. Every
-      other parameter falls back to ``EXPLICIT``. Exact up to rounding.
+      features :math:`g (a^\top R_W + R_b)`; its (K, out x in) Jacobian is never formed.
+      ``nn.Conv2d`` (``groups=1``, zero padding), BatchNorm / ``nn.LayerNorm`` affine
+      parameters, ``nn.Embedding`` and ``nn.Linear`` on sequences get their Jacobian blocks in
+      closed form from inputs and output gradients. Every other parameter falls back to
+      ``EXPLICIT``. Exact up to rounding.
     """
 
     EXPLICIT = "explicit"
