@@ -75,6 +75,7 @@ def test_rank_scores_reproduce_the_order(bench):
     assert np.argsort(-s, kind="stable").tolist() == order.tolist()
 
 
+@pytest.mark.slow  # ~30 s on a loaded 2-core machine (two tiny fine-tunings with SUI, 8 retrainings)
 def test_quick_run_writes_tables_with_valid_metrics(bench, tmp_path):
     out = tmp_path / "q"
     assert bench.main(["--quick", "--out", str(out)]) == 0
