@@ -147,17 +147,18 @@ class FixedBatches(Sampler):
 class FineTune(pl.LightningModule):
     """MSE on one-hot targets, plain SGD, BatchNorm in train mode (Lightning's default)."""
 
-    def __init__(self, net: nn.Module, lr: float) -> None:
+    def __init__(self, net: nn.Module, lr: float, train_mode: bool = True) -> None:
         super().__init__()
         self.net = net
         self.lr = lr
+        self.train_mode = train_mode
         self.save_hyperparameters({"loss": "mse", "optimizer": "sgd", "lr": lr})
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def on_train_start(self) -> None:
-        self.net.train()  # the task's builder returns eval mode; Lightning keeps the mode
+        self.net.train(self.train_mode)  # the builder returns eval mode; Lightning keeps it
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
@@ -181,9 +182,10 @@ def train_plain(
     *,
     drop: int | None = None,
     snapshot_at: Sequence[int] = (),
+    train_mode: bool = True,
 ) -> list[tuple[int, dict[str, Tensor]]]:
     """The Lightning run's arithmetic in a plain loop, optionally without sample ``drop``."""
-    net.train()
+    net.train(train_mode)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     snaps = []
     for step, idx in enumerate(steps, start=1):
@@ -241,6 +243,7 @@ class Task:
     lr: float
     epochs: int
     info: dict[str, Any] = field(default_factory=dict)
+    train_mode: bool = True  # BatchNorm batch statistics while fine-tuning (False: eval mode)
 
 
 def pretrain(net: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int) -> float:
@@ -388,7 +391,7 @@ def fine_tune(
         task.y_train, fraction=noise, num_classes=task.num_classes, seed=seed, mode="flip"
     )
     steps = batch_schedule(task.x_train.shape[0], task.epochs, BATCH, seed=seed)
-    module = FineTune(task.build(), task.lr)
+    module = FineTune(task.build(), task.lr, task.train_mode)
     callbacks = {
         name: mislabel.TimedSUI(
             linearize_at="init", max_samples=None, filename=f"sui_{name}.csv", **kw
@@ -463,7 +466,9 @@ def detection(run: Run, methods: Sequence[str]) -> dict[str, dict[str, float]]:
         start = time.perf_counter()
         ckpt = mislabel.checkpoint_epochs(len(run.steps))
         net = task.build()
-        snaps = train_plain(net, x, y, run.steps, task.lr, snapshot_at=ckpt)
+        snaps = train_plain(
+            net, x, y, run.steps, task.lr, snapshot_at=ckpt, train_mode=task.train_mode
+        )
         train_s = time.perf_counter() - start  # replaying the run for its checkpoints
         total = sum(
             task.lr * per_sample_mse_grad_sq(net, st, x, y, task.num_classes) for _, st in snaps
@@ -503,7 +508,7 @@ def cleanlab_scores(run: Run) -> np.ndarray:
         tr_t, te_t = torch.from_numpy(tr), torch.from_numpy(te)
         net = task.build()
         steps = batch_schedule(len(tr), task.epochs, BATCH, seed=100 + k)
-        train_plain(net, x[tr_t], y[tr_t], steps, task.lr)
+        train_plain(net, x[tr_t], y[tr_t], steps, task.lr, train_mode=task.train_mode)
         probs[te_t] = mislabel.predict(net, x[te_t]).double().softmax(1)
     return -np.asarray(get_label_quality_scores(y.numpy(), probs.numpy()), dtype=np.float64)
 
@@ -529,7 +534,7 @@ def fidelity(run: Run, count: int) -> dict[str, Any]:
     samples = pick_samples(ref.weight_change_sq.double().numpy(), run.flipped.numpy(), count)
     start = time.perf_counter()
     full = task.build()
-    train_plain(full, x, y, run.steps, task.lr)
+    train_plain(full, x, y, run.steps, task.lr, train_mode=task.train_mode)
     w_full = flat_params(full)
     # the plain loop reproduces the Lightning run (same arithmetic, same batches)
     lightning_gap = float((w_full - flat_params(run.net)).abs().max())
@@ -538,7 +543,7 @@ def fidelity(run: Run, count: int) -> dict[str, Any]:
     true_w, true_f = [], []
     for i in samples:
         net = task.build()
-        train_plain(net, x, y, run.steps, task.lr, drop=i)
+        train_plain(net, x, y, run.steps, task.lr, drop=i, train_mode=task.train_mode)
         true_w.append(float(((flat_params(net) - w_full) ** 2).sum()))
         with torch.no_grad():
             true_f.append(float(((net(task.x_val).double() - f_full) ** 2).sum(1).mean()))
@@ -651,6 +656,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loo", type=int, default=20)
     parser.add_argument("--methods", nargs="+", default=["tracin", "cleanlab", "trak"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--bn-eval", action="store_true", help="fine-tune with BatchNorm in eval mode (the paper's)"
+    )
+    parser.add_argument("--sui", nargs="+", default=["default", f"proj{PROJ_DIM}"])
     parser.add_argument("--out", type=Path, default=OUT_DEFAULT)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
@@ -665,7 +674,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.arch, args.out, n_train=args.n_train, pre_epochs=args.pre_epochs,
             epochs=args.epochs, lr=args.lr,
         )  # fmt: skip
+        task.train_mode = not args.bn_eval
         kwargs = {"default": {}, f"proj{PROJ_DIM}": {"projection_dim": PROJ_DIM}}
+        kwargs = {k: v for k, v in kwargs.items() if k in args.sui}
         save(
             args.out,
             "resnet",
