@@ -59,6 +59,11 @@ Threads: ``--threads`` (default 1: the machine is shared). ``--quick`` (a tiny R
 3 leave-one-out samples, no cleanlab / TRAK, a tiny transformer run; seconds) is a smoke test
 whose numbers mean nothing.
 
+Options: ``--bn-eval`` fine-tunes with BatchNorm in eval mode (the paper's protocol; stable only
+at a small lr, e.g. ``--lr 0.001``), ``--sui default proj512`` picks the SUI callbacks,
+``--loo 0`` skips the retraining, ``--methods`` the peers (``tracin cleanlab trak``).
+Results: ``benchmarks/RESULTS.md`` section 10.
+
 Usage::
 
     python benchmarks/sui_finetune.py --sections resnet transformer
