@@ -141,11 +141,14 @@ class SUIScores(UniqueInformation):
 
 @contextlib.contextmanager
 def parameters_set_to(module: nn.Module, values: Mapping[str, Tensor] | None) -> Iterator[None]:
-    """Temporarily copy ``values`` into the module's parameters (no-op for None); restore after."""
+    """Temporarily copy ``values`` into the module's parameters and buffers; restore after.
+
+    Buffers are BatchNorm's running statistics, for example; None is a no-op.
+    """
     if values is None:
         yield
         return
-    params = dict(module.named_parameters())
+    params = {**dict(module.named_buffers()), **dict(module.named_parameters())}
     saved = {}
     with torch.no_grad():
         for name, value in values.items():

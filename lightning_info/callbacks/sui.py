@@ -350,8 +350,11 @@ class SmoothUniqueInformation(Callback):
         """Snapshot the weights, read the training recipe and check the scoring data."""
         self._step_pending = self.linearize_at == "init" and not self._restored
         if self._step_pending:
+            # the buffers too: a BatchNorm network is linearized with its running statistics
+            # of fit start, not with the ones its training ends with
             self._init_params = {
-                n: p.detach().to("cpu", copy=True) for n, p in pl_module.named_parameters()
+                n: p.detach().to("cpu", copy=True)
+                for n, p in (*pl_module.named_buffers(), *pl_module.named_parameters())
             }
             # a resumed run's loop state (its global step) is restored only after this hook:
             # the snapshot's step is read again in `on_train_start`, before the first step

@@ -121,6 +121,39 @@ def test_scores_csv_rows_indices_and_engine_agreement(digits, tmp_path):
     assert not torch.equal(model.net[0].weight, init_copy.net[0].weight)
 
 
+def test_batchnorm_is_linearized_with_its_running_statistics_of_fit_start(digits, tmp_path):
+    """``linearize_at="init"`` on a BatchNorm network trained in train mode: the scores are the
+    engine's at the initial parameters *and* the initial running statistics (an independent
+    copy of the module taken before fit), not at the statistics the training ends with."""
+    (x, y), (xv, _) = digits
+    model = _model()
+    model.net = torch.nn.Sequential(
+        torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 10)
+    )
+    init_copy = copy.deepcopy(model).eval()
+    sui = SmoothUniqueInformation(max_samples=40, ntk="full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the BatchNorm note
+        _trainer(tmp_path, [sui]).fit(model, *_loaders(digits))
+    bn = model.net[1]
+    assert not torch.allclose(bn.running_mean, init_copy.net[1].running_mean)  # they moved
+    st, idx = sui.scores_.settings, sui.scores_.indices
+    ref = smooth_unique_information(
+        init_copy,
+        x[idx],
+        y[idx],
+        xv,
+        learning_rate=st["learning_rate"],
+        num_steps=st["num_steps"],
+        method=st["method"],
+        ntk="full",
+    )
+    torch.testing.assert_close(sui.scores_.weight_si, ref.weight_si, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(sui.scores_.functional_si, ref.functional_si, rtol=1e-6, atol=1e-12)
+    # and the trained running statistics are back in the model after scoring
+    assert bn.num_batches_tracked.item() == 12
+
+
 def test_linearize_at_final_matches_engine_on_trained_weights_with_momentum(digits, tmp_path):
     """Final weights; with `num_steps=`, SGD momentum 0.9 is replayed as GD with the heavy-ball
     lr / (1 - 0.9) for those steps (by default momentum runs are scored at convergence)."""
