@@ -188,22 +188,31 @@ def _weight_decay_arg(text: str) -> float | str:
     return value
 
 
-def _positive_int(text: str) -> int:
-    """An integer >= 1 (sample counts, epochs).
+def _checked_number(text: str, convert: Any, valid: Any, what: str) -> Any:
+    """``convert(text)`` if it parses and passes ``valid``, for argparse ``type=`` functions.
 
     Returns:
         The value.
 
     Raises:
-        ArgumentTypeError: for anything else.
+        ArgumentTypeError: naming ``what`` the flag takes, for anything else.
     """
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+        value = None
+    if value is None or not valid(value):
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (sample counts, epochs).
+
+    Returns:
+        The value.
+    """
+    return _checked_number(text, int, lambda v: v >= 1, "an integer >= 1")
 
 
 def _positive_float(text: str) -> float:
@@ -211,17 +220,8 @@ def _positive_float(text: str) -> float:
 
     Returns:
         The value.
-
-    Raises:
-        ArgumentTypeError: for anything else.
     """
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}")
-    return value
+    return _checked_number(text, float, lambda v: 0 < v < float("inf"), "a number > 0")
 
 
 def _fraction(text: str) -> float:
@@ -229,17 +229,8 @@ def _fraction(text: str) -> float:
 
     Returns:
         The value.
-
-    Raises:
-        ArgumentTypeError: for anything else.
     """
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1; got {text!r}")
-    return value
+    return _checked_number(text, float, lambda v: 0 <= v <= 1, "a number between 0 and 1")
 
 
 _BYTE_UNITS = {
