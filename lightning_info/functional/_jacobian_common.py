@@ -621,6 +621,25 @@ def _vmap_incompatible(model: nn.Module) -> list[str]:
     ]
 
 
+@contextmanager
+def _cudnn_disabled(disable: bool) -> Iterator[None]:
+    """Switch cuDNN off inside the block when ``disable`` (restoring the previous setting).
+
+    Args:
+        disable: whether to switch it off; False leaves everything as it is.
+
+    Yields:
+        Nothing.
+    """
+    previous = torch.backends.cudnn.enabled
+    if disable:
+        torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = previous
+
+
 def _stack_samples(results: list[Any]) -> Any:
     """Stack per-sample results (tensors, dicts and tuples of them) along a new first dimension.
 
@@ -654,6 +673,11 @@ class _SampleMap:
       ``UserWarning`` says so; if the loop fails as well, the original ``vmap`` error is raised
       (an error unrelated to ``vmap`` is not hidden).
 
+    On the recurrent route, cuDNN is switched off for the duration of each chunk (and restored):
+    cuDNN's RNN backward refuses to run in eval mode ("cudnn RNN backward can only be called in
+    training mode"), and the model is evaluated in eval mode; PyTorch's native RNN kernels are
+    used instead (the same function, CUDA only; nothing changes on CPU).
+
     The loop costs one ``jacrev`` call per sample instead of one per chunk (slower, same memory
     per chunk: the stacked result is what ``vmap`` returns).
 
@@ -670,7 +694,8 @@ class _SampleMap:
         self.in_dims = in_dims
         self._vmapped = vmap(fn, in_dims=in_dims)
         incompatible = _vmap_incompatible(model)
-        self.loop = bool(incompatible)
+        self.recurrent = bool(incompatible)
+        self.loop = self.recurrent
         kinds = sorted(
             {type(m).__name__ for m in model.modules() if isinstance(m, _VMAP_INCOMPATIBLE)}
         )
@@ -694,12 +719,13 @@ class _SampleMap:
             The stacked results.
         """
         n = next(a.shape[0] for a, d in zip(args, self.in_dims) if d is not None)
-        return _stack_samples(
-            [
-                self.fn(*(a if d is None else a[i] for a, d in zip(args, self.in_dims)))
-                for i in range(n)
-            ]
-        )
+        with _cudnn_disabled(self.recurrent):
+            return _stack_samples(
+                [
+                    self.fn(*(a if d is None else a[i] for a, d in zip(args, self.in_dims)))
+                    for i in range(n)
+                ]
+            )
 
     def __call__(self, *args: Any) -> Any:
         """Return the stacked per-sample results of one chunk.
