@@ -671,7 +671,9 @@ class _SampleMap:
     * as a safety net when ``vmap`` raises a ``RuntimeError`` on a model not listed there: the
       chunk is recomputed one sample at a time, and if that works the loop is kept and a
       ``UserWarning`` says so; if the loop fails as well, the original ``vmap`` error is raised
-      (an error unrelated to ``vmap`` is not hidden).
+      (an error unrelated to ``vmap`` is not hidden). A random operation in the forward pass
+      (``vmap``'s randomness error) is raised as it is, never looped: the loop would draw from
+      the global random number generator.
 
     On the recurrent route, cuDNN is switched off for the duration of each chunk (and restored):
     cuDNN's RNN backward refuses to run in eval mode ("cudnn RNN backward can only be called in
@@ -737,13 +739,16 @@ class _SampleMap:
             What ``vmap(fn)`` returns: every output with the samples as first dimension.
 
         Raises:
-            RuntimeError: the ``vmap`` error, when the sample loop fails as well.
+            RuntimeError: the ``vmap`` error, when the sample loop fails as well or the model
+                draws random numbers.
         """
         if self.loop:
             return self._looped(*args)
         try:
             return self._vmapped(*args)
         except RuntimeError as err:
+            if "randomness" in str(err):
+                raise  # a loop would draw from the global RNG: the model is not a function
             try:
                 out = self._looped(*args)
             except Exception:

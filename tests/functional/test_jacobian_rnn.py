@@ -245,3 +245,28 @@ def test_recurrent_route_switches_cudnn_off_only_while_it_runs():
     seen.clear()
     _SampleMap(fn, (None, 0), nn.Linear(2, 2))(torch.tensor(2.0), torch.arange(3.0))
     assert seen == [before]  # no recurrent layer: one vmap call over the 3 samples, cuDNN as is
+
+
+class _Noisy(nn.Module):
+    """Draws random numbers in its forward pass, even in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + 0.1 * torch.randn(x.shape[0], 2, dtype=x.dtype)
+
+
+def test_random_forward_is_refused_without_touching_the_global_rng():
+    torch.manual_seed(0)
+    model = _Noisy().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    with pytest.raises(RuntimeError, match="randomness"):
+        per_sample_jacobians(model, x)
+    expected = torch.Generator().manual_seed(5)
+    # the probe forward ran once on one sample (its draw is the model's own); no loop ran
+    probe_draws = torch.randn(1, 2, generator=expected)
+    assert probe_draws.shape == (1, 2)
+    torch.testing.assert_close(torch.randn(3), torch.randn(3, generator=expected))
