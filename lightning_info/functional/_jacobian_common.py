@@ -13,7 +13,10 @@ implementations (:mod:`~lightning_info.functional._jacobian_explicit` and
   budget" (the size of one temporary) is defined, and :func:`_auto_chunk` sizes a chunk of
   samples from it;
 * dense kernel-input chunks (:class:`_DenseChunk`) and the base class :class:`_Linearization`
-  that streams chunks of samples in eval mode.
+  that streams chunks of samples in eval mode;
+* :class:`_SampleMap`, which maps a single-sample function over the samples of a chunk with
+  ``torch.func.vmap``, or one sample at a time where ``vmap`` cannot evaluate the model
+  (recurrent layers, see its docstring).
 
 The layout is sample-major: row ``i * K + k`` of a stacked Jacobian or kernel is output ``k``
 of sample ``i``.
@@ -21,7 +24,9 @@ of sample ``i``.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +35,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.func import vmap
 
 NTKKind = Literal["full", "trace"]
 ProjectionType = Literal["gaussian", "rademacher"]
@@ -45,6 +51,14 @@ _PROJECTION_BLOCK_ROWS = 1024  # rows of the random projection generated per see
 _MAX_AUTO_CHUNK = 256  # samples per vmap call when chunk_size is not given
 
 _T = TypeVar("_T")
+_LOG = logging.getLogger(__name__)
+#: Modules whose forward pass ``torch.func.vmap`` cannot evaluate: ``nn.RNN`` / ``nn.LSTM`` /
+#: ``nn.GRU`` (and their ``*Cell`` versions) create their zero initial hidden state inside
+#: ``forward`` (unbatched under vmap) and the ``_VF`` kernel writes a batched value into it in
+#: place, which fails with "output with shape [1, H] doesn't match the broadcast shape
+#: [n, 1, H]".
+_VMAP_INCOMPATIBLE: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.RNNCellBase)
+_NOTED: set[str] = set()  # module types already noted (once per process)
 
 
 def _working_bytes(budget: int) -> int:
@@ -588,3 +602,162 @@ class _Linearization(ABC):
         """
         chunks = [c for _, c in self.map_chunks(inputs, self.kernel_input)]
         return type(chunks[0]).cat(chunks)
+
+
+def _vmap_incompatible(model: nn.Module) -> list[str]:
+    """Return the names of the submodules that ``torch.func.vmap`` cannot evaluate.
+
+    Args:
+        model: the network.
+
+    Returns:
+        The names (``type`` for the root module), in ``model.named_modules()`` order; empty when
+        ``vmap`` is expected to work.
+    """
+    return [
+        name or type(module).__name__
+        for name, module in model.named_modules()
+        if isinstance(module, _VMAP_INCOMPATIBLE)
+    ]
+
+
+@contextmanager
+def _cudnn_disabled(disable: bool) -> Iterator[None]:
+    """Switch cuDNN off inside the block when ``disable`` (restoring the previous setting).
+
+    Args:
+        disable: whether to switch it off; False leaves everything as it is.
+
+    Yields:
+        Nothing.
+    """
+    previous = torch.backends.cudnn.enabled
+    if disable:
+        torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = previous
+
+
+def _stack_samples(results: list[Any]) -> Any:
+    """Stack per-sample results (tensors, dicts and tuples of them) along a new first dimension.
+
+    Args:
+        results: one result per sample, all with the same structure.
+
+    Returns:
+        The structure of one result, each tensor stacked: what ``vmap(..., out_dims=0)`` returns.
+    """
+    first = results[0]
+    if isinstance(first, Tensor):
+        return torch.stack(results)
+    if isinstance(first, dict):
+        return {key: _stack_samples([r[key] for r in results]) for key in first}
+    return type(first)(_stack_samples(list(parts)) for parts in zip(*results))
+
+
+class _SampleMap:
+    """``fn`` mapped over the samples of a chunk: one ``vmap`` call, or a loop over samples.
+
+    ``fn`` evaluates one sample (e.g. ``jacrev`` of a single-sample ``functional_call``); the
+    arguments with ``in_dims`` 0 are mapped over their first dimension, those with None are
+    shared, as in ``vmap``. The result is stacked along a new first dimension either way, so both
+    routes return the same numbers (each sample's Jacobian is exact). The loop is used
+
+    * for models with a module of :data:`_VMAP_INCOMPATIBLE` (``nn.RNN``, ``nn.LSTM``,
+      ``nn.GRU`` and their cells), decided up front and noted once per process on this module's
+      logger (``logging.INFO``);
+    * as a safety net when ``vmap`` raises a ``RuntimeError`` on a model not listed there: the
+      chunk is recomputed one sample at a time, and if that works the loop is kept and a
+      ``UserWarning`` says so; if the loop fails as well, the original ``vmap`` error is raised
+      (an error unrelated to ``vmap`` is not hidden). A random operation in the forward pass
+      (``vmap``'s randomness error) is raised as it is, never looped: the loop would draw from
+      the global random number generator.
+
+    On the recurrent route, cuDNN is switched off for the duration of each chunk (and restored):
+    cuDNN's RNN backward refuses to run in eval mode ("cudnn RNN backward can only be called in
+    training mode"), and the model is evaluated in eval mode; PyTorch's native RNN kernels are
+    used instead (the same function, CUDA only; nothing changes on CPU).
+
+    The loop costs one ``jacrev`` call per sample instead of one per chunk (slower, same memory
+    per chunk: the stacked result is what ``vmap`` returns).
+
+    Args:
+        fn: the single-sample function.
+        in_dims: per argument, 0 (mapped over its first dimension) or None (shared).
+        model: the network, checked for :data:`_VMAP_INCOMPATIBLE` modules.
+    """
+
+    def __init__(
+        self, fn: Callable[..., Any], in_dims: tuple[int | None, ...], model: nn.Module
+    ) -> None:
+        self.fn = fn
+        self.in_dims = in_dims
+        self._vmapped = vmap(fn, in_dims=in_dims)
+        incompatible = _vmap_incompatible(model)
+        self.recurrent = bool(incompatible)
+        self.loop = self.recurrent
+        kinds = sorted(
+            {type(m).__name__ for m in model.modules() if isinstance(m, _VMAP_INCOMPATIBLE)}
+        )
+        new = [k for k in kinds if k not in _NOTED]
+        if new:
+            _NOTED.update(new)
+            _LOG.info(
+                "Per-sample Jacobians of a model with %s (%s): torch.func.vmap cannot evaluate "
+                "recurrent layers, so they are computed one sample at a time (exact, slower).",
+                ", ".join(new),
+                ", ".join(incompatible),
+            )
+
+    def _looped(self, *args: Any) -> Any:
+        """Return ``fn`` of each sample, stacked.
+
+        Args:
+            *args: the arguments, the mapped ones with the n samples first.
+
+        Returns:
+            The stacked results.
+        """
+        n = next(a.shape[0] for a, d in zip(args, self.in_dims) if d is not None)
+        with _cudnn_disabled(self.recurrent):
+            return _stack_samples(
+                [
+                    self.fn(*(a if d is None else a[i] for a, d in zip(args, self.in_dims)))
+                    for i in range(n)
+                ]
+            )
+
+    def __call__(self, *args: Any) -> Any:
+        """Return the stacked per-sample results of one chunk.
+
+        Args:
+            *args: the arguments, the mapped ones with the n samples first.
+
+        Returns:
+            What ``vmap(fn)`` returns: every output with the samples as first dimension.
+
+        Raises:
+            RuntimeError: the ``vmap`` error, when the sample loop fails as well or the model
+                draws random numbers.
+        """
+        if self.loop:
+            return self._looped(*args)
+        try:
+            return self._vmapped(*args)
+        except RuntimeError as err:
+            if "randomness" in str(err):
+                raise  # a loop would draw from the global RNG: the model is not a function
+            try:
+                out = self._looped(*args)
+            except Exception:
+                raise err from None
+            self.loop = True
+            warnings.warn(
+                f"torch.func.vmap could not evaluate the model ({type(err).__name__}: {err}); "
+                "per-sample Jacobians are computed one sample at a time instead (exact, slower).",
+                UserWarning,
+                stacklevel=2,
+            )
+            return out

@@ -14,6 +14,11 @@ Purity under ``torch.func``: the function given to ``vmap(jacrev(...))``
 (:func:`_single_sample_fn`) reads only its arguments (the selected parameters and one sample)
 and frozen closures (the model, the fixed parameters, the buffers and ``output_fn``); the model
 is evaluated with ``functional_call`` and nothing outside the function is written.
+
+Recurrent layers (``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` and their cells) cannot run under
+``vmap``; for models containing one, the same single-sample ``jacrev`` is applied one sample at a
+time (:class:`~lightning_info.functional._jacobian_common._SampleMap`, exact, slower), and so it
+is, with a warning, for any model on which ``vmap`` raises.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, jacrev
 
 from lightning_info.functional._jacobian_common import (
     OutputFn,
@@ -31,6 +36,7 @@ from lightning_info.functional._jacobian_common import (
     _Options,
     _output_vector,
     _probe_num_outputs,
+    _SampleMap,
     _Selection,
 )
 
@@ -78,7 +84,7 @@ class _ExplicitLinearization(_Linearization):
         fn = _single_sample_fn(
             model, selection.fixed(selection.names), selection.buffers, options.output_fn
         )
-        self._jac_fn = vmap(jacrev(fn), in_dims=(None, 0))
+        self._jac_fn = _SampleMap(jacrev(fn), (None, 0), model)
 
     @classmethod
     def build(

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, jacrev
 
 from lightning_info.functional._jacobian_common import (
     _PROJECTION_BLOCK_ROWS,
@@ -52,6 +52,7 @@ from lightning_info.functional._jacobian_common import (
     _Options,
     _output_vector,
     _probe_num_outputs,
+    _SampleMap,
     _Selection,
     _working_bytes,
 )
@@ -388,7 +389,7 @@ class _StructuredLinearization(_Linearization):
         fn = _offset_fn(
             model, terms, selection.fixed(self.rest_names), selection.buffers, options.output_fn
         )
-        self._jac_fn = vmap(jacrev(fn, argnums=(0, 1)), in_dims=(None, None, 0))
+        self._jac_fn = _SampleMap(jacrev(fn, argnums=(0, 1)), (None, None, 0), model)
         self._unprojected = None
         if options.projector is None:
             self._unprojected = _ExplicitLinearization(model, selection, num_outputs, options)

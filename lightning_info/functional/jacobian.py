@@ -35,6 +35,11 @@ implementation modules).
 object) to the (B,) or (B, K) tensor that is linearized; it is applied inside the single-sample
 function under ``vmap`` as well.
 
+Models with recurrent layers (``nn.RNN``, ``nn.LSTM``, ``nn.GRU`` and their cells), which
+``torch.func.vmap`` cannot evaluate, get the same exact Jacobians one sample at a time (slower);
+so does, with a warning, any model on which ``vmap`` raises a ``RuntimeError`` that a plain
+per-sample evaluation does not.
+
 The model is always evaluated in eval mode (BatchNorm uses its running statistics, dropout is
 off), so the function is a deterministic function of the parameters; its previous train/eval
 state is restored afterwards. Models whose forward pass depends on other samples of the batch
