@@ -98,6 +98,9 @@ from torch import Tensor, nn
 
 from lightning_info.utilities.data import corrupt_labels, load_dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules next to this file
+import _suite_cli as _suite  # noqa: E402  (the issue-19 suite: suite-train / suite-analyze)
+
 OUT = Path(__file__).resolve().parent / "out" / "overfitting"
 
 SPLITS = {"mnist": (3000, 1000, 1000), "digits": (1077, 360, 360)}
@@ -583,6 +586,7 @@ def analyze(out: Path, *, compute: bool = True) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _suite.add_commands(sub)
     tr = sub.add_parser("train", help="train the runs and save one artifact per run")
     tr.add_argument("--datasets", nargs="+", choices=sorted(SPLITS), default=["mnist", "digits"])
     tr.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
@@ -600,6 +604,8 @@ def main(argv: list[str] | None = None) -> None:
         "--cached-only", action="store_true", help="only runs whose signals are computed already"
     )
     args = parser.parse_args(argv)
+    if args.command.startswith("suite-"):
+        return _suite.run_command(args)
     if args.command == "train":
         cmd_train(args)
     elif args.command == "summary":
