@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 OUT = Path(__file__).resolve().parent / "out" / "suite"
-NOISE = (0.0, 0.3, 0.6)
-SEEDS = (0, 1)
+NOISE = (0.0, 0.2, 0.4, 0.6, 0.8)
+SEEDS = (0, 1, 2)
 QUICK_EPOCHS = 2
 #: One family per kind of model/recipe for the quick mode: MLP+Adam, 1-D CNN+BN+SGD cosine+aug,
 #: GRU on tokens, Transformer, fine-tuning.
