@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _overfitting_policies import Outcome, early_stopping, no_stop, regret, stop_rule
 from _overfitting_signals import spearman
 from _tasks import DEVELOPMENT, HELD_OUT, TASKS
@@ -92,12 +91,16 @@ def policy_table(runs: list[dict], split: str) -> str:
     for fam in families:
         rows = table[fam]
         any_rows = next(iter(rows.values()))
-        clean = [float(r["curves"]["test_acc"][1:].max()) for r, _, _ in any_rows if r["noise"] == 0]
+        clean = [
+            float(r["curves"]["test_acc"][1:].max()) for r, _, _ in any_rows if r["noise"] == 0
+        ]
         cells = []
         for name in POLICIES:
             g = [x[2] for x in rows[name]]
             cells.append(f"{_mean(g):.2f} / {max(g):.1f}")
-        lines.append(f"| {fam} | {len(any_rows)} | {_mean(clean):.3f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {fam} | {len(any_rows)} | {_mean(clean):.3f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _tasks import TASKS, Net, Task
 from torch import Tensor
 
-from _tasks import TASKS, Net, Task
 from lightning_info.functional import diffusion_spectral_mutual_information
 from lightning_info.functional.dse import cluster_reference
 from lightning_info.utilities.data import corrupt_labels
@@ -151,7 +151,9 @@ def probe_signals(
     return out
 
 
-def train_run(task_name: str, noise: float, seed: int, out: Path, *, epochs: int | None = None) -> dict:
+def train_run(
+    task_name: str, noise: float, seed: int, out: Path, *, epochs: int | None = None
+) -> dict:
     """Train one run (no stopping) and return its artifact (see the module docstring)."""
     t_start = time.perf_counter()
     task = TASKS[task_name]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -240,7 +240,12 @@ def data_signals_tones(length: int = 64) -> dict[str, Tensor]:
     white noise (std 1.0). 2,000 / 1,000 / 1,000."""
     rng = np.random.default_rng(DATA_SEED + 2)
     n, k = 4000, 10
-    freqs = np.array([(f1, f2) for f1, f2 in zip([2, 3, 4, 5, 6, 2, 3, 4, 5, 7], [5, 7, 9, 3, 10, 8, 11, 6, 12, 9])])
+    freqs = np.array(
+        [
+            (f1, f2)
+            for f1, f2 in zip([2, 3, 4, 5, 6, 2, 3, 4, 5, 7], [5, 7, 9, 3, 10, 8, 11, 6, 12, 9])
+        ]
+    )
     ratio = np.linspace(0.4, 1.0, k)
     y = rng.integers(0, k, n)
     t = np.arange(length) / length
@@ -396,7 +401,9 @@ class Task:
             opt = torch.optim.SGD(
                 params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
             )
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs) if self.cosine else None
+        sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs) if self.cosine else None
+        )
         return opt, sched
 
 
@@ -567,7 +574,7 @@ DEVELOPMENT_TASKS = tuple(t.name for t in TASK_LIST if t.split == DEVELOPMENT)
 HELD_OUT_TASKS = tuple(t.name for t in TASK_LIST if t.split == HELD_OUT)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_data(name: str) -> dict[str, Tensor]:
     return TASKS[name].make_data()
 

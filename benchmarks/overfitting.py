@@ -78,6 +78,17 @@ Usage::
     python benchmarks/overfitting.py analyze                           # the tables (signals cached)
 
 Existing artifacts are skipped, so the sweep is resumable.
+
+The suite (issue 19)
+--------------------
+``suite-train`` / ``suite-summary`` / ``suite-analyze`` run the same kind of record-everything
+sweep on the families of ``_tasks.py`` (development and held-out, ``RESULTS.md`` section 10):
+runs in ``_suite_runs.py`` (artifacts in ``benchmarks/out/suite``), commands in
+``_suite_cli.py``, the replayed stops and curve tables in ``_suite_analysis.py``::
+
+    python benchmarks/overfitting.py suite-train --jobs 2     # 9 families x 5 p x 3 seeds
+    python benchmarks/overfitting.py suite-train --quick --out /tmp/suite   # seconds
+    python benchmarks/overfitting.py suite-analyze
 """
 
 from __future__ import annotations
@@ -99,7 +110,7 @@ from torch import Tensor, nn
 from lightning_info.utilities.data import corrupt_labels, load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules next to this file
-import _suite_cli as _suite  # noqa: E402  (the issue-19 suite: suite-train / suite-analyze)
+import _suite_cli as _suite
 
 OUT = Path(__file__).resolve().parent / "out" / "overfitting"
 
