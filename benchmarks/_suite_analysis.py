@@ -167,7 +167,7 @@ def curves_table(runs: list[dict], split: str) -> str:
             continue
         st = [(r, _curve_stats(r)) for r in sub]
         clean = [s for r, s in st if r["noise"] == 0]
-        hi = [s for r, s in st if r["noise"] == max(x["noise"] for x in sub)]
+        hi = [s for r, s in st if abs(r["noise"] - 0.6) < 1e-9]
         noisy = [s for r, s in st if r["noise"] > 0]
 
         def m(rows: list[dict], key: str) -> float:
@@ -194,3 +194,63 @@ def analyze(out: Path) -> str:
         parts.append(f"\n### {split} families: curves\n")
         parts.append(curves_table(runs, split))
     return "\n".join(parts)
+
+
+#: Development-only variants of the monitor's DSMI(Z;Y): kernel width rule and probe size.
+VARIANTS = {
+    "median@500 (default)": ("median", 500),
+    "knn@500": ("knn", 500),
+    "median@250": ("median", 250),
+}
+
+
+def variant_signals(path: Path, cache: Path) -> dict[str, torch.Tensor]:
+    """DSMI(Z;Y) of one run for each of ``VARIANTS`` (cached in ``cache``)."""
+    from _suite_runs import probe_signals
+
+    target = cache / path.name
+    if target.exists():
+        return torch.load(target, weights_only=True)
+    art = torch.load(path, weights_only=True)
+    feats, labels = art["probe_features"], art["probe_labels"]
+    out = {}
+    for name, (sigma, n) in VARIANTS.items():
+        if name.startswith("median@500"):
+            out[name] = art["signals"]["dsmi_y"]
+            continue
+        vals = [probe_signals(f[:n], labels[:n], sigma=sigma, knn=False)["dsmi_y"] for f in feats]
+        out[name] = torch.tensor(vals, dtype=torch.float64)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(out, target)
+    return out
+
+
+def variant_table(out: Path, split: str = DEVELOPMENT) -> str:
+    """Does another width rule or probe size track test accuracy better? (development only)."""
+    lines = [
+        "| family | variant | clean: rho first 10 | clean: rho whole run | clean: last/max | "
+        "p>=0.4: rho whole run | p=0.6: last / at best-test epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    runs = {r["name"]: r for r in load_runs(out) if r["split"] == split}
+    for fam in [f for f in TASKS if TASKS[f].split == split]:
+        names = sorted(n for n, r in runs.items() if r["task"] == fam)
+        sigs = {n: variant_signals(out / f"{n}.pt", out / "variants") for n in names}
+        for variant in VARIANTS:
+            rise, whole, hold, noisy, fall = [], [], [], [], []
+            for n in names:
+                r, d = runs[n], sigs[n][variant].numpy()[1:]
+                t = r["curves"]["test_acc"].numpy()[1:]
+                if r["noise"] == 0:
+                    rise.append(spearman(d[:10], t[:10]))
+                    whole.append(spearman(d, t))
+                    hold.append(d[-1] / d.max())
+                elif r["noise"] >= 0.4:
+                    noisy.append(spearman(d, t))
+                if abs(r["noise"] - 0.6) < 1e-9:
+                    fall.append(d[-1] / d[int(np.argmax(t))])
+            lines.append(
+                f"| {fam} | {variant} | {_mean(rise):+.2f} | {_mean(whole):+.2f} | "
+                f"{_mean(hold):.2f} | {_mean(noisy):+.2f} | {_mean(fall):.2f} |"
+            )
+    return "\n".join(lines)
