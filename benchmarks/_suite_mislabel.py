@@ -200,9 +200,19 @@ def _timed(scores: dict, timing: dict, errors: list, name: str, fn, *args) -> No
 
 
 def run_cell(
-    task_name: str, noise: float, seed: int, out: Path, *, epochs: int | None = None
+    task_name: str,
+    noise: float,
+    seed: int,
+    out: Path,
+    *,
+    epochs: int | None = None,
+    max_train: int | None = None,
 ) -> list[dict]:
-    """Every method at both regimes of one cell; returns the result lines (also appended)."""
+    """Every method at both regimes of one cell; returns the result lines (also appended).
+
+    ``epochs`` / ``max_train`` (the first samples of the training split) shrink a cell for the
+    quick test; the reported cells use neither.
+    """
     import dataclasses
 
     from mislabel import auroc, precision_at_k, score_trak
@@ -211,9 +221,9 @@ def run_cell(
     if epochs is not None:  # quick mode
         task = dataclasses.replace(task, epochs=epochs)
     data = task.data()
-    x, x_val, y_val = data["x_train"], data["x_val"], data["y_val"]
+    x, x_val, y_val = data["x_train"][:max_train], data["x_val"], data["y_val"]
     y, flipped = corrupt_labels(
-        data["y_train"],
+        data["y_train"][:max_train],
         fraction=noise,
         num_classes=task.num_classes,
         seed=NOISE_SEED_OFFSET + seed,
@@ -225,6 +235,8 @@ def run_cell(
     moderate = 1 + int(np.nanargmax(accs[1:]))
     steps_per_epoch = math.ceil(x.shape[0] / task.batch_size)
     base = {"task": task_name, "split": task.split, "noise": noise, "seed": seed}
+    if epochs is not None or max_train is not None:
+        base.update(quick_epochs=epochs, quick_max_train=max_train)
     shared: dict[str, Any] = {}  # cleanlab (trained once), SUI (once with an adaptive optimizer)
     lines = []
     for regime, epoch in (("moderate", moderate), ("memorize", task.epochs)):
