@@ -182,9 +182,9 @@ def curves_table(runs: list[dict], split: str) -> str:
     return "\n".join(lines)
 
 
-def analyze(out: Path) -> str:
-    """Every table, development and held-out separately, as markdown."""
-    runs = load_runs(out)
+def analyze(out: Path, seeds: list[int] | None = None) -> str:
+    """Every table, development and held-out separately, as markdown (``seeds``: only those)."""
+    runs = [r for r in load_runs(out) if seeds is None or r["seed"] in seeds]
     parts = [f"{len(runs)} runs in {out}"]
     for split in (DEVELOPMENT, HELD_OUT):
         parts.append(f"\n### {split} families: regret per policy\n")

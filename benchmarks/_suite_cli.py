@@ -50,6 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sm.add_argument("--out", default=str(OUT))
     an = sub.add_parser("suite-analyze", help="issue 19: replayed stops, curves (tables)")
     an.add_argument("--out", default=str(OUT))
+    an.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds")
 
 
 def _worker_init() -> None:
@@ -105,4 +106,4 @@ def run_command(args: argparse.Namespace) -> None:
     else:
         from _suite_analysis import analyze
 
-        print(analyze(Path(args.out)))
+        print(analyze(Path(args.out), args.seeds))
