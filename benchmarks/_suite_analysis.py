@@ -19,10 +19,10 @@ from _overfitting_policies import Outcome, early_stopping, no_stop, regret, stop
 from _overfitting_signals import spearman
 from _tasks import DEVELOPMENT, HELD_OUT, TASKS
 
-BASELINE = "EarlyStopping(val_acc, patience=5) + restore"
-NEW = "new default: StopRule(patience=10, info_drop=None), val_acc + DSMI(Z;Y)"
-OLD = "old default: StopRule() (memorization stop), val_acc + DSMI(Z;Y)"
-LABEL_FREE = "label-free: StopRule(), score None, dsmi_z"
+BASELINE = "ES5"
+NEW = "new"
+OLD = "old"
+LABEL_FREE = "label-free"
 
 
 def _c(run: dict, key: str) -> np.ndarray:
@@ -33,18 +33,20 @@ def _s(run: dict, key: str) -> np.ndarray:
     return run["signals"][key].numpy()
 
 
+#: Short names of the tables: ES5 / ES10 = ``EarlyStopping("val_acc", patience=5 / 10)`` + best
+#: restore (ES5 is the baseline); new = ``StopRule(patience=10, info_drop=None)`` on val_acc and
+#: held-out DSMI(Z;Y) (the new default of ``OverfittingEarlyStopping``); old = ``StopRule()`` (the
+#: previous default, with the memorization stop); label-free = ``StopRule()`` with no score on
+#: ``dsmi_z`` (``OverfittingEarlyStopping.label_free()``); ES5(knn5) = ``EarlyStopping`` on the 5-NN
+#: probe accuracy (the companion signal, needs probe labels); no stop = the last epoch.
 POLICIES = {
-    "no stopping (last epoch)": lambda r: no_stop(len(_c(r, "test_acc")) - 1),
+    "no stop": lambda r: no_stop(len(_c(r, "test_acc")) - 1),
     BASELINE: lambda r: early_stopping(_c(r, "val_acc"), "max", patience=5),
-    "EarlyStopping(val_acc, patience=10) + restore": lambda r: early_stopping(
-        _c(r, "val_acc"), "max", patience=10
-    ),
+    "ES10": lambda r: early_stopping(_c(r, "val_acc"), "max", patience=10),
     NEW: lambda r: stop_rule(_c(r, "val_acc"), _s(r, "dsmi_y"), patience=10, info_drop=None),
     OLD: lambda r: stop_rule(_c(r, "val_acc"), _s(r, "dsmi_y")),
     LABEL_FREE: lambda r: stop_rule(None, _s(r, "dsmi_z")),
-    "EarlyStopping(knn5, patience=5) + restore (probe companion)": lambda r: early_stopping(
-        _s(r, "knn5"), "max", patience=5
-    ),
+    "ES5(knn5)": lambda r: early_stopping(_s(r, "knn5"), "max", patience=5),
 }
 
 
@@ -84,7 +86,7 @@ def policy_table(runs: list[dict], split: str) -> str:
     families = [f for f in TASKS if TASKS[f].split == split and f in table]
     lines = [
         "| family | runs | clean best test acc | "
-        + " | ".join(f"{n}: mean / max regret (pp)" for n in POLICIES)
+        + " | ".join(f"{n}: mean / max" for n in POLICIES)
         + " |",
         "|---|---|---|" + "---|" * len(POLICIES),
     ]
