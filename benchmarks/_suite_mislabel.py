@@ -346,11 +346,18 @@ def report(out: Path) -> str:
             best_a = max(m[n][0] for n in peers if math.isfinite(m[n][0]))
             best_p = max(m[n][1] for n in peers if math.isfinite(m[n][1]))
             ga, gp = m["sui_looerr"][0] - best_a, m["sui_looerr"][1] - best_p
-            ok = "yes" if ga >= -0.005 and gp >= -0.02 else "**no**"
+            if math.isfinite(ga):
+                ok = "yes" if ga >= -0.005 and gp >= -0.02 else "**no**"
+                gap = f"{ga:+.3f} / {gp:+.2f}"
+            else:
+                ok, gap = "SUI failed", "n/a"
             lines.append(
                 f"| {task} | {p:g} | {regime} | "
-                + " | ".join(f"{m[n][0]:.3f} ({m[n][1]:.2f})" for n in methods)
-                + f" | {ga:+.3f} / {gp:+.2f} | {ok} |"
+                + " | ".join(
+                    f"{m[n][0]:.3f} ({m[n][1]:.2f})" if math.isfinite(m[n][0]) else "failed"
+                    for n in methods
+                )
+                + f" | {gap} | {ok} |"
             )
     errors = {(r["task"], r["method"], r["error"][:120]) for r in rows if "error" in r}
     if errors:
