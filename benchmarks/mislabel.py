@@ -10,6 +10,8 @@ Usage::
     python benchmarks/mislabel.py report [--out DIR] [--summary [METHOD]]
     python benchmarks/mislabel.py pilot [--datasets ...] [--max-epochs N] ...  # regime evidence
     python benchmarks/mislabel.py check-prefix  # SUI scored mid-fit == SUI at a fit's end
+    python benchmarks/mislabel.py suite-run --tasks tokens_transformer --noise 0.3  # issue 19
+    python benchmarks/mislabel.py suite-report   # the suite's families (``_suite_mislabel.py``)
 
 ``run`` appends one JSON line per (cell, method) to ``<out>/results.jsonl`` (default
 ``benchmarks/out/mislabel/``; with ``--quick`` ``benchmarks/out/mislabel_quick/``). A cell is
