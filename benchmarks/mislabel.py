@@ -10,6 +10,8 @@ Usage::
     python benchmarks/mislabel.py report [--out DIR] [--summary [METHOD]]
     python benchmarks/mislabel.py pilot [--datasets ...] [--max-epochs N] ...  # regime evidence
     python benchmarks/mislabel.py check-prefix  # SUI scored mid-fit == SUI at a fit's end
+    python benchmarks/mislabel.py suite-run --tasks tokens_transformer --noise 0.3  # issue 19
+    python benchmarks/mislabel.py suite-report   # the suite's families (``_suite_mislabel.py``)
 
 ``run`` appends one JSON line per (cell, method) to ``<out>/results.jsonl`` (default
 ``benchmarks/out/mislabel/``; with ``--quick`` ``benchmarks/out/mislabel_quick/``). A cell is
@@ -1477,7 +1479,43 @@ def build_parser() -> argparse.ArgumentParser:
     pil.add_argument("--threads", type=int, default=1)
     chk = sub.add_parser("check-prefix", help="tapped SUI scoring == fit-end scoring")
     chk.add_argument("--threads", type=int, default=1)
+    suite_out = str(OUT_DEFAULT.parent / "suite_mislabel")
+    su = sub.add_parser("suite-run", help="issue 19: the methods on the suite's families")
+    su.add_argument("--tasks", nargs="+", default=["tokens_transformer"])
+    su.add_argument("--noise", nargs="+", type=float, default=[0.1, 0.3])
+    su.add_argument("--seeds", nargs="+", type=int, default=[0])
+    su.add_argument("--epochs", type=int, default=None, help="override the family's epochs")
+    su.add_argument("--out", default=suite_out)
+    su.add_argument("--threads", type=int, default=1)
+    sr = sub.add_parser("suite-report", help="issue 19: the suite's mislabel tables")
+    sr.add_argument("--out", default=suite_out)
     return parser
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    """Issue 19: every method on the suite's families (``_suite_mislabel.py``), resumable."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _suite_mislabel as suite
+
+    out = Path(args.out)
+    if args.command == "suite-report":
+        print(suite.report(out))
+        return 0
+    torch.set_num_threads(args.threads)
+    done = suite.done_cells(out)
+    for task in args.tasks:
+        for p in args.noise:
+            for seed in args.seeds:
+                if (task, p, seed) in done:
+                    log(f"skip {task} p={p} seed={seed} (done)")
+                    continue
+                t0 = time.perf_counter()
+                lines = suite.run_cell(task, p, seed, out, epochs=args.epochs)
+                log(
+                    f"done {task} p={p} seed={seed}: {len(lines)} lines, "
+                    f"{time.perf_counter() - t0:.0f} s"
+                )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1488,6 +1526,8 @@ def main(argv: list[str] | None = None) -> int:
         "pilot": cmd_pilot,
         "check-prefix": cmd_check_prefix,
         "rescore": cmd_rescore,
+        "suite-run": cmd_suite,
+        "suite-report": cmd_suite,
     }
     with _quiet(getattr(args, "threads", 1) or 1):
         return commands[args.command](args)

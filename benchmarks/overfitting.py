@@ -78,6 +78,17 @@ Usage::
     python benchmarks/overfitting.py analyze                           # the tables (signals cached)
 
 Existing artifacts are skipped, so the sweep is resumable.
+
+The suite (issue 19)
+--------------------
+``suite-train`` / ``suite-summary`` / ``suite-analyze`` run the same kind of record-everything
+sweep on the families of ``_tasks.py`` (development and held-out, ``RESULTS.md`` section 13):
+runs in ``_suite_runs.py`` (artifacts in ``benchmarks/out/suite``), commands in
+``_suite_cli.py``, the replayed stops and curve tables in ``_suite_analysis.py``::
+
+    python benchmarks/overfitting.py suite-train --jobs 2     # 9 families x 5 p x 3 seeds
+    python benchmarks/overfitting.py suite-train --quick --out /tmp/suite   # seconds
+    python benchmarks/overfitting.py suite-analyze
 """
 
 from __future__ import annotations
@@ -97,6 +108,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_info.utilities.data import corrupt_labels, load_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules next to this file
+import _suite_cli as _suite
 
 OUT = Path(__file__).resolve().parent / "out" / "overfitting"
 
@@ -583,6 +597,7 @@ def analyze(out: Path, *, compute: bool = True) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _suite.add_commands(sub)
     tr = sub.add_parser("train", help="train the runs and save one artifact per run")
     tr.add_argument("--datasets", nargs="+", choices=sorted(SPLITS), default=["mnist", "digits"])
     tr.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
@@ -600,6 +615,8 @@ def main(argv: list[str] | None = None) -> None:
         "--cached-only", action="store_true", help="only runs whose signals are computed already"
     )
     args = parser.parse_args(argv)
+    if args.command.startswith("suite-"):
+        return _suite.run_command(args)
     if args.command == "train":
         cmd_train(args)
     elif args.command == "summary":

@@ -126,3 +126,27 @@ def test_summary_compares_on_the_same_seeds_against_the_best_peer(bench):
     assert fields[10] == "0.85"
     assert fields[11] == "0.75 (grad_norm)"  # tie with cleanlab: the first in PEERS
     assert fields[12:] == ["4.0", "40.0"]
+
+
+@pytest.mark.slow
+def test_suite_mislabel_quick_cell(tmp_path):
+    """Issue 19: one shrunken cell of the suite's mislabel harness (a held-out family with
+    BatchNorm and SGD + cosine): every method scores, the metrics are valid, the report runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import _suite_mislabel
+
+    lines = _suite_mislabel.run_cell(
+        "tabular_warped_mlp_bn", 0.3, 0, tmp_path, epochs=2, max_train=200
+    )
+    errors = [line for line in lines if "error" in line]
+    assert not errors, errors
+    methods = {line["method"] for line in lines}
+    assert {"loss", "tracin", "sui_looerr", "sui_weight"} <= methods
+    for line in lines:
+        assert 0.0 <= line["auroc"] <= 1.0
+        assert 0.0 <= line["precision_at_k"] <= 1.0
+        assert line["regime"] in ("moderate", "memorize")
+    # the loss of a network that barely trained still ranks flipped labels above chance
+    loss = [line for line in lines if line["method"] == "loss"]
+    assert all(line["auroc"] > 0.5 for line in loss)
+    assert "tabular_warped_mlp_bn" in _suite_mislabel.report(tmp_path)
