@@ -82,12 +82,11 @@ def suspicious_samples(
     ``by="loo_error"`` ranks by the same leave-one-out runs seen from the sample itself: :math:`\lVert
     f_{S\setminus i}(x_i) - y_i\rVert^2`, how badly the run trained without the sample predicts
     its label (an exact N-fold cross-validation of the linearized network, no extra training).
-    On flipped labels it is the strongest ranking we measured, so it is the default for a score
-    container that has it (``benchmarks/RESULTS.md`` section 9: with the callback's defaults it
-    is within 0.005 AUROC of the best of the training loss, cleanlab's 5-fold cross-validated
-    label quality, TracIn and TRAK in every cell measured, before and after the network has
-    memorized the flipped labels, and far above them after). The ranking, for the chosen
-    score :math:`s`, is
+    It is the default for a score container that has it: on flipped labels it was the strongest
+    of SUI's rankings on the development tasks (``benchmarks/RESULTS.md`` section 9); on the
+    held-out tasks it keeps its ranking after the network has memorized the flipped labels,
+    while before that the training loss of the best epoch can lead it by up to 0.03 AUROC
+    (section 13.5). The ranking, for the chosen score :math:`s`, is
 
     .. math::
 
