@@ -36,7 +36,7 @@ def _s(run: dict, key: str) -> np.ndarray:
 #: Short names of the tables: ES5 / ES10 = ``EarlyStopping("val_acc", patience=5 / 10)`` + best
 #: restore (ES5 is the baseline); new = ``StopRule(patience=10, info_drop=None)`` on val_acc and
 #: held-out DSMI(Z;Y) (the new default of ``OverfittingEarlyStopping``); old = ``StopRule()`` (the
-#: previous default, with the memorization stop); label-free = ``StopRule()`` with no score on
+#: previous default, with the memorization stop: ``info_drop=0.2`` explicitly); label-free = ``StopRule()`` with no score on
 #: ``dsmi_z`` (``OverfittingEarlyStopping.label_free()``); ES5(knn5) = ``EarlyStopping`` on the 5-NN
 #: probe accuracy (the companion signal, needs probe labels); no stop = the last epoch.
 POLICIES = {
@@ -44,7 +44,7 @@ POLICIES = {
     BASELINE: lambda r: early_stopping(_c(r, "val_acc"), "max", patience=5),
     "ES10": lambda r: early_stopping(_c(r, "val_acc"), "max", patience=10),
     NEW: lambda r: stop_rule(_c(r, "val_acc"), _s(r, "dsmi_y"), patience=10, info_drop=None),
-    OLD: lambda r: stop_rule(_c(r, "val_acc"), _s(r, "dsmi_y")),
+    OLD: lambda r: stop_rule(_c(r, "val_acc"), _s(r, "dsmi_y"), info_drop=0.2),
     LABEL_FREE: lambda r: stop_rule(None, _s(r, "dsmi_z")),
     "ES5(knn5)": lambda r: early_stopping(_s(r, "knn5"), "max", patience=5),
 }

@@ -157,8 +157,8 @@ class _Lit:
 
 
 def sui_scores(task: Task, model: nn.Module, init_state, x, y, x_val, y_val, steps: int):
-    from lightning_info.callbacks._sui_recipe import TrainingRecipe
     from lightning_info.callbacks.sui import SmoothUniqueInformation
+    from lightning_info.functional.training_recipe import TrainingRecipe
 
     module = _Lit.make(model, task)
     init = {f"net.net.{k}": v for k, v in init_state.items()}
@@ -172,7 +172,7 @@ def sui_scores(task: Task, model: nn.Module, init_state, x, y, x_val, y_val, ste
         num_param_groups=1,
         has_scheduler=task.cosine,
     )
-    sui = SmoothUniqueInformation(max_samples=None, progress=False)
+    sui = SmoothUniqueInformation(max_samples=None)
     scores = sui.score(
         module,
         TensorDataset(x, y),

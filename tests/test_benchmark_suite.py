@@ -121,7 +121,9 @@ def test_probe_signals_are_the_monitors(overfitting):
     y = torch.randint(0, 4, (200,), generator=gen)
     z = torch.randn(200, 16, generator=gen) + 6.0 * torch.nn.functional.one_hot(y, 16).float()
     ours = _suite_runs.probe_signals(z, y)
-    options = DiffusionSpectralEntropy(sigma="median", dtype=torch.float32).options()
+    options = DiffusionSpectralEntropy(
+        sigma="median", dtype=torch.float32, max_samples=None
+    ).options()
     metric = _DiffusionProfile(("dsmi_y",), num_repeats=5, self_clusters=10, **options)
     metric.update(z, y[:, None])
     profile = metric.compute()
