@@ -207,11 +207,13 @@ def run_cell(
     *,
     epochs: int | None = None,
     max_train: int | None = None,
+    optional_peers: bool = True,
 ) -> list[dict]:
     """Every method at both regimes of one cell; returns the result lines (also appended).
 
     ``epochs`` / ``max_train`` (the first samples of the training split) shrink a cell for the
-    quick test; the reported cells use neither.
+    quick test; the reported cells use neither. ``optional_peers=False`` leaves out the peers
+    that need the optional ``bench`` extra (cleanlab, TRAK), as the quick test does.
     """
     import dataclasses
 
@@ -260,15 +262,16 @@ def run_cell(
         run("loss", _loss, logits, y)
         cps = sorted({max(1, round(epoch * (i + 1) / CHECKPOINTS)) for i in range(CHECKPOINTS)})
         run("tracin", _tracin, model, history, cps, x, y)
-        if "cleanlab" not in shared:
+        if optional_peers and "cleanlab" not in shared:
             run("cleanlab", cleanlab_scores, task, x, y, seed, moderate)
             shared["cleanlab"] = scores.get("cleanlab")
-        elif shared["cleanlab"] is not None:
+        elif shared.get("cleanlab") is not None:
             scores["cleanlab"] = shared["cleanlab"]
         model.load_state_dict(state)
         net = Logits(model).eval()
         ctx = types.SimpleNamespace(net=net, x_train=x, y_train=y, info=lambda **kw: None)
-        run("trak", score_trak, ctx)
+        if optional_peers:
+            run("trak", score_trak, ctx)
         if "sui" not in shared or task.optimizer_name == "sgd":
             # adaptive optimizers: SUI scores the converged linearized run at the initial
             # weights, whatever the step count, so both regimes share one call
