@@ -370,8 +370,8 @@ class OverfittingEarlyStopping(EarlyStopping):
     or when ``score_monitor="auto"`` recognises none of the logged validation metrics (naming
     them). The same instance can be used for several fits (a cross-validation loop): each fit
     starts afresh in ``setup``, except a fit resumed from a checkpoint, which continues with the
-    checkpoint's state. Regret against ``EarlyStopping`` + best restore on the benchmark tasks:
-    ``benchmarks/RESULTS.md``.
+    checkpoint's state. Regret against ``EarlyStopping`` + best restore on tasks its defaults
+    were not chosen on: ``benchmarks/RESULTS.md`` section 13 (held-out families).
 
     Args:
         monitor: key of held-out DSMI(Z;Y). Default ``"info/dsmi_y/penultimate"``.
