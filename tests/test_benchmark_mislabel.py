@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import sys
@@ -10,21 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import loaded_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mislabel.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    name = "_benchmark_mislabel_under_test"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
-    try:
-        spec.loader.exec_module(module)
+    with loaded_script(SCRIPT, "_benchmark_mislabel_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 def _brute_auroc(scores: np.ndarray, positives: np.ndarray) -> float:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import loaded_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -15,12 +15,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.fixture(scope="module")
 def overfitting():
     """Import ``benchmarks/overfitting.py`` (a script, not a package) as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_overfitting", BENCHMARKS / "overfitting.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with loaded_script(BENCHMARKS / "overfitting.py", "bench_overfitting") as module:
+        yield module
 
 
 @pytest.mark.slow

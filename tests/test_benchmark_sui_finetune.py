@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _scripts import loaded_script
 from scipy.stats import pearsonr, spearmanr
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sui_finetune.py"
@@ -17,15 +16,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sui_finetune.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    name = "_benchmark_sui_finetune_under_test"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
-    try:
-        spec.loader.exec_module(module)
+    with loaded_script(SCRIPT, "_benchmark_sui_finetune_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 def test_batch_schedule_is_a_seeded_permutation_per_epoch(bench):

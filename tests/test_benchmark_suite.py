@@ -3,13 +3,13 @@ the replayed signals against the monitor's own metric, and the analysis against 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import loaded_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -18,12 +18,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def overfitting():
     """Import ``benchmarks/overfitting.py`` (a script) as a module; it puts ``benchmarks/`` on the
     path, so the helper modules import too."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_overfitting", BENCHMARKS / "overfitting.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with loaded_script(BENCHMARKS / "overfitting.py", "bench_overfitting") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
