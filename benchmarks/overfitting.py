@@ -111,6 +111,8 @@ from lightning_info.utilities.data import corrupt_labels, load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules next to this file
 import _suite_cli as _suite
+from _suite_runs import _acc, _forward
+from _tasks import Net
 
 OUT = Path(__file__).resolve().parent / "out" / "overfitting"
 
@@ -168,19 +170,6 @@ CURVES = (
 
 
 # ----------------------------------------------------------------------------- models
-
-
-class Net(nn.Module):
-    """``body`` maps inputs to the 128-d penultimate features, ``head`` is the last ``nn.Linear``."""
-
-    def __init__(self, body: nn.Module, head: nn.Linear) -> None:
-        super().__init__()
-        self.body = body
-        self.head = head
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.body(x)
-        return features, self.head(features)
 
 
 def make_model(recipe: str, input_dim: int, image_shape: tuple[int, int]) -> Net:
@@ -250,22 +239,6 @@ def run_name(dataset: str, recipe: str, noise: float, seed: int) -> str:
     return f"{dataset}_{recipe}_p{noise:.1f}_s{seed}"
 
 
-@torch.no_grad()
-def _forward(model: Net, x: Tensor, batch: int = 128) -> tuple[Tensor, Tensor]:
-    feats, logits = [], []
-    for i in range(0, x.shape[0], batch):
-        f, lo = model(x[i : i + batch])
-        feats.append(f)
-        logits.append(lo)
-    return torch.cat(feats), torch.cat(logits)
-
-
-def _acc(logits: Tensor, y: Tensor) -> float:
-    if y.numel() == 0:
-        return math.nan
-    return (logits.argmax(1) == y).double().mean().item()
-
-
 def train_run(
     dataset: str,
     recipe_name: str,
@@ -321,9 +294,9 @@ def train_run(
 
         t0 = time.perf_counter()
         model.eval()
-        f_va, lo_va = _forward(model, x_va)
-        _, lo_te = _forward(model, x_te)
-        f_tr, lo_tr = _forward(model, x_tr)
+        f_va, lo_va = _forward(model, x_va, batch=128)
+        _, lo_te = _forward(model, x_te, batch=128)
+        f_tr, lo_tr = _forward(model, x_tr, batch=128)
         curves["val_acc"][epoch] = _acc(lo_va, y_va)
         curves["val_loss"][epoch] = F.cross_entropy(lo_va, y_va).item()
         curves["test_acc"][epoch] = _acc(lo_te, y_te)
