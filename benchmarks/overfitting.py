@@ -96,7 +96,6 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
-import os
 import signal
 import sys
 import time
@@ -111,7 +110,7 @@ from lightning_info.utilities.data import corrupt_labels, load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules next to this file
 import _suite_cli as _suite
-from _suite_runs import _acc, _forward
+from _suite_runs import _acc, _forward, save_atomic
 from _tasks import Net
 
 OUT = Path(__file__).resolve().parent / "out" / "overfitting"
@@ -347,17 +346,6 @@ def train_run(
         "epoch_seconds": epoch_seconds,
         "eval_seconds": eval_seconds,
     }
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def summarize(art: dict) -> str:
