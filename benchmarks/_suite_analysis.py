@@ -19,6 +19,8 @@ from _overfitting_policies import Outcome, early_stopping, no_stop, regret, stop
 from _overfitting_signals import spearman
 from _tasks import DEVELOPMENT, HELD_OUT, TASKS
 
+from lightning_info.callbacks.early_stopping import LABEL_FREE_MIN_LOSS_FRACTION, kept_loss_fraction
+
 BASELINE = "ES5"
 NEW = "new"
 OLD = "old"
@@ -184,6 +186,61 @@ def curves_table(runs: list[dict], split: str) -> str:
     return "\n".join(lines)
 
 
+#: Thresholds of the label-free check compared on the development families (issue 19).
+CHECK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+#: A label-free run is "bad" when its regret exceeds the issue's 3 pp.
+BAD_REGRET = 3.0
+
+
+def label_free_fraction(run: dict, outcome: Outcome) -> float | None:
+    """The label-free check as ``OverfittingEarlyStopping`` runs it at train end.
+
+    The training losses of epochs 1..stop (the mean minibatch loss of each epoch, what
+    ``self.log("train_loss", ..., on_epoch=True)`` aggregates) and the kept epoch go through the
+    same :func:`~lightning_info.callbacks.early_stopping.kept_loss_fraction`.
+    """
+    losses = _c(run, "train_loss")
+    recorded = {e: float(losses[e]) for e in range(1, outcome.stop_epoch + 1)}
+    return kept_loss_fraction(recorded, outcome.kept_epoch)
+
+
+def check_table(runs: list[dict], split: str, thresholds: tuple[float, ...]) -> str:
+    """Per family and threshold: how often the label-free check warns, on bad and good runs."""
+    table = regrets(runs)
+    lines = [
+        "| family | threshold | runs | bad runs (regret > 3 pp) | warned on bad | warned on good "
+        "| mean regret: warned / not warned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    totals = {t: [0, 0, 0, 0] for t in thresholds}
+    for fam in [f for f in TASKS if TASKS[f].split == split and f in table]:
+        rows = table[fam][LABEL_FREE]
+        for t in thresholds:
+            warned = [(f := label_free_fraction(r, o)) is not None and f < t for r, o, _ in rows]
+            bad = [g > BAD_REGRET for _, _, g in rows]
+            caught = sum(w and b for w, b in zip(warned, bad))
+            false = sum(w and not b for w, b in zip(warned, bad))
+            gw = [g for (_, _, g), w in zip(rows, warned) if w]
+            gn = [g for (_, _, g), w in zip(rows, warned) if not w]
+            lines.append(
+                f"| {fam} | {t} | {len(rows)} | {sum(bad)} | {caught} / {sum(bad)} | "
+                f"{false} / {len(rows) - sum(bad)} | {_mean(gw):.1f} / {_mean(gn):.1f} |"
+            )
+            tot = totals[t]
+            tot[0] += caught
+            tot[1] += sum(bad)
+            tot[2] += false
+            tot[3] += len(rows) - sum(bad)
+    for t, (caught, n_bad, false, n_good) in totals.items():
+        tpr = caught / n_bad if n_bad else math.nan
+        fpr = false / n_good if n_good else math.nan
+        lines.append(
+            f"| **all** | {t} | {n_bad + n_good} | {n_bad} | {caught} / {n_bad} | "
+            f"{false} / {n_good} | Youden J = {tpr - fpr:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def analyze(out: Path, seeds: list[int] | None = None) -> str:
     """Every table, development and held-out separately, as markdown (``seeds``: only those)."""
     runs = [r for r in load_runs(out) if seeds is None or r["seed"] in seeds]
@@ -195,6 +252,10 @@ def analyze(out: Path, seeds: list[int] | None = None) -> str:
         parts.append(criteria_table(runs, split))
         parts.append(f"\n### {split} families: curves\n")
         parts.append(curves_table(runs, split))
+        # the threshold is chosen on the development families; held-out sees only the default
+        thresholds = CHECK_THRESHOLDS if split == DEVELOPMENT else (LABEL_FREE_MIN_LOSS_FRACTION,)
+        parts.append(f"\n### {split} families: the label-free stop's check\n")
+        parts.append(check_table(runs, split, thresholds))
     return "\n".join(parts)
 
 

@@ -188,7 +188,7 @@ def _tasks_of(cfg):
     return _tasks.TASKS[cfg["task"]]
 
 
-def _run(task: str, noise: float, val, test, dsmi, dsmi_z=None) -> dict:
+def _run(task: str, noise: float, val, test, dsmi, dsmi_z=None, train_loss=None) -> dict:
     n = len(val)
     t = lambda v: torch.tensor(v, dtype=torch.float64)
     return {
@@ -199,6 +199,7 @@ def _run(task: str, noise: float, val, test, dsmi, dsmi_z=None) -> dict:
             "val_acc": t(val),
             "test_acc": t(test),
             "train_acc_corrupted": t([math.nan] * n),
+            "train_loss": t([math.nan] * n if train_loss is None else train_loss),
         },
         "signals": {
             "dsmi_y": t(dsmi),
@@ -234,3 +235,40 @@ def test_policy_replay_by_hand(overfitting):
     assert table["no stop"][0][2] == pytest.approx(20.0)
     crit = A.criteria_table([run], "held-out")
     assert "| tokens_transformer | 10.00 / 10.0 | 10.00 / 10.0 | yes | yes |" in crit
+
+
+def test_label_free_check_replay_by_hand(overfitting):
+    """The label-free stop keeps epoch 1 (its DSMI maximum) and stops at epoch 4 (DSMI below 80 %
+    of it at epochs 3 and 4); the kept epoch made 0 % of the training-loss decrease of epochs
+    1..4 (2.0 -> 1.0), while test accuracy peaks at epoch 4 (40 pp of regret): a bad run that
+    the check catches at every threshold. A second run keeps its last epoch: no warning."""
+    import _suite_analysis as A
+
+    nan = math.nan
+    bad = _run(
+        "tokens_transformer",
+        0.0,
+        val=[0.1, 0.2, 0.4, 0.5, 0.6],
+        test=[0.1, 0.2, 0.4, 0.5, 0.6],
+        dsmi=[0.1] * 5,
+        dsmi_z=[0.5, 1.0, 0.9, 0.7, 0.6],
+        train_loss=[nan, 2.0, 1.6, 1.2, 1.0],
+    )
+    good = _run(
+        "tokens_transformer",
+        0.0,
+        val=[0.1, 0.2, 0.4, 0.5, 0.6],
+        test=[0.1, 0.2, 0.4, 0.5, 0.6],
+        dsmi=[0.1] * 5,
+        dsmi_z=[0.5, 0.6, 0.7, 0.8, 0.9],
+        train_loss=[nan, 2.0, 1.6, 1.2, 1.0],
+    )
+    (_, out, g) = A.regrets([bad])["tokens_transformer"][A.LABEL_FREE][0]
+    assert (out.stop_epoch, out.kept_epoch) == (4, 1)
+    assert g == pytest.approx(40.0)
+    assert A.label_free_fraction(bad, out) == pytest.approx(0.0)
+    (_, out, g) = A.regrets([good])["tokens_transformer"][A.LABEL_FREE][0]
+    assert (out.stop_epoch, out.kept_epoch) == (4, 4)
+    assert A.label_free_fraction(good, out) == pytest.approx(1.0)
+    table = A.check_table([bad, good], "held-out", (0.4,))
+    assert "| tokens_transformer | 0.4 | 2 | 1 | 1 / 1 | 0 / 1 | 40.0 / 0.0 |" in table

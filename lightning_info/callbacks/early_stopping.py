@@ -29,7 +29,7 @@ from typing_extensions import override
 from lightning_info.utilities.checks import _check_int, _check_positive
 from lightning_info.utilities.compat import EarlyStopping, callback_state_key
 
-__all__ = ["OverfittingEarlyStopping", "StopReason", "StopRule"]
+__all__ = ["OverfittingEarlyStopping", "StopReason", "StopRule", "kept_loss_fraction"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -47,6 +47,22 @@ SCORE_KEYS: tuple[tuple[str, str], ...] = (
 
 #: The memorization threshold that ``info_drop="auto"`` uses when no validation metric is logged.
 DEFAULT_INFO_DROP = 0.2
+
+#: Training-loss keys tried, in order, by ``train_monitor="auto"`` (the label-free check).
+#: An epoch aggregate (``*_epoch``, logged with ``on_step=True, on_epoch=True``) comes first.
+TRAIN_LOSS_KEYS: tuple[str, ...] = (
+    "train_loss_epoch",
+    "train_loss",
+    "train/loss_epoch",
+    "train/loss",
+    "training_loss",
+    "loss",
+)
+
+#: Without a validation metric, the stop warns when the kept epoch had made less than this
+#: fraction of the training-loss decrease seen by the end of the run (:func:`kept_loss_fraction`;
+#: chosen on the development families of ``benchmarks/RESULTS.md`` section 13.6).
+LABEL_FREE_MIN_LOSS_FRACTION = 0.4
 
 #: A logged key that names a validation metric ("val_f1", "valid/auc", "validation_loss", ...).
 _VALIDATION_KEY = re.compile(r"(^|[/_.\-])val(id|idation)?([/_.\-]|$)", re.IGNORECASE)
@@ -277,6 +293,43 @@ class StopRule:
             setattr(self, key, value)
 
 
+def kept_loss_fraction(train_losses: Mapping[int, float], kept_epoch: int | None) -> float | None:
+    r"""The fraction of the run's training-loss decrease that the kept epoch had made.
+
+    With :math:`L_e` the training loss of epoch :math:`e` (the mean minibatch loss, as
+    Lightning aggregates ``self.log("train_loss", ..., on_epoch=True)``), :math:`a` the first
+    and :math:`b` the last recorded epoch and :math:`k` the kept one:
+
+    .. math::
+
+        \frac{L_a - L_k}{L_a - L_b}.
+
+    A label-free stop whose kept weights made only a small part of the decrease kept a nearly
+    untrained network, or stopped a run that was still learning: on the suite's families the
+    label-free stop lost more than 3 pp of test accuracy on most such runs
+    (``benchmarks/RESULTS.md`` section 13.6).
+
+    Args:
+        train_losses: epoch -> training loss of the epochs recorded so far.
+        kept_epoch: the epoch whose weights are kept.
+
+    Returns:
+        The fraction, or None when it is undefined: no kept epoch, its loss not recorded, a
+        non-finite loss, or no decrease from the first to the last epoch.
+
+    Example:
+        >>> kept_loss_fraction({0: 2.0, 1: 1.5, 2: 1.0, 3: 0.0}, kept_epoch=1)  # 0.5 of 2.0
+        0.25
+    """
+    if kept_epoch is None or kept_epoch not in train_losses:
+        return None
+    first, last = train_losses[min(train_losses)], train_losses[max(train_losses)]
+    kept = train_losses[kept_epoch]
+    if not all(math.isfinite(v) for v in (first, last, kept)) or not first > last:
+        return None
+    return (first - kept) / (first - last)
+
+
 def _check_fraction(value: Any, name: str) -> float:
     """A number in [0, 1).
 
@@ -363,7 +416,11 @@ class OverfittingEarlyStopping(EarlyStopping):
     information drop (``info_drop="auto"``: 20 %) stops the run. With
     ``monitor="info/dsmi_z/penultimate"`` (add ``"dsmi_z"`` to the monitor's ``quantities``) no
     label is needed at all: DSMI with k-means clusters of the held-out features
-    (:meth:`label_free`).
+    (:meth:`label_free`). That signal is unreliable on some tasks (the features of the untrained
+    network already cluster, so it peaks in the first epochs), so without a validation metric
+    the stop also records the training loss (``train_monitor``) and, at the end of training,
+    **warns once** when the kept epoch had made less than 40 % of the run's training-loss
+    decrease (:func:`kept_loss_fraction`); ``signal_warning`` holds the message.
 
     Works with zero arguments, with or without the monitor (no ``num_classes`` needed). At the
     first evaluation of a fit it reports which values it decides on and warns when it has none,
@@ -392,6 +449,10 @@ class OverfittingEarlyStopping(EarlyStopping):
         restore_best_weights: restore the best epoch's weights at train end and on an exception.
         verbose: log the decision at every evaluation.
         log_rank_zero_only: log only on rank 0 (else every rank logs, prefixed with its rank).
+        train_monitor: the training-loss key of the label-free check (used only without a
+            validation metric): ``"auto"`` (the first of ``train_loss_epoch``, ``train_loss``,
+            ``train/loss_epoch``, ``train/loss``, ``training_loss``, ``loss`` that is logged;
+            best logged with ``on_epoch=True``), a key, or None (no check).
 
     Attributes:
         rule: the :class:`StopRule` (its ``history``: ``(epoch, score, dsmi)`` per evaluation).
@@ -399,6 +460,7 @@ class OverfittingEarlyStopping(EarlyStopping):
         stopped_epoch: the epoch at which training was stopped (0 if it was not).
         stop_reason: why it stopped, a :class:`StopReason` (None if it did not); Lightning's
             ``stopping_reason`` holds the nearest ``EarlyStoppingReason``.
+        signal_warning: the label-free check's warning of the last fit, None if it gave none.
 
     Distributed: the rule runs on rank 0 and its decision (stop, new best) is broadcast, so every
     rank stops at the same epoch and keeps the same weights.
@@ -427,20 +489,22 @@ class OverfittingEarlyStopping(EarlyStopping):
         restore_best_weights: bool = True,
         verbose: bool = False,
         log_rank_zero_only: bool = False,
+        train_monitor: str | None = "auto",
     ) -> None:
         """Validate the options and build the rule (the arguments are in the class docstring).
 
         Raises:
-            TypeError: if ``monitor`` is not a string or ``score_monitor`` neither a string nor None.
+            TypeError: if ``monitor`` is not a string, or ``score_monitor`` or ``train_monitor``
+                neither a string nor None.
             ValueError: on an invalid ``score_mode``, ``patience``, ``info_drop``, ``info_patience``
                 or ``info_tolerance``.
         """
-        if not isinstance(monitor, str) or not (
-            score_monitor is None or isinstance(score_monitor, str)
+        if not isinstance(monitor, str) or not all(
+            v is None or isinstance(v, str) for v in (score_monitor, train_monitor)
         ):
             raise TypeError(
-                f"`monitor` must be a string and `score_monitor` a string or None; got {monitor!r}, "
-                f"{score_monitor!r}."
+                "`monitor` must be a string, `score_monitor` and `train_monitor` strings or None; "
+                f"got {monitor!r}, {score_monitor!r}, {train_monitor!r}."
             )
         patience = _check_int(patience, "patience", minimum=1)
         super().__init__(
@@ -456,6 +520,7 @@ class OverfittingEarlyStopping(EarlyStopping):
             raise ValueError(f"`score_mode` must be 'max' or 'min'; got {score_mode!r}.")
         self.score_monitor = score_monitor
         self.score_mode = score_mode
+        self.train_monitor = train_monitor
         self.restore_best_weights = bool(restore_best_weights)
         self.rule = StopRule(
             patience=patience,
@@ -478,6 +543,12 @@ class OverfittingEarlyStopping(EarlyStopping):
 
             DiffusionSpectralEntropyMonitor(quantities=("dse", "dsmi_z"))
             OverfittingEarlyStopping.label_free()
+
+        It is unfit for some tasks (on the benchmark's held-out families: 2.0-2.5 pp mean regret
+        on two, 5-39 pp on a Transformer and a GRU, ``benchmarks/RESULTS.md`` section 13), and it
+        warns at train end when the epoch it kept had made less than 40 % of the run's
+        training-loss decrease (log the training loss with ``on_epoch=True``; see
+        ``train_monitor``), which caught most of the runs where it lost more than 3 pp.
 
         Args:
             layer: the monitored layer's logged name.
@@ -530,6 +601,7 @@ class OverfittingEarlyStopping(EarlyStopping):
             "stop_reason": None if self.stop_reason is None else str(self.stop_reason),
             "score_key": None if self._score_key is None else list(self._score_key),
             "best_state": self._best_state,
+            "train_losses": [[e, v] for e, v in sorted(self._train_losses.items())],
         }
 
     @override
@@ -541,6 +613,7 @@ class OverfittingEarlyStopping(EarlyStopping):
         key = state_dict.get("score_key")
         self._score_key = None if key is None else (key[0], key[1])
         self._best_state = state_dict.get("best_state")
+        self._train_losses = {int(e): float(v) for e, v in state_dict.get("train_losses", [])}
         self._checked_keys = bool(self.rule.history)
         self._restored = False
 
@@ -574,7 +647,11 @@ class OverfittingEarlyStopping(EarlyStopping):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Restore the best epoch's weights (before any callback's ``on_fit_end``)."""
+        """Check a label-free run's kept epoch, then restore the best epoch's weights.
+
+        The restore runs before any callback's ``on_fit_end``.
+        """
+        self._check_label_free(trainer)
         self._restore(pl_module)
 
     @override
@@ -606,8 +683,18 @@ class OverfittingEarlyStopping(EarlyStopping):
         if trainer.is_global_zero:
             counted, stop, best = self._decide(trainer, pl_module, logs)
         # rank 0 decides for all: every rank gets its decision and its rule's state
-        counted, stop, best, state, self._non_finite = trainer.strategy.broadcast(
-            (counted, stop, best, self.rule.state_dict(), self._non_finite), src=0
+        counted, stop, best, state, self._non_finite, self._train_losses = (
+            trainer.strategy.broadcast(
+                (
+                    counted,
+                    stop,
+                    best,
+                    self.rule.state_dict(),
+                    self._non_finite,
+                    self._train_losses,
+                ),
+                src=0,
+            )
         )
         self.rule.load_state_dict(state)
         if not counted:
@@ -639,6 +726,8 @@ class OverfittingEarlyStopping(EarlyStopping):
             bad = [f"`{k}` = {v}" for k, v in self._named(score, info) if not math.isfinite(v)]
             self._non_finite = "the model's weights" if diverged else ", ".join(bad) or None
         stop, best = self.rule.update(trainer.current_epoch, score, info)
+        if score is None:
+            self._record_train_loss(trainer.current_epoch, logs)
         return True, stop, best
 
     def _named(self, score: float | None, info: float | None) -> list[tuple[str, float]]:
@@ -656,6 +745,9 @@ class OverfittingEarlyStopping(EarlyStopping):
         self._checked_keys = False
         self._restored = False
         self._non_finite: str | None = None
+        self._train_losses: dict[int, float] = {}
+        self._train_key_missing_warned = False
+        self.signal_warning: str | None = None
         self._module: weakref.ReferenceType[pl.LightningModule] | None = None
         self.wait_count = 0
         self.stopped_epoch = 0
@@ -720,6 +812,49 @@ class OverfittingEarlyStopping(EarlyStopping):
         if value is None:
             return None
         return value if self._score_key[1] == "max" else -value
+
+    def _record_train_loss(self, epoch: int, logs: Mapping[str, Any]) -> None:
+        """Keep this epoch's training loss for the label-free check (rank 0)."""
+        if self.train_monitor is None:
+            return
+        keys = TRAIN_LOSS_KEYS if self.train_monitor == "auto" else (self.train_monitor,)
+        key = next((k for k in keys if k in logs), None)
+        if key is not None:
+            self._train_losses[int(epoch)] = _value(logs, key)
+        elif not self._train_key_missing_warned:
+            self._train_key_missing_warned = True
+            rank_zero_warn(
+                f"{type(self).__name__}: without a validation metric the stop checks its "
+                f"label-free signal `{self.monitor}` against the training loss, but none of "
+                f"{list(keys)} is logged, so the check is off. Log it with "
+                "`self.log('train_loss', loss, on_epoch=True)`, pass `train_monitor=<key>`, or "
+                f"`train_monitor=None` to silence this. Logged: {sorted(logs)}.",
+                category=RuntimeWarning,
+            )
+
+    def _check_label_free(self, trainer: pl.Trainer) -> None:
+        """Warn once when a run decided without a validation metric kept a barely-fit epoch.
+
+        The same on every rank: the losses and the rule's state are rank 0's.
+        """
+        if self._score_key is not None or not self._train_losses or self.signal_warning:
+            return
+        kept = self.rule.best_epoch
+        fraction = kept_loss_fraction(self._train_losses, kept)
+        if fraction is None or fraction >= LABEL_FREE_MIN_LOSS_FRACTION:
+            return
+        first, last = min(self._train_losses), max(self._train_losses)
+        self.signal_warning = (
+            f"{type(self).__name__}: `{self.monitor}` may not track learning on this run: the "
+            f"kept epoch {kept} had made {fraction:.0%} of the training-loss decrease seen by "
+            f"epoch {last} ({self._train_losses[first]:.4g} at epoch {first} -> "
+            f"{self._train_losses[kept]:.4g} -> {self._train_losses[last]:.4g}), less than "
+            f"{LABEL_FREE_MIN_LOSS_FRACTION:.0%}. On the benchmark runs where this happened the "
+            "label-free stop mostly kept weights far from the best test accuracy "
+            "(benchmarks/RESULTS.md section 13.6). Check the kept weights on a few labelled "
+            "samples, or log a validation metric."
+        )
+        rank_zero_warn(self.signal_warning, category=RuntimeWarning)
 
     def _restore(self, pl_module: pl.LightningModule) -> None:
         """Load the kept weights into ``pl_module``, if they are this module's (of this fit)."""

@@ -449,3 +449,101 @@ def test_label_free_mode_and_resume_state(tmp_path):
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert repr(resumed.rule) == repr(stopper.rule)
     assert resumed.best_epoch == stopper.best_epoch
+
+
+# ------------------------------------------------------------------------------------------
+# the label-free check: the kept epoch's share of the training-loss decrease
+# ------------------------------------------------------------------------------------------
+def test_kept_loss_fraction_is_the_share_of_the_decrease_made_by_the_kept_epoch():
+    losses = {0: 2.0, 1: 1.5, 2: 0.5, 3: 0.25, 4: 0.0}
+    for kept, want in [(0, 0.0), (1, 0.25), (2, 0.75), (3, 0.875), (4, 1.0)]:
+        assert early_stopping_module.kept_loss_fraction(losses, kept) == pytest.approx(want)
+    # the first and last *recorded* epochs bound the decrease (a resumed run starts later)
+    assert early_stopping_module.kept_loss_fraction({3: 1.0, 5: 0.5, 9: 0.0}, 5) == 0.5
+    for bad_losses, kept in [
+        (losses, None),  # nothing kept yet
+        (losses, 7),  # the kept epoch's loss was not recorded
+        ({0: 1.0, 1: 1.0}, 0),  # no decrease: undefined
+        ({0: 1.0, 1: 2.0}, 0),  # the loss rose
+        ({0: 1.0, 1: math.nan, 2: 0.5}, 1),  # non-finite
+    ]:
+        assert early_stopping_module.kept_loss_fraction(bad_losses, kept) is None
+
+
+def _scripted_signal(values, log_train_loss=True):
+    """A module that logs ``values[epoch]`` as the label-free DSMI (no monitor needed)."""
+
+    class Scripted(NoNumClasses):
+        def on_validation_epoch_end(self):
+            self.log("info/dsmi_z/penultimate", float(values[self.current_epoch]))
+
+        def training_step(self, batch, batch_idx):
+            if log_train_loss:
+                return super().training_step(batch, batch_idx)
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self(x), y)
+
+    return Scripted
+
+
+def _label_free_fit(tmp_path, values, log_train_loss=True, **kwargs):
+    stopper = OverfittingEarlyStopping.label_free(**kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer, _, recorder = _fit(
+            tmp_path,
+            stopper,
+            permute=False,
+            epochs=len(values),
+            monitor=False,
+            model=_scripted_signal(values, log_train_loss),
+        )
+    return stopper, recorder, [str(w.message) for w in caught]
+
+
+def test_label_free_stop_warns_when_it_keeps_a_barely_trained_epoch(tmp_path):
+    # the signal peaks at the first epoch and falls 20 % by epoch 3: the stop keeps epoch 0
+    stopper, recorder, messages = _label_free_fit(tmp_path, [1.0, 0.9, 0.85, 0.75, 0.7, 0.6])
+    assert (stopper.stopped_epoch, stopper.best_epoch) == (4, 0)
+    loss = {e: recorder.logged[e]["train_loss"] for e in recorder.logged}
+    share = (loss[0] - loss[0]) / (loss[0] - loss[4])  # the kept epoch is the first one
+    warned = [m for m in messages if "may not track learning" in m]
+    assert len(warned) == 1
+    assert warned[0] == stopper.signal_warning
+    assert f"made {share:.0%} of the training-loss decrease" in warned[0]
+    assert "kept epoch 0" in warned[0]
+    assert "by epoch 4" in warned[0]
+
+
+def test_label_free_stop_is_silent_when_the_kept_epoch_made_most_of_the_decrease(tmp_path):
+    # a rising signal: the stop keeps the last epoch, which made all of the decrease
+    stopper, _recorder, messages = _label_free_fit(tmp_path, [0.5, 0.6, 0.7, 0.8])
+    assert stopper.best_epoch == 3
+    assert stopper.stopped_epoch == 0
+    assert stopper.signal_warning is None
+    assert not [m for m in messages if "may not track" in m or "check is off" in m]
+
+
+def test_label_free_check_without_a_training_loss_says_it_is_off(tmp_path):
+    values = [1.0, 0.9, 0.85, 0.75, 0.7, 0.6]
+    stopper, _, messages = _label_free_fit(tmp_path, values, log_train_loss=False)
+    off = [m for m in messages if "check is off" in m]
+    assert len(off) == 1
+    assert "train_monitor=" in off[0]
+    assert "info/dsmi_z/penultimate" in off[0]
+    assert stopper.best_epoch == 0
+    assert stopper.signal_warning is None
+    # and it is silent when the user turns the check off
+    quiet, _, messages = _label_free_fit(tmp_path, values, False, train_monitor=None)
+    assert not [m for m in messages if "check is off" in m or "may not track" in m]
+    assert quiet.best_epoch == 0
+
+
+def test_label_free_check_state_survives_a_resume(tmp_path):
+    stopper, recorder, _ = _label_free_fit(tmp_path, [1.0, 0.9, 0.85, 0.75, 0.7, 0.6])
+    state = stopper.state_dict()
+    torch.save(state, tmp_path / "state.pt")
+    resumed = OverfittingEarlyStopping.label_free()
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    logged = {e: recorder.logged[e]["train_loss"] for e in recorder.logged if e <= 4}
+    assert resumed._train_losses == pytest.approx(logged)
