@@ -5,7 +5,9 @@ validation (301) samples, so the DistributedSampler shards are uneven and padded
 ``val_acc`` per rank (no ``sync_dist``), so the ranks see different validation accuracies; the
 callback decides on rank 0 and broadcasts. Each rank writes ``rank<r>.json`` with its rule
 history, stop and best epochs, its own logged values per epoch and a checksum of the weights it
-ends with. Usage: ``python _ddp_early_stopping_script.py OUT_DIR``.
+ends with. Usage: ``python _ddp_early_stopping_script.py OUT_DIR [label_free]``; ``label_free``
+decides without the validation metric (``score_monitor=None``), so the stop also runs its
+training-loss check on each rank's own (unsynchronised) ``train_loss``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from lightning_info.utilities.data import corrupt_labels, load_dataset, make_loa
 MAX_EPOCHS = 30
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, label_free: bool = False) -> None:
     torch.set_num_threads(1)
     ds = load_dataset("digits")
     tr, va = train_val_split(len(ds.targets), seed=0)
@@ -36,8 +38,11 @@ def main(out_dir: str) -> None:
     monitor = DiffusionSpectralEntropyMonitor(
         quantities=("dsmi_y",), max_samples=200, log_histogram=False
     )
-    stopper = OverfittingEarlyStopping()  # zero arguments, as in the single-process test
-    dump = Dump(prefixes=("info/", "val_acc"))
+    # zero arguments, as in the single-process test; or information only
+    stopper = (
+        OverfittingEarlyStopping(score_monitor=None) if label_free else OverfittingEarlyStopping()
+    )
+    dump = Dump(prefixes=("info/", "val_acc", "train_loss"))
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
@@ -69,10 +74,12 @@ def main(out_dir: str) -> None:
         "should_stop": bool(trainer.should_stop),
         "rows": dump.rows,
         "probe": monitor.state_dict()["probe_indices"].tolist(),
+        "signal_warning": stopper.signal_warning,
+        "train_losses": stopper.state_dict()["train_losses"],
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(result, fh)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], label_free=sys.argv[2:] == ["label_free"])

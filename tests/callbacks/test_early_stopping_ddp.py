@@ -39,12 +39,11 @@ def _rule(rows):
     return None, best_i
 
 
-@pytest.mark.ddp
-def test_ddp_ranks_stop_together_and_keep_the_same_weights(tmp_path):
+def _run(tmp_path, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("PL_DISABLE_FORK", None)
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path)],
+        [sys.executable, str(SCRIPT), str(tmp_path), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -53,6 +52,12 @@ def test_ddp_ranks_stop_together_and_keep_the_same_weights(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
+    return r0, r1
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_stop_together_and_keep_the_same_weights(tmp_path):
+    r0, r1 = _run(tmp_path)
     assert (r0["world_size"], r0["rank"], r1["rank"]) == (2, 0, 1)
     assert r0["probe"] == r1["probe"]
     # stopped early, at the same epoch, with the same best epoch and the same weights
@@ -70,3 +75,21 @@ def test_ddp_ranks_stop_together_and_keep_the_same_weights(tmp_path):
     # the decision is rank 0's values through the documented rule
     rows = [(r0["rows"][str(e)]["val_acc"], r0["rows"][str(e)][KEY]) for e in epochs]
     assert _rule(rows) == (r0["stopped_epoch"], r0["best_epoch"])
+
+
+@pytest.mark.ddp
+def test_ddp_label_free_check_is_rank_zeros_on_every_rank(tmp_path):
+    """Information only: the training-loss check uses rank 0's own ``train_loss`` on both ranks."""
+    r0, r1 = _run(tmp_path, "label_free")
+    assert r0["history"] == r1["history"]
+    assert r0["best_epoch"] == r1["best_epoch"]
+    assert r0["checksum"] == r1["checksum"]
+    # each rank logs its own shard's training loss; the recorded ones are rank 0's on both
+    epochs = [e for e, _ in r0["train_losses"]]
+    assert epochs == [h[0] for h in r0["history"]]
+    own0 = [r0["rows"][str(e)]["train_loss"] for e in epochs]
+    own1 = [r1["rows"][str(e)]["train_loss"] for e in epochs]
+    assert own0 != own1  # the precondition: the ranks see different values
+    assert [v for _, v in r0["train_losses"]] == pytest.approx(own0)
+    assert r1["train_losses"] == r0["train_losses"]
+    assert r0["signal_warning"] == r1["signal_warning"]
