@@ -63,6 +63,7 @@ from lightning_info.functional._jacobian_common import (
     ProjectionType,
     _check_inputs,
     _check_output_fn,
+    _check_projection,
     _DenseChunk,
     _eval_mode,
     _KernelChunk,
@@ -72,6 +73,7 @@ from lightning_info.functional._jacobian_common import (
     _Projector,
     _select_outputs,
     _Selection,
+    kronecker_weights,
 )
 from lightning_info.functional._jacobian_common import (
     _check_outputs as _check_outputs,  # re-exported: imported by functional/sui.py
@@ -202,7 +204,7 @@ def _linearize(
         params: parameter selection.
         chunk_size: samples per vmap call, or None.
         projection_dim: d, or None.
-        projection: ``"gaussian"`` or ``"rademacher"``.
+        projection: ``"gaussian"``, ``"rademacher"`` or ``"kronecker"``.
         seed: seed of the projection.
         budget: ``memory_budget_bytes``.
         output_fn: maps the model's raw output to the linearized outputs, or None.
@@ -225,8 +227,11 @@ def _linearize(
     projector = None
     if projection_dim is not None:
         d = _check_int(projection_dim, "projection_dim", minimum=1)
-        kind = _check_choice(projection, "projection", ("gaussian", "rademacher"))
-        projector = _Projector(selection.num_params, d, kind, seed, selection.like, budget)
+        kind = _check_projection(projection, d)
+        kron = kronecker_weights(model, selection) if kind == "kronecker" else ()
+        projector = _Projector(
+            selection.num_params, d, kind, seed, selection.like, budget, kron=kron
+        )
     options = _Options(projector, chunk_size, budget, output_fn, progress)
     return _FORM_TO_LINEARIZATION[form](model, probe, selection, options)
 
