@@ -19,6 +19,13 @@ Sections, each printing a Markdown table (ours vs the reference in the same run)
   (-2..2, -2..2) offset: synthetic repeats, for timing) with ``output_probes`` and d = 512, in
   the memory budget; and the ResNet-18-width network (11.2 M parameters, 32x32x3, K = 10) on a
   few samples to measure the cost per sample (``--resnet18-n``).
+* ``projection="kronecker"`` (issue 23, ``--projection``): the speed section adds the SUI row
+  with the Kronecker-factored projection (d = 512 = 16 x 32) and the floor of the K-output
+  path, the ``vmap(jacrev)`` over the layer-output offsets alone (the K output VJPs, no
+  Jacobian block, no projection); the agreement section adds Kronecker d = 512 and 2048 beside
+  dense d = 512; ``--projection kronecker`` makes the large section score with
+  ``smooth_unique_information(ntk="trace", projection_dim=512, projection="kronecker")`` (K
+  outputs) instead of the probes.
 * ``transformer``: ``TinyTransformer`` (token and position embeddings, two pre-norm blocks with
   ``nn.Linear`` attention, LayerNorm; 18,275 parameters with a 20-token vocabulary) on N = 500
   random token sequences labelled by a rule: structured vs explicit trace NTK (time, relative
@@ -32,6 +39,8 @@ Usage::
     python benchmarks/sui_resnet.py --quick
     python benchmarks/sui_resnet.py --sections speed agreement
     python benchmarks/sui_resnet.py --sections large --large-n 50000 --probes 1
+    python benchmarks/sui_resnet.py --sections large --projection kronecker --large-n 0 \
+        --resnet18-n 5000
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ from lightning_info.functional import (
     smooth_unique_information,
     unique_information_from_features,
 )
-from lightning_info.functional.jacobian import jacobian_features, kernel_from_features
+from lightning_info.functional.jacobian import _linearize, jacobian_features, kernel_from_features
 from lightning_info.functional.sui import unique_information_with_plan
 from lightning_info.models import ResNet, TinyTransformer
 
@@ -118,8 +127,46 @@ def per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: 
     return torch.cat([v.flatten(1) for v in g.values()], 1)
 
 
-def probe_features(model, x, s: int | None, dim: int | None):
-    return jacobian_features(model, x, projection_dim=dim, output_probes=s)
+def probe_features(model, x, s: int | None, dim: int | None, kind: str = "gaussian"):
+    return jacobian_features(model, x, projection_dim=dim, output_probes=s, projection=kind)
+
+
+def sui_trace(model, x, y, kind: str, **kwargs):
+    """smooth_unique_information(ntk="trace", projection_dim=512) with ``projection=kind``."""
+    return smooth_unique_information(
+        model,
+        x,
+        y,
+        learning_rate=0.05,  # planned (lowered if beyond the stability limit)
+        weight_decay=WEIGHT_DECAY,
+        ntk="trace",
+        projection_dim=DIM,
+        projection=kind,
+        **kwargs,
+    )
+
+
+def output_vjp_floor(model, x) -> float:
+    """Time of the K output VJPs of the structured path alone (vmap(jacrev) over the offsets).
+
+    The same chunks as ``jacobian_features(projection="kronecker")``; what any exact K-output
+    trace kernel pays, whatever it does with the output gradients afterwards.
+    """
+    lin = _linearize(
+        model,
+        x,
+        form="structured",
+        params=None,
+        chunk_size=None,
+        projection_dim=DIM,
+        projection="kronecker",
+    )
+
+    def run():
+        for _ in lin.map_chunks(x, lambda c: lin._jac_fn(lin.rest, lin.zero_deltas, c)):
+            pass
+
+    return timed(run)[1]
 
 
 def as_trace_features(phi: torch.Tensor, k: int) -> torch.Tensor:
@@ -141,9 +188,9 @@ def lr_for_rows(rows: torch.Tensor, n: int, k: int) -> float:
     return 0.9 * n / lam
 
 
-def sui_from_probes(model, x, y, s: int, dim: int):
+def sui_from_probes(model, x, y, s: int, dim: int, kind: str = "gaussian"):
     f0 = model_outputs(model, x, chunk_size=256).double()
-    phi = as_trace_features(probe_features(model, x, s, dim), K)
+    phi = as_trace_features(probe_features(model, x, s, dim, kind), K)
     lr = lr_for_rows(phi, len(x), K)
     return unique_information_from_features(
         phi, None, f0, onehot(y), ntk="trace", learning_rate=lr, weight_decay=WEIGHT_DECAY
@@ -211,13 +258,26 @@ def section_speed(n: int, probes: list[int]) -> list[str]:
         f"{rho(out, ref):.3f} | {peak_rss_gb():.1f} | {load()} |"
     )
     print(rows[-1], flush=True)
+    out, t = timed(lambda: sui_trace(model, x, y, "kronecker"))
+    rows.append(
+        f"| same, projection='kronecker' ({DIM} = 16 x 32), K outputs | {t:.1f} | "
+        f"{t / t_ref:.1f} | {rho(out, ref):.3f} | {peak_rss_gb():.1f} | {load()} |"
+    )
+    print(rows[-1], flush=True)
+    t = output_vjp_floor(model, x)
+    rows.append(
+        f"| floor: the K output VJPs alone (vmap(jacrev) over layer-output offsets) | {t:.1f} | "
+        f"{t / t_ref:.1f} | - | {peak_rss_gb():.1f} | {load()} |"
+    )
+    print(rows[-1], flush=True)
     for s in probes:
-        out, t = timed(lambda: sui_from_probes(model, x, y, s, DIM))  # noqa: B023
-        rows.append(
-            f"| output_probes = {s}, feature space | {t:.1f} | {t / t_ref:.1f} | "
-            f"{rho(out, ref):.3f} | {peak_rss_gb():.1f} | {load()} |"
-        )
-        print(rows[-1], flush=True)
+        for kind in ("gaussian", "kronecker"):
+            out, t = timed(lambda: sui_from_probes(model, x, y, s, DIM, kind))  # noqa: B023
+            rows.append(
+                f"| output_probes = {s}, {kind}, feature space | {t:.1f} | {t / t_ref:.1f} | "
+                f"{rho(out, ref):.3f} | {peak_rss_gb():.1f} | {load()} |"
+            )
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -232,15 +292,24 @@ def _agreement_rows(model, x, y, probes, explicit: bool, label: str) -> list[str
         f"| exact trace NTK, structured | {t_exact:.1f} | 0 | 1 | {load()} |",
     ]
     print(rows[-1], flush=True)
-    cases = [(f"projected d = {DIM}, K outputs", None, DIM)]
-    cases += [(f"output_probes = {s}, d = {DIM}", s, DIM) for s in probes]
-    cases += [(f"output_probes = {s}, no projection", s, None) for s in probes]
-    for name, s, dim in cases:
+    cases = [(f"projected d = {DIM}, K outputs", None, DIM, "gaussian")]
+    cases += [
+        (
+            f"kronecker d = {d} ({'16 x 32' if d == 512 else '32 x 64'}), K outputs",
+            None,
+            d,
+            "kronecker",
+        )
+        for d in (DIM, 4 * DIM)
+    ]
+    cases += [(f"output_probes = {s}, d = {DIM}", s, DIM, "gaussian") for s in probes]
+    cases += [(f"output_probes = {s}, no projection", s, None, "gaussian") for s in probes]
+    for name, s, dim, kind in cases:
 
-        def kernel(s=s, dim=dim):
+        def kernel(s=s, dim=dim, kind=kind):
             if dim is None:
                 return empirical_ntk(model, x, ntk="trace", output_probes=s)
-            return kernel_from_features(probe_features(model, x, s, dim), ntk="trace")
+            return kernel_from_features(probe_features(model, x, s, dim, kind), ntk="trace")
 
         theta, t = timed(kernel)
         err = float((theta - exact).norm() / exact.norm())
@@ -265,12 +334,26 @@ def section_agreement(n: int, probes: list[int], explicit: bool) -> list[str]:
     return _agreement_rows(resnet20(), x, y, probes, explicit, "ResNet-20")
 
 
-def section_large(n: int, probes: list[int], resnet18_n: int) -> list[str]:
+def _kron_large_row(model, x, y, label: str) -> str:
+    out, t = timed(lambda: sui_trace(model, x, y, "kronecker"))
+    assert torch.isfinite(out.weight_si).all()
+    row = (
+        f"| {label} | {len(x)} | SUI, K outputs, projection='kronecker', d = {DIM} | {t:.0f} | "
+        f"{1000 * t / len(x):.1f} | {peak_rss_gb():.1f} | {load()} |"
+    )
+    print(row, flush=True)
+    return row
+
+
+def section_large(n: int, probes: list[int], resnet18_n: int, kind: str) -> list[str]:
     rows = [
         "| network | N | path | time (s) | ms / sample | peak RSS (GB) | load |",
         "|---|---|---|---|---|---|---|",
     ]
-    if n:
+    if n and kind == "kronecker":
+        x, y = mnist32(n)
+        rows.append(_kron_large_row(resnet20(), x, y, "ResNet-20"))
+    elif n:
         model = resnet20()
         x, y = mnist32(n)
         for s in probes:
@@ -291,6 +374,9 @@ def section_large(n: int, probes: list[int], resnet18_n: int) -> list[str]:
             f"{t_ref:.1f} | {1000 * t_ref / resnet18_n:.0f} | {peak_rss_gb():.1f} | {load()} |"
         )
         print(rows[-1], flush=True)
+        if kind == "kronecker":
+            rows.append(_kron_large_row(model, x, y, "ResNet-18 width"))
+            return rows
         for s in probes:
             _, t = timed(lambda: empirical_ntk(model, x, ntk="trace", output_probes=s))  # noqa: B023
             rows.append(
@@ -340,6 +426,7 @@ def main() -> None:
     parser.add_argument("--resnet18-n", type=int, default=0)
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--explicit", action="store_true")
+    parser.add_argument("--projection", choices=["gaussian", "kronecker"], default="gaussian")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -358,7 +445,7 @@ def main() -> None:
         elif name == "agreement":
             section_agreement(args.agreement_n, args.probes, args.explicit)
         elif name == "large":
-            section_large(args.large_n, args.probes, args.resnet18_n)
+            section_large(args.large_n, args.probes, args.resnet18_n, args.projection)
         else:
             section_transformer(500 if not args.quick else 40, args.probes)
 

@@ -536,8 +536,8 @@ class _StructuredLinearization(_Linearization):
         r"""Return :math:`J_k R_W = \mathrm{vec}((A^\top g_k)(U B))` of a weight shared by L positions.
 
         :math:`J_k = g_k U` (out x fan_in) is never formed: the cost per sample is
-        K·out·L·d1 + L·fan_in·d2 + K·L·d1·d2 instead of K·out·L·fan_in (+ K·out·fan_in·d for
-        the dense projection).
+        L·fan_in·d2 + K·min(L·d1·(out + d2), out·d2·(L + d1)) (the cheaper association) instead
+        of K·out·L·fan_in for the block plus K·out·fan_in·d for its dense projection.
 
         Args:
             weight: the weight's Kronecker layout.
@@ -548,9 +548,12 @@ class _StructuredLinearization(_Linearization):
             (n, K, d) projected features of the weight.
         """
         a, b = self.projector.factors(weight)
-        left = a.T @ gt  # (n, K, d1, L)
+        d1, d2 = a.shape[1], b.shape[1]
+        out, length = gt.shape[2:]
         right = (u @ b).unsqueeze(1)  # (n, 1, L, d2)
-        return (left @ right).flatten(2)
+        if length * d1 * (out + d2) <= out * d2 * (length + d1):  # cheaper association first
+            return ((a.T @ gt) @ right).flatten(2)  # (n, K, d1, L) @ (n, 1, L, d2)
+        return (a.T @ (gt @ right)).flatten(2)  # (d1, out) @ (n, K, out, d2)
 
     def _project_rest(self, rest: Tensor, out: Tensor) -> None:
         """Add the dense part's ``J R`` to ``out``, R in row blocks of the working bytes.
