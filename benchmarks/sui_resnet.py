@@ -335,7 +335,8 @@ def section_agreement(n: int, probes: list[int], explicit: bool) -> list[str]:
 
 
 def _kron_large_row(model, x, y, label: str) -> str:
-    out, t = timed(lambda: sui_trace(model, x, y, "kronecker", output_batch_size=256))
+    # features (auto-sized Jacobian chunks), outputs in chunks of 256, feature-space algebra
+    out, t = timed(lambda: sui_from_probes(model, x, y, None, DIM, "kronecker"))
     assert torch.isfinite(out.weight_si).all()
     row = (
         f"| {label} | {len(x)} | SUI, K outputs, projection='kronecker', d = {DIM} | {t:.0f} | "
