@@ -287,7 +287,9 @@ class _FactoredChunk:
     @property
     def ref(self) -> Tensor:
         """A (n, K, ...) tensor of the chunk, for its sample count, K, dtype and device."""
-        return self.grads[0] if self.grads else self.rest
+        if self.grads:
+            return self.grads[0]
+        return self.rest if self.rest is not None else self.projected
 
     def __len__(self) -> int:
         """Return the number of samples."""

@@ -101,6 +101,19 @@ def test_kronecker_structured_equals_explicit_on_a_cnn_with_batchnorm():
     assert structured.abs().max() > 1e-3  # not trivially zero
 
 
+def test_kronecker_on_a_bias_free_conv_only_model():
+    """Every parameter Kronecker-projected (no dense row at all): still J @ (A ⊗ B)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.Flatten()).double()
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    ref = _loop_jacobian(model, x) @ _kron_reference_r(model, 16, seed=2)
+    for form in ("structured", "explicit"):
+        got = jacobian_features(
+            model, x, projection_dim=16, projection="kronecker", seed=2, form=form
+        )
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
 def test_projector_rows_materialize_the_kronecker_product():
     """rows() over ranges that cross dense and Kronecker segments equals torch.kron by hand."""
     model, _ = _cases()["conv"]
