@@ -11,6 +11,8 @@ Sections, each printing a Markdown table (ours vs the reference in the same run)
   scores from ``output_probes`` = s random output combinations (``jacobian_features(...,
   output_probes=s)``, the feature-space algebra on the same trace kernel estimate), with the
   Spearman correlation of their weight SI with the K-output scores.
+* ``features``: the projected features alone (no SUI algebra), Kronecker and dense, the floor
+  and the reference, interleaved twice (best time of each) to compare under similar load.
 * ``agreement``: N = 200, same network: the exact trace NTK (no projection) against the
   projected one (d = 512) and the probe estimates (with and without projection): relative
   kernel error (Frobenius) and Spearman of the weight SI (kernel-space solve, same plan).
@@ -281,6 +283,45 @@ def section_speed(n: int, probes: list[int]) -> list[str]:
     return rows
 
 
+def section_features(n: int, rounds: int = 2) -> list[str]:
+    """Projected features alone (no SUI algebra), interleaved with the reference, best of rounds.
+
+    On a shared machine the load changes between rows; alternating the paths ``rounds`` times
+    and keeping each one's fastest time compares them under similar load. The dense Gaussian
+    path (the slowest) runs once.
+    """
+    model = resnet20()
+    x, y = mnist32(n)
+    paths = {
+        "per-sample loss gradients, vmap(grad)": lambda: per_sample_grads(model, x, y),
+        f"jacobian_features(projection='kronecker', d = {DIM}), K outputs": lambda: probe_features(
+            model, x, None, DIM, "kronecker"
+        ),
+        "floor: the K output VJPs alone": lambda: output_vjp_floor(model, x),
+        f"jacobian_features(projection='gaussian', d = {DIM}), K outputs": lambda: probe_features(
+            model, x, None, DIM, "gaussian"
+        ),
+    }
+    best: dict[str, float] = {}
+    for r in range(rounds):
+        for name, fn in paths.items():
+            if r and "gaussian" in name:
+                continue
+            out, t = timed(fn)
+            t = out if isinstance(out, float) else t  # the floor times its own loop
+            best[name] = min(best.get(name, t), t)
+            print(f"round {r}: {name}: {t:.1f} s, load {load()}", flush=True)
+    ref = best["per-sample loss gradients, vmap(grad)"]
+    rows = [
+        f"| path (ResNet-20, N = {n}, K = 10), best of {rounds} interleaved | time (s) | "
+        "x per-sample grads |",
+        "|---|---|---|",
+    ]
+    rows += [f"| {name} | {t:.1f} | {t / ref:.1f} |" for name, t in best.items()]
+    print("\n".join(rows), flush=True)
+    return rows
+
+
 def _agreement_rows(model, x, y, probes, explicit: bool, label: str) -> list[str]:
     f0 = model_outputs(model, x, chunk_size=256).double()
     exact, t_exact = timed(lambda: empirical_ntk(model, x, ntk="trace"))
@@ -420,7 +461,7 @@ def main() -> None:
         "--sections",
         nargs="+",
         default=["speed", "agreement", "transformer"],
-        choices=["speed", "agreement", "large", "transformer"],
+        choices=["speed", "features", "agreement", "large", "transformer"],
     )
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--agreement-n", type=int, default=200)
@@ -444,6 +485,8 @@ def main() -> None:
         print(f"\n### {name}\n", flush=True)
         if name == "speed":
             section_speed(args.n, args.probes)
+        elif name == "features":
+            section_features(args.n)
         elif name == "agreement":
             section_agreement(args.agreement_n, args.probes, args.explicit)
         elif name == "large":
