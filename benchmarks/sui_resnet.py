@@ -25,7 +25,7 @@ Sections, each printing a Markdown table (ours vs the reference in the same run)
   with the Kronecker-factored projection (d = 512 = 16 x 32) and the floor of the K-output
   path, the ``vmap(jacrev)`` over the layer-output offsets alone (the K output VJPs, no
   Jacobian block, no projection); the agreement section adds Kronecker d = 512 and 2048 beside
-  dense d = 512; ``--projection kronecker`` makes the large section score with
+  dense d = 512 (``--seeds S``: also over seeds 1..S-1, ``--probes 0``: no probe rows); ``--projection kronecker`` makes the large section score with
   ``smooth_unique_information(ntk="trace", projection_dim=512, projection="kronecker")`` (K
   outputs) instead of the probes.
 * ``transformer``: ``TinyTransformer`` (token and position embeddings, two pre-norm blocks with
@@ -129,8 +129,10 @@ def per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: 
     return torch.cat([v.flatten(1) for v in g.values()], 1)
 
 
-def probe_features(model, x, s: int | None, dim: int | None, kind: str = "gaussian"):
-    return jacobian_features(model, x, projection_dim=dim, output_probes=s, projection=kind)
+def probe_features(model, x, s: int | None, dim: int | None, kind: str = "gaussian", seed=0):
+    return jacobian_features(
+        model, x, projection_dim=dim, output_probes=s, projection=kind, seed=seed
+    )
 
 
 def sui_trace(model, x, y, kind: str, **kwargs):
@@ -322,7 +324,28 @@ def section_features(n: int, rounds: int = 2) -> list[str]:
     return rows
 
 
-def _agreement_rows(model, x, y, probes, explicit: bool, label: str) -> list[str]:
+def _seed_rows(model, x, y, exact, f0, ref, seeds: int) -> list[str]:
+    """Projected K-output kernels over seeds 1..seeds-1: mean ± sd of the error and Spearman."""
+    rows = []
+    cases = [("gaussian", DIM), ("kronecker", DIM), ("kronecker", 4 * DIM)]
+    for kind, dim in cases if seeds > 1 else []:
+        errs, rhos = [], []
+        for seed in range(1, seeds):
+            phi = probe_features(model, x, None, dim, kind, seed=seed)
+            theta = kernel_from_features(phi, ntk="trace")
+            errs.append(float((theta - exact).norm() / exact.norm()))
+            rhos.append(rho(sui_from_kernel(theta, f0, y), ref))
+        e, r = torch.tensor(errs), torch.tensor(rhos)
+        rows.append(
+            f"| {kind} d = {dim}, seeds 1-{seeds - 1} (mean ± sd) | - | "
+            f"{e.mean():.3f} ± {e.std():.3f} | {r.mean():.3f} ± {r.std():.3f} "
+            f"(min {r.min():.3f}) | {load()} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _agreement_rows(model, x, y, probes, explicit: bool, label: str, seeds: int = 1) -> list[str]:
     f0 = model_outputs(model, x, chunk_size=256).double()
     exact, t_exact = timed(lambda: empirical_ntk(model, x, ntk="trace"))
     ref = sui_from_kernel(exact, f0, y)
@@ -343,8 +366,8 @@ def _agreement_rows(model, x, y, probes, explicit: bool, label: str) -> list[str
         )
         for d in (DIM, 4 * DIM)
     ]
-    cases += [(f"output_probes = {s}, d = {DIM}", s, DIM, "gaussian") for s in probes]
-    cases += [(f"output_probes = {s}, no projection", s, None, "gaussian") for s in probes]
+    cases += [(f"output_probes = {s}, d = {DIM}", s, DIM, "gaussian") for s in probes if s]
+    cases += [(f"output_probes = {s}, no projection", s, None, "gaussian") for s in probes if s]
     for name, s, dim, kind in cases:
 
         def kernel(s=s, dim=dim, kind=kind):
@@ -359,6 +382,7 @@ def _agreement_rows(model, x, y, probes, explicit: bool, label: str) -> list[str
             f"{load()} |"
         )
         print(rows[-1], flush=True)
+    rows += _seed_rows(model, x, y, exact, f0, ref, seeds)
     if explicit:
         theta, t = timed(lambda: empirical_ntk(model, x, ntk="trace", form="explicit"))
         err = float((theta - exact).norm() / exact.norm())
@@ -370,9 +394,9 @@ def _agreement_rows(model, x, y, probes, explicit: bool, label: str) -> list[str
     return rows
 
 
-def section_agreement(n: int, probes: list[int], explicit: bool) -> list[str]:
+def section_agreement(n: int, probes: list[int], explicit: bool, seeds: int = 1) -> list[str]:
     x, y = mnist32(n)
-    return _agreement_rows(resnet20(), x, y, probes, explicit, "ResNet-20")
+    return _agreement_rows(resnet20(), x, y, probes, explicit, "ResNet-20", seeds)
 
 
 def _kron_large_row(model, x, y, label: str) -> str:
@@ -470,6 +494,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--explicit", action="store_true")
     parser.add_argument("--projection", choices=["gaussian", "kronecker"], default="gaussian")
+    parser.add_argument("--seeds", type=int, default=1, help="agreement: projections over seeds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -488,7 +513,7 @@ def main() -> None:
         elif name == "features":
             section_features(args.n)
         elif name == "agreement":
-            section_agreement(args.agreement_n, args.probes, args.explicit)
+            section_agreement(args.agreement_n, args.probes, args.explicit, args.seeds)
         elif name == "large":
             section_large(args.large_n, args.probes, args.resnet18_n, args.projection)
         else:
