@@ -550,12 +550,15 @@ class _StructuredLinearization(_Linearization):
             (n, K, d) projected features of the weight.
         """
         a, b = self.projector.factors(weight)
+        n, k, out, length = gt.shape
         d1, d2 = a.shape[1], b.shape[1]
-        out, length = gt.shape[2:]
-        right = (u @ b).unsqueeze(1)  # (n, 1, L, d2)
-        if length * d1 * (out + d2) <= out * d2 * (length + d1):  # cheaper association first
-            return ((a.T @ gt) @ right).flatten(2)  # (n, K, d1, L) @ (n, 1, L, d2)
-        return (a.T @ (gt @ right)).flatten(2)  # (d1, out) @ (n, K, out, d2)
+        right = u @ b  # (n, L, d2)
+        # the cheaper association; one GEMM / bmm each, no broadcast copy of `right` over K
+        if length * d1 * (out + d2) <= out * d2 * (length + d1):
+            left = (gt.transpose(2, 3) @ a).transpose(2, 3).reshape(n, k * d1, length)
+            return torch.bmm(left, right).view(n, k, d1 * d2)  # (Aᵀ g_k)(U B)
+        gr = torch.bmm(gt.reshape(n, k * out, length), right).view(n, k, out, d2)
+        return (gr.transpose(2, 3) @ a).transpose(2, 3).reshape(n, k, d1 * d2)  # Aᵀ (g_k U B)
 
     def _project_rest(self, rest: Tensor, out: Tensor) -> None:
         """Add the dense part's ``J R`` to ``out``, R in row blocks of the working bytes.
