@@ -38,7 +38,9 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 NTKKind = Literal["full", "trace"]
-ProjectionType = Literal["gaussian", "rademacher"]
+ProjectionType = Literal["gaussian", "rademacher", "kronecker"]
+#: valid ``projection=`` values
+PROJECTIONS: tuple[str, ...] = ("gaussian", "rademacher", "kronecker")
 ParamSelection = str | Sequence[str] | None
 OutputFn = Callable[[Any], Tensor]
 #: ``progress(stage, amount)``: ``("jacobians", n)`` after n samples' Jacobians, ``("kernel", 1)``
@@ -49,6 +51,8 @@ ProgressHook = Callable[[str, int], None]
 _DEFAULT_BUDGET = 2**30  # 1 GiB
 _PROJECTION_BLOCK_ROWS = 1024  # rows of the random projection generated per seeded block
 _MAX_AUTO_CHUNK = 256  # samples per vmap call when chunk_size is not given
+_KRON_SEED_OFFSET = 2**41  # the Kronecker factors' generator stream, apart from the dense blocks
+_KRON_MIN_FACTOR = 4  # smallest d1 of projection="kronecker" (d = d1 d2, d1 <= sqrt(d))
 
 _T = TypeVar("_T")
 _LOG = logging.getLogger(__name__)
@@ -322,6 +326,94 @@ class _Selection:
         return self.all_params[self.names[0]]
 
 
+def kronecker_factors(dim: int) -> tuple[int, int]:
+    r"""Return :math:`(d_1, d_2)` of ``projection="kronecker"``: d1 the largest divisor <= sqrt(d).
+
+    Args:
+        dim: the projection dimension d >= 1.
+
+    Returns:
+        ``(d1, d // d1)``, e.g. (16, 32) for d = 512 and (32, 64) for d = 2048.
+    """
+    d1 = max(f for f in range(1, math.isqrt(dim) + 1) if dim % f == 0)
+    return d1, dim // d1
+
+
+def _check_projection(projection: object, projection_dim: int | None) -> str:
+    """Return ``projection`` after checking it, and that ``projection_dim`` suits it.
+
+    Args:
+        projection: the ``projection=`` argument.
+        projection_dim: the checked ``projection_dim`` (an int >= 1), or None.
+
+    Returns:
+        ``"gaussian"``, ``"rademacher"`` or ``"kronecker"``.
+
+    Raises:
+        ValueError: an unknown ``projection`` (naming the valid ones), or a ``projection_dim``
+            whose largest divisor <= sqrt(d) is below 4 under ``"kronecker"``.
+    """
+    raw = getattr(projection, "value", projection)
+    if raw not in PROJECTIONS:
+        listed = ", ".join(repr(c) for c in PROJECTIONS)
+        raise ValueError(f"`projection` must be one of {listed}; got {projection!r}.")
+    if raw == "kronecker" and projection_dim is not None:
+        d1, d2 = kronecker_factors(projection_dim)
+        if d1 < _KRON_MIN_FACTOR:
+            raise ValueError(
+                f"`projection_dim` must factor as d1 x d2 with {_KRON_MIN_FACTOR} <= d1 <= d2 for "
+                f"projection='kronecker' (e.g. a power of two >= 16: 256, 512, 1024, 2048, or "
+                f"any multiple of 4 that is >= 16); got {projection_dim} (= {d1} x {d2})."
+            )
+    return str(raw)
+
+
+@dataclass(frozen=True)
+class _KronWeight:
+    r"""A weight projected by a Kronecker product :math:`A \otimes B` (``projection="kronecker"``).
+
+    Attributes:
+        start: the weight's first row of R (its first Jacobian column).
+        out: rows of the weight matrix (output units or channels).
+        fan_in: its columns, the rest of the weight flattened (in_features or C·kh·kw).
+    """
+
+    start: int
+    out: int
+    fan_in: int
+
+    @property
+    def stop(self) -> int:
+        """One past the weight's last row of R."""
+        return self.start + self.out * self.fan_in
+
+
+def kronecker_weights(model: nn.Module, selection: _Selection) -> list[_KronWeight]:
+    r"""Return the selected weights of ``nn.Linear`` / ``nn.Conv2d`` modules, by offset.
+
+    These are the parameters ``projection="kronecker"`` projects with :math:`A \otimes B`, in
+    the explicit and the structured form alike (so both apply the same R).
+
+    Args:
+        model: the network.
+        selection: the differentiated parameters.
+
+    Returns:
+        One entry per weight, in increasing offset.
+    """
+    found = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        name = f"{module_name}.weight" if module_name else "weight"
+        param = selection.all_params.get(name)
+        if name not in selection.offsets or param is None or param.ndim < 2:
+            continue
+        out = param.shape[0]
+        found[name] = _KronWeight(selection.offsets[name], out, param.numel() // out)
+    return sorted(found.values(), key=lambda w: w.start)
+
+
 class _Projector:
     r"""Seeded random projection :math:`R \in \mathbb{R}^{P \times d}` applied as ``J @ R``.
 
@@ -333,39 +425,144 @@ class _Projector:
     cached only when it fits in ``budget`` bytes; otherwise blocks are regenerated for every chunk
     of samples.
 
+    ``kind="kronecker"``: the rows of each weight in ``kron`` (an (out, fan_in) matrix W
+    flattened row-major) are :math:`R_W = A \otimes B`, row ``o * fan_in + j`` equal to
+    :math:`A_o \otimes B_j`, with :math:`A \in \mathbb{R}^{out \times d_1}` and
+    :math:`B \in \mathbb{R}^{fan\_in \times d_2}` i.i.d. N(0, 1/d1) and N(0, 1/d2)
+    (:func:`kronecker_factors`), drawn from a local generator seeded with ``(seed, the weight's
+    offset)``; :math:`E[R_W R_W^\top] = E[A A^\top] \otimes E[B B^\top] = I`, so the kernel stays
+    unbiased. :math:`J_W R_W = \mathrm{vec}(A^\top J_W B)` costs
+    out·fan_in·d2 + out·d1·d2 per row instead of out·fan_in·d, and R_W takes
+    (out d1 + fan_in d2) numbers instead of out·fan_in·d. Every other parameter keeps dense
+    Gaussian rows, numbered over those parameters only.
+
     Args:
         num_params: P.
         dim: d.
-        kind: ``"gaussian"`` or ``"rademacher"``.
+        kind: ``"gaussian"``, ``"rademacher"`` or ``"kronecker"``.
         seed: seed of the blocks.
         like: a tensor with the dtype and device of R.
         budget: ``memory_budget_bytes``.
+        kron: the Kronecker-projected weights (:func:`kronecker_weights`), used with
+            ``kind="kronecker"`` only.
 
     Raises:
         ValueError: if one block of R does not fit in ``budget``.
     """
 
     def __init__(
-        self, num_params: int, dim: int, kind: str, seed: int, like: Tensor, budget: int
+        self,
+        num_params: int,
+        dim: int,
+        kind: str,
+        seed: int,
+        like: Tensor,
+        budget: int,
+        kron: Sequence[_KronWeight] = (),
     ) -> None:
         self.num_params, self.dim, self.kind, self.seed = num_params, dim, kind, seed
         self.dtype, self.device = like.dtype, like.device
+        self.kron = {w.start: w for w in kron} if kind == "kronecker" else {}
+        self.d1, self.d2 = kronecker_factors(dim)
+        self._factors: dict[int, tuple[Tensor, Tensor]] = {}
+        self.segments = self._layout()
+        self.num_dense = num_params - sum(w.stop - w.start for w in self.kron.values())
         itemsize = like.element_size()
-        block_bytes = min(_PROJECTION_BLOCK_ROWS, num_params) * dim * itemsize
+        block_bytes = min(_PROJECTION_BLOCK_ROWS, self.num_dense) * dim * itemsize
         if block_bytes > budget:
             raise ValueError(
                 f"`memory_budget_bytes` must hold one {_PROJECTION_BLOCK_ROWS} x {dim} projection "
                 f"block ({block_bytes} bytes); got {budget}. Increase it or lower `projection_dim`."
             )
         self.cached: Tensor | None = None
-        if num_params * dim * itemsize <= budget:
-            self.cached = torch.empty(num_params, dim, dtype=self.dtype, device=self.device)
+        if self.num_dense * dim * itemsize <= budget:
+            self.cached = torch.empty(self.num_dense, dim, dtype=self.dtype, device=self.device)
             for b, block in enumerate(self._blocks()):  # filled in place: no 2x peak from a cat
                 start = b * _PROJECTION_BLOCK_ROWS
                 self.cached[start : start + block.shape[0]] = block
 
+    def _layout(self) -> list[tuple[int, int, int | None]]:
+        """Return the row segments of R: ``(start, stop, first dense row or None if Kronecker)``.
+
+        Returns:
+            Segments covering rows 0 to P in order.
+        """
+        segments: list[tuple[int, int, int | None]] = []
+        row, dense = 0, 0
+        for w in sorted(self.kron.values(), key=lambda w: w.start):
+            if w.start > row:
+                segments.append((row, w.start, dense))
+                dense += w.start - row
+            segments.append((w.start, w.stop, None))
+            row = w.stop
+        if row < self.num_params:
+            segments.append((row, self.num_params, dense))
+        return segments
+
+    def kron_at(self, start: int) -> _KronWeight | None:
+        """Return the Kronecker-projected weight whose rows begin at ``start``, or None.
+
+        Args:
+            start: a parameter's offset.
+
+        Returns:
+            The weight, or None when that parameter has dense rows.
+        """
+        return self.kron.get(start)
+
+    def factors(self, weight: _KronWeight) -> tuple[Tensor, Tensor]:
+        """Return :math:`(A, B)` of a Kronecker-projected weight (generated once, then kept).
+
+        Args:
+            weight: the weight.
+
+        Returns:
+            A (out, d1) and B (fan_in, d2), in R's dtype and device.
+        """
+        if weight.start not in self._factors:
+            gen = torch.Generator().manual_seed(
+                int(self.seed) * 1_000_003 + _KRON_SEED_OFFSET + weight.start
+            )
+            a = torch.randn(weight.out, self.d1, generator=gen, dtype=torch.float64)
+            b = torch.randn(weight.fan_in, self.d2, generator=gen, dtype=torch.float64)
+            self._factors[weight.start] = (
+                (a / math.sqrt(self.d1)).to(device=self.device, dtype=self.dtype),
+                (b / math.sqrt(self.d2)).to(device=self.device, dtype=self.dtype),
+            )
+        return self._factors[weight.start]
+
+    def kron_apply(self, jac: Tensor, weight: _KronWeight) -> Tensor:
+        r"""Return ``jac @ R_W`` as :math:`\mathrm{vec}(A^\top J B)`, never forming R_W.
+
+        Args:
+            jac: (..., out·fan_in) Jacobian columns of the weight.
+            weight: the weight.
+
+        Returns:
+            (..., d) projected columns.
+        """
+        a, b = self.factors(weight)
+        mat = jac.reshape(*jac.shape[:-1], weight.out, weight.fan_in)
+        return (a.T @ (mat @ b)).flatten(-2)
+
+    def _kron_rows(self, weight: _KronWeight, r0: int, r1: int) -> Tensor:
+        r"""Return rows ``r0:r1`` of :math:`A \otimes B` (row o·fan_in + j is A_o ⊗ B_j).
+
+        Args:
+            weight: the weight.
+            r0: first row, relative to the weight.
+            r1: one past the last row.
+
+        Returns:
+            (r1 - r0, d) rows.
+        """
+        a, b = self.factors(weight)
+        idx = torch.arange(r0, r1, device=self.device)
+        rows_a, rows_b = a[idx // weight.fan_in], b[idx % weight.fan_in]
+        return (rows_a[:, :, None] * rows_b[:, None, :]).flatten(1)
+
     def _block(self, b: int) -> Tensor:
-        """Return block ``b`` of R (rows ``1024 b`` to ``1024 (b + 1)``).
+        """Return block ``b`` of the dense rows (dense rows ``1024 b`` to ``1024 (b + 1)``).
 
         Args:
             b: block index.
@@ -374,29 +571,29 @@ class _Projector:
             (rows, d) block in R's dtype and device.
         """
         start = b * _PROJECTION_BLOCK_ROWS
-        rows = min(_PROJECTION_BLOCK_ROWS, self.num_params - start)
+        rows = min(_PROJECTION_BLOCK_ROWS, self.num_dense - start)
         gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + b)
-        if self.kind == "gaussian":
-            block = torch.randn(rows, self.dim, generator=gen, dtype=torch.float64)
-        else:
+        if self.kind == "rademacher":
             block = torch.randint(0, 2, (rows, self.dim), generator=gen).double() * 2 - 1
+        else:
+            block = torch.randn(rows, self.dim, generator=gen, dtype=torch.float64)
         return (block * (1.0 / math.sqrt(self.dim))).to(device=self.device, dtype=self.dtype)
 
     def _blocks(self) -> Iterator[Tensor]:
-        """Yield the blocks of R in order.
+        """Yield the blocks of the dense rows in order.
 
         Yields:
             (rows, d) blocks.
         """
-        for b in range(math.ceil(self.num_params / _PROJECTION_BLOCK_ROWS)):
+        for b in range(math.ceil(self.num_dense / _PROJECTION_BLOCK_ROWS)):
             yield self._block(b)
 
-    def rows(self, start: int, stop: int) -> Tensor:
-        """Return rows ``start:stop`` of R: the rows applied to those Jacobian columns.
+    def _dense_rows(self, start: int, stop: int) -> Tensor:
+        """Return dense rows ``start:stop`` (numbered over the dense parameters only).
 
         Args:
-            start: first row.
-            stop: one past the last row.
+            start: first dense row.
+            stop: one past the last.
 
         Returns:
             (stop - start, d) rows.
@@ -408,8 +605,73 @@ class _Projector:
         base = first * _PROJECTION_BLOCK_ROWS
         return part[start - base : stop - base]
 
+    def _pieces(self, start: int, stop: int) -> Iterator[tuple[int, int, int | None]]:
+        """Yield the parts of rows ``start:stop`` within one segment each.
+
+        Args:
+            start: first row.
+            stop: one past the last row.
+
+        Yields:
+            ``(lo, hi, segment start)`` for dense parts as ``(lo, hi, dense row of lo)``, for
+            Kronecker parts as ``(lo, hi, None)``.
+        """
+        for s0, s1, dense in self.segments:
+            lo, hi = max(start, s0), min(stop, s1)
+            if lo < hi:
+                yield lo, hi, None if dense is None else dense + lo - s0
+
+    def _weight_of(self, row: int) -> _KronWeight:
+        """Return the Kronecker-projected weight that holds ``row``.
+
+        Args:
+            row: a row of R inside a Kronecker segment.
+
+        Returns:
+            The weight.
+        """
+        return next(w for w in self.kron.values() if w.start <= row < w.stop)
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Return rows ``start:stop`` of R: the rows applied to those Jacobian columns.
+
+        Args:
+            start: first row.
+            stop: one past the last row.
+
+        Returns:
+            (stop - start, d) rows (Kronecker rows materialized).
+        """
+        parts = []
+        for lo, hi, dense in self._pieces(start, stop):
+            if dense is not None:
+                parts.append(self._dense_rows(dense, dense + hi - lo))
+            else:
+                w = self._weight_of(lo)
+                parts.append(self._kron_rows(w, lo - w.start, hi - w.start))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+
+    def _apply_dense(self, jac: Tensor, dense: int, out: Tensor) -> None:
+        """Add ``jac @ dense rows`` to ``out``, block by block when R is not cached.
+
+        Args:
+            jac: (..., m) Jacobian columns of m consecutive dense rows.
+            dense: their first dense row.
+            out: (..., d) accumulator.
+        """
+        m = jac.shape[-1]
+        if self.cached is not None:
+            out += jac @ self.cached[dense : dense + m]
+            return
+        for b in range(
+            dense // _PROJECTION_BLOCK_ROWS, (dense + m - 1) // _PROJECTION_BLOCK_ROWS + 1
+        ):
+            b0 = b * _PROJECTION_BLOCK_ROWS
+            lo, hi = max(dense, b0), min(dense + m, b0 + _PROJECTION_BLOCK_ROWS)
+            out += jac[..., lo - dense : hi - dense] @ self._block(b)[lo - b0 : hi - b0]
+
     def __call__(self, jac: Tensor) -> Tensor:
-        """Return ``jac @ R``.
+        """Return ``jac @ R`` (Kronecker-projected weights as :meth:`kron_apply`).
 
         Args:
             jac: (..., P) Jacobians.
@@ -417,11 +679,14 @@ class _Projector:
         Returns:
             (..., d) projected Jacobians.
         """
-        if self.cached is not None:
+        if not self.kron and self.cached is not None:
             return jac @ self.cached
         out = jac.new_zeros(*jac.shape[:-1], self.dim)
-        for block, start in zip(self._blocks(), range(0, self.num_params, _PROJECTION_BLOCK_ROWS)):
-            out += jac[..., start : start + block.shape[0]] @ block
+        for lo, hi, dense in self._pieces(0, self.num_params):
+            if dense is not None:
+                self._apply_dense(jac[..., lo:hi], dense, out)
+            else:
+                out += self.kron_apply(jac[..., lo:hi], self.kron[lo])
         return out
 
 

@@ -40,6 +40,66 @@ from torch.nn.modules.batchnorm import _BatchNorm
 BlockFn = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor | None]]
 
 
+# fn(module, a, g) -> (gt, u): the weight block of output k is gt[:, k] @ u, with gt (n, K, out,
+# L) the output gradients and u (n, L, fan_in) the layer inputs over the L positions sharing W
+FactorFn = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _linear_factors(module: nn.Linear, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """Return the output gradients and inputs of an ``nn.Linear`` on (n, ..., in), per position.
+
+    Args:
+        module: the layer.
+        a: (n, ..., in) inputs.
+        g: (n, K, ..., out) output gradients.
+
+    Returns:
+        (n, K, out, T) and (n, T, in), T the positions (the product of the middle dims).
+    """
+    n, k = g.shape[:2]
+    a2 = a.reshape(n, -1, module.in_features)  # (n, T, in)
+    g2 = g.reshape(n, k, -1, module.out_features)  # (n, K, T, out)
+    return g2.transpose(2, 3), a2
+
+
+def _conv2d_factors(module: nn.Conv2d, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """Return the output gradients and unfolded inputs of an ``nn.Conv2d``, per position.
+
+    Args:
+        module: the layer.
+        a: (n, C, H, W) inputs.
+        g: (n, K, out, Ho, Wo) output gradients.
+
+    Returns:
+        (n, K, out, L) and (n, L, C·kh·kw), L = Ho·Wo, channel-major like the weight's flattening.
+    """
+    n, k = g.shape[:2]
+    unfolded = F.unfold(
+        a,
+        module.kernel_size,
+        dilation=module.dilation,
+        padding=module.padding,
+        stride=module.stride,
+    )  # (n, C kh kw, L)
+    return g.reshape(n, k, module.out_channels, -1), unfolded.transpose(1, 2)
+
+
+def _positions_blocks(gt: Tensor, u: Tensor, bias: bool) -> tuple[Tensor, Tensor | None]:
+    """Return the weight block ``gt @ u`` and the bias block ``sum over positions of gt``.
+
+    Args:
+        gt: (n, K, out, L) output gradients.
+        u: (n, L, fan_in) inputs.
+        bias: whether the layer has a bias.
+
+    Returns:
+        (n, K, out·fan_in) and (n, K, out) (None without bias).
+    """
+    n, k, out, length = gt.shape
+    weight = torch.bmm(gt.reshape(n, k * out, length), u).view(n, k, -1)
+    return weight, (gt.sum(3) if bias else None)
+
+
 def _linear_blocks(module: nn.Linear, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor | None]:
     """Return the weight and bias blocks of an ``nn.Linear`` on (n, ..., in) inputs.
 
@@ -51,13 +111,7 @@ def _linear_blocks(module: nn.Linear, a: Tensor, g: Tensor) -> tuple[Tensor, Ten
     Returns:
         (n, K, out·in) and (n, K, out) (None without bias).
     """
-    n, k = g.shape[:2]
-    a2 = a.reshape(n, -1, module.in_features)  # (n, T, in)
-    g2 = g.reshape(n, k, -1, module.out_features)  # (n, K, T, out)
-    gt = g2.transpose(2, 3).reshape(n, k * module.out_features, -1)  # (n, K out, T)
-    weight = torch.bmm(gt, a2).view(n, k, -1)
-    bias = g2.sum(2) if module.bias is not None else None
-    return weight, bias
+    return _positions_blocks(*_linear_factors(module, a, g), module.bias is not None)
 
 
 def _conv2d_blocks(module: nn.Conv2d, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -71,18 +125,7 @@ def _conv2d_blocks(module: nn.Conv2d, a: Tensor, g: Tensor) -> tuple[Tensor, Ten
     Returns:
         (n, K, out·C·kh·kw) and (n, K, out) (None without bias).
     """
-    n, k = g.shape[:2]
-    unfolded = F.unfold(
-        a,
-        module.kernel_size,
-        dilation=module.dilation,
-        padding=module.padding,
-        stride=module.stride,
-    )  # (n, C kh kw, L), channel-major like the weight's flattening
-    gb = g.reshape(n, k * module.out_channels, -1)  # (n, K out, L)
-    weight = torch.bmm(gb, unfolded.transpose(1, 2)).view(n, k, -1)
-    bias = gb.sum(2).view(n, k, -1) if module.bias is not None else None
-    return weight, bias
+    return _positions_blocks(*_conv2d_factors(module, a, g), module.bias is not None)
 
 
 def _affine_blocks(g: Tensor, normalized: Tensor, shared: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -201,6 +244,22 @@ _RULES: tuple[tuple[type, Callable, Callable[[nn.Module], bool], BlockFn], ...] 
     (nn.LayerNorm, nn.LayerNorm.forward, lambda m: m.elementwise_affine, _layernorm_blocks),
     (nn.Embedding, nn.Embedding.forward, _embedding_ok, _embedding_blocks),
 )
+
+
+def factor_rule(module: nn.Module) -> FactorFn | None:
+    """Return the per-position factors of ``module``'s weight block, or None.
+
+    Only ``nn.Linear`` and ``nn.Conv2d`` under their block rule: their weight block is
+    ``gt @ u`` (:data:`FactorFn`), which ``projection="kronecker"`` projects without forming it.
+
+    Args:
+        module: any module.
+
+    Returns:
+        :func:`_linear_factors`, :func:`_conv2d_factors` or None.
+    """
+    rule = block_rule(module)
+    return {_linear_blocks: _linear_factors, _conv2d_blocks: _conv2d_factors}.get(rule)
 
 
 def block_rule(module: nn.Module) -> BlockFn | None:

@@ -48,6 +48,7 @@ from lightning_info.functional._jacobian_common import (
     _dense_gram,
     _DenseChunk,
     _eval_mode,
+    _KronWeight,
     _Linearization,
     _Options,
     _output_vector,
@@ -57,7 +58,7 @@ from lightning_info.functional._jacobian_common import (
     _working_bytes,
 )
 from lightning_info.functional._jacobian_explicit import _ExplicitLinearization
-from lightning_info.functional._jacobian_layers import BlockFn, block_rule
+from lightning_info.functional._jacobian_layers import BlockFn, block_rule, factor_rule
 
 _Hook = Callable[[nn.Module, tuple, Tensor], Tensor | None]
 
@@ -273,17 +274,22 @@ class _FactoredChunk:
         rest: (n, K, P_dense) dense Jacobian columns of every other selected parameter (the
             block-rule layers' and the explicit ones), or None.
         bias: per factored ``nn.Linear``, whether the bias is differentiated.
+        projected: (n, K, d) ``J R`` of the Kronecker-projected weights of block-rule layers
+            (``projection="kronecker"``, whose blocks are never formed), or None.
     """
 
     grads: list[Tensor]
     acts: list[Tensor | None]
     rest: Tensor | None
     bias: list[bool]
+    projected: Tensor | None = None
 
     @property
     def ref(self) -> Tensor:
         """A (n, K, ...) tensor of the chunk, for its sample count, K, dtype and device."""
-        return self.grads[0] if self.grads else self.rest
+        if self.grads:
+            return self.grads[0]
+        return self.rest if self.rest is not None else self.projected
 
     def __len__(self) -> int:
         """Return the number of samples."""
@@ -308,6 +314,9 @@ class _FactoredChunk:
             ],
             rest=None if first.rest is None else torch.cat([c.rest for c in chunks], 0),
             bias=first.bias,
+            projected=(
+                None if first.projected is None else torch.cat([c.projected for c in chunks], 0)
+            ),
         )
 
     def gram(self, other: _FactoredChunk, kernel: str) -> Tensor:
@@ -380,7 +389,14 @@ class _StructuredLinearization(_Linearization):
         self.blocked = [t for t in terms if not t.factored]
         factored = {n for t in self.linear for n in t.names}
         blocked = {n for t in self.blocked for n in t.names}
-        # dense columns: every selected parameter except the factored Linear ones, in order
+        # block-rule Conv2d / Linear weights projected as vec(Aᵀ G B): no dense block formed
+        self.kron_terms = {
+            t.module_name: factor_rule(t.module)
+            for t in self.blocked
+            if self._kron_weight(t.weight) is not None and factor_rule(t.module) is not None
+        }
+        factored |= {t.weight for t in self.blocked if t.module_name in self.kron_terms}
+        # dense columns: every selected parameter except the factored ones, in order
         self.dense_names = [n for n in selection.names if n not in factored]
         self.rest_names = [n for n in self.dense_names if n not in blocked]
         self.rest = selection.params(self.rest_names)
@@ -415,6 +431,19 @@ class _StructuredLinearization(_Linearization):
             return _ExplicitLinearization(model, selection, k, options)
         return cls(model, selection, k, options, terms)
 
+    def _kron_weight(self, name: str | None) -> _KronWeight | None:
+        """Return the Kronecker projection of a parameter, or None (dense rows, or no projection).
+
+        Args:
+            name: a parameter name, or None.
+
+        Returns:
+            The weight's Kronecker layout, or None.
+        """
+        if name is None or self.projector is None:
+            return None
+        return self.projector.kron_at(self.selection.offsets[name])
+
     def _numel(self, names: list[str]) -> int:
         """Return the number of scalars of the named parameters.
 
@@ -428,10 +457,13 @@ class _StructuredLinearization(_Linearization):
 
     @property
     def explicit_columns(self) -> int:
-        """Columns a chunk holds per output and sample (all counted toward the chunk size).
+        r"""Columns a chunk holds per output and sample (all counted toward the chunk size).
 
         Explicit and block-rule Jacobians, output gradients of every term, and the unfolded
-        inputs of convolutions (per sample, so divided by K).
+        inputs of convolutions (per sample, so divided by K). A Kronecker-projected weight
+        (``projection="kronecker"``) forms no block: it counts its temporaries
+        :math:`A^\top g_k` (d1 per position and output) and :math:`U B` (d2 per position, per
+        sample) instead.
         """
         deltas = sum(math.prod(t.out_shape) for t in self.terms)
         unfold = sum(
@@ -439,7 +471,13 @@ class _StructuredLinearization(_Linearization):
             for t in self.blocked
             if isinstance(t.module, nn.Conv2d)
         )
-        return self._numel(self.dense_names) + deltas + unfold // max(1, self.num_outputs)
+        kron = 0
+        for t in self.blocked:
+            if t.module_name in self.kron_terms:
+                positions = math.prod(t.out_shape) // t.module.weight.shape[0]
+                kron += positions * self.projector.d1
+                unfold += positions * self.projector.d2
+        return self._numel(self.dense_names) + deltas + kron + unfold // max(1, self.num_outputs)
 
     def per_sample_bytes(self) -> int:
         """Return the bytes of one sample's kernel inputs (factored, or projected features).
@@ -470,8 +508,17 @@ class _StructuredLinearization(_Linearization):
             self.model(x)
         rest_grads, delta_grads = self._jac_fn(self.rest, self.zero_deltas, x)
         columns = {n: rest_grads[n].detach().flatten(2) for n in self.rest_names}
+        projected = None
         for t in self.blocked:
-            weight, bias = t.blocks(t.module, capture[t.module_name], delta_grads[t.module_name])
+            a, g = capture[t.module_name], delta_grads[t.module_name].detach()
+            if t.module_name in self.kron_terms:
+                gt, u = self.kron_terms[t.module_name](t.module, a, g)
+                part = self._project_positions(self._kron_weight(t.weight), gt, u)
+                projected = part if projected is None else projected.add_(part)
+                if t.bias is not None:
+                    columns[t.bias] = gt.sum(3)
+                continue
+            weight, bias = t.blocks(t.module, a, g)
             if t.weight is not None:
                 columns[t.weight] = weight.detach()
             if t.bias is not None:
@@ -484,7 +531,34 @@ class _StructuredLinearization(_Linearization):
             acts=[capture[t.module_name] if t.weight is not None else None for t in self.linear],
             rest=rest,
             bias=[t.bias is not None for t in self.linear],
+            projected=projected,
         )
+
+    def _project_positions(self, weight: _KronWeight, gt: Tensor, u: Tensor) -> Tensor:
+        r"""Return :math:`J_k R_W = \mathrm{vec}((A^\top g_k)(U B))` of a weight shared by L positions.
+
+        :math:`J_k = g_k U` (out x fan_in) is never formed: the cost per sample is
+        L·fan_in·d2 + K·min(L·d1·(out + d2), out·d2·(L + d1)) (the cheaper association) instead
+        of K·out·L·fan_in for the block plus K·out·fan_in·d for its dense projection.
+
+        Args:
+            weight: the weight's Kronecker layout.
+            gt: (n, K, out, L) output gradients.
+            u: (n, L, fan_in) layer inputs (unfolded for a convolution).
+
+        Returns:
+            (n, K, d) projected features of the weight.
+        """
+        a, b = self.projector.factors(weight)
+        n, k, out, length = gt.shape
+        d1, d2 = a.shape[1], b.shape[1]
+        right = u @ b  # (n, L, d2)
+        # the cheaper association; one GEMM / bmm each, no broadcast copy of `right` over K
+        if length * d1 * (out + d2) <= out * d2 * (length + d1):
+            left = (gt.transpose(2, 3) @ a).transpose(2, 3).reshape(n, k * d1, length)
+            return torch.bmm(left, right).view(n, k, d1 * d2)  # (Aᵀ g_k)(U B)
+        gr = torch.bmm(gt.reshape(n, k * out, length), right).view(n, k, out, d2)
+        return (gr.transpose(2, 3) @ a).transpose(2, 3).reshape(n, k, d1 * d2)  # Aᵀ (g_k U B)
 
     def _project_rest(self, rest: Tensor, out: Tensor) -> None:
         """Add the dense part's ``J R`` to ``out``, R in row blocks of the working bytes.
@@ -501,6 +575,11 @@ class _StructuredLinearization(_Linearization):
         col = 0
         for name in self.dense_names:
             size, start = self.selection.all_params[name].numel(), offsets[name]
+            kron = proj.kron_at(start)
+            if kron is not None:  # an explicit (fallback) Kronecker-projected weight
+                out += proj.kron_apply(rest[..., col : col + size], kron)
+                col += size
+                continue
             for r0 in range(0, size, row_block):
                 r1 = min(size, r0 + row_block)
                 out += rest[..., col + r0 : col + r1] @ proj.rows(start + r0, start + r1)
@@ -525,6 +604,11 @@ class _StructuredLinearization(_Linearization):
             out += g @ proj.rows(offsets[term.bias], offsets[term.bias] + n_out)
         if term.weight is None:
             return
+        kron = proj.kron_at(offsets[term.weight])
+        if kron is not None:  # J_k R_W = vec(Aᵀ g_k aᵀ B) = (g_k A) ⊗ (a B)
+            fa, fb = proj.factors(kron)
+            out += ((g @ fa)[..., :, None] * (a @ fb)[:, None, None, :]).flatten(2)
+            return
         # J_k(x_i) R_W = g_ik T_i with T_i[o] = sum_j a_ij R_W[o, j, :], in blocks of units o
         s, n = offsets[term.weight], g.shape[0]
         units = max(1, quarter // (n_in * d * self.itemsize))
@@ -547,7 +631,10 @@ class _StructuredLinearization(_Linearization):
             (n, K, d) projected features.
         """
         ref = chunk.ref
-        out = ref.new_zeros(len(chunk), ref.shape[1], self.projector.dim)
+        if chunk.projected is not None:
+            out = chunk.projected.clone()
+        else:
+            out = ref.new_zeros(len(chunk), ref.shape[1], self.projector.dim)
         if chunk.rest is not None:
             self._project_rest(chunk.rest, out)
         for term, g, a in zip(self.linear, chunk.grads, chunk.acts):

@@ -63,6 +63,7 @@ from lightning_info.functional._jacobian_common import (
     ProjectionType,
     _check_inputs,
     _check_output_fn,
+    _check_projection,
     _DenseChunk,
     _eval_mode,
     _KernelChunk,
@@ -72,6 +73,7 @@ from lightning_info.functional._jacobian_common import (
     _Projector,
     _select_outputs,
     _Selection,
+    kronecker_weights,
 )
 from lightning_info.functional._jacobian_common import (
     _check_outputs as _check_outputs,  # re-exported: imported by functional/sui.py
@@ -202,7 +204,7 @@ def _linearize(
         params: parameter selection.
         chunk_size: samples per vmap call, or None.
         projection_dim: d, or None.
-        projection: ``"gaussian"`` or ``"rademacher"``.
+        projection: ``"gaussian"``, ``"rademacher"`` or ``"kronecker"``.
         seed: seed of the projection.
         budget: ``memory_budget_bytes``.
         output_fn: maps the model's raw output to the linearized outputs, or None.
@@ -225,8 +227,11 @@ def _linearize(
     projector = None
     if projection_dim is not None:
         d = _check_int(projection_dim, "projection_dim", minimum=1)
-        kind = _check_choice(projection, "projection", ("gaussian", "rademacher"))
-        projector = _Projector(selection.num_params, d, kind, seed, selection.like, budget)
+        kind = _check_projection(projection, d)
+        kron = kronecker_weights(model, selection) if kind == "kronecker" else ()
+        projector = _Projector(
+            selection.num_params, d, kind, seed, selection.like, budget, kron=kron
+        )
     options = _Options(projector, chunk_size, budget, output_fn, progress)
     return _FORM_TO_LINEARIZATION[form](model, probe, selection, options)
 
@@ -364,12 +369,29 @@ def jacobian_features(
     on every call, never materialized beyond ``memory_budget_bytes``. ``projection_dim=None``
     returns the exact Jacobians (P features).
 
+    ``projection="kronecker"`` (Kronecker-factored, as LoGra, Choe et al. 2024): the rows of each
+    selected ``nn.Conv2d`` / ``nn.Linear`` weight, an (out, fan_in) matrix flattened row-major
+    (fan_in = C·kh·kw or in_features), are :math:`R_W = A \otimes B` with
+    :math:`A \in \mathbb{R}^{out \times d_1}`, :math:`B \in \mathbb{R}^{fan\_in \times d_2}`
+    i.i.d. N(0, 1/d1) and N(0, 1/d2), d = d1·d2 and d1 the largest divisor of d that is
+    <= sqrt(d) (512 = 16 x 32; d must allow d1 >= 4, e.g. a power of two >= 16), drawn from
+    local generators seeded by ``(seed, the weight's offset)``. :math:`E[R_W R_W^\top] = I`, so
+    the kernel stays unbiased; every other parameter (biases, norms, embeddings) keeps dense
+    Gaussian rows. For a layer whose weight is shared by L positions (pixels of a convolution,
+    tokens of a sequence) with output gradients :math:`g_k` (out x L) and inputs U (L x fan_in,
+    unfolded for a convolution), :math:`J_k R_W = \mathrm{vec}((A^\top g_k)(U B))`: the
+    structured form costs L·fan_in·d2 + K·L·d1·(out + d2) per sample and layer (or the other
+    association when cheaper) and never forms the (K, out·fan_in) Jacobian block nor the
+    P x d matrix (R_W holds out·d1 + fan_in·d2 numbers). The explicit form applies the same R.
+    The price is variance: at the same d the kernel error is larger than with a dense Gaussian
+    R (measured on ResNet-20 in ``benchmarks/RESULTS.md`` §11.1).
+
     Args:
         model: network returning (B,) or (B, K) outputs (or anything ``output_fn`` maps to them).
         inputs: (N, ...) inputs.
         params: parameter selection (see :func:`per_sample_jacobians`).
         projection_dim: d, or None for no projection.
-        projection: ``"gaussian"`` or ``"rademacher"``.
+        projection: ``"gaussian"`` (default), ``"rademacher"`` or ``"kronecker"`` (see above).
         seed: seed of the projection.
         chunk_size: samples per vmap call.
         memory_budget_bytes: bound on the projection matrix / Jacobian chunk memory.
@@ -401,8 +423,9 @@ def jacobian_features(
         the parameters' dtype.
 
     Raises:
-        ValueError: invalid options, unsupported model outputs, a budget too small for one
-            projection block.
+        ValueError: invalid options (an unknown ``projection``, naming the valid ones; under
+            ``"kronecker"`` a ``projection_dim`` without a factor d1 >= 4, e.g. a prime),
+            unsupported model outputs, a budget too small for one projection block.
         TypeError: if ``inputs`` is not a tensor, ``form`` is not a string or ``output_fn`` is
             not callable.
 
@@ -411,6 +434,10 @@ def jacobian_features(
         >>> _ = torch.manual_seed(0)
         >>> jacobian_features(torch.nn.Linear(3, 2), torch.ones(4, 3), projection_dim=5).shape
         torch.Size([4, 2, 5])
+        >>> conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten())
+        >>> jacobian_features(conv, torch.ones(2, 1, 4, 4), projection_dim=16,
+        ...                   projection="kronecker").shape
+        torch.Size([2, 16, 16])
     """  # noqa: DOC502 (errors raised by the shared checks are documented here)
     inputs = _check_inputs(inputs, "inputs")
     lin = _linearize(
@@ -594,7 +621,8 @@ def empirical_ntk(
         ntk: which NTK, ``"full"`` (N1 K x N2 K, sample-major) or ``"trace"`` (N1 x N2).
         chunk_size: samples per vmap call.
         projection_dim: if given, use the projected Jacobians of :func:`jacobian_features`.
-        projection: ``"gaussian"`` or ``"rademacher"``.
+        projection: ``"gaussian"``, ``"rademacher"`` or ``"kronecker"`` (see
+            :func:`jacobian_features`).
         seed: seed of the projection.
         memory_budget_bytes: bound on stored Jacobians / projection blocks (default 1 GiB).
         form: ``"structured"`` (default) or ``"explicit"``, or a
