@@ -144,6 +144,10 @@ class SmoothUniqueInformation(Callback):
             ``"ridge"``.
         params: which parameters to linearize (None = all trainable; a prefix or list of names).
         projection_dim: random-projection dimension of the Jacobians (None = exact kernel).
+        projection: the random projection: ``"gaussian"`` (default), ``"rademacher"`` or
+            ``"kronecker"`` (each ``nn.Conv2d`` / ``nn.Linear`` weight projected with A ⊗ B,
+            never forming its per-sample Jacobian block: the choice for ResNet-sized networks;
+            noisier at the same ``projection_dim``, ``benchmarks/RESULTS.md`` section 11.1).
         chunk_size: samples per Jacobian ``vmap`` call.
         loss: the training loss, for the reports and the assumption warning: ``"auto"``
             (best-effort: read from ``hparams.loss`` or a loss submodule; a loss computed with
@@ -199,6 +203,7 @@ class SmoothUniqueInformation(Callback):
         method: SUIMethod | str = "auto",
         params: str | Sequence[str] | None = None,
         projection_dim: int | None = None,
+        projection: Literal["gaussian", "rademacher", "kronecker"] | str = "gaussian",
         chunk_size: int | None = None,
         loss: Literal["auto", "mse", "cross_entropy"] | str = "auto",
         input_fn: Callable[[Any], Tensor] | None = None,
@@ -229,6 +234,7 @@ class SmoothUniqueInformation(Callback):
             space="kernel",  # see the class docstring: the weight-decay rule needs the kernel
             params=params,
             projection_dim=projection_dim,
+            projection=projection,
             seed=seed,
             chunk_size=chunk_size,
             output_batch_size=self.batch_size,

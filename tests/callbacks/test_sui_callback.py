@@ -154,6 +154,32 @@ def test_batchnorm_is_linearized_with_its_running_statistics_of_fit_start(digits
     assert bn.num_batches_tracked.item() == 12
 
 
+def test_kronecker_projection_is_the_engines(digits, tmp_path):
+    """``projection="kronecker"`` reaches the engine: the callback's scores equal
+    ``smooth_unique_information`` with the same projection on an independent copy of the
+    initial module, and differ from the Gaussian projection's (a different R)."""
+    (x, y), (xv, _) = digits
+    model = _model()
+    init_copy = copy.deepcopy(model).eval()
+    options = {"ntk": "trace", "projection_dim": 64}
+    sui = SmoothUniqueInformation(max_samples=40, projection="kronecker", **options)
+    _trainer(tmp_path, [sui]).fit(model, *_loaders(digits))
+    st, idx = sui.scores_.settings, sui.scores_.indices
+    kw = {
+        "learning_rate": st["learning_rate"],
+        "num_steps": st["num_steps"],
+        "method": st["method"],
+        "weight_decay": st["weight_decay"],
+        **options,
+    }
+    ref = smooth_unique_information(init_copy, x[idx], y[idx], xv, projection="kronecker", **kw)
+    torch.testing.assert_close(sui.scores_.weight_si, ref.weight_si, rtol=1e-6, atol=1e-12)
+    dense = smooth_unique_information(init_copy, x[idx], y[idx], xv, **kw)
+    assert not torch.allclose(dense.weight_si, ref.weight_si, rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="kronecker"):
+        SmoothUniqueInformation(projection="sparse")
+
+
 def test_linearize_at_final_matches_engine_on_trained_weights_with_momentum(digits, tmp_path):
     """Final weights; with `num_steps=`, SGD momentum 0.9 is replayed as GD with the heavy-ball
     lr / (1 - 0.9) for those steps (by default momentum runs are scored at convergence)."""
