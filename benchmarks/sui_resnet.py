@@ -367,6 +367,9 @@ def _agreement_rows(model, x, y, probes, explicit: bool, label: str, seeds: int 
         for d in (DIM, 4 * DIM)
     ]
     cases += [(f"output_probes = {s}, d = {DIM}", s, DIM, "gaussian") for s in probes if s]
+    cases += [
+        (f"output_probes = {s}, kronecker d = {DIM}", s, DIM, "kronecker") for s in probes if s
+    ]
     cases += [(f"output_probes = {s}, no projection", s, None, "gaussian") for s in probes if s]
     for name, s, dim, kind in cases:
 

@@ -85,7 +85,8 @@ def _features(
     With :math:`C = \Phi^\top\Phi + \lambda I_d` and :math:`Z = C^{-1}\Phi^\top`:
     :math:`F r = (r - \Phi Z r)/\lambda`, :math:`F_{BB} = (I - \Phi_B Z_B)/\lambda`,
     :math:`\Phi^\top \delta_i = Z_B v_i` so :math:`\lVert\Delta w\rVert^2 = \lVert Z_B v_i\rVert^2`
-    and :math:`\Delta f(X^*) = \Phi^* Z_B v_i`.
+    and :math:`\Delta f(X^*) = \Phi^* Z_B v_i`. :math:`Z` is formed one chunk of samples at a
+    time, so the memory beyond :math:`\Phi` is the chunk's, not another n x d matrix.
 
     Args:
         phi: (n, d) features (n = N Kb).
@@ -106,10 +107,9 @@ def _features(
     chol, info = torch.linalg.cholesky_ex(c_mat)
     if int(info) != 0:
         raise NotPositiveDefiniteError(lam)
-    z = torch.cholesky_solve(phi.T, chol)  # (d, n)
-    alpha = (r - phi @ (z @ r)) / lam
+    # Z r = C⁻¹ (Φᵀ r): Z itself (d x n, as large as Φ) is formed chunk by chunk below
+    alpha = (r - phi @ torch.cholesky_solve(phi.T @ r, chol)) / lam
     phi_b = phi.view(n_samples, kb, d)
-    z_b = z.view(d, n_samples, kb).permute(1, 0, 2)  # (N, d, Kb)
     eye = torch.eye(kb, dtype=phi.dtype, device=phi.device)
     alpha_b = alpha.view(n_samples, kb, -1)
     # ||Φ* Δw||² = ||R* Δw||² with Φ* = Q R*: a factor with min(d, rows of Φ*) rows
@@ -121,8 +121,9 @@ def _features(
     step = max(1, _FEATURE_CHUNK_BYTES // (phi.element_size() * width))
     w_parts, f_parts, v_parts = [], [], []
     for a in range(0, n_samples, step):
-        zc = z_b[a : a + step]
-        v = torch.linalg.solve((eye - phi_b[a : a + step] @ zc) / lam, alpha_b[a : a + step])
+        pc = phi_b[a : a + step]  # (chunk, Kb, d)
+        zc = torch.cholesky_solve(pc.reshape(-1, d).T, chol).view(d, -1, kb).permute(1, 0, 2)
+        v = torch.linalg.solve((eye - pc @ zc) / lam, alpha_b[a : a + step])
         dw = zc @ v  # (chunk, d, R): projected Δw
         w_parts.append(dw.pow(2).sum((1, 2)))
         if star is not None:

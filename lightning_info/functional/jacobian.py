@@ -236,6 +236,11 @@ def _linearize(
     return _FORM_TO_LINEARIZATION[form](model, probe, selection, options)
 
 
+#: Samples per forward pass of :func:`model_outputs` by default. One pass over all samples
+#: (the previous default) took 17 GB of activations for a ResNet-20 on 50,000 images.
+OUTPUT_CHUNK = 1024
+
+
 @torch.no_grad()
 def model_outputs(
     model: nn.Module,
@@ -247,13 +252,14 @@ def model_outputs(
     """Evaluate ``model`` in eval mode and return its outputs as an (N, K) tensor.
 
     The train/eval state of every submodule is restored afterwards. A model returning shape
-    (N,) is treated as K = 1.
+    (N,) is treated as K = 1. The forward passes run without autograd and in chunks, so memory
+    is bounded by one chunk's activations whatever N.
 
     Args:
         model: the network; must return one tensor of shape (B,) or (B, K), unless
             ``output_fn`` is given.
         inputs: (N, ...) inputs.
-        chunk_size: samples per forward pass (default: all at once).
+        chunk_size: samples per forward pass (default :data:`OUTPUT_CHUNK`, 1024).
         output_fn: maps the model's raw output (a tuple, a dict, an output object) to the
             (B,) or (B, K) tensor, e.g. ``lambda out: out["logits"]``; None if the model returns
             that tensor.
@@ -275,7 +281,7 @@ def model_outputs(
     inputs = _check_inputs(inputs, "inputs")
     output_fn = _check_output_fn(output_fn)
     n = inputs.shape[0]
-    step = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True) or n
+    step = _check_int(chunk_size, "chunk_size", minimum=1, allow_none=True) or OUTPUT_CHUNK
     outs = []
     with _eval_mode(model):
         for start in range(0, n, step):

@@ -95,6 +95,38 @@ def test_batchnorm_eval_outputs_and_buffers_untouched(data):
     assert torch.equal(model[1].running_mean, before)
 
 
+def test_model_outputs_are_data_computed_in_bounded_chunks():
+    """The default forward batch is bounded (one pass over N = 50,000 images took 17 GB of
+    activations on a ResNet-20), the outputs carry no autograd graph, and they equal a
+    per-sample loop."""
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+            )
+            self.batches = []
+
+        def forward(self, x):
+            self.batches.append(x.shape[0])
+            return self.net(x)
+
+    torch.manual_seed(0)
+    model = Recording().double()
+    x = torch.randn(2500, 4, dtype=torch.float64)
+    out = model_outputs(model, x)
+    assert not out.requires_grad
+    assert out.grad_fn is None
+    assert model.batches == [1024, 1024, 452]
+    with torch.no_grad():
+        loop = torch.stack([model.net(xi) for xi in x])
+    torch.testing.assert_close(out, loop, rtol=1e-12, atol=1e-14)
+    model.batches.clear()
+    model_outputs(model, x, chunk_size=1000)
+    assert model.batches == [1000, 1000, 500]
+
+
 def test_ntk_full_and_trace_equal_explicit_products(data):
     x, x2 = data
     model = _mlp(k=3)
