@@ -607,15 +607,35 @@ def _features_of(x: Any, name: str, rows: int | None, num_outputs: int) -> Tenso
     return x.double()
 
 
-def _feature_rows(phi3: Tensor, trace: bool) -> Tensor:
+def _feature_rows(phi3: Tensor, trace: bool, *, inplace: bool = False) -> Tensor:
     """(N, K, d) features as kernel rows.
+
+    Args:
+        phi3: (N, K, d) features.
+        trace: rows of the trace kernel.
+        inplace: scale ``phi3`` itself (a copy the caller owns) instead of a new tensor.
 
     Returns:
         (N K, d) rows for the full kernel, or (N, K d) / sqrt(K) for the trace kernel.
     """
     if trace:
-        return phi3.reshape(phi3.shape[0], -1) * (1.0 / math.sqrt(phi3.shape[1]))
+        rows = phi3.reshape(phi3.shape[0], -1)
+        scale = 1.0 / math.sqrt(phi3.shape[1])
+        return rows.mul_(scale) if inplace else rows * scale
     return phi3.reshape(-1, phi3.shape[2])
+
+
+def _rows_gram(phi3: Tensor, trace: bool, chunk: int = 4096) -> Tensor:
+    """The float64 Gram matrix of the kernel rows, accumulated over chunks of samples.
+
+    Returns:
+        (d', d') with d' the rows' width (no float64 copy of all the features is formed).
+    """
+    gram = None
+    for a in range(0, phi3.shape[0], chunk):
+        rows = _feature_rows(phi3[a : a + chunk].double(), trace)
+        gram = rows.T @ rows if gram is None else gram.addmm_(rows.T, rows)
+    return gram
 
 
 def unique_information_from_features(
@@ -709,7 +729,10 @@ def unique_information_from_features(
         )
     trace = ntk == "trace" and problem.num_outputs > 1
     r, kb = problem.residuals(trace)
-    phi = _feature_rows(phi3, trace)
+    # the float64 features are scaled in place when they are this call's own copy
+    own = not (isinstance(features, Tensor) and phi3.data_ptr() == features.data_ptr())
+    phi = _feature_rows(phi3, trace, inplace=own)
+    del phi3
     phi_star = None if phi_star3 is None else _feature_rows(phi_star3, trace)
     gram_max = float(torch.linalg.eigvalsh(phi.T @ phi).max())
     _check_stable(
@@ -1120,7 +1143,6 @@ def _planned_features(
     """
     n, k = f0.shape
     trace = run.ntk == "trace" and k > 1
-    rows = _feature_rows(phi.double(), trace)
 
     def solve(plan: GradientDescentPlan) -> UniqueInformation:
         return unique_information_from_features(
@@ -1139,7 +1161,7 @@ def _planned_features(
 
     # feature space has no exact replay: "auto" means its ridge equivalent here
     method = SUIMethod.RIDGE if options.method == SUIMethod.AUTO else options.method
-    lambda_max = float(torch.linalg.eigvalsh(rows.T @ rows).max())
+    lambda_max = float(torch.linalg.eigvalsh(_rows_gram(phi, trace)).max())
     return _replay(
         lambda_max,
         solve,

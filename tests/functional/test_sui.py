@@ -395,3 +395,19 @@ def test_errors_model_level():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="train_inputs"):
         smooth_unique_information(model, bad, torch.zeros(6, 2, dtype=F64), learning_rate=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_feature_path_leaves_the_callers_features_untouched_and_agrees_across_dtypes(dtype):
+    """The trace rows are scaled in place only on the call's own float64 copy: float64 features
+    passed by the caller are not modified, and float32 features give the float64 scores."""
+    gen = torch.Generator().manual_seed(3)
+    phi64 = torch.randn(30, 3, 8, generator=gen, dtype=torch.float64)
+    phi = phi64.to(dtype)
+    before = phi.clone()
+    y = torch.randint(0, 3, (30,), generator=gen)
+    kw = {"learning_rate": 0.05, "weight_decay": 0.1, "ntk": "trace", "method": "ridge"}
+    out = unique_information_from_features(phi, None, torch.zeros(30, 3), y, **kw)
+    assert torch.equal(phi, before)
+    ref = unique_information_from_features(phi64.clone(), None, torch.zeros(30, 3), y, **kw)
+    torch.testing.assert_close(out.weight_si, ref.weight_si, rtol=1e-5, atol=1e-9)
