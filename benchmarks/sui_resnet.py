@@ -228,35 +228,13 @@ def section_speed(n: int, probes: list[int]) -> list[str]:
         f"{peak_rss_gb():.1f} | {load()} |"
     )
     print(rows[-1], flush=True)
-    lr = 0.05  # planned (lowered if beyond the stability limit) by smooth_unique_information
-    ref, t_sui = timed(
-        lambda: smooth_unique_information(
-            model,
-            x,
-            y,
-            learning_rate=lr,
-            weight_decay=WEIGHT_DECAY,
-            ntk="trace",
-            projection_dim=DIM,
-        )
-    )
+    ref, t_sui = timed(lambda: sui_trace(model, x, y, "gaussian"))
     rows.append(
         f"| smooth_unique_information(ntk='trace', projection_dim={DIM}), K outputs | "
         f"{t_sui:.1f} | {t_sui / t_ref:.1f} | 1 | {peak_rss_gb():.1f} | {load()} |"
     )
     print(rows[-1], flush=True)
-    out, t = timed(
-        lambda: smooth_unique_information(
-            model,
-            x,
-            y,
-            learning_rate=lr,
-            weight_decay=WEIGHT_DECAY,
-            ntk="trace",
-            projection_dim=DIM,
-            space="kernel",
-        )
-    )
+    out, t = timed(lambda: sui_trace(model, x, y, "gaussian", space="kernel"))
     rows.append(
         f"| same, space='kernel' (N x N projected kernel) | {t:.1f} | {t / t_ref:.1f} | "
         f"{rho(out, ref):.3f} | {peak_rss_gb():.1f} | {load()} |"
@@ -274,7 +252,7 @@ def section_speed(n: int, probes: list[int]) -> list[str]:
         f"{t / t_ref:.1f} | - | {peak_rss_gb():.1f} | {load()} |"
     )
     print(rows[-1], flush=True)
-    for s in probes:
+    for s in (s for s in probes if s):  # --probes 0: no probe rows, as in the agreement section
         for kind in ("gaussian", "kronecker"):
             out, t = timed(lambda: sui_from_probes(model, x, y, s, DIM, kind))  # noqa: B023
             rows.append(
